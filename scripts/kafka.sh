@@ -1,0 +1,385 @@
+#!/usr/bin/env bash
+# Run a throwaway single-node Apache Kafka 4.x broker (KRaft, combined
+# broker+controller) on 127.0.0.1 for hookrelay's tests. No Docker needed:
+# the broker jars come from Maven Central (scripts/kafka/pom.xml) and run on
+# the local `java` (17+).
+#
+#   scripts/kafka.sh up       start (or reuse) the broker, wait until it serves clients
+#   scripts/kafka.sh down     stop it (SIGTERM, then SIGKILL after 30 s)
+#   scripts/kafka.sh status   exit 0 and print the bootstrap servers when it runs
+#   scripts/kafka.sh logs     print broker.log (`logs -f` follows it)
+#
+# On success `up`/`status` print, on stdout only (diagnostics go to stderr):
+#   KAFKA_BOOTSTRAP=127.0.0.1:9092        PLAINTEXT
+#   KAFKA_SASL_BOOTSTRAP=127.0.0.1:9094   SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+#   KAFKA_SASL_USERNAME=hookrelay
+#   KAFKA_SASL_PASSWORD=hookrelay-secret
+# so `scripts/kafka.sh up >> "$GITHUB_ENV"` or `eval "$(scripts/kafka.sh up)"` work.
+#
+# Environment:
+#   HOOKRELAY_CACHE        cache root (default <repo>/.cache); jars go to $HOOKRELAY_CACHE/kafka/libs-<version>
+#   KAFKA_RUN_DIR          runtime dir, wiped on every fresh `up` (default $HOOKRELAY_CACHE/kafka/run)
+#   KAFKA_PORT             PLAINTEXT port       (default 9092)
+#   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
+#   KAFKA_SASL_PORT        SASL_PLAINTEXT port  (default 9094)
+#   KAFKA_VERSION          override the Kafka version pinned in scripts/kafka/pom.xml
+#   KAFKA_START_TIMEOUT    seconds `up` waits for the broker (default 120)
+#   KAFKA_HEAP_OPTS        JVM heap (default "-Xms512m -Xmx1g")
+#   JAVA_HOME / MAVEN_OPTS honoured as usual; the Maven repo is the default ~/.m2
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_DIR="$(cd "$SCRIPT_DIR/.." && pwd)"
+KAFKA_ASSETS="$SCRIPT_DIR/kafka"
+POM="$KAFKA_ASSETS/pom.xml"
+PROBE="$KAFKA_ASSETS/probe.py"
+LOG4J_CONFIG="$KAFKA_ASSETS/log4j2.properties"
+
+CACHE_ROOT="${HOOKRELAY_CACHE:-$REPO_DIR/.cache}"
+KAFKA_CACHE="$CACHE_ROOT/kafka"
+RUN_DIR="${KAFKA_RUN_DIR:-$KAFKA_CACHE/run}"
+HOST=127.0.0.1
+PORT="${KAFKA_PORT:-9092}"
+CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
+SASL_PORT="${KAFKA_SASL_PORT:-9094}"
+START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
+STOP_TIMEOUT=30
+HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+SASL_USER=hookrelay
+SASL_PASSWORD=hookrelay-secret
+
+PID_FILE="$RUN_DIR/kafka.pid"
+BROKER_LOG="$RUN_DIR/broker.log"
+BROKER_OUT="$RUN_DIR/broker.out"
+RUN_MARKER="$RUN_DIR/.hookrelay-kafka-run"
+
+log() { printf 'kafka.sh: %s\n' "$*" >&2; }
+die() { log "error: $*"; exit 1; }
+
+if [[ -n "${JAVA_HOME:-}" && -x "$JAVA_HOME/bin/java" ]]; then JAVA="$JAVA_HOME/bin/java"; else JAVA=java; fi
+PYTHON="$(command -v python3 || true)"
+
+pinned_version() {
+  sed -n 's:.*<kafka\.version>\(.*\)</kafka\.version>.*:\1:p' "$POM" | head -n1
+}
+KAFKA_VERSION="${KAFKA_VERSION:-$(pinned_version)}"
+[[ -n "$KAFKA_VERSION" ]] || die "cannot read <kafka.version> from $POM"
+LIBS_DIR="$KAFKA_CACHE/libs-$KAFKA_VERSION"
+LIBS_MARKER="$LIBS_DIR/.complete"
+
+print_env() {
+  echo "KAFKA_BOOTSTRAP=$HOST:$PORT"
+  echo "KAFKA_SASL_BOOTSTRAP=$HOST:$SASL_PORT"
+  echo "KAFKA_SASL_USERNAME=$SASL_USER"
+  echo "KAFKA_SASL_PASSWORD=$SASL_PASSWORD"
+}
+
+# --- locking: serialise up/down of the same run dir -------------------------
+take_lock() {
+  mkdir -p "$KAFKA_CACHE"
+  if command -v flock >/dev/null 2>&1; then
+    exec 9>"$KAFKA_CACHE/.lock-$(printf '%s' "$RUN_DIR" | cksum | cut -d' ' -f1)"
+    flock 9
+  fi
+}
+
+# --- process helpers ----------------------------------------------------------
+# Prints the pid of the broker this script started for $RUN_DIR, if it still runs.
+broker_pid() {
+  [[ -f "$PID_FILE" ]] || return 1
+  local pid
+  pid="$(tr -dc '0-9' <"$PID_FILE")"
+  [[ -n "$pid" ]] || return 1
+  kill -0 "$pid" 2>/dev/null || return 1
+  # Guard against pid reuse: the process must be our kafka.Kafka on our config.
+  if [[ -r "/proc/$pid/cmdline" ]]; then
+    local cmd
+    cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline")"
+    [[ "$cmd" == *kafka.Kafka*"$RUN_DIR/server.properties"* ]] || return 1
+  fi
+  echo "$pid"
+}
+
+port_in_use() { (exec 3<>"/dev/tcp/$HOST/$1") 2>/dev/null; }
+
+describe_port_owner() {
+  if command -v ss >/dev/null 2>&1; then
+    ss -ltnpH "sport = :$1" 2>/dev/null | sed 's/^/    /' >&2 || true
+  fi
+}
+
+# 0 when the broker on $PORT answers Kafka requests and lists itself in metadata.
+broker_ready() {
+  if [[ -n "$PYTHON" ]]; then
+    "$PYTHON" "$PROBE" "$HOST" "$PORT" --timeout 2 >/dev/null 2>&1
+  else
+    timeout 30 "$JAVA" -cp "$LIBS_DIR/*" org.apache.kafka.tools.BrokerApiVersionsCommand \
+      --bootstrap-server "$HOST:$PORT" >/dev/null 2>&1
+  fi
+}
+
+dump_logs() {
+  if [[ -s "$BROKER_LOG" ]]; then
+    log "last 50 lines of $BROKER_LOG:"
+    tail -n 50 "$BROKER_LOG" >&2
+  else
+    log "$BROKER_LOG is empty or missing"
+  fi
+  if [[ -s "$BROKER_OUT" ]]; then
+    log "last 50 lines of $BROKER_OUT (JVM stdout/stderr):"
+    tail -n 50 "$BROKER_OUT" >&2
+  fi
+}
+
+# --- jars ---------------------------------------------------------------------
+ensure_libs() {
+  local pom_hash
+  pom_hash="$(sha256sum "$POM" | cut -d' ' -f1)"
+  if [[ -f "$LIBS_MARKER" && "$(cat "$LIBS_MARKER")" == "$pom_hash" ]]; then
+    return 0
+  fi
+  command -v mvn >/dev/null 2>&1 || die "mvn (Maven) is needed to fetch the Kafka jars"
+  log "resolving Kafka $KAFKA_VERSION jars from Maven Central into $LIBS_DIR ..."
+  local tmp="$LIBS_DIR.tmp.$$"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  local mvn_log="$KAFKA_CACHE/mvn-$KAFKA_VERSION.log"
+  if ! mvn -B -Dstyle.color=never -f "$POM" \
+      -Dkafka.version="$KAFKA_VERSION" \
+      dependency:copy-dependencies \
+      -DincludeScope=runtime -DoutputDirectory="$tmp" >"$mvn_log" 2>&1; then
+    grep -E '\[(ERROR|WARNING)\]' "$mvn_log" | tail -n 40 >&2 || tail -n 40 "$mvn_log" >&2
+    rm -rf "$tmp"
+    die "mvn dependency:copy-dependencies failed for Kafka $KAFKA_VERSION (full log: $mvn_log)"
+  fi
+  compgen -G "$tmp/kafka_2.13-*.jar" >/dev/null || { rm -rf "$tmp"; die "no kafka_2.13 jar was resolved"; }
+  echo "$pom_hash" >"$tmp/.complete"
+  rm -rf "$LIBS_DIR"
+  mv "$tmp" "$LIBS_DIR"
+  log "cached $(find "$LIBS_DIR" -name '*.jar' | wc -l) jars in $LIBS_DIR"
+}
+
+check_java() {
+  command -v "$JAVA" >/dev/null 2>&1 || die "java (17+) not found; install a JDK or set JAVA_HOME"
+  local v
+  v="$("$JAVA" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java\.specification\.version = //p')"
+  [[ "${v%%.*}" =~ ^[0-9]+$ ]] || return 0
+  (( ${v%%.*} >= 17 )) || die "Kafka 4.x brokers need Java 17+, found $v"
+}
+
+# --- runtime dir ----------------------------------------------------------------
+fresh_run_dir() {
+  if [[ -e "$RUN_DIR" ]]; then
+    # Only wipe a directory this script created (or an empty one).
+    if [[ -f "$RUN_MARKER" || -z "$(ls -A "$RUN_DIR")" ]]; then
+      rm -rf "$RUN_DIR"
+    else
+      die "$RUN_DIR exists and was not created by kafka.sh; refusing to wipe it"
+    fi
+  fi
+  mkdir -p "$RUN_DIR/data"
+  : >"$RUN_MARKER"
+}
+
+write_server_properties() {
+  local jaas_plain="org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$SASL_USER\" password=\"$SASL_PASSWORD\" user_$SASL_USER=\"$SASL_PASSWORD\";"
+  cat >"$RUN_DIR/server.properties" <<EOF
+# Generated by scripts/kafka.sh - single-node test broker, do not use in production.
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
+controller.listener.names=CONTROLLER
+
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+inter.broker.listener.name=PLAINTEXT
+
+sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas_plain
+listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+
+log.dirs=$RUN_DIR/data
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+delete.topic.enable=true
+
+offsets.topic.replication.factor=1
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+share.coordinator.state.topic.num.partitions=4
+group.initial.rebalance.delay.ms=0
+EOF
+}
+
+write_client_properties() {
+  local m
+  for m in PLAIN SCRAM-SHA-256 SCRAM-SHA-512; do
+    local module=org.apache.kafka.common.security.scram.ScramLoginModule
+    [[ "$m" == PLAIN ]] && module=org.apache.kafka.common.security.plain.PlainLoginModule
+    cat >"$RUN_DIR/client-$(tr 'A-Z' 'a-z' <<<"$m").properties" <<EOF
+# Client config for the SASL_PLAINTEXT listener ($HOST:$SASL_PORT), mechanism $m.
+security.protocol=SASL_PLAINTEXT
+sasl.mechanism=$m
+sasl.jaas.config=$module required username="$SASL_USER" password="$SASL_PASSWORD";
+EOF
+  done
+}
+
+new_cluster_id() {
+  if [[ -n "$PYTHON" ]]; then
+    "$PYTHON" "$PROBE" --random-uuid
+  else
+    "$JAVA" -cp "$LIBS_DIR/*" kafka.tools.StorageTool random-uuid
+  fi
+}
+
+format_storage() {
+  local cluster_id
+  cluster_id="$(new_cluster_id)"
+  echo "$cluster_id" >"$RUN_DIR/cluster.id"
+  if ! "$JAVA" -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$RUN_DIR" \
+      -cp "$LIBS_DIR/*" kafka.tools.StorageTool format \
+      -t "$cluster_id" -c "$RUN_DIR/server.properties" --standalone \
+      --add-scram "SCRAM-SHA-256=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+      --add-scram "SCRAM-SHA-512=[name=$SASL_USER,password=$SASL_PASSWORD]" \
+      >"$RUN_DIR/format.out" 2>&1; then
+    cat "$RUN_DIR/format.out" >&2
+    die "kafka-storage format failed"
+  fi
+}
+
+# --- commands -----------------------------------------------------------------
+wait_ready() { # $1 = pid; returns 0 when ready, 1 on death/timeout
+  local pid="$1" deadline=$((SECONDS + START_TIMEOUT))
+  while (( SECONDS < deadline )); do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      log "broker process $pid exited during startup"
+      return 1
+    fi
+    if broker_ready; then return 0; fi
+    sleep 0.5
+  done
+  log "broker did not become ready within ${START_TIMEOUT}s"
+  return 1
+}
+
+stop_pid() { # $1 = pid
+  local pid="$1" deadline=$((SECONDS + STOP_TIMEOUT))
+  kill -TERM "$pid" 2>/dev/null || true
+  while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.5; done
+  if kill -0 "$pid" 2>/dev/null; then
+    log "broker $pid still alive after ${STOP_TIMEOUT}s; sending SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
+  fi
+}
+
+cmd_up() {
+  take_lock
+  local pid
+  if pid="$(broker_pid)"; then
+    if broker_ready || wait_ready "$pid"; then
+      log "broker already running (pid $pid, run dir $RUN_DIR)"
+      print_env
+      return 0
+    fi
+    dump_logs
+    die "broker pid $pid is running but does not answer on $HOST:$PORT; run '$0 down' first"
+  fi
+  rm -f "$PID_FILE"
+
+  local p
+  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT"; do
+    if port_in_use "$p"; then
+      log "port $HOST:$p is already in use by a process not started by this script:"
+      describe_port_owner "$p"
+      die "free the port or choose others with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT"
+    fi
+  done
+
+  check_java
+  local t0=$SECONDS
+  ensure_libs
+  fresh_run_dir
+  write_server_properties
+  write_client_properties
+  format_storage
+
+  log "starting Kafka $KAFKA_VERSION (run dir $RUN_DIR)"
+  # shellcheck disable=SC2086 # HEAP_OPTS is a list of JVM flags
+  nohup "$JAVA" $HEAP_OPTS \
+    -server -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:InitiatingHeapOccupancyPercent=35 \
+    -XX:+ExplicitGCInvokesConcurrent -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$LOG4J_CONFIG" -Dkafka.logs.dir="$RUN_DIR" \
+    -cp "$LIBS_DIR/*" kafka.Kafka "$RUN_DIR/server.properties" \
+    >"$BROKER_OUT" 2>&1 </dev/null 9>&- &
+  pid=$!
+  echo "$pid" >"$PID_FILE"
+
+  if ! wait_ready "$pid"; then
+    dump_logs
+    if kill -0 "$pid" 2>/dev/null; then stop_pid "$pid"; fi
+    rm -f "$PID_FILE"
+    die "Kafka failed to start"
+  fi
+  log "Kafka $KAFKA_VERSION ready in $((SECONDS - t0))s (pid $pid, logs: $BROKER_LOG)"
+  print_env
+}
+
+cmd_down() {
+  take_lock
+  local pid
+  if pid="$(broker_pid)"; then
+    log "stopping broker (pid $pid)"
+    stop_pid "$pid"
+    log "stopped"
+  else
+    log "no broker running for $RUN_DIR"
+  fi
+  rm -f "$PID_FILE"
+}
+
+cmd_status() {
+  local pid
+  if ! pid="$(broker_pid)"; then
+    log "not running"
+    return 1
+  fi
+  if ! broker_ready; then
+    log "process $pid is running but the broker does not answer on $HOST:$PORT"
+    return 1
+  fi
+  log "running (pid $pid, Kafka $KAFKA_VERSION, run dir $RUN_DIR)"
+  print_env
+}
+
+cmd_logs() {
+  [[ -f "$BROKER_LOG" ]] || die "no log at $BROKER_LOG"
+  if [[ "${1:-}" == "-f" ]]; then
+    exec tail -n 100 -F "$BROKER_LOG"
+  fi
+  cat "$BROKER_LOG"
+}
+
+usage() {
+  sed -n '2,/^set -euo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//' >&2
+  exit 2
+}
+
+case "${1:-}" in
+  up) cmd_up ;;
+  down) cmd_down ;;
+  status) cmd_status ;;
+  logs) shift; cmd_logs "$@" ;;
+  -h | --help | help) usage ;;
+  *) usage ;;
+esac

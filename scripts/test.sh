@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# make test: every test against a real Kafka broker. Starts the local broker
+# unless KAFKA_BOOTSTRAP is set, and always stops what it started.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+started=""
+if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
+    eval "$(scripts/kafka.sh up)"
+    export KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD
+    started=1
+fi
+stop() { if [[ -n "$started" ]]; then scripts/kafka.sh down || true; fi; }
+trap stop EXIT
+
+scripts/test-deps.sh
+echo "== cargo test (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP)"
+status=0
+# End-to-end tests mostly wait on brokers and receivers, so more threads than cores.
+cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-6}" || status=$?
+if [[ -x scripts/check-deploy.sh ]]; then
+    echo "== deploy checks"
+    scripts/check-deploy.sh || status=$?
+fi
+exit "$status"

@@ -1,0 +1,42 @@
+//! The admin HTTP server: `GET /metrics` (Prometheus text), `GET /live`, `GET /ready`.
+
+use std::net::SocketAddr;
+
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use crate::consume::Readiness;
+use crate::metrics;
+
+/// Binds `listen` (failing fast if it cannot) and serves until `shutdown` fires.
+pub async fn serve(
+    listen: SocketAddr,
+    readiness: Readiness,
+    shutdown: CancellationToken,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|e| anyhow::anyhow!("admin server cannot listen on {listen}: {e}"))?;
+    tracing::info!(%listen, "admin server listening");
+    let app = Router::new()
+        .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }))
+        .route("/live", get(|| async { "ok" }))
+        .route("/ready", get(move || async move { ready(&readiness) }));
+    Ok(tokio::spawn(async move {
+        let served = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+        if let Err(error) = served {
+            tracing::error!(%error, "admin server failed");
+        }
+    }))
+}
+
+fn ready(readiness: &Readiness) -> impl IntoResponse {
+    if readiness.is_ready() {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting to join the consumer group")
+    }
+}

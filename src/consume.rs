@@ -1,0 +1,659 @@
+//! Consumer group, partition lifecycle, pause/resume, rebalance: the loop every role (events, tiers, dead) runs.
+//!
+//! # Shape
+//! A dedicated thread polls librdkafka and sends every message *and* every
+//! rebalance event, in order, down one bounded channel to an async loop. The
+//! loop owns all partition state; handlers run as tasks and report back on a
+//! second channel. Offsets are stored (and then committed by librdkafka's
+//! background commit, on revoke and on close) only at the highest contiguous
+//! decided offset of each partition.
+//!
+//! # Partition lifecycle
+//! ```text
+//! assigned -> Consuming --revoke--> Draining --in-flight done or grace over--> (removed; offsets committed)
+//! ```
+//! While Consuming, a partition is paused whenever it has a backlog: either
+//! its head record is not due yet (retry tiers) or a limit is reached (its
+//! own in-flight limit, or the consumer's). Pausing stops the fetch, so memory
+//! stays bounded; librdkafka resumes from the position after the last record
+//! it handed out, which sits in the backlog, so nothing is skipped.
+//! The revoke callback blocks the poll thread until the loop has drained the
+//! revoked partitions (bounded by `shutdown.grace`), then commits.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers, Message, OwnedMessage};
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::metrics;
+
+/// Which part of the relay a consumer plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Events,
+    Retry,
+    Dead,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Events => "events",
+            Role::Retry => "retry",
+            Role::Dead => "dead",
+        }
+    }
+}
+
+/// What became of a record a handler was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Its outcome is decided (delivered, or a route acknowledged): the offset may pass it.
+    Decided,
+    /// Given up at shutdown or revoke: it will be read again.
+    Abandoned,
+}
+
+/// Works on one record at a time; many run concurrently.
+pub trait Handler: Send + Sync + 'static {
+    /// When the record may be worked on (ms since the epoch); `None` = now.
+    fn due_ms(&self, _record: &OwnedMessage) -> Option<i64> {
+        None
+    }
+    /// Works on the record until its outcome is decided, or `cancel` fires.
+    fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done>;
+}
+
+/// One consumer: its group, topics and limits.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub role: Role,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_partition: usize,
+    pub grace: Duration,
+}
+
+/// Readiness latch: ready once every consumer of the process joined its group.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    expected: Arc<AtomicUsize>,
+    joined: Arc<AtomicUsize>,
+}
+
+impl Readiness {
+    pub fn new(consumers: usize) -> Readiness {
+        Readiness { expected: Arc::new(AtomicUsize::new(consumers)), joined: Arc::default() }
+    }
+    fn joined_one(&self) {
+        let joined = self.joined.fetch_add(1, Ordering::SeqCst) + 1;
+        if joined >= self.expected.load(Ordering::SeqCst) {
+            metrics::get().ready.set(1);
+        }
+    }
+    pub fn is_ready(&self) -> bool {
+        self.joined.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+    }
+}
+
+/// What the poll thread sends to the loop, in the order librdkafka produced it.
+enum Polled {
+    Message(OwnedMessage),
+    Assigned(Vec<(String, i32)>),
+    /// The poll thread waits on the sender until the loop has drained these partitions.
+    Revoked(Vec<(String, i32)>, std::sync::mpsc::Sender<()>),
+    /// The client cannot go on (authentication failed, say).
+    Fatal(String),
+}
+
+/// librdkafka callbacks; they run on the poll thread.
+struct Context {
+    tx: mpsc::Sender<Polled>,
+    group: String,
+    role: Role,
+    grace: Duration,
+    /// Set before the consumer closes: the loop is gone, do not wait for it.
+    closing: AtomicBool,
+    joined: AtomicBool,
+    readiness: Readiness,
+}
+
+impl Context {
+    fn mark_joined(&self) {
+        if !self.joined.swap(true, Ordering::SeqCst) {
+            tracing::info!(group = %self.group, role = self.role.as_str(), "joined consumer group");
+            self.readiness.joined_one();
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ClientContext for Context {
+    fn stats(&self, stats: Statistics) {
+        if stats.cgrp.as_ref().is_some_and(|g| g.state == "up") {
+            self.mark_joined();
+        }
+        let lag = &metrics::get().consumer_lag;
+        for topic in stats.topics.values() {
+            for partition in topic.partitions.values() {
+                // librdkafka reports partition -1 (internal UA) and -1 lag when unknown.
+                if partition.partition >= 0 && partition.consumer_lag >= 0 && partition.desired {
+                    let p = partition.partition.to_string();
+                    lag.with_label_values(&[&self.group, &topic.topic, &p]).set(partition.consumer_lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let fatal = matches!(
+            error.rdkafka_error_code(),
+            Some(
+                Code::Authentication
+                    | Code::SaslAuthenticationFailed
+                    | Code::Fatal
+                    | Code::TopicAuthorizationFailed
+                    | Code::GroupAuthorizationFailed
+            )
+        );
+        if fatal {
+            tracing::error!(group = %self.group, %error, reason, "kafka client error, stopping");
+            let _ = self.tx.try_send(Polled::Fatal(format!("{error}: {reason}")));
+        } else {
+            tracing::warn!(group = %self.group, %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let revoked = partitions(tpl);
+        tracing::info!(group = %self.group, ?revoked, "partitions revoked");
+        if !self.closing.load(Ordering::SeqCst) {
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            if self.tx.blocking_send(Polled::Revoked(revoked, ack_tx)).is_ok() {
+                // The loop answers within the grace period; the margin covers its own timer.
+                let _ = ack_rx.recv_timeout(self.grace + Duration::from_secs(5));
+            }
+        }
+        if !consumer.assignment_lost() {
+            commit(consumer, &self.group);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let assigned = partitions(tpl);
+            tracing::info!(group = %self.group, ?assigned, "partitions assigned");
+            self.mark_joined();
+            let _ = self.tx.blocking_send(Polled::Assigned(assigned));
+        }
+    }
+}
+
+fn commit(consumer: &BaseConsumer<Context>, group: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last commit.
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(group, %error, "commit failed"),
+    }
+}
+
+/// A record read but not yet handed to its handler.
+struct Waiting {
+    record: OwnedMessage,
+    due_ms: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lifecycle {
+    Consuming,
+    /// Revoked: no new work, waiting for in-flight records before letting go.
+    Draining,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PauseReason {
+    /// A limit is reached.
+    Capacity,
+    /// The head record is not due yet.
+    NotDue,
+}
+
+struct Partition {
+    /// Tells this assignment's completions from a previous one's.
+    generation: u64,
+    lifecycle: Lifecycle,
+    tracker: crate::offsets::OffsetTracker,
+    in_flight: usize,
+    backlog: VecDeque<Waiting>,
+    paused: Option<PauseReason>,
+}
+
+struct Completion {
+    key: (Arc<str>, i32),
+    generation: u64,
+    offset: i64,
+    done: Done,
+}
+
+/// A revoke the poll thread is waiting on.
+struct PendingRevoke {
+    partitions: Vec<(Arc<str>, i32)>,
+    ack: std::sync::mpsc::Sender<()>,
+    deadline: Instant,
+}
+
+/// Runs one consumer until `shutdown` fires and the drain is over.
+pub async fn run(
+    config: &Config,
+    spec: Spec,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+) -> anyhow::Result<()> {
+    let (tx, rx) = mpsc::channel(256);
+    let context = Context {
+        tx,
+        group: spec.group_id.clone(),
+        role: spec.role,
+        grace: spec.grace,
+        closing: AtomicBool::new(false),
+        joined: AtomicBool::new(false),
+        readiness,
+    };
+    let consumer: Arc<BaseConsumer<Context>> =
+        Arc::new(crate::kafka::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?);
+    let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+    consumer.subscribe(&topics)?;
+    tracing::info!(group = %spec.group_id, role = spec.role.as_str(), ?topics, "consumer started");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let poller = {
+        let consumer = consumer.clone();
+        let stop = stop.clone();
+        let group = spec.group_id.clone();
+        std::thread::Builder::new()
+            .name(format!("poll-{}", spec.role.as_str()))
+            .spawn(move || poll_thread(consumer, stop, group))?
+    };
+
+    let mut state = Loop::new(spec, consumer.clone(), handler);
+    let result = state.run(rx, shutdown).await;
+
+    // Leave the group from the poll thread: it commits, then closes.
+    consumer.context().closing.store(true, Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst);
+    drop(state);
+    drop(consumer);
+    tokio::task::spawn_blocking(move || poller.join()).await?.ok();
+    result
+}
+
+/// Polls until told to stop, then commits and closes the consumer (leaving the group).
+fn poll_thread(consumer: Arc<BaseConsumer<Context>>, stop: Arc<AtomicBool>, group: String) {
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let owned = message.detach();
+                drop(message);
+                if consumer.context().tx.blocking_send(Polled::Message(owned)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%group, %error, "consume error"),
+            None => {}
+        }
+    }
+    commit(&consumer, &group);
+    // The loop may still hold a clone for a moment; wait until this is the last one.
+    let mut consumer = consumer;
+    loop {
+        match Arc::try_unwrap(consumer) {
+            Ok(last) => {
+                drop(last); // closes: leaves the group
+                break;
+            }
+            Err(shared) => {
+                consumer = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    tracing::info!(%group, "consumer closed");
+}
+
+/// The async side: owns partition state, dispatches work, stores offsets.
+struct Loop {
+    spec: Spec,
+    consumer: Arc<BaseConsumer<Context>>,
+    handler: Arc<dyn Handler>,
+    partitions: HashMap<(Arc<str>, i32), Partition>,
+    in_flight: usize,
+    generation: u64,
+    tasks: TaskTracker,
+    /// Cancels handlers (abandon) once the grace period is over.
+    abandon: CancellationToken,
+    done_tx: mpsc::Sender<Completion>,
+    done_rx: mpsc::Receiver<Completion>,
+    revoke: Option<PendingRevoke>,
+}
+
+impl Loop {
+    fn new(spec: Spec, consumer: Arc<BaseConsumer<Context>>, handler: Arc<dyn Handler>) -> Loop {
+        // At most max_in_flight tasks exist, each sends one completion: this never blocks.
+        let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
+        Loop {
+            spec,
+            consumer,
+            handler,
+            partitions: HashMap::new(),
+            in_flight: 0,
+            generation: 0,
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+            done_tx,
+            done_rx,
+            revoke: None,
+        }
+    }
+
+    async fn run(&mut self, mut rx: mpsc::Receiver<Polled>, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut fatal = None;
+        loop {
+            let next_due = self.next_due();
+            let revoke_deadline = self.revoke.as_ref().map(|r| r.deadline);
+            tokio::select! {
+                // Finished work first: it frees capacity and moves offsets.
+                biased;
+                Some(done) = self.done_rx.recv() => self.complete(done),
+                _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_opt(next_due) => self.pump_all(),
+                polled = rx.recv() => match polled {
+                    Some(Polled::Message(record)) => self.accept(record),
+                    Some(Polled::Assigned(assigned)) => self.assign(assigned),
+                    Some(Polled::Revoked(revoked, ack)) => self.start_revoke(revoked, ack),
+                    Some(Polled::Fatal(why)) => {
+                        fatal = Some(why);
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.publish_gauges(),
+            }
+            self.check_revoke();
+        }
+        self.drain().await;
+        match fatal {
+            Some(why) => Err(anyhow::anyhow!("kafka: {why}")),
+            None => Ok(()),
+        }
+    }
+
+    /// Stop fetching, give in-flight work the grace period, abandon the rest, store what is decided.
+    async fn drain(&mut self) {
+        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight, "draining");
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        for partition in self.partitions.values_mut() {
+            partition.backlog.clear();
+        }
+        let deadline = Instant::now() + self.spec.grace;
+        while self.in_flight > 0 {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => self.complete(done),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.in_flight > 0 {
+            tracing::warn!(
+                role = self.spec.role.as_str(),
+                abandoned = self.in_flight,
+                "grace period over, abandoning in-flight records"
+            );
+            self.abandon.cancel();
+            self.tasks.close();
+            // Abandoned handlers return promptly; their records stay undecided.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.complete(done);
+            }
+        }
+        if let Some(revoke) = self.revoke.take() {
+            let _ = revoke.ack.send(());
+        }
+        self.publish_gauges();
+    }
+
+    fn assign(&mut self, assigned: Vec<(String, i32)>) {
+        for (topic, partition) in assigned {
+            self.generation += 1;
+            let key = (Arc::<str>::from(topic), partition);
+            self.partitions.insert(key, self.new_partition());
+        }
+    }
+
+    fn new_partition(&self) -> Partition {
+        Partition {
+            generation: self.generation,
+            lifecycle: Lifecycle::Consuming,
+            tracker: Default::default(),
+            in_flight: 0,
+            backlog: VecDeque::new(),
+            paused: None,
+        }
+    }
+
+    fn accept(&mut self, record: OwnedMessage) {
+        let key = (Arc::<str>::from(record.topic()), record.partition());
+        if !self.partitions.contains_key(&key) {
+            // A record can only come from an assigned partition; be robust anyway.
+            self.generation += 1;
+            let partition = self.new_partition();
+            self.partitions.insert(key.clone(), partition);
+        }
+        let due_ms = self.handler.due_ms(&record);
+        let partition = self.partitions.get_mut(&key).expect("inserted above");
+        if partition.lifecycle != Lifecycle::Consuming {
+            return; // not ours any more: the next owner reads it again
+        }
+        partition.backlog.push_back(Waiting { record, due_ms });
+        self.pump(&key);
+    }
+
+    /// Hands due records of one partition to handlers while limits allow, then sets its pause state.
+    fn pump(&mut self, key: &(Arc<str>, i32)) {
+        let now = now_ms();
+        let Some(partition) = self.partitions.get_mut(key) else { return };
+        let mut reason = None;
+        while let Some(head) = partition.backlog.front() {
+            if partition.lifecycle != Lifecycle::Consuming {
+                break;
+            }
+            if head.due_ms.is_some_and(|due| due > now) {
+                reason = Some(PauseReason::NotDue);
+                break;
+            }
+            if partition.in_flight >= self.spec.max_in_flight_per_partition || self.in_flight >= self.spec.max_in_flight
+            {
+                reason = Some(PauseReason::Capacity);
+                break;
+            }
+            let waiting = partition.backlog.pop_front().expect("front exists");
+            let offset = waiting.record.offset();
+            partition.tracker.begin(offset);
+            partition.in_flight += 1;
+            self.in_flight += 1;
+            let completion =
+                Completion { key: key.clone(), generation: partition.generation, offset, done: Done::Abandoned };
+            let work = self.handler.clone().handle(waiting.record, self.abandon.child_token());
+            let done_tx = self.done_tx.clone();
+            self.tasks.spawn(async move {
+                let done = work.await;
+                let _ = done_tx.send(Completion { done, ..completion }).await;
+            });
+        }
+        if reason.is_none()
+            && partition.lifecycle == Lifecycle::Consuming
+            && partition.in_flight >= self.spec.max_in_flight_per_partition
+        {
+            reason = Some(PauseReason::Capacity);
+        }
+        if partition.paused.is_some() != reason.is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            let applied = if reason.is_some() { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+            if let Err(error) = applied {
+                tracing::warn!(topic = &*key.0, partition = key.1, %error, "pause/resume failed");
+            }
+        }
+        partition.paused = reason;
+    }
+
+    /// Pumps every partition with a backlog (a timer fired, or capacity came back).
+    fn pump_all(&mut self) {
+        let keys: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| !p.backlog.is_empty() || p.paused.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.pump(&key);
+        }
+    }
+
+    fn complete(&mut self, done: Completion) {
+        let Some(partition) = self.partitions.get_mut(&done.key) else { return };
+        if partition.generation != done.generation {
+            return; // from an earlier assignment of this partition
+        }
+        let was_full = self.in_flight >= self.spec.max_in_flight;
+        partition.in_flight -= 1;
+        self.in_flight -= 1;
+        if done.done == Done::Decided {
+            if let Some(position) = partition.tracker.decide(done.offset) {
+                let mut tpl = TopicPartitionList::new();
+                let stored = tpl
+                    .add_partition_offset(&done.key.0, done.key.1, Offset::Offset(position))
+                    .and_then(|()| self.consumer.store_offsets(&tpl));
+                if let Err(error) = stored {
+                    tracing::debug!(topic = &*done.key.0, partition = done.key.1, position, %error, "offset not stored");
+                }
+            }
+        }
+        if was_full {
+            self.pump_all();
+        } else {
+            self.pump(&done.key.clone());
+        }
+    }
+
+    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
+        let mut keys = Vec::new();
+        for (topic, partition) in revoked {
+            let key = (Arc::<str>::from(topic), partition);
+            if let Some(p) = self.partitions.get_mut(&key) {
+                p.lifecycle = Lifecycle::Draining;
+                p.backlog.clear();
+                p.paused = None;
+            }
+            keys.push(key);
+        }
+        self.revoke = Some(PendingRevoke { partitions: keys, ack, deadline: Instant::now() + self.spec.grace });
+    }
+
+    fn check_revoke(&mut self) {
+        let drained = self
+            .revoke
+            .as_ref()
+            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(|p| p.in_flight == 0)));
+        if drained {
+            self.finish_revoke(false);
+        }
+    }
+
+    /// Lets go of the revoked partitions: their decided offsets are stored already,
+    /// the callback commits them once acknowledged.
+    fn finish_revoke(&mut self, timed_out: bool) {
+        let Some(revoke) = self.revoke.take() else { return };
+        for key in &revoke.partitions {
+            if let Some(p) = self.partitions.remove(key) {
+                if timed_out && p.in_flight > 0 {
+                    tracing::warn!(
+                        topic = &*key.0,
+                        partition = key.1,
+                        in_flight = p.in_flight,
+                        "revoke grace over; records will be read again by the new owner"
+                    );
+                    self.in_flight -= p.in_flight;
+                }
+            }
+        }
+        let _ = revoke.ack.send(());
+    }
+
+    /// The earliest due time of a head record that waits only for time.
+    fn next_due(&self) -> Option<Instant> {
+        let due = self
+            .partitions
+            .values()
+            .filter(|p| p.paused == Some(PauseReason::NotDue))
+            .filter_map(|p| p.backlog.front().and_then(|w| w.due_ms))
+            .min()?;
+        let wait = (due - now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    fn publish_gauges(&self) {
+        let m = metrics::get();
+        let role = self.spec.role.as_str();
+        m.in_flight.with_label_values(&[role]).set(self.in_flight as i64);
+        for (reason, label) in [(PauseReason::Capacity, "capacity"), (PauseReason::NotDue, "not_due")] {
+            let count = self.partitions.values().filter(|p| p.paused == Some(reason)).count();
+            m.paused_partitions.with_label_values(&[role, label]).set(count as i64);
+        }
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// A record's headers as owned pairs (values that are null become empty).
+pub fn headers_of(record: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
+    record
+        .headers()
+        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
+        .unwrap_or_default()
+}

@@ -1,0 +1,117 @@
+//! librdkafka settings shared by every client: brokers, TLS, SASL, pass-through properties.
+
+use rdkafka::ClientConfig;
+
+use crate::config::{GroupProtocol, KafkaConfig};
+
+/// Settings every client (consumer, producer, admin) gets.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = ClientConfig::new();
+    c.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", concat!("hookrelay/", env!("CARGO_PKG_VERSION")))
+        .set("security.protocol", kafka.security_protocol.as_librdkafka());
+    if let Some(sasl) = &kafka.sasl {
+        c.set("sasl.mechanism", sasl.mechanism.as_librdkafka())
+            .set("sasl.username", &sasl.username)
+            .set("sasl.password", sasl.password.expose());
+    }
+    let tls = &kafka.tls;
+    let files = [
+        ("ssl.ca.location", &tls.ca_location),
+        ("ssl.certificate.location", &tls.certificate_location),
+        ("ssl.key.location", &tls.key_location),
+    ];
+    for (key, path) in files {
+        if let Some(path) = path {
+            c.set(key, path.to_string_lossy());
+        }
+    }
+    if let Some(password) = &tls.key_password {
+        c.set("ssl.key.password", password.expose());
+    }
+    c
+}
+
+/// Applies `kafka.properties` last, so operators can tune anything.
+fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+    for (key, value) in &kafka.properties {
+        c.set(key, value);
+    }
+    c
+}
+
+/// A group consumer that commits only offsets the relay stored itself.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+    let mut c = client_config(kafka);
+    c.set("group.id", group_id)
+        // Offsets are stored by the relay once a record is decided and
+        // committed in the background from that store (plus on revoke and close).
+        .set("enable.auto.commit", "true")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", kafka.commit_interval.as_millis().to_string())
+        // A new group must not skip records that were already written.
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "false")
+        .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string())
+        // Bounds the prefetch per partition; the relay's own limits bound the rest.
+        .set("queued.max.messages.kbytes", "16384");
+    match kafka.group_protocol {
+        GroupProtocol::Classic => {
+            c.set("partition.assignment.strategy", "cooperative-sticky");
+        }
+        GroupProtocol::Consumer => {
+            c.set("group.protocol", "consumer");
+        }
+    }
+    with_properties(c, kafka)
+}
+
+/// An idempotent producer with `acks=all`: an acknowledged record is durable and written once.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut c = client_config(kafka);
+    c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("compression.type", "lz4");
+    with_properties(c, kafka)
+}
+
+/// An admin or metadata client.
+pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
+    with_properties(client_config(kafka), kafka)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    #[test]
+    fn security_settings_reach_librdkafka() {
+        let config = Config::from_toml(
+            r#"
+            [kafka]
+            brokers = "b1:9094,b2:9094"
+            security_protocol = "sasl_ssl"
+            properties = { "socket.keepalive.enable" = "true", "linger.ms" = "20" }
+            [kafka.sasl]
+            mechanism = "SCRAM-SHA-512"
+            username = "relay"
+            password = "pw"
+            [kafka.tls]
+            ca_location = "/etc/ca.pem"
+            "#,
+        )
+        .unwrap();
+        let c = producer_config(&config.kafka);
+        assert_eq!(c.get("bootstrap.servers"), Some("b1:9094,b2:9094"));
+        assert_eq!(c.get("security.protocol"), Some("sasl_ssl"));
+        assert_eq!(c.get("sasl.mechanism"), Some("SCRAM-SHA-512"));
+        assert_eq!(c.get("sasl.username"), Some("relay"));
+        assert_eq!(c.get("sasl.password"), Some("pw"));
+        assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
+        assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
+        assert_eq!(c.get("linger.ms"), Some("20"), "pass-through properties apply last");
+        assert_eq!(c.get("acks"), Some("all"));
+        let consumer = consumer_config(&config.kafka, "g");
+        assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
+        assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+    }
+}

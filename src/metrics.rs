@@ -1,0 +1,176 @@
+//! The one place where metric names, help texts and labels live.
+//!
+//! Label values are bounded: endpoint names or URL hosts (never URLs or ids),
+//! topic names, reasons, roles and sink kinds.
+
+use std::sync::LazyLock;
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    pub registry: Registry,
+    pub ready: IntGauge,
+    /// endpoint, outcome (delivered | retry | deferred | dead)
+    pub deliveries: IntCounterVec,
+    /// endpoint
+    pub attempt_duration: HistogramVec,
+    /// endpoint
+    pub end_to_end_latency: HistogramVec,
+    /// tier (topic)
+    pub retries_routed: IntCounterVec,
+    /// reason
+    pub dead_letters: IntCounterVec,
+    /// role
+    pub in_flight: IntGaugeVec,
+    /// role, reason (capacity | not_due)
+    pub paused_partitions: IntGaugeVec,
+    /// group, topic, partition
+    pub consumer_lag: IntGaugeVec,
+    /// endpoint: 0 closed, 1 half-open, 2 open
+    pub circuit_state: IntGaugeVec,
+    /// sink, outcome (sent | failed | gave_up)
+    pub notifications: IntCounterVec,
+    /// endpoint, reason
+    pub dead_letters_handled: IntCounterVec,
+    /// topic
+    pub produce_failures: IntCounterVec,
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
+    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    registry.register(Box::new(metric.clone())).expect("metric registered once");
+    metric
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let r = Registry::new();
+    let build = gauge(&r, "hookrelay_build_info", "Build information; always 1.", &["version"]);
+    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+    let ready = IntGauge::new("hookrelay_ready", "1 once every consumer of this process joined its group.")
+        .expect("valid metric");
+    r.register(Box::new(ready.clone())).expect("metric registered once");
+    // Attempt buckets span fast receivers to the 5 s default timeout and beyond;
+    // end-to-end spans retries up to the 24 h default deadline.
+    let attempt_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let e2e_buckets =
+        vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0];
+    Metrics {
+        ready,
+        deliveries: counter(
+            &r,
+            "hookrelay_deliveries_total",
+            "Records by what became of them.",
+            &["endpoint", "outcome"],
+        ),
+        attempt_duration: histogram(
+            &r,
+            "hookrelay_attempt_duration_seconds",
+            "Duration of one HTTP attempt.",
+            &["endpoint"],
+            attempt_buckets,
+        ),
+        end_to_end_latency: histogram(
+            &r,
+            "hookrelay_end_to_end_latency_seconds",
+            "Event record timestamp to successful delivery.",
+            &["endpoint"],
+            e2e_buckets,
+        ),
+        retries_routed: counter(&r, "hookrelay_retries_routed_total", "Records routed to a retry tier.", &["tier"]),
+        dead_letters: counter(&r, "hookrelay_dead_letters_total", "Records routed to the dead topic.", &["reason"]),
+        in_flight: gauge(&r, "hookrelay_in_flight_records", "Records being worked on.", &["role"]),
+        paused_partitions: gauge(
+            &r,
+            "hookrelay_paused_partitions",
+            "Partitions paused by the relay.",
+            &["role", "reason"],
+        ),
+        consumer_lag: gauge(
+            &r,
+            "hookrelay_consumer_lag",
+            "Consumer lag in records, from librdkafka statistics.",
+            &["group", "topic", "partition"],
+        ),
+        circuit_state: gauge(
+            &r,
+            "hookrelay_circuit_state",
+            "Circuit per endpoint: 0 closed, 1 half-open, 2 open.",
+            &["endpoint"],
+        ),
+        notifications: counter(
+            &r,
+            "hookrelay_notifications_total",
+            "Failure notifications by sink and outcome.",
+            &["sink", "outcome"],
+        ),
+        dead_letters_handled: counter(
+            &r,
+            "hookrelay_dead_letters_handled_total",
+            "Dead records seen by the failure handler.",
+            &["endpoint", "reason"],
+        ),
+        produce_failures: counter(
+            &r,
+            "hookrelay_produce_failures_total",
+            "Failed produce attempts (retried).",
+            &["topic"],
+        ),
+        registry: r,
+    }
+});
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// The Prometheus text exposition of every metric.
+pub fn render() -> String {
+    let mut out = Vec::new();
+    TextEncoder::new().encode(&get().registry.gather(), &mut out).expect("text encoding cannot fail");
+    String::from_utf8(out).expect("the text format is UTF-8")
+}
+
+// Events that are both logged and counted: one function each, so the log
+// fields and the metric labels cannot drift apart.
+
+/// A record was delivered (2xx).
+pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>) {
+    let m = get();
+    m.deliveries.with_label_values(&[endpoint, "delivered"]).inc();
+    if let Some(ms) = latency_ms {
+        m.end_to_end_latency.with_label_values(&[endpoint]).observe(ms.max(0) as f64 / 1000.0);
+    }
+    tracing::debug!(endpoint, id, attempt, latency_ms, "delivered");
+}
+
+/// A record was routed to a retry tier, after a failed attempt or deferred by an open circuit.
+pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, deferred: bool, error: Option<&str>) {
+    let m = get();
+    let outcome = if deferred { "deferred" } else { "retry" };
+    m.deliveries.with_label_values(&[endpoint, outcome]).inc();
+    m.retries_routed.with_label_values(&[tier]).inc();
+    tracing::info!(endpoint, id, attempt, tier, deferred, error, "routed to retry tier");
+}
+
+/// A record was routed to the dead topic.
+pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: crate::route::DeadReason, error: Option<&str>) {
+    let m = get();
+    m.deliveries.with_label_values(&[endpoint, "dead"]).inc();
+    m.dead_letters.with_label_values(&[reason.as_str()]).inc();
+    tracing::warn!(endpoint, id, attempt, reason = reason.as_str(), error, "routed to dead topic");
+}

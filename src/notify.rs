@@ -1,0 +1,365 @@
+//! The failure handler on the dead topic: log and count every dead record, group them per endpoint within a window, notify the sinks.
+//!
+//! A dead record's offset is decided once the notification that includes it
+//! was sent by every sink, or a sink finally gave up (after
+//! `notify.give_up_after` of retries with backoff). Sinks run side by side,
+//! so a failing one never delays the others' messages.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use lettre::message::header::ContentType;
+use lettre::transport::smtp::authentication::Credentials;
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executor};
+use rdkafka::message::{Message, OwnedMessage};
+use serde::Serialize;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
+use crate::consume::{headers_of, Done, Handler};
+use crate::event::header;
+use crate::metrics;
+
+/// Event ids listed in one notification, at most.
+const MAX_IDS: usize = 20;
+
+/// One message about the dead records of one endpoint within a window.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Notification {
+    /// The one-line summary; also the whole Slack message.
+    pub text: String,
+    pub endpoint: String,
+    pub count: u64,
+    pub reasons: BTreeMap<String, u64>,
+    pub last_error: Option<String>,
+    pub last_status: Option<u16>,
+    pub first_failed_at: String,
+    pub last_failed_at: String,
+    /// The first few event ids (`webhook-id` defaults), for looking them up.
+    pub event_ids: Vec<String>,
+}
+
+/// Dead records of one endpoint waiting for their window to close.
+#[derive(Debug, Default)]
+struct Group {
+    count: u64,
+    reasons: BTreeMap<String, u64>,
+    last_error: Option<String>,
+    last_status: Option<u16>,
+    first_ms: i64,
+    last_ms: i64,
+    event_ids: Vec<String>,
+    waiters: Vec<oneshot::Sender<()>>,
+}
+
+impl Group {
+    fn notification(&self, endpoint: &str) -> Notification {
+        let reasons = self.reasons.iter().map(|(r, n)| format!("{r}: {n}")).collect::<Vec<_>>().join(", ");
+        let noun = if self.count == 1 { "webhook" } else { "webhooks" };
+        let mut text = format!("{} {noun} to {endpoint} failed ({reasons})", self.count);
+        if let Some(error) = &self.last_error {
+            text.push_str(&format!(", last error: {error}"));
+        }
+        text.push_str(&format!(", between {} and {}", rfc3339(self.first_ms), rfc3339(self.last_ms)));
+        Notification {
+            text,
+            endpoint: endpoint.to_string(),
+            count: self.count,
+            reasons: self.reasons.clone(),
+            last_error: self.last_error.clone(),
+            last_status: self.last_status,
+            first_failed_at: rfc3339(self.first_ms),
+            last_failed_at: rfc3339(self.last_ms),
+            event_ids: self.event_ids.clone(),
+        }
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// The handler of the dead topic.
+pub struct FailureHandler {
+    window: Duration,
+    give_up_after: Duration,
+    sinks: Arc<Vec<Sink>>,
+    groups: Arc<Mutex<HashMap<String, Group>>>,
+}
+
+impl FailureHandler {
+    pub fn new(config: &Config) -> anyhow::Result<FailureHandler> {
+        let sinks = config.notify.sinks.iter().map(Sink::new).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(FailureHandler {
+            window: config.notify.window,
+            give_up_after: config.notify.give_up_after,
+            sinks: Arc::new(sinks),
+            groups: Arc::default(),
+        })
+    }
+
+    /// Adds a dead record to its endpoint's group; the receiver fires when the group's notification is done.
+    fn add(&self, endpoint: &str, dead: &DeadRecord) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        let mut groups = self.groups.lock().expect("groups lock poisoned");
+        let opened = !groups.contains_key(endpoint);
+        let group = groups.entry(endpoint.to_string()).or_default();
+        if opened {
+            group.first_ms = dead.at_ms;
+        }
+        group.count += 1;
+        *group.reasons.entry(dead.reason.clone()).or_default() += 1;
+        group.first_ms = group.first_ms.min(dead.at_ms);
+        group.last_ms = group.last_ms.max(dead.at_ms);
+        if dead.error.is_some() {
+            group.last_error = dead.error.clone();
+            group.last_status = dead.status;
+        }
+        if group.event_ids.len() < MAX_IDS {
+            group.event_ids.push(dead.id.clone());
+        }
+        group.waiters.push(tx);
+        if opened {
+            let (groups, sinks, endpoint) = (self.groups.clone(), self.sinks.clone(), endpoint.to_string());
+            let (window, give_up_after) = (self.window, self.give_up_after);
+            tokio::spawn(async move {
+                tokio::time::sleep(window).await;
+                let group = groups.lock().expect("groups lock poisoned").remove(&endpoint);
+                if let Some(group) = group {
+                    let notification = group.notification(&endpoint);
+                    futures::future::join_all(sinks.iter().map(|s| s.deliver(&notification, give_up_after))).await;
+                    for waiter in group.waiters {
+                        let _ = waiter.send(());
+                    }
+                }
+            });
+        }
+        rx
+    }
+}
+
+/// What the handler reads off a dead record.
+struct DeadRecord {
+    id: String,
+    reason: String,
+    error: Option<String>,
+    status: Option<u16>,
+    at_ms: i64,
+}
+
+impl Handler for FailureHandler {
+    fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+        async move {
+            let headers = headers_of(&record);
+            let get = |name: &str| {
+                headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+            };
+            let endpoint = get(header::ENDPOINT).unwrap_or_else(|| "unknown".into());
+            let origin = match (get(header::ORIGIN_TOPIC), get(header::ORIGIN_PARTITION), get(header::ORIGIN_OFFSET)) {
+                (Some(t), Some(p), Some(o)) => format!("{t}-{p}-{o}"),
+                _ => format!("{}-{}-{}", record.topic(), record.partition(), record.offset()),
+            };
+            let dead = DeadRecord {
+                id: event_id(record.payload()).unwrap_or(origin),
+                reason: get(header::REASON).unwrap_or_else(|| "unknown".into()),
+                error: get(header::LAST_ERROR),
+                status: get(header::LAST_STATUS).and_then(|s| s.parse().ok()),
+                at_ms: record.timestamp().to_millis().unwrap_or_else(crate::consume::now_ms),
+            };
+            metrics::get().dead_letters_handled.with_label_values(&[&endpoint, &dead.reason]).inc();
+            tracing::warn!(
+                endpoint,
+                id = dead.id,
+                reason = dead.reason,
+                error = dead.error,
+                status = dead.status,
+                attempt = get(header::ATTEMPT),
+                topic = record.topic(),
+                partition = record.partition(),
+                offset = record.offset(),
+                "dead letter"
+            );
+            let notified = self.add(&endpoint, &dead);
+            tokio::select! {
+                _ = notified => Done::Decided,
+                _ = cancel.cancelled() => Done::Abandoned,
+            }
+        }
+        .boxed()
+    }
+}
+
+/// The event's own `id`, if the value is an event that has one.
+fn event_id(value: Option<&[u8]>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(value?).ok()?.id
+}
+
+/// A configured destination of notifications.
+enum Sink {
+    Http { client: reqwest::Client, url: String, format: HttpFormat, headers: Vec<(String, String)> },
+    Email { transport: AsyncSmtpTransport<Tokio1Executor>, from: String, to: Vec<String> },
+    Log,
+}
+
+impl Sink {
+    fn new(config: &SinkConfig) -> anyhow::Result<Sink> {
+        Ok(match config {
+            SinkConfig::Http { url, format, headers } => Sink::Http {
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .user_agent(crate::deliver::USER_AGENT)
+                    .build()?,
+                url: url.clone(),
+                format: *format,
+                headers: headers.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect(),
+            },
+            SinkConfig::Email { host, port, tls, username, password, from, to } => {
+                let mut builder = match tls {
+                    SmtpTls::Starttls => AsyncSmtpTransport::<Tokio1Executor>::starttls_relay(host)?,
+                    SmtpTls::Tls => AsyncSmtpTransport::<Tokio1Executor>::relay(host)?,
+                    SmtpTls::None => AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(host),
+                };
+                let default_port = match tls {
+                    SmtpTls::Starttls => 587,
+                    SmtpTls::Tls => 465,
+                    SmtpTls::None => 25,
+                };
+                builder = builder.port(port.unwrap_or(default_port)).timeout(Some(Duration::from_secs(10)));
+                if let (Some(user), Some(password)) = (username, password) {
+                    builder = builder.credentials(Credentials::new(user.clone(), password.expose().to_string()));
+                }
+                Sink::Email { transport: builder.build(), from: from.clone(), to: to.clone() }
+            }
+            SinkConfig::Log => Sink::Log,
+        })
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Sink::Http { .. } => "http",
+            Sink::Email { .. } => "email",
+            Sink::Log => "log",
+        }
+    }
+
+    /// Sends, retrying with backoff (1 s doubling to 30 s) until sent or `give_up_after` has passed.
+    async fn deliver(&self, notification: &Notification, give_up_after: Duration) {
+        let counter = &metrics::get().notifications;
+        let started = tokio::time::Instant::now();
+        let mut backoff = Duration::from_secs(1);
+        loop {
+            match self.send_once(notification).await {
+                Ok(()) => {
+                    counter.with_label_values(&[self.kind(), "sent"]).inc();
+                    return;
+                }
+                Err(error) => {
+                    counter.with_label_values(&[self.kind(), "failed"]).inc();
+                    if started.elapsed() + backoff > give_up_after {
+                        counter.with_label_values(&[self.kind(), "gave_up"]).inc();
+                        tracing::error!(sink = self.kind(), endpoint = notification.endpoint, %error, "notification given up");
+                        return;
+                    }
+                    tracing::warn!(sink = self.kind(), endpoint = notification.endpoint, %error, retry_in_s = backoff.as_secs(), "notification failed, retrying");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    async fn send_once(&self, n: &Notification) -> Result<(), String> {
+        match self {
+            Sink::Http { client, url, format, headers } => {
+                let body = match format {
+                    HttpFormat::Json => serde_json::to_vec(n),
+                    HttpFormat::Slack => serde_json::to_vec(&serde_json::json!({ "text": n.text })),
+                }
+                .map_err(|e| e.to_string())?;
+                let mut request = client.post(url).header("content-type", "application/json").body(body);
+                for (k, v) in headers {
+                    request = request.header(k, v);
+                }
+                let response = request.send().await.map_err(|e| e.to_string())?;
+                if response.status().is_success() {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP {}", response.status().as_u16()))
+                }
+            }
+            Sink::Email { transport, from, to } => {
+                let mut message = Email::builder()
+                    .from(from.parse().map_err(|e| format!("from: {e}"))?)
+                    .subject(format!("[hookrelay] {} webhooks to {} failed", n.count, n.endpoint))
+                    .header(ContentType::TEXT_PLAIN);
+                for address in to {
+                    message = message.to(address.parse().map_err(|e| format!("to: {e}"))?);
+                }
+                let message = message.body(email_body(n)).map_err(|e| e.to_string())?;
+                transport.send(message).await.map(|_| ()).map_err(|e| e.to_string())
+            }
+            Sink::Log => {
+                tracing::error!(
+                    endpoint = n.endpoint, count = n.count, reasons = ?n.reasons, last_error = n.last_error,
+                    first_failed_at = n.first_failed_at, last_failed_at = n.last_failed_at, "{}", n.text
+                );
+                Ok(())
+            }
+        }
+    }
+}
+
+fn email_body(n: &Notification) -> String {
+    let mut body = format!("{}\n\nEndpoint: {}\nFailed: {}\n", n.text, n.endpoint, n.count);
+    for (reason, count) in &n.reasons {
+        body.push_str(&format!("  {reason}: {count}\n"));
+    }
+    body.push_str(&format!("First: {}\nLast: {}\n", n.first_failed_at, n.last_failed_at));
+    if let Some(error) = &n.last_error {
+        body.push_str(&format!("Last error: {error}\n"));
+    }
+    if !n.event_ids.is_empty() {
+        body.push_str(&format!("Event ids: {}\n", n.event_ids.join(", ")));
+    }
+    body.push_str("\nRe-drive them once the receiver is fixed: hookrelay replay --endpoint <name>\n");
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_reads_as_one_message() {
+        let mut group = Group { count: 3, first_ms: 1_700_000_000_000, last_ms: 1_700_000_042_000, ..Group::default() };
+        group.reasons.insert("expired".into(), 2);
+        group.reasons.insert("rejected".into(), 1);
+        group.last_error = Some("HTTP 503: down".into());
+        let n = group.notification("billing");
+        assert_eq!(
+            n.text,
+            "3 webhooks to billing failed (expired: 2, rejected: 1), last error: HTTP 503: down, \
+             between 2023-11-14T22:13:20Z and 2023-11-14T22:14:02Z"
+        );
+        let body = email_body(&n);
+        assert!(body.contains("expired: 2") && body.contains("Last error: HTTP 503: down"), "{body}");
+    }
+
+    #[test]
+    fn event_ids_come_from_the_value_when_present() {
+        assert_eq!(event_id(Some(br#"{"id":"evt_9","payload":1}"#)), Some("evt_9".into()));
+        assert_eq!(event_id(Some(b"not json")), None);
+        assert_eq!(event_id(None), None);
+    }
+}

@@ -1,0 +1,223 @@
+//! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use rdkafka::message::{Message, OwnedMessage};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::circuit::{Admission, Circuits};
+use crate::config::Config;
+use crate::consume::{headers_of, now_ms, Done, Handler};
+use crate::deliver::Deliverer;
+use crate::event::{header, Coordinates, Endpoints, Hop};
+use crate::metrics;
+use crate::outcome::{classify, Outcome};
+use crate::route::{build_headers, plan, DeadReason, Ladder, Original, PlanInput, RelayHeaders, Route, Router};
+
+/// What every relay consumer (events and each tier) shares.
+pub struct Shared {
+    pub endpoints: Endpoints,
+    pub deliverer: Deliverer,
+    pub circuits: Circuits,
+    pub router: Router,
+    pub ladder: Ladder,
+    pub limits: EndpointLimits,
+    pub permanent_statuses: Vec<u16>,
+    pub max_age_ms: i64,
+    pub max_attempts: u32,
+}
+
+impl Shared {
+    pub fn new(config: &Config) -> anyhow::Result<Arc<Shared>> {
+        Ok(Arc::new(Shared {
+            endpoints: Endpoints::new(config),
+            deliverer: Deliverer::new(config.delivery.allow_private_networks)?,
+            circuits: Circuits::new(config.circuit.clone()),
+            router: Router::new(config)?,
+            ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
+            limits: EndpointLimits::new(config),
+            permanent_statuses: config.delivery.permanent_statuses.clone(),
+            max_age_ms: config.retry.max_age.as_millis() as i64,
+            max_attempts: config.retry.max_attempts,
+        }))
+    }
+}
+
+/// Concurrent requests per endpoint, so one slow receiver cannot take every slot.
+pub struct EndpointLimits {
+    default: usize,
+    configured: HashMap<String, usize>,
+    semaphores: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+}
+
+impl EndpointLimits {
+    fn new(config: &Config) -> EndpointLimits {
+        let configured =
+            config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
+        EndpointLimits { default: config.delivery.max_in_flight_per_endpoint, configured, semaphores: Mutex::default() }
+    }
+
+    fn semaphore(&self, endpoint: &Arc<str>) -> Arc<Semaphore> {
+        let mut semaphores = self.semaphores.lock().expect("limits lock poisoned");
+        semaphores
+            .entry(endpoint.clone())
+            .or_insert_with(|| {
+                let n = self.configured.get(&**endpoint).copied().unwrap_or(self.default);
+                Arc::new(Semaphore::new(n))
+            })
+            .clone()
+    }
+}
+
+/// A relay consumer's handler: the event topics (`from_tier: None`) or one tier.
+pub struct Relay {
+    shared: Arc<Shared>,
+    from_tier: Option<usize>,
+}
+
+impl Relay {
+    pub fn new(shared: Arc<Shared>, from_tier: Option<usize>) -> Relay {
+        Relay { shared, from_tier }
+    }
+}
+
+impl Handler for Relay {
+    fn due_ms(&self, record: &OwnedMessage) -> Option<i64> {
+        self.from_tier?;
+        let headers = headers_of(record);
+        let due = headers.iter().rev().find(|(k, _)| k == header::DUE_MS)?;
+        std::str::from_utf8(&due.1).ok()?.trim().parse().ok()
+    }
+
+    fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+        async move { self.process(record, cancel).await }.boxed()
+    }
+}
+
+impl Relay {
+    async fn process(&self, record: OwnedMessage, cancel: CancellationToken) -> Done {
+        let s = &*self.shared;
+        let here =
+            Coordinates { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset() };
+        let headers = headers_of(&record);
+        let mut hop = Hop::read(&headers, here, record.timestamp().to_millis());
+        let original = Original { key: record.key(), value: record.payload(), headers: &headers };
+
+        let event = match s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()) {
+            Ok(event) => event,
+            Err(invalid) => {
+                let error = invalid.to_string();
+                let endpoint = "invalid";
+                let relay = RelayHeaders {
+                    hop: &hop,
+                    due_ms: None,
+                    last_status: None,
+                    last_error: Some(&error),
+                    reason: Some(DeadReason::InvalidEvent),
+                    endpoint,
+                };
+                return self.send_dead(&original, relay, &cancel).await;
+            }
+        };
+        let now = now_ms();
+        let first = *hop.first_attempt_ms.get_or_insert(now);
+        let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
+        let endpoint = event.endpoint_key.clone();
+
+        let admission = s.circuits.admit(&endpoint, Instant::now());
+        let outcome = if admission == Admission::Defer {
+            Outcome::Deferred
+        } else {
+            let semaphore = s.limits.semaphore(&endpoint);
+            let attempt = async {
+                let _permit = semaphore.acquire().await.expect("semaphores are never closed");
+                let started = Instant::now();
+                let attempt = s.deliverer.attempt(&event, SystemTime::now()).await;
+                metrics::get()
+                    .attempt_duration
+                    .with_label_values(&[&endpoint])
+                    .observe(started.elapsed().as_secs_f64());
+                attempt
+            };
+            let attempt = tokio::select! {
+                attempt = attempt => attempt,
+                _ = cancel.cancelled() => {
+                    if admission == Admission::Probe {
+                        s.circuits.probe_abandoned(&endpoint, Instant::now());
+                    }
+                    return Done::Abandoned;
+                }
+            };
+            hop.attempts += 1;
+            let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+            let failed = matches!(outcome, Outcome::Retryable { .. });
+            s.circuits.report(&endpoint, admission, failed, Instant::now());
+            outcome
+        };
+
+        let input = PlanInput {
+            attempts: hop.attempts,
+            from_tier: self.from_tier,
+            now_ms: now_ms(),
+            deadline_ms: deadline,
+            max_attempts: event.max_attempts.unwrap_or(s.max_attempts),
+            jitter_sample: rand::random::<f64>(),
+        };
+        let route = plan(&s.ladder, &outcome, input);
+        let (last_status, last_error) = match &outcome {
+            Outcome::Delivered { status } => (Some(*status), None),
+            Outcome::Retryable { status, error, .. } | Outcome::Final { status, error, .. } => {
+                (*status, Some(error.clone()))
+            }
+            Outcome::Deferred => (hop.last_status, Some(format!("deferred: circuit open for {endpoint}"))),
+        };
+        let relay = |due_ms, reason| RelayHeaders {
+            hop: &hop,
+            due_ms,
+            last_status,
+            last_error: last_error.as_deref(),
+            reason,
+            endpoint: &endpoint,
+        };
+        match route {
+            Route::Delivered => {
+                let latency_ms = hop.event_ms.map(|t| now_ms() - t);
+                metrics::delivered(&endpoint, &event.id, hop.attempts, latency_ms);
+                Done::Decided
+            }
+            Route::Tier { index, due_ms } => {
+                let topic = s.router.tier_topic(index);
+                let built = build_headers(original.headers, &relay(Some(due_ms), None));
+                if s.router.produce(topic, &original, built, &cancel).await.is_err() {
+                    return Done::Abandoned;
+                }
+                let deferred = outcome == Outcome::Deferred;
+                metrics::retry_routed(&endpoint, &event.id, hop.attempts, topic, deferred, last_error.as_deref());
+                Done::Decided
+            }
+            Route::Dead { reason } => self.send_dead(&original, relay(None, Some(reason)), &cancel).await,
+        }
+    }
+
+    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
+        let router = &self.shared.router;
+        let built = build_headers(original.headers, &relay);
+        if router.produce(router.dead_topic(), original, built, cancel).await.is_err() {
+            return Done::Abandoned;
+        }
+        let reason = relay.reason.unwrap_or(DeadReason::InvalidEvent);
+        metrics::dead_routed(
+            relay.endpoint,
+            &relay.hop.origin.default_id(),
+            relay.hop.attempts,
+            reason,
+            relay.last_error,
+        );
+        Done::Decided
+    }
+}

@@ -1,0 +1,435 @@
+//! Outcome + hop -> [`Route`] (pure `plan`), and the [`Router`] that produces tier and dead records with relay headers.
+//!
+//! Every record the router writes carries the original value byte-for-byte,
+//! the original key, the original non-relay headers, and fresh relay headers
+//! (overwritten, never appended). A produce decides a record's fate only once
+//! the broker acknowledged it (idempotent producer, `acks=all`).
+
+use std::time::Duration;
+
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::{header, Hop};
+use crate::metrics;
+use crate::outcome::{FinalReason, Outcome};
+
+/// The longest `hookrelay-last-error` written (SPEC: at most 1 KiB).
+const MAX_ERROR_BYTES: usize = 1024;
+
+/// Where a record goes after its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Delivered,
+    /// To tier `index` of the ladder, not to be attempted before `due_ms`.
+    Tier {
+        index: usize,
+        due_ms: i64,
+    },
+    Dead {
+        reason: DeadReason,
+    },
+}
+
+/// The `hookrelay-reason` of a dead record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeadReason {
+    InvalidEvent,
+    Rejected,
+    Expired,
+    MaxAttempts,
+    ForbiddenTarget,
+}
+
+impl DeadReason {
+    pub const ALL: [DeadReason; 5] = [
+        DeadReason::InvalidEvent,
+        DeadReason::Rejected,
+        DeadReason::Expired,
+        DeadReason::MaxAttempts,
+        DeadReason::ForbiddenTarget,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::InvalidEvent => "invalid_event",
+            DeadReason::Rejected => "rejected",
+            DeadReason::Expired => "expired",
+            DeadReason::MaxAttempts => "max_attempts",
+            DeadReason::ForbiddenTarget => "forbidden_target",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeadReason> {
+        DeadReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The retry ladder: one fixed delay per tier; the last repeats.
+#[derive(Debug, Clone)]
+pub struct Ladder {
+    delays_ms: Vec<i64>,
+    /// Largest jitter as a fraction of the delay (at most 0.1).
+    jitter: f64,
+}
+
+impl Ladder {
+    pub fn new(delays: impl IntoIterator<Item = Duration>, jitter: f64) -> Ladder {
+        let delays_ms: Vec<i64> = delays.into_iter().map(|d| d.as_millis() as i64).collect();
+        assert!(!delays_ms.is_empty(), "config validation guarantees at least one tier");
+        Ladder { delays_ms, jitter: jitter.clamp(0.0, 0.1) }
+    }
+
+    fn last(&self) -> usize {
+        self.delays_ms.len() - 1
+    }
+
+    /// The first tier whose delay is at least `wait`, else the last one.
+    fn first_at_least(&self, wait_ms: i64) -> usize {
+        self.delays_ms.iter().position(|&d| d >= wait_ms).unwrap_or(self.last())
+    }
+}
+
+/// Everything `plan` needs besides the outcome.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanInput {
+    /// Attempts made so far, including the one just classified (if any).
+    pub attempts: u32,
+    /// The tier the record was read from; `None` on an event topic.
+    pub from_tier: Option<usize>,
+    pub now_ms: i64,
+    pub deadline_ms: i64,
+    /// 0 = no cap.
+    pub max_attempts: u32,
+    /// A uniform sample in [0, 1) that scales the jitter.
+    pub jitter_sample: f64,
+}
+
+/// Decides where a record goes. Pure: all inputs are arguments.
+///
+/// - attempt n (n >= 1) failed: tier n-1, the last tier repeating;
+/// - deferred by an open circuit: the tier after the one it came from (no attempt counted);
+/// - `Retry-After`: the first tier whose delay is at least that long, and never earlier than asked;
+/// - a next due time past the deadline: dead, `expired`; attempts used up: dead, `max_attempts`.
+pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
+    let (index, retry_after) = match outcome {
+        Outcome::Delivered { .. } => return Route::Delivered,
+        Outcome::Final { reason: FinalReason::Rejected, .. } => return Route::Dead { reason: DeadReason::Rejected },
+        Outcome::Final { reason: FinalReason::ForbiddenTarget, .. } => {
+            return Route::Dead { reason: DeadReason::ForbiddenTarget }
+        }
+        Outcome::Deferred => (input.from_tier.map_or(0, |i| i + 1).min(ladder.last()), None),
+        Outcome::Retryable { retry_after, .. } => {
+            if input.max_attempts > 0 && input.attempts >= input.max_attempts {
+                return Route::Dead { reason: DeadReason::MaxAttempts };
+            }
+            let scheduled = (input.attempts.max(1) as usize - 1).min(ladder.last());
+            match retry_after {
+                Some(wait) => (ladder.first_at_least(wait.as_millis() as i64), Some(wait.as_millis() as i64)),
+                None => (scheduled, None),
+            }
+        }
+    };
+    let delay = ladder.delays_ms[index];
+    let jitter = (delay as f64 * ladder.jitter * input.jitter_sample.clamp(0.0, 1.0)) as i64;
+    let due_ms = (input.now_ms + delay + jitter).max(input.now_ms + retry_after.unwrap_or(0));
+    if due_ms > input.deadline_ms {
+        return Route::Dead { reason: DeadReason::Expired };
+    }
+    Route::Tier { index, due_ms }
+}
+
+/// The relay headers of a record about to be written to a tier or the dead topic.
+#[derive(Debug, Clone)]
+pub struct RelayHeaders<'a> {
+    pub hop: &'a Hop,
+    pub due_ms: Option<i64>,
+    pub last_status: Option<u16>,
+    pub last_error: Option<&'a str>,
+    pub reason: Option<DeadReason>,
+    pub endpoint: &'a str,
+}
+
+/// A record as read, for re-producing it unchanged.
+#[derive(Debug, Clone)]
+pub struct Original<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: Option<&'a [u8]>,
+    pub headers: &'a [(String, Vec<u8>)],
+}
+
+/// Builds the headers: the original non-relay ones, then the relay's.
+pub fn build_headers(original: &[(String, Vec<u8>)], relay: &RelayHeaders<'_>) -> OwnedHeaders {
+    let mut out = OwnedHeaders::new_with_capacity(original.len() + 12);
+    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)) {
+        out = out.insert(Header { key, value: Some(value) });
+    }
+    let hop = relay.hop;
+    let mut put = |key: &str, value: String| {
+        out = std::mem::replace(&mut out, OwnedHeaders::new()).insert(Header { key, value: Some(&value) });
+    };
+    put(header::ATTEMPT, hop.attempts.to_string());
+    if let Some(ms) = hop.first_attempt_ms {
+        put(header::FIRST_ATTEMPT_MS, ms.to_string());
+    }
+    if let Some(ms) = relay.due_ms {
+        put(header::DUE_MS, ms.to_string());
+    }
+    if let Some(ms) = hop.deadline_ms {
+        put(header::DEADLINE_MS, ms.to_string());
+    }
+    put(header::ORIGIN_TOPIC, hop.origin.topic.clone());
+    put(header::ORIGIN_PARTITION, hop.origin.partition.to_string());
+    put(header::ORIGIN_OFFSET, hop.origin.offset.to_string());
+    if let Some(status) = relay.last_status {
+        put(header::LAST_STATUS, status.to_string());
+    }
+    if let Some(error) = relay.last_error {
+        put(header::LAST_ERROR, truncate(error, MAX_ERROR_BYTES).to_string());
+    }
+    if let Some(reason) = relay.reason {
+        put(header::REASON, reason.as_str().to_string());
+    }
+    put(header::ENDPOINT, relay.endpoint.to_string());
+    if let Some(ms) = hop.event_ms {
+        put(header::EVENT_MS, ms.to_string());
+    }
+    out
+}
+
+/// Cuts `text` to at most `max` bytes on a character boundary.
+pub fn truncate(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// Produces tier and dead records; only an acknowledged produce returns Ok.
+#[derive(Clone)]
+pub struct Router {
+    producer: FutureProducer,
+    tier_topics: Vec<String>,
+    dead_topic: String,
+}
+
+/// The router gave up because the relay is shutting down; the record stays undecided.
+#[derive(Debug, thiserror::Error)]
+#[error("shutting down before the broker acknowledged the record")]
+pub struct Abandoned;
+
+impl Router {
+    pub fn new(config: &Config) -> anyhow::Result<Router> {
+        let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
+        Ok(Router {
+            producer,
+            tier_topics: config.retry.tiers.iter().map(|t| t.topic.clone()).collect(),
+            dead_topic: config.topics.dead.clone(),
+        })
+    }
+
+    pub fn tier_topic(&self, index: usize) -> &str {
+        &self.tier_topics[index]
+    }
+
+    pub fn dead_topic(&self) -> &str {
+        &self.dead_topic
+    }
+
+    /// Writes `original` to `topic` with `headers`, retrying with backoff until
+    /// the broker acknowledges it or `cancel` fires. librdkafka already retries
+    /// inside `message.timeout.ms`; this loop covers longer outages, during
+    /// which the record stays undecided and its offset is not committed.
+    pub async fn produce(
+        &self,
+        topic: &str,
+        original: &Original<'_>,
+        headers: OwnedHeaders,
+        cancel: &CancellationToken,
+    ) -> Result<(), Abandoned> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
+            if let Some(key) = original.key {
+                record = record.key(key);
+            }
+            if let Some(value) = original.value {
+                record = record.payload(value);
+            }
+            let sent = tokio::select! {
+                sent = self.producer.send(record, Timeout::Never) => sent,
+                _ = cancel.cancelled() => return Err(Abandoned),
+            };
+            match sent {
+                Ok(_) => return Ok(()),
+                Err((error, _)) => {
+                    metrics::get().produce_failures.with_label_values(&[topic]).inc();
+                    tracing::warn!(topic, %error, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = cancel.cancelled() => return Err(Abandoned),
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(10));
+        }
+    }
+
+    /// Waits for queued records to be acknowledged (shutdown).
+    pub fn flush(&self, timeout: Duration) {
+        if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
+            tracing::warn!(%error, "producer flush did not finish");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn ladder() -> Ladder {
+        Ladder::new([1, 2, 3].map(Duration::from_secs), 0.1)
+    }
+
+    fn input(attempts: u32, from_tier: Option<usize>) -> PlanInput {
+        PlanInput { attempts, from_tier, now_ms: 10_000, deadline_ms: 100_000, max_attempts: 0, jitter_sample: 0.0 }
+    }
+
+    fn retryable(after: Option<u64>) -> Outcome {
+        Outcome::Retryable { status: Some(503), error: "HTTP 503".into(), retry_after: after.map(Duration::from_secs) }
+    }
+
+    #[test]
+    fn the_routing_table() {
+        let l = ladder();
+        let table: Vec<(Outcome, PlanInput, Route)> = vec![
+            (Outcome::Delivered { status: 200 }, input(1, None), Route::Delivered),
+            (retryable(None), input(1, None), Route::Tier { index: 0, due_ms: 11_000 }),
+            (retryable(None), input(2, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
+            (retryable(None), input(3, Some(1)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (retryable(None), input(9, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (retryable(Some(3)), input(1, None), Route::Tier { index: 2, due_ms: 13_000 }),
+            (retryable(Some(2)), input(3, Some(2)), Route::Tier { index: 1, due_ms: 12_000 }),
+            (retryable(Some(60)), input(1, None), Route::Tier { index: 2, due_ms: 70_000 }),
+            (retryable(Some(0)), input(2, Some(0)), Route::Tier { index: 0, due_ms: 11_000 }),
+            (Outcome::Deferred, input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
+            (Outcome::Deferred, input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
+            (Outcome::Deferred, input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (
+                retryable(None),
+                PlanInput { deadline_ms: 10_999, ..input(1, None) },
+                Route::Dead { reason: DeadReason::Expired },
+            ),
+            (
+                retryable(None),
+                PlanInput { deadline_ms: 11_000, ..input(1, None) },
+                Route::Tier { index: 0, due_ms: 11_000 },
+            ),
+            (
+                Outcome::Deferred,
+                PlanInput { deadline_ms: 5_000, ..input(0, None) },
+                Route::Dead { reason: DeadReason::Expired },
+            ),
+            (
+                retryable(None),
+                PlanInput { max_attempts: 2, ..input(2, Some(0)) },
+                Route::Dead { reason: DeadReason::MaxAttempts },
+            ),
+            (
+                retryable(None),
+                PlanInput { max_attempts: 3, ..input(2, Some(0)) },
+                Route::Tier { index: 1, due_ms: 12_000 },
+            ),
+            (
+                Outcome::Deferred,
+                PlanInput { max_attempts: 1, ..input(1, Some(0)) },
+                Route::Tier { index: 1, due_ms: 12_000 },
+            ),
+            (
+                Outcome::Final { reason: FinalReason::Rejected, status: Some(410), error: String::new() },
+                input(1, None),
+                Route::Dead { reason: DeadReason::Rejected },
+            ),
+            (
+                Outcome::Final { reason: FinalReason::ForbiddenTarget, status: None, error: String::new() },
+                input(1, None),
+                Route::Dead { reason: DeadReason::ForbiddenTarget },
+            ),
+        ];
+        for (outcome, input, expected) in table {
+            assert_eq!(plan(&l, &outcome, input), expected, "{outcome:?} {input:?}");
+        }
+    }
+
+    proptest! {
+        /// Jitter only adds, and at most 10 % of the tier's delay; a route never
+        /// lands before the tier's delay, nor past the deadline.
+        #[test]
+        fn due_time_bounds(attempts in 1u32..20, sample in 0.0f64..1.0, after in proptest::option::of(0u64..10)) {
+            let l = ladder();
+            let input = PlanInput { jitter_sample: sample, ..input(attempts, None) };
+            match plan(&l, &retryable(after), input) {
+                Route::Tier { index, due_ms } => {
+                    let delay = l.delays_ms[index];
+                    prop_assert!(due_ms >= input.now_ms + delay);
+                    prop_assert!(due_ms >= input.now_ms + after.unwrap_or(0) as i64 * 1000);
+                    prop_assert!(due_ms <= input.now_ms + delay.max(after.unwrap_or(0) as i64 * 1000) + delay / 10);
+                    prop_assert!(due_ms <= input.deadline_ms);
+                }
+                other => prop_assert!(false, "unexpected {:?}", other),
+            }
+        }
+    }
+
+    #[test]
+    fn relay_headers_replace_old_ones_and_keep_the_rest() {
+        let hop = Hop::read(&[], crate::event::Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
+        let original = vec![
+            ("traceparent".to_string(), b"00-abc".to_vec()),
+            (header::ATTEMPT.to_string(), b"7".to_vec()),
+            (header::REASON.to_string(), b"old".to_vec()),
+        ];
+        let long = "e".repeat(3000);
+        let relay = RelayHeaders {
+            hop: &hop,
+            due_ms: Some(99),
+            last_status: Some(503),
+            last_error: Some(&long),
+            reason: None,
+            endpoint: "billing",
+        };
+        use rdkafka::message::Headers;
+        let built = build_headers(&original, &relay);
+        let pairs: Vec<(String, String)> =
+            built.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap()).into_owned())).collect();
+        let get = |k: &str| pairs.iter().filter(|(key, _)| key == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
+        assert_eq!(get("traceparent"), vec!["00-abc"]);
+        assert_eq!(get(header::ATTEMPT), vec!["0"]);
+        assert!(get(header::REASON).is_empty());
+        assert_eq!(get(header::DUE_MS), vec!["99"]);
+        assert_eq!(get(header::LAST_STATUS), vec!["503"]);
+        assert_eq!(get(header::LAST_ERROR)[0].len(), 1024);
+        assert_eq!(get(header::ORIGIN_TOPIC), vec!["t"]);
+        assert_eq!(get(header::ENDPOINT), vec!["billing"]);
+    }
+
+    #[test]
+    fn truncate_respects_char_boundaries() {
+        assert_eq!(truncate("héllo", 2), "h");
+        assert_eq!(truncate("abc", 10), "abc");
+    }
+}

@@ -1,0 +1,108 @@
+//! `hookrelay topics ensure` (create or check every topic) and `hookrelay send` (produce one event).
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::util::Timeout;
+
+use crate::config::Config;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One topic the relay needs, with its settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub retention_ms: u128,
+}
+
+/// Every topic of the config: events, tiers, dead.
+pub fn wanted(config: &Config) -> Vec<Wanted> {
+    let t = &config.topics;
+    let retention_ms = t.retention.as_millis();
+    let mut out: Vec<Wanted> = t.events.iter().map(|name| Wanted { name: name.clone(), retention_ms }).collect();
+    // A tier must keep a record at least as long as the record may wait in it.
+    for tier in &config.retry.tiers {
+        let keep = retention_ms.max(tier.delay.as_millis() * 2);
+        out.push(Wanted { name: tier.topic.clone(), retention_ms: keep });
+    }
+    out.push(Wanted { name: t.dead.clone(), retention_ms: t.dead_retention.as_millis() });
+    out
+}
+
+/// Creates missing topics and reports existing ones. Returns one line per topic.
+pub async fn ensure(config: &Config) -> anyhow::Result<Vec<String>> {
+    let admin: AdminClient<DefaultClientContext> = crate::kafka::admin_config(&config.kafka).create()?;
+    let wanted = wanted(config);
+    let retention: Vec<String> = wanted.iter().map(|w| w.retention_ms.to_string()).collect();
+    let replication = config.topics.replication_factor;
+    let new: Vec<NewTopic<'_>> = wanted
+        .iter()
+        .zip(&retention)
+        .map(|(w, retention)| {
+            NewTopic::new(&w.name, config.topics.partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", retention)
+        })
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
+    let results = admin.create_topics(&new, &options).await?;
+    let metadata_client: BaseConsumer = crate::kafka::admin_config(&config.kafka).create()?;
+    let mut lines = Vec::new();
+    for result in results {
+        match result {
+            Ok(name) => lines.push(format!("created {name} ({} partitions)", config.topics.partitions)),
+            Err((name, RDKafkaErrorCode::TopicAlreadyExists)) => {
+                let partitions = tokio::task::block_in_place(|| {
+                    metadata_client
+                        .fetch_metadata(Some(&name), ADMIN_TIMEOUT)
+                        .map(|m| m.topics().first().map_or(0, |t| t.partitions().len()))
+                })?;
+                lines.push(format!("exists  {name} ({partitions} partitions)"));
+            }
+            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+        }
+    }
+    Ok(lines)
+}
+
+/// What `hookrelay send` targets.
+pub enum Target {
+    Url(String),
+    Endpoint(String),
+}
+
+/// Produces one event to the first event topic; returns where it landed.
+pub async fn send(
+    config: &Config,
+    target: Target,
+    payload: &str,
+    id: Option<&str>,
+    key: Option<&str>,
+) -> anyhow::Result<String> {
+    let payload: serde_json::Value =
+        serde_json::from_str(payload).map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
+    let mut event = serde_json::json!({ "payload": payload });
+    match target {
+        Target::Url(url) => event["url"] = url.into(),
+        Target::Endpoint(name) => event["endpoint"] = name.into(),
+    }
+    if let Some(id) = id {
+        event["id"] = id.into();
+    }
+    let value = serde_json::to_vec(&event)?;
+    let topic = &config.topics.events[0];
+    let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(&value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    let delivery = producer
+        .send(record, Timeout::After(ADMIN_TIMEOUT))
+        .await
+        .map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic}: {e}"))?;
+    Ok(format!("sent to {topic} partition {} offset {}", delivery.partition, delivery.offset))
+}

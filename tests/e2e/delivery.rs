@@ -1,0 +1,312 @@
+//! The foundation: delivery, signing, invalid records, the first tier, offsets, the target guard, config errors.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use crate::harness::*;
+
+const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
+
+fn base_config(topics: &Topics) -> String {
+    config_with(topics, "")
+}
+
+/// The test config, with extra `[delivery]` keys.
+fn config_with(topics: &Topics, delivery: &str) -> String {
+    format!(
+        "{}\n[delivery]\nallow_private_networks = true\nsigning_secrets = [\"{SECRET_A}\"]\n{delivery}\n[notify]\nwindow = \"1s\"\n",
+        topics.toml()
+    )
+}
+
+/// Verifies a received request with the official `standardwebhooks` crate.
+fn verify(secret: &str, request: &Received) -> Result<(), String> {
+    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("{e:?}"))?;
+    let mut headers = axum::http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, request.header(name).parse().unwrap());
+    }
+    webhook.verify(&request.body, &headers).map_err(|e| format!("{e:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_events_over_several_partitions_arrive_signed() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(4, &[Duration::from_secs(3600)]).await;
+    let config = format!(
+        "{}\n[endpoints.two]\nurl = \"{}\"\nsecrets = [\"{SECRET_A}\", \"{SECRET_B}\"]\nheaders = {{ \"x-tenant\" = \"acme\" }}\n",
+        base_config(&topics),
+        receiver.url("/two")
+    );
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let total: usize = 200;
+    let mut expected = HashMap::new();
+    for i in 0..total as i32 {
+        let payload = format!(r#"{{"n": {i}, "text": "héllo \u00e9 {i}", "nested": {{"list": [1, 2.5, null]}}}}"#);
+        let (value, id) = match i % 3 {
+            0 => (
+                format!(r#"{{"url":"{}","payload":{payload},"id":"evt-{i}"}}"#, receiver.url("/one")),
+                Some(format!("evt-{i}")),
+            ),
+            1 => (format!(r#"{{"endpoint":"two","payload":{payload},"id":"evt-{i}"}}"#), Some(format!("evt-{i}"))),
+            _ => (format!(r#"{{"url":"{}","payload":{payload}}}"#, receiver.url("/one")), None),
+        };
+        let (partition, offset) =
+            produce(&producer, &topics.events, Some(i % 4), Some(&format!("k{i}")), value.as_bytes()).await;
+        let id = id.unwrap_or_else(|| format!("{}-{partition}-{offset}", topics.events));
+        expected.insert(id, (payload, i % 3 == 1));
+    }
+    eventually("all events delivered", Duration::from_secs(60), || (receiver.count() >= total).then_some(())).await;
+    let received = receiver.received();
+    assert_eq!(received.len(), total, "each event exactly once when nothing fails");
+    let ids: HashSet<_> = received.iter().map(|r| r.header("webhook-id").to_string()).collect();
+    assert_eq!(ids.len(), total);
+    for request in &received {
+        let id = request.header("webhook-id");
+        let (payload, two_secrets) = expected.get(id).unwrap_or_else(|| panic!("unexpected id {id}"));
+        assert_eq!(request.body, payload.as_bytes(), "body is the payload byte for byte");
+        assert_eq!(request.header("content-type"), "application/json");
+        assert!(request.header("user-agent").starts_with("hookrelay/"));
+        let signatures: Vec<_> = request.header("webhook-signature").split(' ').collect();
+        verify(SECRET_A, request).unwrap_or_else(|e| panic!("signature of {id} refused: {e}"));
+        if *two_secrets {
+            assert_eq!(signatures.len(), 2, "one signature per secret");
+            assert_eq!(request.path, "/two");
+            assert_eq!(request.header("x-tenant"), "acme");
+            verify(SECRET_B, request).unwrap_or_else(|e| panic!("second signature of {id} refused: {e}"));
+        } else {
+            assert_eq!(signatures.len(), 1);
+            assert!(verify(SECRET_B, request).is_err(), "a secret that was not used must not verify");
+        }
+    }
+    // Every partition's offsets are committed up to the end.
+    for partition in 0..4 {
+        let group = topics.group.clone();
+        let topic = topics.events.clone();
+        let end = total as i64 / 4;
+        eventually("offsets committed to the end", Duration::from_secs(20), || {
+            (committed(&group, &topic, partition) == Some(end)).then_some(())
+        })
+        .await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_records_go_to_the_dead_topic_and_do_not_stall_the_partition() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let config = config_with(&topics, "max_payload_bytes = 100");
+    let url = receiver.url("/ok");
+    let big = "x".repeat(200);
+    let cases: Vec<(String, &str)> = vec![
+        ("not json".into(), "not JSON"),
+        ("[1,2,3]".into(), "not a JSON object"),
+        (r#"{"payload":1}"#.into(), "exactly one of"),
+        (format!(r#"{{"url":"{url}","endpoint":"x","payload":1}}"#), "exactly one of"),
+        (r#"{"endpoint":"nope","payload":1}"#.into(), "unknown endpoint"),
+        (r#"{"url":"ftp://example.com/x","payload":1}"#.into(), "bad url"),
+        (format!(r#"{{"url":"{url}","payload":"{big}"}}"#), "over the limit"),
+        (format!(r#"{{"url":"{url}","payload":1,"headers":{{"webhook-signature":"forged"}}}}"#), "bad header"),
+        (format!(r#"{{"url":"{url}"}}"#), "missing \"payload\""),
+    ];
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let mut offsets = Vec::new();
+    for (i, (value, _)) in cases.iter().enumerate() {
+        offsets.push(produce(&producer, &topics.events, Some(0), Some(&format!("bad-{i}")), value.as_bytes()).await.1);
+    }
+    let good = format!(r#"{{"url":"{url}","payload":{{"ok":true}},"id":"good-1"}}"#);
+    let (_, good_offset) = produce(&producer, &topics.events, Some(0), None, good.as_bytes()).await;
+
+    eventually("the good record after the bad ones is delivered", Duration::from_secs(30), || {
+        (receiver.count() == 1).then_some(())
+    })
+    .await;
+    assert_eq!(receiver.received()[0].header("webhook-id"), "good-1");
+
+    let dead = read_topic(&topics.dead, cases.len(), Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), cases.len(), "one dead letter per invalid record");
+    // Records of a partition are worked on concurrently: match by origin offset, not by order.
+    for record in &dead {
+        let origin = record.header_i64("hookrelay-origin-offset");
+        let i = offsets.iter().position(|&o| o == origin).expect("dead letter of a produced record");
+        let (value, detail) = &cases[i];
+        assert_eq!(record.value, value.as_bytes(), "value kept byte for byte");
+        assert_eq!(record.key.as_deref(), Some(format!("bad-{i}").as_bytes()), "key kept");
+        assert_eq!(record.header("hookrelay-reason"), Some("invalid_event"));
+        let error = record.header("hookrelay-last-error").unwrap_or_default();
+        assert!(error.contains(detail), "{value:?}: error {error:?} should mention {detail:?}");
+        assert_eq!(record.header("hookrelay-origin-topic"), Some(topics.events.as_str()));
+        assert_eq!(record.header("hookrelay-origin-partition"), Some("0"));
+        assert_eq!(record.header("hookrelay-attempt"), Some("0"));
+        assert_eq!(record.header_count("hookrelay-reason"), 1);
+    }
+    let origins: HashSet<i64> = dead.iter().map(|r| r.header_i64("hookrelay-origin-offset")).collect();
+    assert_eq!(origins.len(), cases.len(), "each invalid record exactly once");
+    let (group, topic) = (topics.group.clone(), topics.events.clone());
+    eventually("offset committed past every record", Duration::from_secs(20), || {
+        (committed(&group, &topic, 0) == Some(good_offset + 1)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_503_goes_to_the_first_tier_unchanged() {
+    let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(2, &[Duration::from_secs(3600), Duration::from_secs(7200)]).await;
+    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let producer = producer();
+    let value = format!(r#"{{"url":"{}","payload":{{"a": 1}}, "id": "evt-503"}}"#, receiver.url("/x"));
+    let before = now_ms();
+    let (partition, offset) = produce(&producer, &topics.events, Some(1), Some("the-key"), value.as_bytes()).await;
+    let tier = read_topic(&topics.tiers[0].0, 1, Duration::from_secs(30)).await;
+    assert_eq!(tier.len(), 1, "the record is on the first tier");
+    let r = &tier[0];
+    assert_eq!(r.value, value.as_bytes());
+    assert_eq!(r.key.as_deref(), Some(&b"the-key"[..]));
+    assert_eq!(r.header("hookrelay-attempt"), Some("1"));
+    assert_eq!(r.header("hookrelay-last-status"), Some("503"));
+    assert!(r.header("hookrelay-last-error").unwrap().starts_with("HTTP 503"));
+    assert_eq!(r.header("hookrelay-origin-topic"), Some(topics.events.as_str()));
+    assert_eq!(r.header_i64("hookrelay-origin-partition"), partition as i64);
+    assert_eq!(r.header_i64("hookrelay-origin-offset"), offset);
+    let first = r.header_i64("hookrelay-first-attempt-ms");
+    assert!(first >= before && first <= now_ms());
+    let due = r.header_i64("hookrelay-due-ms");
+    assert!(
+        due >= first + 3_600_000 && due <= first + 3_600_000 + 360_000 + 1000,
+        "due {due} is one tier delay (+ ≤10 % jitter) after {first}"
+    );
+    assert_eq!(r.header_i64("hookrelay-deadline-ms"), first + 24 * 3_600_000, "default deadline: first attempt + 24h");
+    assert!(r.header("hookrelay-reason").is_none());
+    assert_eq!(receiver.count(), 1, "no second attempt before the tier's delay");
+    let (group, topic) = (topics.group.clone(), topics.events.clone());
+    eventually("offset committed once routed", Duration::from_secs(20), || {
+        (committed(&group, &topic, partition) == Some(offset + 1)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_request_holds_the_committed_offset() {
+    let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let producer = producer();
+    let mut offsets = Vec::new();
+    for i in 0..10 {
+        let marker = if i == 3 { "HOLD" } else { "go" };
+        let value = format!(r#"{{"url":"{}","payload":{{"i":{i},"m":"{marker}"}}}}"#, receiver.url("/x"));
+        offsets.push(produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await.1);
+    }
+    eventually("all ten requests arrived (one held)", Duration::from_secs(30), || {
+        (receiver.count() == 10).then_some(())
+    })
+    .await;
+    let (group, topic) = (topics.group.clone(), topics.events.clone());
+    let held = offsets[3];
+    eventually("offset committed up to the held record", Duration::from_secs(20), || {
+        (committed(&group, &topic, 0) == Some(held)).then_some(())
+    })
+    .await;
+    // Later records are done; the commit must stay at the held one for a while.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(committed(&group, &topic, 0), Some(held), "the offset passed an undecided record");
+    }
+    receiver.release();
+    eventually("offset moves on once the held record answers", Duration::from_secs(20), || {
+        (committed(&group, &topic, 0) == Some(offsets[9] + 1)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn private_targets_are_refused_when_the_guard_is_on() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let config = base_config(&topics).replace("allow_private_networks = true", "allow_private_networks = false");
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let port = receiver.addr.port();
+    let targets = [
+        format!("http://127.0.0.1:{port}/x"),
+        format!("http://localhost:{port}/x"),
+        format!("http://[::1]:{port}/x"),
+        format!("http://169.254.169.254:{port}/latest"),
+    ];
+    for url in &targets {
+        let value = format!(r#"{{"url":"{url}","payload":1}}"#);
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    let dead = read_topic(&topics.dead, targets.len(), Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), targets.len());
+    for record in &dead {
+        assert_eq!(record.header("hookrelay-reason"), Some("forbidden_target"), "{:?}", record.headers);
+        assert!(record.header("hookrelay-last-error").unwrap().contains("forbidden target"));
+    }
+    assert_eq!(receiver.count(), 0, "the guard let a request through");
+}
+
+#[test]
+fn bad_config_exits_64_with_one_clear_line() {
+    let cases = [
+        ("[kafka]\nbrokerz = \"x\"\n", "brokerz"),
+        ("[delivery]\ntimeout = \"soon\"\n", "timeout"),
+        ("[endpoints.billing]\nurl = \"ftp://x\"\n", "endpoints.billing.url"),
+        (
+            "[[retry.tiers]]\ntopic = \"a\"\ndelay = \"2m\"\n[[retry.tiers]]\ntopic = \"b\"\ndelay = \"1m\"\n",
+            "retry.tiers[1].delay",
+        ),
+        ("not toml at all [", "invalid"),
+    ];
+    for (text, expected) in cases {
+        for command in [&["check-config"][..], &["run"][..]] {
+            let (_dir, path, _) = write_config(text);
+            let output =
+                std::process::Command::new(binary()).arg("--config").arg(&path).args(command).output().unwrap();
+            assert_eq!(output.status.code(), Some(64), "{text:?} {command:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr:?}");
+            assert!(stderr.contains(expected), "{stderr:?} should mention {expected:?}");
+        }
+    }
+    let output = std::process::Command::new(binary())
+        .args(["check-config"])
+        .env("HOOKRELAY_DELIVERY__MAX_IN_FLIGHT", "0")
+        .current_dir(tempfile::tempdir().unwrap().path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("delivery.max_in_flight"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_send_command_reaches_a_local_receiver() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let config = base_config(&topics);
+    let relay = Relay::start(&config, &[]).await;
+    let (_dir, path, _) = write_config(&config);
+    let output = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .args(["send", "--url", &receiver.url("/smoke"), "--payload", r#"{"a":1}"#, "--id", "smoke-1"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(&format!("sent to {}", topics.events)));
+    eventually("the smoke event arrives", Duration::from_secs(30), || (receiver.count() == 1).then_some(())).await;
+    let got = &receiver.received()[0];
+    assert_eq!(got.body, br#"{"a":1}"#);
+    assert_eq!(got.header("webhook-id"), "smoke-1");
+    verify(SECRET_A, got).unwrap();
+    let text = relay.metrics().await;
+    assert_eq!(
+        metric(&text, "hookrelay_deliveries_total{endpoint=\"127.0.0.1\",outcome=\"delivered\"}"),
+        Some(1.0),
+        "{text}"
+    );
+}

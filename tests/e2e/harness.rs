@@ -1,0 +1,483 @@
+//! Test harness: a real Kafka broker (from `KAFKA_BOOTSTRAP`), real local HTTP receivers, real relay processes.
+//!
+//! Every test makes its own topics and groups (random names), so tests run
+//! side by side. Waits are on conditions with deadlines, never fixed sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio::sync::Notify;
+
+pub fn bootstrap() -> String {
+    std::env::var("KAFKA_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
+}
+
+/// A name no other test (or earlier run) uses.
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}-{:x}", std::process::id(), rand::random::<u32>())
+}
+
+/// Waits until `check` returns Some, polling every 50 ms; panics with `what` at the deadline.
+pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+// ---------------------------------------------------------------- Kafka
+
+/// The topics of one test: events, tiers, dead.
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub events: String,
+    pub tiers: Vec<(String, Duration)>,
+    pub dead: String,
+    pub group: String,
+}
+
+impl Topics {
+    /// Creates fresh topics with `partitions` partitions and tiers with the given delays.
+    pub async fn create(partitions: i32, tier_delays: &[Duration]) -> Topics {
+        let base = unique("t");
+        let topics = Topics {
+            events: format!("{base}.events"),
+            tiers: tier_delays.iter().enumerate().map(|(i, d)| (format!("{base}.retry-{i}"), *d)).collect(),
+            dead: format!("{base}.dead"),
+            group: format!("{base}.group"),
+        };
+        let mut names = vec![topics.events.clone(), topics.dead.clone()];
+        names.extend(topics.tiers.iter().map(|(t, _)| t.clone()));
+        create_topics(&names, partitions).await;
+        topics
+    }
+
+    /// The config lines for these topics and tiers.
+    pub fn toml(&self) -> String {
+        let mut out = format!(
+            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ncommit_interval = \"200ms\"\nstatistics_interval = \"1s\"\n\
+             [topics]\nevents = [\"{}\"]\ndead = \"{}\"\n",
+            bootstrap(),
+            self.group,
+            self.events,
+            self.dead
+        );
+        for (topic, delay) in &self.tiers {
+            out.push_str(&format!("[[retry.tiers]]\ntopic = \"{topic}\"\ndelay = \"{}ms\"\n", delay.as_millis()));
+        }
+        out
+    }
+}
+
+pub async fn create_topics(names: &[String], partitions: i32) {
+    let admin: AdminClient<DefaultClientContext> =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("admin client");
+    let new: Vec<NewTopic<'_>> =
+        names.iter().map(|n| NewTopic::new(n, partitions, TopicReplication::Fixed(1))).collect();
+    for result in admin.create_topics(&new, &AdminOptions::new()).await.expect("create topics") {
+        result.expect("topic created");
+    }
+}
+
+pub fn producer() -> FutureProducer {
+    ClientConfig::new().set("bootstrap.servers", bootstrap()).set("linger.ms", "0").create().expect("producer")
+}
+
+/// Produces one record; returns (partition, offset).
+pub async fn produce(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: Option<i32>,
+    key: Option<&str>,
+    value: &[u8],
+) -> (i32, i64) {
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(p) = partition {
+        record = record.partition(p);
+    }
+    let delivery = producer.send(record, Timeout::After(Duration::from_secs(10))).await.expect("produce");
+    (delivery.partition, delivery.offset)
+}
+
+/// Produces a record with headers; returns (partition, offset).
+pub async fn produce_with_headers(
+    producer: &FutureProducer,
+    topic: &str,
+    partition: i32,
+    value: &[u8],
+    headers: &[(&str, &str)],
+) -> (i32, i64) {
+    let mut h = OwnedHeaders::new();
+    for (k, v) in headers {
+        h = h.insert(Header { key: k, value: Some(*v) });
+    }
+    let record = FutureRecord::<str, [u8]>::to(topic).payload(value).partition(partition).headers(h);
+    let delivery = producer.send(record, Timeout::After(Duration::from_secs(10))).await.expect("produce");
+    (delivery.partition, delivery.offset)
+}
+
+/// A record read back from a topic.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<Vec<u8>>,
+    pub value: Vec<u8>,
+    pub headers: Vec<(String, String)>,
+    pub timestamp_ms: i64,
+}
+
+impl Record {
+    /// The last value of a header.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+    }
+    pub fn header_count(&self, name: &str) -> usize {
+        self.headers.iter().filter(|(k, _)| k == name).count()
+    }
+    pub fn header_i64(&self, name: &str) -> i64 {
+        self.header(name).unwrap_or_else(|| panic!("no header {name}")).parse().expect("numeric header")
+    }
+}
+
+/// Reads `topic` from the start until `count` records arrived or `timeout` passed.
+pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Record> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", bootstrap())
+            .set("group.id", unique("reader"))
+            .set("enable.auto.commit", "false")
+            .set("auto.offset.reset", "earliest")
+            .create()
+            .expect("reader");
+        consumer.subscribe(&[&topic]).expect("subscribe");
+        let deadline = Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < count && Instant::now() < deadline {
+            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                out.push(Record {
+                    partition: m.partition(),
+                    offset: m.offset(),
+                    key: m.key().map(<[u8]>::to_vec),
+                    value: m.payload().unwrap_or_default().to_vec(),
+                    headers: m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|h| {
+                                    (
+                                        h.key.to_string(),
+                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
+                                    )
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
+                });
+            }
+        }
+        out
+    })
+    .await
+    .expect("reader thread")
+}
+
+/// The committed offset of `group` on one partition (None when nothing is committed).
+pub fn committed(group: &str, topic: &str, partition: i32) -> Option<i64> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("group.id", group)
+        .create()
+        .expect("offset reader");
+    let mut tpl = TopicPartitionList::new();
+    tpl.add_partition(topic, partition);
+    let committed = consumer.committed_offsets(tpl, Duration::from_secs(10)).ok()?;
+    match committed.find_partition(topic, partition)?.offset() {
+        Offset::Offset(o) => Some(o),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------- receiver
+
+/// One request a receiver got.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub path: String,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+    pub at_ms: i64,
+}
+
+impl Received {
+    pub fn header(&self, name: &str) -> &str {
+        self.headers.get(name).map(String::as_str).unwrap_or_else(|| panic!("no header {name}"))
+    }
+}
+
+/// How a receiver answers.
+#[derive(Debug, Clone)]
+pub struct Behaviour {
+    pub status: u16,
+    /// The first `fail_first` requests (per `webhook-id`) get `fail_status`.
+    pub fail_first: usize,
+    pub fail_status: u16,
+    pub delay: Duration,
+    pub retry_after: Option<String>,
+    /// Requests whose body contains this are held until [`Receiver::release`].
+    pub hold_marker: Option<String>,
+}
+
+impl Default for Behaviour {
+    fn default() -> Self {
+        Behaviour {
+            status: 200,
+            fail_first: 0,
+            fail_status: 503,
+            delay: Duration::ZERO,
+            retry_after: None,
+            hold_marker: None,
+        }
+    }
+}
+
+struct ReceiverState {
+    behaviour: Mutex<Behaviour>,
+    received: Mutex<Vec<Received>>,
+    seen: Mutex<HashMap<String, usize>>,
+    release: Notify,
+    released: Mutex<bool>,
+}
+
+/// A real HTTP server on 127.0.0.1 with settable behaviour.
+#[derive(Clone)]
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<ReceiverState>,
+}
+
+impl Receiver {
+    pub async fn start(behaviour: Behaviour) -> Receiver {
+        let state = Arc::new(ReceiverState {
+            behaviour: Mutex::new(behaviour),
+            received: Mutex::default(),
+            seen: Mutex::default(),
+            release: Notify::new(),
+            released: Mutex::new(false),
+        });
+        let app = axum::Router::new().fallback(handle).with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await.ok() });
+        Receiver { addr, state }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn received(&self) -> Vec<Received> {
+        self.state.received.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.state.received.lock().unwrap().len()
+    }
+
+    pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
+        change(&mut self.state.behaviour.lock().unwrap());
+    }
+
+    /// Lets held requests answer.
+    pub fn release(&self) {
+        *self.state.released.lock().unwrap() = true;
+        self.state.release.notify_waiters();
+    }
+}
+
+async fn handle(
+    State(state): State<Arc<ReceiverState>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let behaviour = state.behaviour.lock().unwrap().clone();
+    let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
+    let request = Received {
+        path: uri.path().to_string(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+        body: body.to_vec(),
+        at_ms: now_ms(),
+    };
+    let held = behaviour.hold_marker.as_ref().is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
+    state.received.lock().unwrap().push(request);
+    let nth = {
+        let mut seen = state.seen.lock().unwrap();
+        let n = seen.entry(id).or_insert(0);
+        *n += 1;
+        *n
+    };
+    if held {
+        loop {
+            let notified = state.release.notified();
+            if *state.released.lock().unwrap() {
+                break;
+            }
+            notified.await;
+        }
+    }
+    if !behaviour.delay.is_zero() {
+        tokio::time::sleep(behaviour.delay).await;
+    }
+    let status = if nth <= behaviour.fail_first { behaviour.fail_status } else { behaviour.status };
+    let mut response = (StatusCode::from_u16(status).unwrap(), format!("answer {status}")).into_response();
+    if status >= 300 {
+        if let Some(after) = &behaviour.retry_after {
+            response.headers_mut().insert("retry-after", after.parse().unwrap());
+        }
+    }
+    response
+}
+
+// ---------------------------------------------------------------- relay process
+
+/// A `hookrelay run` process with its own config; SIGTERM (then kill) on drop.
+pub struct Relay {
+    pub child: Child,
+    pub admin: SocketAddr,
+    pub log: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_hookrelay")
+}
+
+/// Writes `config` (plus an admin listener) to a file and returns (dir, path, admin address).
+pub fn write_config(config: &str) -> (tempfile::TempDir, std::path::PathBuf, SocketAddr) {
+    let dir = tempfile::tempdir().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let path = dir.path().join("hookrelay.toml");
+    let mut file = std::fs::File::create(&path).unwrap();
+    write!(file, "{config}\n[admin]\nlisten = \"{admin}\"\n").unwrap();
+    (dir, path, admin)
+}
+
+impl Relay {
+    /// Starts `hookrelay run` with `config` and waits until /ready answers 200.
+    pub async fn start(config: &str, args: &[&str]) -> Relay {
+        let relay = Relay::spawn(config, args);
+        relay.wait_ready(Duration::from_secs(60)).await;
+        relay
+    }
+
+    /// Starts without waiting.
+    pub fn spawn(config: &str, args: &[&str]) -> Relay {
+        let (dir, path, admin) = write_config(config);
+        let log = dir.path().join("relay.log");
+        let child = Command::new(binary())
+            .arg("--config")
+            .arg(&path)
+            .arg("run")
+            .args(args)
+            .env("HOOKRELAY_LOG", "info,hookrelay=debug")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start hookrelay");
+        Relay { child, admin, log, _dir: dir }
+    }
+
+    pub async fn wait_ready(&self, timeout: Duration) {
+        let url = format!("http://{}/ready", self.admin);
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            assert!(Instant::now() < deadline, "relay not ready in {timeout:?}; log:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("http://{}/metrics", self.admin)).await.unwrap().text().await.unwrap()
+    }
+
+    /// Sends SIGTERM and waits for the exit; returns the exit code.
+    pub fn terminate(&mut self, timeout: Duration) -> Option<i32> {
+        signal(&self.child, "TERM");
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+pub fn signal(child: &Child, name: &str) {
+    Command::new("kill").arg(format!("-{name}")).arg(child.id().to_string()).status().expect("kill");
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.terminate(Duration::from_secs(10));
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- relay log ({}):\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// The value of one sample in a Prometheus text exposition (labels as written, sorted by name).
+pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+}

@@ -1,0 +1,5 @@
+//! End-to-end tests: a real Kafka broker (`KAFKA_BOOTSTRAP`, started by `make test`),
+//! real local HTTP receivers and SMTP server, real `hookrelay` processes.
+
+mod delivery;
+mod harness;
