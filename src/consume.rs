@@ -12,11 +12,14 @@
 //! ```text
 //! assigned -> Consuming --revoke--> Draining --in-flight done or grace over--> (removed; offsets committed)
 //! ```
-//! While Consuming, a partition is paused whenever it has a backlog: either
-//! its head record is not due yet (retry tiers) or a limit is reached (its
-//! own in-flight limit, or the consumer's). Pausing stops the fetch, so memory
-//! stays bounded; librdkafka resumes from the position after the last record
-//! it handed out, which sits in the backlog, so nothing is skipped.
+//! While Consuming, records wait in a per-partition backlog until they are due
+//! (retry tiers) and a slot is free (per-partition and per-consumer in-flight
+//! limits). A partition is paused when its head is not due for a while
+//! (it resumes shortly before, see [`RESUME_LEAD_MS`]) or when its backlog
+//! reaches the per-partition limit (it resumes at half). Memory per partition
+//! is therefore at most twice that limit in records. Pausing stops the fetch;
+//! librdkafka resumes from the position after the last record it handed out,
+//! which sits in the backlog, so nothing is skipped.
 //! The revoke callback blocks the poll thread until the loop has drained the
 //! revoked partitions (bounded by `shutdown.grace`), then commits.
 
@@ -218,6 +221,13 @@ fn commit(consumer: &BaseConsumer<Context>, group: &str) {
     }
 }
 
+/// How long before a paused head is due its partition resumes fetching.
+/// librdkafka restarts the fetch of a resumed partition at its broker
+/// thread's next wake-up (up to about a second when nothing else is being
+/// fetched), so resuming exactly at the due time would make the records
+/// behind the head late by up to that much. With the lead they are read by then.
+const RESUME_LEAD_MS: i64 = 1_000;
+
 /// A record read but not yet handed to its handler.
 struct Waiting {
     record: OwnedMessage,
@@ -247,6 +257,8 @@ struct Partition {
     in_flight: usize,
     backlog: VecDeque<Waiting>,
     paused: Option<PauseReason>,
+    /// When a waiting record needs the loop's attention (ms), if one waits for time.
+    wake_ms: Option<i64>,
 }
 
 struct Completion {
@@ -281,8 +293,10 @@ pub async fn run(
         joined: AtomicBool::new(false),
         readiness,
     };
-    let consumer: Arc<BaseConsumer<Context>> =
-        Arc::new(crate::kafka::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?);
+    let consumer: Arc<BaseConsumer<Context>> = Arc::new(
+        crate::kafka::consumer_config(&config.kafka, &spec.group_id, spec.role == Role::Retry)
+            .create_with_context(context)?,
+    );
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = %spec.group_id, role = spec.role.as_str(), ?topics, "consumer started");
@@ -448,10 +462,16 @@ impl Loop {
     }
 
     fn assign(&mut self, assigned: Vec<(String, i32)>) {
+        let mut tpl = TopicPartitionList::new();
         for (topic, partition) in assigned {
+            tpl.add_partition(&topic, partition);
             self.generation += 1;
             let key = (Arc::<str>::from(topic), partition);
             self.partitions.insert(key, self.new_partition());
+        }
+        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
+        if let Err(error) = self.consumer.resume(&tpl) {
+            tracing::debug!(%error, "resume of assigned partitions failed");
         }
     }
 
@@ -463,6 +483,7 @@ impl Loop {
             in_flight: 0,
             backlog: VecDeque::new(),
             paused: None,
+            wake_ms: None,
         }
     }
 
@@ -475,35 +496,48 @@ impl Loop {
             self.partitions.insert(key.clone(), partition);
         }
         let due_ms = self.handler.due_ms(&record);
+        tracing::trace!(
+            topic = &*key.0,
+            partition = key.1,
+            offset = record.offset(),
+            due_ms,
+            now_ms = now_ms(),
+            "record read"
+        );
         let partition = self.partitions.get_mut(&key).expect("inserted above");
         if partition.lifecycle != Lifecycle::Consuming {
             return; // not ours any more: the next owner reads it again
         }
+        // Pending from the moment it is read: a record waiting in the backlog
+        // holds the commit position just like one in flight.
+        partition.tracker.begin(record.offset());
         partition.backlog.push_back(Waiting { record, due_ms });
         self.pump(&key);
     }
 
     /// Hands due records of one partition to handlers while limits allow, then sets its pause state.
+    ///
+    /// Any due record is dispatched, not only the head: jitter can make a
+    /// later record due first, and the offset tracker copes with any order.
+    /// Pause rules (see the module doc): a partition none of whose waiting
+    /// records is due within [`RESUME_LEAD_MS`] is paused; one whose backlog
+    /// of read records reached the per-partition limit is paused until it is
+    /// down to half. Otherwise it fetches, so that records are at hand when due.
     fn pump(&mut self, key: &(Arc<str>, i32)) {
         let now = now_ms();
+        let limit = self.spec.max_in_flight_per_partition;
         let Some(partition) = self.partitions.get_mut(key) else { return };
-        let mut reason = None;
-        while let Some(head) = partition.backlog.front() {
-            if partition.lifecycle != Lifecycle::Consuming {
+        let mut i = 0;
+        while i < partition.backlog.len() && partition.lifecycle == Lifecycle::Consuming {
+            if partition.backlog[i].due_ms.is_some_and(|due| due > now) {
+                i += 1;
+                continue;
+            }
+            if partition.in_flight >= limit || self.in_flight >= self.spec.max_in_flight {
                 break;
             }
-            if head.due_ms.is_some_and(|due| due > now) {
-                reason = Some(PauseReason::NotDue);
-                break;
-            }
-            if partition.in_flight >= self.spec.max_in_flight_per_partition || self.in_flight >= self.spec.max_in_flight
-            {
-                reason = Some(PauseReason::Capacity);
-                break;
-            }
-            let waiting = partition.backlog.pop_front().expect("front exists");
+            let waiting = partition.backlog.remove(i).expect("index in range");
             let offset = waiting.record.offset();
-            partition.tracker.begin(offset);
             partition.in_flight += 1;
             self.in_flight += 1;
             let completion =
@@ -515,12 +549,21 @@ impl Loop {
                 let _ = done_tx.send(Completion { done, ..completion }).await;
             });
         }
-        if reason.is_none()
-            && partition.lifecycle == Lifecycle::Consuming
-            && partition.in_flight >= self.spec.max_in_flight_per_partition
-        {
-            reason = Some(PauseReason::Capacity);
-        }
+        // The earliest due time among records that wait for time only.
+        let next_due = partition.backlog.iter().filter_map(|w| w.due_ms).filter(|&due| due > now).min();
+        let anything_due = partition.backlog.iter().any(|w| w.due_ms.is_none_or(|due| due <= now));
+        let waiting_for_time = !anything_due && next_due.is_some_and(|due| due - now > RESUME_LEAD_MS);
+        let full = match partition.paused {
+            // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
+            Some(PauseReason::Capacity) => partition.backlog.len() > limit / 2,
+            _ => partition.backlog.len() >= limit,
+        };
+        let reason = match () {
+            _ if partition.lifecycle != Lifecycle::Consuming => None,
+            _ if full => Some(PauseReason::Capacity),
+            _ if waiting_for_time => Some(PauseReason::NotDue),
+            _ => None,
+        };
         if partition.paused.is_some() != reason.is_some() {
             let mut tpl = TopicPartitionList::new();
             tpl.add_partition(&key.0, key.1);
@@ -530,6 +573,8 @@ impl Loop {
             }
         }
         partition.paused = reason;
+        partition.wake_ms =
+            next_due.map(|due| if reason == Some(PauseReason::NotDue) { due - RESUME_LEAD_MS } else { due });
     }
 
     /// Pumps every partition with a backlog (a timer fired, or capacity came back).
@@ -573,14 +618,24 @@ impl Loop {
 
     fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
         let mut keys = Vec::new();
+        let mut paused = TopicPartitionList::new();
         for (topic, partition) in revoked {
             let key = (Arc::<str>::from(topic), partition);
             if let Some(p) = self.partitions.get_mut(&key) {
+                // Waiting records and due timers go with the partition: the next
+                // owner reads them again from the committed offset.
                 p.lifecycle = Lifecycle::Draining;
                 p.backlog.clear();
-                p.paused = None;
+                if p.paused.take().is_some() {
+                    paused.add_partition(&key.0, key.1);
+                }
             }
             keys.push(key);
+        }
+        if paused.count() > 0 {
+            if let Err(error) = self.consumer.resume(&paused) {
+                tracing::debug!(%error, "resume of revoked partitions failed");
+            }
         }
         self.revoke = Some(PendingRevoke { partitions: keys, ack, deadline: Instant::now() + self.spec.grace });
     }
@@ -615,15 +670,12 @@ impl Loop {
         let _ = revoke.ack.send(());
     }
 
-    /// The earliest due time of a head record that waits only for time.
+    /// When the loop must look at a partition again for time's sake: the
+    /// resume point (due - lead) of a paused partition, or the next due time.
     fn next_due(&self) -> Option<Instant> {
-        let due = self
-            .partitions
-            .values()
-            .filter(|p| p.paused == Some(PauseReason::NotDue))
-            .filter_map(|p| p.backlog.front().and_then(|w| w.due_ms))
-            .min()?;
-        let wait = (due - now_ms()).max(0) as u64;
+        let wake =
+            self.partitions.values().filter(|p| p.lifecycle == Lifecycle::Consuming).filter_map(|p| p.wake_ms).min()?;
+        let wait = (wake - now_ms()).max(0) as u64;
         Some(Instant::now() + Duration::from_millis(wait))
     }
 

@@ -41,7 +41,10 @@ fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// A group consumer that commits only offsets the relay stored itself.
-pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
+/// `prompt` shortens the broker's fetch long-poll, for tier consumers: a
+/// partition resumed at its due time joins the next fetch request, which
+/// otherwise waits up to librdkafka's default 500 ms.
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, prompt: bool) -> ClientConfig {
     let mut c = client_config(kafka);
     c.set("group.id", group_id)
         // Offsets are stored by the relay once a record is decided and
@@ -55,6 +58,9 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string())
         // Bounds the prefetch per partition; the relay's own limits bound the rest.
         .set("queued.max.messages.kbytes", "16384");
+    if prompt {
+        c.set("fetch.wait.max.ms", "50").set("fetch.error.backoff.ms", "20");
+    }
     match kafka.group_protocol {
         GroupProtocol::Classic => {
             c.set("partition.assignment.strategy", "cooperative-sticky");
@@ -110,7 +116,8 @@ mod tests {
         assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(c.get("linger.ms"), Some("20"), "pass-through properties apply last");
         assert_eq!(c.get("acks"), Some("all"));
-        let consumer = consumer_config(&config.kafka, "g");
+        let consumer = consumer_config(&config.kafka, "g", true);
+        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
     }
