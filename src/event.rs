@@ -220,8 +220,8 @@ impl Endpoints {
         let (url, endpoint_key, keys, endpoint_timeout, mut headers) = match (envelope.url, envelope.endpoint) {
             (Some(url), None) => {
                 let url = parse_target_url(&url).map_err(InvalidEvent::Url)?;
-                let host: Arc<str> = url.host_str().unwrap_or("unknown").into();
-                (url, host, self.default_keys.clone(), None, Vec::new())
+                let key: Arc<str> = endpoint_key(&url).into();
+                (url, key, self.default_keys.clone(), None, Vec::new())
             }
             (None, Some(name)) => {
                 let endpoint = self.named.get(&name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
@@ -317,6 +317,16 @@ pub fn check_header(name: &str, value: &str) -> Result<(HeaderName, HeaderValue)
     Ok((parsed, value))
 }
 
+/// The label of an inline URL: its host, with the port when one is written
+/// (two services on one host are two endpoints). Never the path or query.
+pub fn endpoint_key(url: &url::Url) -> String {
+    let host = url.host_str().unwrap_or("unknown");
+    match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_string(),
+    }
+}
+
 /// RFC 3339 -> ms since the epoch (any offset).
 pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     let at = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
@@ -364,6 +374,8 @@ mod tests {
         assert_eq!(e.body, br#"{"b" : [1, 2]}"#);
         assert_eq!(e.id, "t-0-7");
         assert_eq!(&*e.endpoint_key, "a.example");
+        let e = decode(r#"{"url":"http://a.example:8080/x?token=secret","payload":1}"#).unwrap();
+        assert_eq!(&*e.endpoint_key, "a.example:8080", "host and port, never the path or query");
         assert_eq!(e.timeout, Duration::from_secs(5));
         assert_eq!(e.keys.len(), 1);
     }

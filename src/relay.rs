@@ -129,23 +129,21 @@ impl Relay {
         let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
         let endpoint = event.endpoint_key.clone();
 
+        // The circuit is asked once the endpoint's permit is held, so records
+        // queued behind a failing endpoint see the circuit it opened.
+        let semaphore = s.limits.semaphore(&endpoint);
+        let permit = tokio::select! {
+            permit = semaphore.acquire() => permit.expect("semaphores are never closed"),
+            _ = cancel.cancelled() => return Done::Abandoned,
+        };
         let admission = s.circuits.admit(&endpoint, Instant::now());
         let outcome = if admission == Admission::Defer {
+            drop(permit);
             Outcome::Deferred
         } else {
-            let semaphore = s.limits.semaphore(&endpoint);
-            let attempt = async {
-                let _permit = semaphore.acquire().await.expect("semaphores are never closed");
-                let started = Instant::now();
-                let attempt = s.deliverer.attempt(&event, SystemTime::now()).await;
-                metrics::get()
-                    .attempt_duration
-                    .with_label_values(&[&endpoint])
-                    .observe(started.elapsed().as_secs_f64());
-                attempt
-            };
+            let started = Instant::now();
             let attempt = tokio::select! {
-                attempt = attempt => attempt,
+                attempt = s.deliverer.attempt(&event, SystemTime::now()) => attempt,
                 _ = cancel.cancelled() => {
                     if admission == Admission::Probe {
                         s.circuits.probe_abandoned(&endpoint, Instant::now());
@@ -153,6 +151,8 @@ impl Relay {
                     return Done::Abandoned;
                 }
             };
+            drop(permit);
+            metrics::get().attempt_duration.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
             hop.attempts += 1;
             let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
             let failed = matches!(outcome, Outcome::Retryable { .. });
