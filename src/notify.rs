@@ -188,7 +188,8 @@ impl Handler for FailureHandler {
             );
             let notified = self.add(&endpoint, &dead);
             tokio::select! {
-                _ = notified => Done::Decided,
+                // A dropped sender means the window's task died: not notified, so not decided.
+                sent = notified => if sent.is_ok() { Done::Decided } else { Done::Abandoned },
                 _ = cancel.cancelled() => Done::Abandoned,
             }
         }
@@ -197,7 +198,7 @@ impl Handler for FailureHandler {
 }
 
 /// The event's own `id`, if the value is an event that has one.
-fn event_id(value: Option<&[u8]>) -> Option<String> {
+pub(crate) fn event_id(value: Option<&[u8]>) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Id {
         id: Option<String>,
@@ -299,9 +300,10 @@ impl Sink {
                 }
             }
             Sink::Email { transport, from, to } => {
+                let noun = if n.count == 1 { "webhook" } else { "webhooks" };
                 let mut message = Email::builder()
                     .from(from.parse().map_err(|e| format!("from: {e}"))?)
-                    .subject(format!("[hookrelay] {} webhooks to {} failed", n.count, n.endpoint))
+                    .subject(format!("[hookrelay] {} {noun} to {} failed", n.count, n.endpoint))
                     .header(ContentType::TEXT_PLAIN);
                 for address in to {
                     message = message.to(address.parse().map_err(|e| format!("to: {e}"))?);

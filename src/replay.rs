@@ -56,6 +56,8 @@ pub async fn replay(
     consumer_config
         .set("group.id", format!("{}.replay", config.kafka.group_id))
         .set("enable.auto.commit", "false")
+        // Retention may delete the first records between the scan's start and the read.
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = consumer_config.create()?;
     let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
@@ -82,9 +84,13 @@ pub async fn replay(
                 times.add_partition_offset(&dead, *p, Offset::Offset(since))?;
             }
             for e in consumer.offsets_for_times(times, TIMEOUT)?.elements() {
+                let end = ends.get(&e.partition()).copied().unwrap_or(0);
                 match e.offset() {
-                    Offset::Offset(o) => starts.set_partition_offset(&dead, e.partition(), Offset::Offset(o))?,
-                    // No record at or after `since` in this partition.
+                    Offset::Offset(o) if o < end => {
+                        starts.set_partition_offset(&dead, e.partition(), Offset::Offset(o))?
+                    }
+                    // No record at or after `since` in this partition before the
+                    // scan's end (one written since would keep the scan waiting).
                     _ => {
                         ends.remove(&e.partition());
                     }
@@ -147,7 +153,7 @@ pub async fn replay(
             here.topic,
             here.partition,
             here.offset,
-            hop.origin.default_id(),
+            crate::notify::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
             get(header::ENDPOINT).unwrap_or_default(),
             get(header::REASON).unwrap_or_default(),
         );
@@ -205,6 +211,11 @@ fn replay_headers(original: &[(String, Vec<u8>)], hop: &Hop, dead: &Coordinates,
     let origin_offset = hop.origin.offset.to_string();
     let deadline = deadline_ms.to_string();
     let from = format!("{}/{}/{}", dead.topic, dead.partition, dead.offset);
+    let event_ms = hop.event_ms.map(|ms| ms.to_string());
+    if let Some(ms) = &event_ms {
+        // The end-to-end latency of a replayed delivery still counts from the original event.
+        out = out.insert(Header { key: header::EVENT_MS, value: Some(ms.as_str()) });
+    }
     let fields = [
         (header::ORIGIN_TOPIC, hop.origin.topic.as_str()),
         (header::ORIGIN_PARTITION, origin_partition.as_str()),

@@ -50,6 +50,22 @@ pub async fn eventually<T>(what: &str, timeout: Duration, mut check: impl FnMut(
     }
 }
 
+/// Like [`eventually`], for checks that need to await (HTTP calls).
+pub async fn eventually_async<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 // ---------------------------------------------------------------- Kafka
 
 /// The topics of one test: events, tiers, dead.
@@ -237,6 +253,8 @@ pub struct Received {
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
     pub at_ms: i64,
+    /// The status the receiver answered with.
+    pub status: u16,
 }
 
 impl Received {
@@ -314,6 +332,15 @@ impl Receiver {
         self.state.received.lock().unwrap().len()
     }
 
+    /// The distinct `webhook-id`s answered with a 2xx.
+    pub fn delivered_ids(&self) -> std::collections::HashSet<String> {
+        self.received()
+            .iter()
+            .filter(|r| (200..300).contains(&r.status))
+            .map(|r| r.header("webhook-id").to_string())
+            .collect()
+    }
+
     pub fn set(&self, change: impl FnOnce(&mut Behaviour)) {
         change(&mut self.state.behaviour.lock().unwrap());
     }
@@ -333,20 +360,21 @@ async fn handle(
 ) -> Response {
     let behaviour = state.behaviour.lock().unwrap().clone();
     let id = headers.get("webhook-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
-    let request = Received {
-        path: uri.path().to_string(),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
-        body: body.to_vec(),
-        at_ms: now_ms(),
-    };
-    let held = behaviour.hold_marker.as_ref().is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
-    state.received.lock().unwrap().push(request);
     let nth = {
         let mut seen = state.seen.lock().unwrap();
         let n = seen.entry(id).or_insert(0);
         *n += 1;
         *n
     };
+    let status = if nth <= behaviour.fail_first { behaviour.fail_status } else { behaviour.status };
+    let held = behaviour.hold_marker.as_ref().is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
+    state.received.lock().unwrap().push(Received {
+        path: uri.path().to_string(),
+        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string())).collect(),
+        body: body.to_vec(),
+        at_ms: now_ms(),
+        status,
+    });
     if held {
         loop {
             let notified = state.release.notified();
@@ -359,7 +387,6 @@ async fn handle(
     if !behaviour.delay.is_zero() {
         tokio::time::sleep(behaviour.delay).await;
     }
-    let status = if nth <= behaviour.fail_first { behaviour.fail_status } else { behaviour.status };
     let mut response = (StatusCode::from_u16(status).unwrap(), format!("answer {status}")).into_response();
     if status >= 300 {
         if let Some(after) = &behaviour.retry_after {
@@ -414,7 +441,7 @@ impl Relay {
             .arg(&path)
             .arg("run")
             .args(args)
-            .env("HOOKRELAY_LOG", "info,hookrelay=debug")
+            .env("HOOKRELAY_LOG", std::env::var("TEST_RELAY_LOG").unwrap_or_else(|_| "info,hookrelay=debug".into()))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -469,7 +496,7 @@ impl Drop for Relay {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-        if std::thread::panicking() {
+        if std::thread::panicking() || std::env::var("TEST_KEEP_LOG").is_ok() {
             eprintln!("---- relay log ({}):\n{}", self.log.display(), self.log_text());
         }
     }

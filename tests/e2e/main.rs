@@ -3,3 +3,7 @@
 
 mod delivery;
 mod harness;
+mod notify;
+mod replay;
+mod retry;
+mod smtp;
