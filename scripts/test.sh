@@ -14,12 +14,12 @@ stop() { if [[ -n "$started" ]]; then scripts/kafka.sh down || true; fi; }
 trap stop EXIT
 
 scripts/test-deps.sh
-echo "== cargo test (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP)"
 status=0
-# End-to-end tests mostly wait on brokers and receivers, so more threads than cores.
-cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-6}" || status=$?
 if [[ -x scripts/check-deploy.sh ]]; then
-    echo "== deploy checks"
+    echo "== deploy checks (manifests, alert rules, compose, dashboard)"
     scripts/check-deploy.sh || status=$?
 fi
+echo "== cargo test (KAFKA_BOOTSTRAP=$KAFKA_BOOTSTRAP)"
+# End-to-end tests mostly wait on brokers and receivers, so more threads than cores.
+cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-6}" || status=$?
 exit "$status"

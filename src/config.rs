@@ -665,6 +665,22 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn the_deploy_configs_parse() {
+        Config::from_toml(include_str!("../deploy/compose/hookrelay.toml")).unwrap();
+        // In Kubernetes the SASL credentials come from a Secret, as env vars.
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("k8s.toml", include_str!("../deploy/kubernetes/base/hookrelay.toml"))?;
+            jail.set_env("HOOKRELAY_KAFKA__SASL__USERNAME", "hookrelay");
+            jail.set_env("HOOKRELAY_KAFKA__SASL__PASSWORD", "from-a-secret");
+            let config = Config::load(Some(Path::new("k8s.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.sasl.as_ref().map(|s| s.password.expose()), Some("from-a-secret"));
+            assert_eq!(config.shutdown.grace, Duration::from_secs(20), "terminationGracePeriodSeconds depends on it");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn unknown_keys_are_errors() {
         let err = Config::from_toml("[kafka]\nbrokerz = \"x:1\"\n").unwrap_err().to_string();
         assert!(err.contains("brokerz"), "{err}");
