@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
@@ -41,24 +40,14 @@ impl Roles {
     }
 }
 
-/// Kafka could not be reached, or refused us; the CLI exits 69 (EX_UNAVAILABLE).
-#[derive(Debug, thiserror::Error)]
-#[error("cannot use Kafka at {brokers}: {why}")]
-pub struct Unavailable {
-    pub brokers: String,
-    pub why: String,
-}
+pub use crate::kafka::Unavailable;
 
 /// Checks that the brokers answer (and accept our credentials) before anything starts.
 pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
     let kafka = config.kafka.clone();
-    let checked = tokio::task::spawn_blocking(move || {
-        let client: BaseConsumer = crate::kafka::admin_config(&kafka).create().map_err(|e| e.to_string())?;
-        client.fetch_metadata(None, CONNECT_TIMEOUT).map(|_| ()).map_err(|e| e.to_string())
-    })
-    .await
-    .unwrap_or_else(|e| Err(e.to_string()));
-    checked.map_err(|why| Unavailable { brokers: config.kafka.brokers.clone(), why })
+    tokio::task::spawn_blocking(move || crate::kafka::check_connection(&kafka, CONNECT_TIMEOUT))
+        .await
+        .unwrap_or_else(|e| Err(Unavailable { brokers: config.kafka.brokers.clone(), why: e.to_string() }))
 }
 
 /// Runs the chosen roles until SIGTERM/SIGINT (or a fatal error) and the drain is over.

@@ -1,6 +1,12 @@
 //! librdkafka settings shared by every client: brokers, TLS, SASL, pass-through properties.
 
-use rdkafka::ClientConfig;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext};
+use rdkafka::error::KafkaError;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientConfig, ClientContext};
 
 use crate::config::{GroupProtocol, KafkaConfig};
 
@@ -82,6 +88,58 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// An admin or metadata client.
 pub fn admin_config(kafka: &KafkaConfig) -> ClientConfig {
     with_properties(client_config(kafka), kafka)
+}
+
+/// Kafka could not be reached, or refused us; the CLI exits 69 (EX_UNAVAILABLE).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot use Kafka at {brokers}: {why}")]
+pub struct Unavailable {
+    pub brokers: String,
+    pub why: String,
+}
+
+/// Remembers the errors librdkafka reports while the connection is checked.
+#[derive(Default)]
+struct CheckContext {
+    error: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+}
+
+impl ClientContext for CheckContext {
+    fn error(&self, error: KafkaError, reason: &str) {
+        *self.error.lock().expect("lock poisoned") = Some((error.rdkafka_error_code(), reason.to_string()));
+    }
+}
+
+impl ConsumerContext for CheckContext {}
+
+/// Connects and fetches metadata, so that a wrong address, TLS setting or
+/// password fails at start with the broker's own words, not later as a hang.
+/// An authentication failure ends the check at once; an unreachable broker
+/// after `timeout`. Blocking: call it from a blocking context.
+pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Unavailable> {
+    let unavailable = |why: String| Unavailable { brokers: kafka.brokers.clone(), why };
+    let client: BaseConsumer<CheckContext> =
+        admin_config(kafka).create_with_context(CheckContext::default()).map_err(|e| unavailable(e.to_string()))?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        let fetched = client.fetch_metadata(None, Duration::from_millis(500));
+        // Serves the error callbacks librdkafka queued meanwhile.
+        let _ = client.poll(Duration::ZERO);
+        let reported = client.context().error.lock().expect("lock poisoned").clone();
+        match (fetched, reported) {
+            (Ok(_), _) => return Ok(()),
+            (Err(_), Some((Some(code), reason)))
+                if matches!(code, RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) =>
+            {
+                return Err(unavailable(format!("authentication failed: {reason}")));
+            }
+            (Err(error), reported) if Instant::now() >= deadline => {
+                let why = reported.map_or_else(|| error.to_string(), |(_, reason)| reason);
+                return Err(unavailable(format!("no answer within {timeout:?}: {why}")));
+            }
+            (Err(_), _) => {}
+        }
+    }
 }
 
 #[cfg(test)]

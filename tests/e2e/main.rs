@@ -4,6 +4,7 @@
 mod delivery;
 mod harness;
 mod notify;
+mod operate;
 mod replay;
 mod retry;
 mod smtp;
