@@ -128,9 +128,10 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Un
         let reported = client.context().error.lock().expect("lock poisoned").clone();
         match (fetched, reported) {
             (Ok(_), _) => return Ok(()),
-            (Err(_), Some((Some(code), reason)))
-                if matches!(code, RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed) =>
-            {
+            (
+                Err(_),
+                Some((Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed), reason)),
+            ) => {
                 return Err(unavailable(format!("authentication failed: {reason}")));
             }
             (Err(error), reported) if Instant::now() >= deadline => {
