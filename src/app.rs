@@ -60,6 +60,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         topics,
         max_in_flight: config.delivery.max_in_flight,
         max_in_flight_per_partition: config.delivery.max_in_flight_per_partition,
+        max_read_ahead: config.delivery.max_read_ahead_per_partition,
         grace: config.shutdown.grace,
     };
     let group = &config.kafka.group_id;

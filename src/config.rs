@@ -274,6 +274,9 @@ pub struct DeliveryConfig {
     pub max_in_flight_per_partition: usize,
     /// Concurrent requests to one endpoint (name, or URL host). Default 64.
     pub max_in_flight_per_endpoint: usize,
+    /// Records read ahead per partition while they wait for their due time,
+    /// their endpoint or a slot; reaching it pauses the partition. Default 256.
+    pub max_read_ahead_per_partition: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -287,6 +290,7 @@ impl Default for DeliveryConfig {
             max_in_flight: 1024,
             max_in_flight_per_partition: 128,
             max_in_flight_per_endpoint: 64,
+            max_read_ahead_per_partition: 256,
         }
     }
 }
@@ -554,6 +558,7 @@ impl Config {
             ("delivery.max_in_flight", self.delivery.max_in_flight),
             ("delivery.max_in_flight_per_partition", self.delivery.max_in_flight_per_partition),
             ("delivery.max_in_flight_per_endpoint", self.delivery.max_in_flight_per_endpoint),
+            ("delivery.max_read_ahead_per_partition", self.delivery.max_read_ahead_per_partition),
             ("delivery.max_payload_bytes", self.delivery.max_payload_bytes),
         ];
         for (key, value) in limits {

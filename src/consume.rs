@@ -75,6 +75,11 @@ pub trait Handler: Send + Sync + 'static {
     fn due_ms(&self, _record: &OwnedMessage) -> Option<i64> {
         None
     }
+    /// The endpoint a record goes to and how many of its records may be in
+    /// flight at once; `None` = no endpoint limit (invalid records, say).
+    fn endpoint(&self, _record: &OwnedMessage) -> Option<(Arc<str>, usize)> {
+        None
+    }
     /// Works on the record until its outcome is decided, or `cancel` fires.
     fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done>;
 }
@@ -87,6 +92,8 @@ pub struct Spec {
     pub topics: Vec<String>,
     pub max_in_flight: usize,
     pub max_in_flight_per_partition: usize,
+    /// Records read but waiting, per partition, before the partition is paused.
+    pub max_read_ahead: usize,
     pub grace: Duration,
 }
 
@@ -232,6 +239,7 @@ const RESUME_LEAD_MS: i64 = 1_000;
 struct Waiting {
     record: OwnedMessage,
     due_ms: Option<i64>,
+    endpoint: Option<(Arc<str>, usize)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -263,6 +271,8 @@ struct Partition {
 
 struct Completion {
     key: (Arc<str>, i32),
+    /// The endpoint slot the record held, with the endpoint's limit.
+    endpoint: Option<(Arc<str>, usize)>,
     generation: u64,
     offset: i64,
     done: Done,
@@ -370,6 +380,8 @@ struct Loop {
     done_tx: mpsc::Sender<Completion>,
     done_rx: mpsc::Receiver<Completion>,
     revoke: Option<PendingRevoke>,
+    /// Records in flight per endpoint, in this consumer.
+    endpoint_in_flight: HashMap<Arc<str>, usize>,
 }
 
 impl Loop {
@@ -388,6 +400,7 @@ impl Loop {
             done_tx,
             done_rx,
             revoke: None,
+            endpoint_in_flight: HashMap::new(),
         }
     }
 
@@ -496,6 +509,7 @@ impl Loop {
             self.partitions.insert(key.clone(), partition);
         }
         let due_ms = self.handler.due_ms(&record);
+        let endpoint = self.handler.endpoint(&record);
         tracing::trace!(
             topic = &*key.0,
             partition = key.1,
@@ -511,7 +525,7 @@ impl Loop {
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(record.offset());
-        partition.backlog.push_back(Waiting { record, due_ms });
+        partition.backlog.push_back(Waiting { record, due_ms, endpoint });
         self.pump(&key);
     }
 
@@ -529,7 +543,14 @@ impl Loop {
         let Some(partition) = self.partitions.get_mut(key) else { return };
         let mut i = 0;
         while i < partition.backlog.len() && partition.lifecycle == Lifecycle::Consuming {
-            if partition.backlog[i].due_ms.is_some_and(|due| due > now) {
+            let candidate = &partition.backlog[i];
+            let endpoint_full = candidate
+                .endpoint
+                .as_ref()
+                .is_some_and(|(name, max)| self.endpoint_in_flight.get(name).is_some_and(|n| n >= max));
+            // A record for a saturated endpoint waits without taking a slot, so
+            // the records behind it for other endpoints can go.
+            if candidate.due_ms.is_some_and(|due| due > now) || endpoint_full {
                 i += 1;
                 continue;
             }
@@ -540,8 +561,16 @@ impl Loop {
             let offset = waiting.record.offset();
             partition.in_flight += 1;
             self.in_flight += 1;
-            let completion =
-                Completion { key: key.clone(), generation: partition.generation, offset, done: Done::Abandoned };
+            if let Some((name, _)) = &waiting.endpoint {
+                *self.endpoint_in_flight.entry(name.clone()).or_default() += 1;
+            }
+            let completion = Completion {
+                key: key.clone(),
+                endpoint: waiting.endpoint,
+                generation: partition.generation,
+                offset,
+                done: Done::Abandoned,
+            };
             let work = self.handler.clone().handle(waiting.record, self.abandon.child_token());
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
@@ -553,10 +582,11 @@ impl Loop {
         let next_due = partition.backlog.iter().filter_map(|w| w.due_ms).filter(|&due| due > now).min();
         let anything_due = partition.backlog.iter().any(|w| w.due_ms.is_none_or(|due| due <= now));
         let waiting_for_time = !anything_due && next_due.is_some_and(|due| due - now > RESUME_LEAD_MS);
+        let read_ahead = self.spec.max_read_ahead;
         let full = match partition.paused {
             // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
-            Some(PauseReason::Capacity) => partition.backlog.len() > limit / 2,
-            _ => partition.backlog.len() >= limit,
+            Some(PauseReason::Capacity) => partition.backlog.len() > read_ahead / 2,
+            _ => partition.backlog.len() >= read_ahead,
         };
         let reason = match () {
             _ if partition.lifecycle != Lifecycle::Consuming => None,
@@ -591,6 +621,17 @@ impl Loop {
     }
 
     fn complete(&mut self, done: Completion) {
+        // The endpoint slot is freed whatever became of the partition meanwhile.
+        let mut endpoint_was_full = false;
+        if let Some((name, max)) = &done.endpoint {
+            if let Some(n) = self.endpoint_in_flight.get_mut(name) {
+                endpoint_was_full = *n >= *max;
+                *n -= 1;
+                if *n == 0 {
+                    self.endpoint_in_flight.remove(name);
+                }
+            }
+        }
         let Some(partition) = self.partitions.get_mut(&done.key) else { return };
         if partition.generation != done.generation {
             return; // from an earlier assignment of this partition
@@ -609,7 +650,8 @@ impl Loop {
                 }
             }
         }
-        if was_full {
+        // Records of any partition may have waited for the freed slot.
+        if was_full || endpoint_was_full {
             self.pump_all();
         } else {
             self.pump(&done.key.clone());

@@ -198,6 +198,23 @@ impl Endpoints {
         }
     }
 
+    /// The endpoint key of a record value without validating the rest: cheap,
+    /// for scheduling. `None` when the value names no usable target.
+    pub fn peek_key(&self, value: &[u8]) -> Option<Arc<str>> {
+        #[derive(Deserialize)]
+        struct Target<'a> {
+            #[serde(borrow)]
+            url: Option<std::borrow::Cow<'a, str>>,
+            #[serde(borrow)]
+            endpoint: Option<std::borrow::Cow<'a, str>>,
+        }
+        match serde_json::from_slice::<Target<'_>>(value).ok()? {
+            Target { url: Some(url), endpoint: None } => Some(endpoint_key(&url::Url::parse(&url).ok()?).into()),
+            Target { url: None, endpoint: Some(name) } if self.named.contains_key(&*name) => Some(Arc::from(&*name)),
+            _ => None,
+        }
+    }
+
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
     pub fn decode(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Event, InvalidEvent> {
         let envelope: Envelope<'_> = match serde_json::from_slice(value) {
@@ -435,6 +452,21 @@ mod tests {
             let err = decode(value).expect_err(value);
             assert!(expected(&err), "{value} gave {err:?}");
         }
+    }
+
+    #[test]
+    fn peek_key_agrees_with_decode() {
+        let e = endpoints();
+        for value in [
+            r#"{"url":"http://a.example:8080/x","payload":1}"#,
+            r#"{"endpoint":"billing","payload":1}"#,
+            r#"{"url":"https://b.example/y","payload":{"big":[1,2,3]}}"#,
+        ] {
+            let decoded = e.decode(value.as_bytes(), || "id".into()).unwrap();
+            assert_eq!(e.peek_key(value.as_bytes()), Some(decoded.endpoint_key), "{value}");
+        }
+        assert_eq!(e.peek_key(b"not json"), None);
+        assert_eq!(e.peek_key(br#"{"endpoint":"nope","payload":1}"#), None);
     }
 
     #[test]

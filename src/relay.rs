@@ -62,15 +62,13 @@ impl EndpointLimits {
         EndpointLimits { default: config.delivery.max_in_flight_per_endpoint, configured, semaphores: Mutex::default() }
     }
 
+    fn limit(&self, endpoint: &str) -> usize {
+        self.configured.get(endpoint).copied().unwrap_or(self.default)
+    }
+
     fn semaphore(&self, endpoint: &Arc<str>) -> Arc<Semaphore> {
         let mut semaphores = self.semaphores.lock().expect("limits lock poisoned");
-        semaphores
-            .entry(endpoint.clone())
-            .or_insert_with(|| {
-                let n = self.configured.get(&**endpoint).copied().unwrap_or(self.default);
-                Arc::new(Semaphore::new(n))
-            })
-            .clone()
+        semaphores.entry(endpoint.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limit(endpoint)))).clone()
     }
 }
 
@@ -92,6 +90,14 @@ impl Handler for Relay {
         let headers = headers_of(record);
         let due = headers.iter().rev().find(|(k, _)| k == header::DUE_MS)?;
         std::str::from_utf8(&due.1).ok()?.trim().parse().ok()
+    }
+
+    /// The partition loop keeps each consumer within the endpoint's limit; the
+    /// semaphore in `process` keeps the whole process (events and tiers) within it.
+    fn endpoint(&self, record: &OwnedMessage) -> Option<(Arc<str>, usize)> {
+        let key = self.shared.endpoints.peek_key(record.payload()?)?;
+        let limit = self.shared.limits.limit(&key);
+        Some((key, limit))
     }
 
     fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {

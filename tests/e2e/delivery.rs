@@ -312,3 +312,43 @@ async fn the_send_command_reaches_a_local_receiver() {
     .await;
     assert!(!relay.metrics().await.contains("/smoke"), "a URL path leaked into a label");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_endpoint_does_not_take_every_slot() {
+    // Ten slow records ahead of the fast ones: without the endpoint limit in
+    // the partition loop they would hold all 4 slots for 3 s.
+    let slow = Receiver::start(Behaviour { delay: Duration::from_secs(3), ..Behaviour::default() }).await;
+    let fast = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let config = format!(
+        "{}\n[endpoints.slow]\nurl = \"{}\"\nmax_in_flight = 2\n",
+        config_with(&topics, "max_in_flight_per_partition = 4"),
+        slow.url("/slow")
+    );
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    for i in 0..10 {
+        let value = format!(r#"{{"endpoint":"slow","payload":{i},"id":"slow-{i}"}}"#);
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    let started = std::time::Instant::now();
+    for i in 0..10 {
+        let value = format!(r#"{{"url":"{}","payload":{i},"id":"fast-{i}"}}"#, fast.url("/fast"));
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    eventually("the fast endpoint's records delivered", Duration::from_secs(30), || {
+        (fast.delivered_ids().len() == 10).then_some(())
+    })
+    .await;
+    let fast_done = started.elapsed();
+    let slow_done = slow.received().iter().filter(|r| r.status == 200).count();
+    assert!(
+        fast_done < Duration::from_millis(1500),
+        "fast records waited {fast_done:?} behind a slow endpoint ({slow_done} slow ones done)"
+    );
+    assert!(slow.count() <= 4, "the slow endpoint never had more than its limit (2) in flight at once");
+    eventually("the slow ones finish too", Duration::from_secs(30), || {
+        (slow.delivered_ids().len() == 10).then_some(())
+    })
+    .await;
+}
