@@ -525,8 +525,10 @@ impl Config {
         let mut seen = std::collections::BTreeSet::new();
         let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead));
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
-            if topic.trim().is_empty() {
-                return Err(invalid("topics", "a topic name is empty"));
+            // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
+            let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+            if topic.is_empty() || topic.len() > 249 || !legal || topic == "." || topic == ".." {
+                return Err(invalid("topics", format!("{topic:?} is not a legal Kafka topic name")));
             }
             if !seen.insert(topic) {
                 return Err(invalid("topics", format!("topic {topic:?} is used for two roles")));
@@ -701,6 +703,7 @@ mod tests {
             ("[endpoints.x]\nurl = \"ftp://x\"\n", "endpoints.x.url"),
             ("[delivery]\npermanent_statuses = [200]\n", "delivery.permanent_statuses"),
             ("[topics]\ndead = \"webhooks.events\"\n", "topics"),
+            ("[topics]\ndead = \"dead letters\"\n", "topics"),
             ("[kafka]\nsecurity_protocol = \"sasl_ssl\"\n", "kafka.sasl"),
             ("[retry]\njitter = 0.5\n", "retry.jitter"),
         ];

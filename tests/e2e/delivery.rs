@@ -352,3 +352,49 @@ async fn a_slow_endpoint_does_not_take_every_slot() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_route_produce_holds_the_offset() {
+    let failing = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let ok = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[]).await;
+    // The tier refuses records over 100 bytes: routing the 503 can never be acknowledged.
+    let tier = format!("{}.tiny-tier", topics.events);
+    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
+        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
+    let new = rdkafka::admin::NewTopic::new(&tier, 1, rdkafka::admin::TopicReplication::Fixed(1))
+        .set("max.message.bytes", "100");
+    admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()).await.unwrap()[0].as_ref().unwrap();
+    let config = format!(
+        "{}\n[[retry.tiers]]\ntopic = \"{tier}\"\ndelay = \"1h\"\n[delivery]\nallow_private_networks = true\n",
+        topics.toml()
+    );
+    let relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let padding = "p".repeat(200);
+    let stuck = format!(r#"{{"url":"{}","payload":"{padding}","id":"stuck"}}"#, failing.url("/x"));
+    let (_, stuck_offset) = produce(&producer, &topics.events, Some(0), None, stuck.as_bytes()).await;
+    for i in 0..5 {
+        let value = format!(r#"{{"url":"{}","payload":{i},"id":"after-{i}"}}"#, ok.url("/x"));
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    eventually("later records are delivered", Duration::from_secs(20), || {
+        (ok.delivered_ids().len() == 5).then_some(())
+    })
+    .await;
+    let label = format!("hookrelay_produce_failures_total{{topic=\"{tier}\"}}");
+    eventually_async("the failed produce is counted and retried", Duration::from_secs(30), || async {
+        metric(&relay.metrics().await, &label).filter(|&n| n >= 2.0)
+    })
+    .await;
+    let (group, topic) = (topics.group.clone(), topics.events.clone());
+    for _ in 0..10 {
+        let committed = committed(&group, &topic, 0);
+        assert!(
+            committed.is_none_or(|c| c <= stuck_offset),
+            "the offset moved to {committed:?}, past the undecided record at {stuck_offset}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(read_topic(&tier, 1, Duration::from_secs(1)).await.is_empty());
+}
