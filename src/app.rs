@@ -74,11 +74,21 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let consumers = specs.len() + usize::from(roles.dead);
     let readiness = Readiness::new(consumers);
-    let admin = crate::admin::serve(config.admin.listen, readiness.clone(), shutdown.clone()).await?;
+    // The admin server outlives the drain (metrics stay scrapable); it stops last.
+    let admin_stop = CancellationToken::new();
+    let admin = crate::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
     let shared = Shared::new(&config)?;
     // A fatal error in one consumer stops them all.
     let stop = shutdown.child_token();
+    {
+        // Not ready from the first moment of a drain, whether a signal or a fatal error started it.
+        let (stop, readiness) = (stop.clone(), readiness.clone());
+        tokio::spawn(async move {
+            stop.cancelled().await;
+            readiness.drain();
+        });
+    }
     let mut tasks = tokio::task::JoinSet::new();
     for (spec, tier) in specs {
         let handler = Arc::new(Relay::new(shared.clone(), tier));
@@ -107,6 +117,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     shared.router.flush(Duration::from_secs(5));
     shutdown.cancel();
+    admin_stop.cancel();
     let _ = admin.await;
     tracing::info!("stopped");
     result

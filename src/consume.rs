@@ -97,25 +97,31 @@ pub struct Spec {
     pub grace: Duration,
 }
 
-/// Readiness latch: ready once every consumer of the process joined its group.
+/// Readiness latch: ready once every consumer of the process joined its
+/// group; not ready again from the moment a drain starts (SIGTERM).
 #[derive(Clone, Default)]
 pub struct Readiness {
     expected: Arc<AtomicUsize>,
     joined: Arc<AtomicUsize>,
+    draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
     pub fn new(consumers: usize) -> Readiness {
-        Readiness { expected: Arc::new(AtomicUsize::new(consumers)), joined: Arc::default() }
+        Readiness { expected: Arc::new(AtomicUsize::new(consumers)), ..Readiness::default() }
     }
     fn joined_one(&self) {
-        let joined = self.joined.fetch_add(1, Ordering::SeqCst) + 1;
-        if joined >= self.expected.load(Ordering::SeqCst) {
-            metrics::get().ready.set(1);
-        }
+        self.joined.fetch_add(1, Ordering::SeqCst);
+        metrics::get().ready.set(i64::from(self.is_ready()));
+    }
+    /// The process is shutting down: not ready any more, for good.
+    pub fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        metrics::get().ready.set(0);
     }
     pub fn is_ready(&self) -> bool {
-        self.joined.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+        !self.draining.load(Ordering::SeqCst)
+            && self.joined.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
     }
 }
 
@@ -750,4 +756,23 @@ pub fn headers_of(record: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
         .headers()
         .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
         .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readiness_is_a_latch() {
+        let r = Readiness::new(2);
+        assert!(!r.is_ready());
+        r.joined_one();
+        assert!(!r.is_ready(), "one of two consumers joined");
+        r.joined_one();
+        assert!(r.is_ready());
+        r.drain();
+        assert!(!r.is_ready(), "draining is not ready");
+        r.joined_one();
+        assert!(!r.is_ready(), "and stays so");
+    }
 }
