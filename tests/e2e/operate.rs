@@ -225,3 +225,43 @@ async fn a_real_prometheus_scrapes_the_relay() {
     let _ = prometheus.wait();
     assert_eq!(result.len(), checks.len());
 }
+
+/// In-flight work past `shutdown.grace` is abandoned: the relay exits on time,
+/// the record stays undecided and is delivered again after a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_abandons_work_past_the_grace_and_it_comes_back() {
+    let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let config = config(&topics, "").replace("grace = \"10s\"", "grace = \"2s\"");
+    let mut relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let mut offsets = Vec::new();
+    for (i, marker) in ["go", "HOLD", "go"].iter().enumerate() {
+        let value = format!(r#"{{"url":"{}","payload":"{marker}","id":"ab-{i}"}}"#, receiver.url("/x"));
+        offsets.push(produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await.1);
+    }
+    eventually("all three requests arrived", Duration::from_secs(20), || (receiver.count() == 3).then_some(())).await;
+    let (group, topic) = (topics.group.clone(), topics.events.clone());
+    eventually("committed up to the held record", Duration::from_secs(20), || {
+        (committed(&group, &topic, 0) == Some(offsets[1])).then_some(())
+    })
+    .await;
+    let started = Instant::now();
+    let (code, relay) =
+        tokio::task::spawn_blocking(move || (relay.terminate(Duration::from_secs(20)), relay)).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(code, Some(0), "log:\n{}", relay.log_text());
+    assert!(took < Duration::from_secs(5), "exited {took:?} after SIGTERM with a 2 s grace");
+    assert!(relay.log_text().contains("abandoning in-flight records"));
+    assert_eq!(committed(&group, &topic, 0), Some(offsets[1]), "the abandoned record is not committed");
+    receiver.release();
+    let _again = Relay::start(&config, &[]).await;
+    eventually("the abandoned record is delivered again", Duration::from_secs(30), || {
+        (receiver.received().iter().filter(|r| r.header("webhook-id") == "ab-1").count() == 2).then_some(())
+    })
+    .await;
+    eventually("and committed", Duration::from_secs(20), || {
+        (committed(&group, &topic, 0) == Some(offsets[2] + 1)).then_some(())
+    })
+    .await;
+}
