@@ -14,6 +14,8 @@
 #   KAFKA_SASL_BOOTSTRAP=127.0.0.1:9094   SASL_PLAINTEXT (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
 #   KAFKA_SASL_USERNAME=hookrelay
 #   KAFKA_SASL_PASSWORD=hookrelay-secret
+#   KAFKA_SSL_BOOTSTRAP=127.0.0.1:9095    SSL (server certificate only, no client auth)
+#   KAFKA_SSL_CA=<run dir>/ca.crt         the throwaway CA that signed the broker certificate
 # so `scripts/kafka.sh up >> "$GITHUB_ENV"` or `eval "$(scripts/kafka.sh up)"` work.
 #
 # Environment:
@@ -22,10 +24,16 @@
 #   KAFKA_PORT             PLAINTEXT port       (default 9092)
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
 #   KAFKA_SASL_PORT        SASL_PLAINTEXT port  (default 9094)
+#   KAFKA_SSL_PORT         SSL port             (default 9095)
 #   KAFKA_VERSION          override the Kafka version pinned in scripts/kafka/pom.xml
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker (default 120)
 #   KAFKA_HEAP_OPTS        JVM heap (default "-Xms512m -Xmx1g")
 #   JAVA_HOME / MAVEN_OPTS honoured as usual; the Maven repo is the default ~/.m2
+#
+# TLS: a fresh `up` makes (with openssl) a throwaway CA (ca.key, ca.crt) and a
+# broker key and certificate signed by it (SAN IP:127.0.0.1, DNS:localhost,
+# broker.pem = key + chain) in the run dir; the SSL listener reads broker.pem
+# as a PEM keystore. Test-only keys: never reuse them.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,6 +50,7 @@ HOST=127.0.0.1
 PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 SASL_PORT="${KAFKA_SASL_PORT:-9094}"
+SSL_PORT="${KAFKA_SSL_PORT:-9095}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
@@ -52,6 +61,12 @@ PID_FILE="$RUN_DIR/kafka.pid"
 BROKER_LOG="$RUN_DIR/broker.log"
 BROKER_OUT="$RUN_DIR/broker.out"
 RUN_MARKER="$RUN_DIR/.hookrelay-kafka-run"
+TLS_CA_CERT="$RUN_DIR/ca.crt"
+TLS_CA_KEY="$RUN_DIR/ca.key"
+TLS_BROKER_CERT="$RUN_DIR/broker.crt"
+TLS_BROKER_KEY="$RUN_DIR/broker.key"
+TLS_BROKER_PEM="$RUN_DIR/broker.pem"
+TLS_DAYS=3650
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
 die() { log "error: $*"; exit 1; }
@@ -72,6 +87,13 @@ print_env() {
   echo "KAFKA_SASL_BOOTSTRAP=$HOST:$SASL_PORT"
   echo "KAFKA_SASL_USERNAME=$SASL_USER"
   echo "KAFKA_SASL_PASSWORD=$SASL_PASSWORD"
+  # A broker started by an older kafka.sh has no SSL listener: say so rather than print a dead address.
+  if grep -q "^listeners=.*,SSL://$HOST:$SSL_PORT" "$RUN_DIR/server.properties" 2>/dev/null && [[ -s "$TLS_CA_CERT" ]]; then
+    echo "KAFKA_SSL_BOOTSTRAP=$HOST:$SSL_PORT"
+    echo "KAFKA_SSL_CA=$TLS_CA_CERT"
+  else
+    log "this broker has no SSL listener on $HOST:$SSL_PORT (started by an older kafka.sh?); '$0 down' then 'up' adds it"
+  fi
 }
 
 # --- locking: serialise up/down of the same run dir -------------------------
@@ -181,6 +203,48 @@ fresh_run_dir() {
   : >"$RUN_MARKER"
 }
 
+# --- TLS material ---------------------------------------------------------------
+# A throwaway CA and a broker certificate it signs, made once per run dir.
+ensure_tls() {
+  if [[ -s "$TLS_CA_CERT" && -s "$TLS_BROKER_PEM" ]]; then return 0; fi
+  command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test broker's TLS certificate"
+  local tmp="$RUN_DIR/tls.tmp.$$" out="$RUN_DIR/tls.out"
+  rm -rf "$tmp"
+  mkdir -p "$tmp"
+  printf '%s\n' \
+    'basicConstraints=critical,CA:FALSE' \
+    'keyUsage=critical,digitalSignature' \
+    'extendedKeyUsage=serverAuth' \
+    "subjectAltName=IP:$HOST,DNS:localhost" >"$tmp/broker.ext"
+  if ! (
+    set -e
+    umask 077
+    cd "$tmp"
+    openssl req -x509 -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -keyout ca.key -out ca.crt -days "$TLS_DAYS" -sha256 \
+      -subj "/O=hookrelay tests/CN=hookrelay throwaway test CA" \
+      -addext 'basicConstraints=critical,CA:TRUE' -addext 'keyUsage=critical,keyCertSign,cRLSign'
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -keyout broker.key -out broker.csr -subj "/O=hookrelay tests/CN=localhost"
+    openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
+      -days "$TLS_DAYS" -sha256 -extfile broker.ext -out broker.crt
+    openssl verify -CAfile ca.crt broker.crt
+    # The PEM keystore: an unencrypted PKCS#8 key, then the chain (leaf first).
+    cat broker.key broker.crt ca.crt >broker.pem
+    chmod 644 ca.crt broker.crt
+  ) >"$out" 2>&1; then
+    cat "$out" >&2
+    rm -rf "$tmp"
+    die "openssl could not make the TLS certificates"
+  fi
+  mv "$tmp/ca.key" "$TLS_CA_KEY"
+  mv "$tmp/broker.key" "$TLS_BROKER_KEY"
+  mv "$tmp/broker.crt" "$TLS_BROKER_CERT"
+  mv "$tmp/broker.pem" "$TLS_BROKER_PEM"
+  mv "$tmp/ca.crt" "$TLS_CA_CERT" # last: its presence marks the set complete
+  rm -rf "$tmp" "$out"
+}
+
 write_server_properties() {
   local jaas_plain="org.apache.kafka.common.security.plain.PlainLoginModule required username=\"$SASL_USER\" password=\"$SASL_PASSWORD\" user_$SASL_USER=\"$SASL_PASSWORD\";"
   cat >"$RUN_DIR/server.properties" <<EOF
@@ -190,9 +254,9 @@ node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
 controller.listener.names=CONTROLLER
 
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
 inter.broker.listener.name=PLAINTEXT
 
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
@@ -200,6 +264,11 @@ listener.name.sasl_plaintext.sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-S
 listener.name.sasl_plaintext.plain.sasl.jaas.config=$jaas_plain
 listener.name.sasl_plaintext.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
 listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+
+# SSL: server certificate from a PEM keystore (key + chain in one file), no client certificates.
+listener.name.ssl.ssl.keystore.type=PEM
+listener.name.ssl.ssl.keystore.location=$TLS_BROKER_PEM
+listener.name.ssl.ssl.client.auth=none
 
 log.dirs=$RUN_DIR/data
 num.partitions=1
@@ -232,6 +301,12 @@ sasl.mechanism=$m
 sasl.jaas.config=$module required username="$SASL_USER" password="$SASL_PASSWORD";
 EOF
   done
+  cat >"$RUN_DIR/client-ssl.properties" <<EOF
+# Client config for the SSL listener ($HOST:$SSL_PORT), server certificate checked against the test CA.
+security.protocol=SSL
+ssl.truststore.type=PEM
+ssl.truststore.location=$TLS_CA_CERT
+EOF
 }
 
 new_cluster_id() {
@@ -298,11 +373,11 @@ cmd_up() {
   rm -f "$PID_FILE"
 
   local p
-  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT"; do
+  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT" "$SSL_PORT"; do
     if port_in_use "$p"; then
       log "port $HOST:$p is already in use by a process not started by this script:"
       describe_port_owner "$p"
-      die "free the port or choose others with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT"
+      die "free the port or choose others with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT / KAFKA_SSL_PORT"
     fi
   done
 
@@ -310,6 +385,7 @@ cmd_up() {
   local t0=$SECONDS
   ensure_libs
   fresh_run_dir
+  ensure_tls
   write_server_properties
   write_client_properties
   format_storage

@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
     eval "$(scripts/kafka.sh up)"
-    export KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD
+    export KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD KAFKA_SSL_BOOTSTRAP KAFKA_SSL_CA
     started=1
 fi
 stop() { if [[ -n "$started" ]]; then scripts/kafka.sh down || true; fi; }

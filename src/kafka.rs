@@ -101,12 +101,25 @@ pub struct Unavailable {
 /// Remembers the errors librdkafka reports while the connection is checked.
 #[derive(Default)]
 struct CheckContext {
+    /// The latest error.
     error: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+    /// The first refusal (failed TLS handshake or login); a later generic
+    /// error such as "1/1 brokers are down" must not hide it.
+    refused: Mutex<Option<(RDKafkaErrorCode, String)>>,
 }
 
 impl ClientContext for CheckContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        *self.error.lock().expect("lock poisoned") = Some((error.rdkafka_error_code(), reason.to_string()));
+        let code = error.rdkafka_error_code();
+        if let Some(
+            code @ (RDKafkaErrorCode::SSL
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed),
+        ) = code
+        {
+            self.refused.lock().expect("lock poisoned").get_or_insert_with(|| (code, reason.to_string()));
+        }
+        *self.error.lock().expect("lock poisoned") = Some((code, reason.to_string()));
     }
 }
 
@@ -114,8 +127,9 @@ impl ConsumerContext for CheckContext {}
 
 /// Connects and fetches metadata, so that a wrong address, TLS setting or
 /// password fails at start with the broker's own words, not later as a hang.
-/// An authentication failure ends the check at once; an unreachable broker
-/// after `timeout`. Blocking: call it from a blocking context.
+/// An authentication failure or a failed TLS handshake (say, a broker
+/// certificate the CA did not sign) ends the check at once; an unreachable
+/// broker after `timeout`. Blocking: call it from a blocking context.
 pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Unavailable> {
     let unavailable = |why: String| Unavailable { brokers: kafka.brokers.clone(), why };
     let client: BaseConsumer<CheckContext> =
@@ -125,20 +139,21 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Un
         let fetched = client.fetch_metadata(None, Duration::from_millis(500));
         // Serves the error callbacks librdkafka queued meanwhile.
         let _ = client.poll(Duration::ZERO);
+        let refused = client.context().refused.lock().expect("lock poisoned").clone();
         let reported = client.context().error.lock().expect("lock poisoned").clone();
-        match (fetched, reported) {
-            (Ok(_), _) => return Ok(()),
-            (
-                Err(_),
-                Some((Some(RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed), reason)),
-            ) => {
+        match (fetched, refused, reported) {
+            (Ok(_), _, _) => return Ok(()),
+            (Err(_), Some((RDKafkaErrorCode::SSL, reason)), _) => {
+                return Err(unavailable(format!("TLS handshake failed: {reason}")));
+            }
+            (Err(_), Some((_, reason)), _) => {
                 return Err(unavailable(format!("authentication failed: {reason}")));
             }
-            (Err(error), reported) if Instant::now() >= deadline => {
+            (Err(error), None, reported) if Instant::now() >= deadline => {
                 let why = reported.map_or_else(|| error.to_string(), |(_, reason)| reason);
                 return Err(unavailable(format!("no answer within {timeout:?}: {why}")));
             }
-            (Err(_), _) => {}
+            (Err(_), None, _) => {}
         }
     }
 }
@@ -179,5 +194,21 @@ mod tests {
         assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
+    }
+
+    #[test]
+    fn a_refusal_is_not_hidden_by_the_errors_after_it() {
+        let context = CheckContext::default();
+        context.error(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), "connection refused");
+        context.error(KafkaError::Global(RDKafkaErrorCode::SSL), "SSL handshake failed: certificate verify failed");
+        context.error(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
+        context.error(KafkaError::Global(RDKafkaErrorCode::SSL), "a later handshake");
+        let refused = context.refused.lock().unwrap().clone();
+        assert_eq!(
+            refused,
+            Some((RDKafkaErrorCode::SSL, "SSL handshake failed: certificate verify failed".to_string()))
+        );
+        let latest = context.error.lock().unwrap().clone();
+        assert_eq!(latest.map(|(_, reason)| reason).as_deref(), Some("a later handshake"));
     }
 }

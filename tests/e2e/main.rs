@@ -9,3 +9,4 @@ mod operate;
 mod replay;
 mod retry;
 mod smtp;
+mod tls;
