@@ -111,14 +111,17 @@ pub struct Hop {
     pub last_error: Option<String>,
 }
 
+/// The last value of a header (a repeated header's last value wins), if it is UTF-8.
+pub fn last_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
+    headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
+}
+
 impl Hop {
     /// Reads the hop state. `here` is where the record was read, used as the
     /// origin when the record has no origin headers (an event's first hop).
     /// `timestamp_ms` is the record's own timestamp.
     pub fn read(headers: &[(String, Vec<u8>)], here: Coordinates, timestamp_ms: Option<i64>) -> Hop {
-        let get = |name: &str| {
-            headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok()).map(str::trim)
-        };
+        let get = |name: &str| last_header(headers, name).map(str::trim);
         let num = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
         let origin = match (get(header::ORIGIN_TOPIC), num(header::ORIGIN_PARTITION), num(header::ORIGIN_OFFSET)) {
             (Some(topic), Some(partition), Some(offset)) if !topic.is_empty() => {

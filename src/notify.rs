@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
 use crate::consume::{headers_of, Done, Handler};
-use crate::event::header;
+use crate::event::{header, last_header, Coordinates, Hop};
 use crate::metrics;
 
 /// Event ids listed in one notification, at most.
@@ -158,16 +158,16 @@ impl Handler for FailureHandler {
     fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {
         async move {
             let headers = headers_of(&record);
-            let get = |name: &str| {
-                headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-            };
+            let get = |name: &str| last_header(&headers, name).map(String::from);
             let endpoint = get(header::ENDPOINT).unwrap_or_else(|| "unknown".into());
-            let origin = match (get(header::ORIGIN_TOPIC), get(header::ORIGIN_PARTITION), get(header::ORIGIN_OFFSET)) {
-                (Some(t), Some(p), Some(o)) => format!("{t}-{p}-{o}"),
-                _ => format!("{}-{}-{}", record.topic(), record.partition(), record.offset()),
+            let here = Coordinates {
+                topic: record.topic().to_string(),
+                partition: record.partition(),
+                offset: record.offset(),
             };
+            let origin = Hop::read(&headers, here, None).origin;
             let dead = DeadRecord {
-                id: event_id(record.payload()).unwrap_or(origin),
+                id: event_id(record.payload()).unwrap_or_else(|| origin.default_id()),
                 reason: get(header::REASON).unwrap_or_else(|| "unknown".into()),
                 error: get(header::LAST_ERROR),
                 status: get(header::LAST_STATUS).and_then(|s| s.parse().ok()),

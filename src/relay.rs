@@ -14,7 +14,7 @@ use crate::circuit::{Admission, Circuits};
 use crate::config::Config;
 use crate::consume::{headers_of, now_ms, Done, Handler};
 use crate::deliver::Deliverer;
-use crate::event::{header, Coordinates, Endpoints, Hop};
+use crate::event::{header, last_header, Coordinates, Endpoints, Hop};
 use crate::metrics;
 use crate::outcome::{classify, Outcome};
 use crate::route::{build_headers, plan, DeadReason, Ladder, Original, PlanInput, RelayHeaders, Route, Router};
@@ -87,9 +87,7 @@ impl Relay {
 impl Handler for Relay {
     fn due_ms(&self, record: &OwnedMessage) -> Option<i64> {
         self.from_tier?;
-        let headers = headers_of(record);
-        let due = headers.iter().rev().find(|(k, _)| k == header::DUE_MS)?;
-        std::str::from_utf8(&due.1).ok()?.trim().parse().ok()
+        last_header(&headers_of(record), header::DUE_MS)?.trim().parse().ok()
     }
 
     /// The partition loop keeps each consumer within the endpoint's limit; the

@@ -12,7 +12,7 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
 use crate::consume::now_ms;
-use crate::event::{header, Coordinates, Hop};
+use crate::event::{header, last_header, Coordinates, Hop};
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -130,9 +130,7 @@ pub async fn replay(
         }
         summary.scanned += 1;
         let headers = crate::consume::headers_of(&record);
-        let get = |name: &str| {
-            headers.iter().rev().find(|(k, _)| k == name).map(|(_, v)| String::from_utf8_lossy(v).into_owned())
-        };
+        let get = |name: &str| last_header(&headers, name).map(String::from);
         let at = record.timestamp().to_millis().unwrap_or(0);
         let matches = filter.since_ms.is_none_or(|s| at >= s)
             && filter.until_ms.is_none_or(|u| at < u)
