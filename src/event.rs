@@ -87,6 +87,11 @@ pub struct Coordinates {
 }
 
 impl Coordinates {
+    /// Where `record` was read.
+    pub fn of(record: &impl rdkafka::message::Message) -> Coordinates {
+        Coordinates { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset() }
+    }
+
     /// The default event id, `<topic>-<partition>-<offset>` of the origin record.
     pub fn default_id(&self) -> String {
         format!("{}-{}-{}", self.topic, self.partition, self.offset)

@@ -160,11 +160,7 @@ impl Handler for FailureHandler {
             let headers = headers_of(&record);
             let get = |name: &str| last_header(&headers, name).map(String::from);
             let endpoint = get(header::ENDPOINT).unwrap_or_else(|| "unknown".into());
-            let here = Coordinates {
-                topic: record.topic().to_string(),
-                partition: record.partition(),
-                offset: record.offset(),
-            };
+            let here = Coordinates::of(&record);
             let origin = Hop::read(&headers, here, None).origin;
             let dead = DeadRecord {
                 id: event_id(record.payload()).unwrap_or_else(|| origin.default_id()),

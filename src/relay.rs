@@ -106,8 +106,7 @@ impl Handler for Relay {
 impl Relay {
     async fn process(&self, record: OwnedMessage, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let here =
-            Coordinates { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset() };
+        let here = Coordinates::of(&record);
         let headers = headers_of(&record);
         let mut hop = Hop::read(&headers, here, record.timestamp().to_millis());
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };

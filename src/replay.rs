@@ -140,8 +140,7 @@ pub async fn replay(
             continue;
         }
         summary.matched += 1;
-        let here =
-            Coordinates { topic: record.topic().to_string(), partition: record.partition(), offset: record.offset() };
+        let here = Coordinates::of(&record);
         let hop = Hop::read(&headers, here.clone(), Some(at));
         let target =
             if config.topics.events.contains(&hop.origin.topic) { &hop.origin.topic } else { &config.topics.events[0] };
