@@ -451,7 +451,10 @@ impl Loop {
             let _ = self.consumer.pause(&assignment);
         }
         for partition in self.partitions.values_mut() {
+            // No new work and no resume from here on; waiting records are read again after a restart.
+            partition.lifecycle = Lifecycle::Draining;
             partition.backlog.clear();
+            partition.paused = None;
         }
         let deadline = Instant::now() + self.spec.grace;
         while self.in_flight > 0 {
