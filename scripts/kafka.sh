@@ -6,6 +6,7 @@
 #
 #   scripts/kafka.sh up       start (or reuse) the broker, wait until it serves clients
 #   scripts/kafka.sh down     stop it (SIGTERM, then SIGKILL after 30 s)
+#   scripts/kafka.sh restart  stop it and start it again on the same data (drills)
 #   scripts/kafka.sh status   exit 0 and print the bootstrap servers when it runs
 #   scripts/kafka.sh logs     print broker.log (`logs -f` follows it)
 #
@@ -390,6 +391,12 @@ cmd_up() {
   write_client_properties
   format_storage
 
+  start_broker "$t0"
+}
+
+# Starts the broker on the prepared run dir and waits until it serves clients.
+start_broker() { # $1 = SECONDS at the start of the command
+  local t0="$1" pid
   log "starting Kafka $KAFKA_VERSION (run dir $RUN_DIR)"
   # shellcheck disable=SC2086 # HEAP_OPTS is a list of JVM flags
   nohup "$JAVA" $HEAP_OPTS \
@@ -409,6 +416,20 @@ cmd_up() {
   fi
   log "Kafka $KAFKA_VERSION ready in $((SECONDS - t0))s (pid $pid, logs: $BROKER_LOG)"
   print_env
+}
+
+# Stops the broker and starts it again on the same log dir: data, topics,
+# committed offsets and SCRAM users survive (for broker-restart drills).
+cmd_restart() {
+  take_lock
+  local pid t0=$SECONDS
+  [[ -f "$RUN_DIR/server.properties" ]] || die "no run dir at $RUN_DIR: use '$0 up' first"
+  if pid="$(broker_pid)"; then
+    log "stopping broker (pid $pid) for a restart"
+    stop_pid "$pid"
+  fi
+  rm -f "$PID_FILE"
+  start_broker "$t0"
 }
 
 cmd_down() {
@@ -454,6 +475,7 @@ usage() {
 case "${1:-}" in
   up) cmd_up ;;
   down) cmd_down ;;
+  restart) cmd_restart ;;
   status) cmd_status ;;
   logs) shift; cmd_logs "$@" ;;
   -h | --help | help) usage ;;
