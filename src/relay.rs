@@ -104,6 +104,8 @@ impl Handler for Relay {
 }
 
 impl Relay {
+    /// One record, from decode to an acknowledged route. Every early return is
+    /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, record: OwnedMessage, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
         let here = Coordinates::of(&record);
@@ -111,9 +113,12 @@ impl Relay {
         let mut hop = Hop::read(&headers, here, record.timestamp().to_millis());
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };
 
+        // The default id comes from the origin record, so it stays the same on
+        // every hop and every replay: receivers de-duplicate on it.
         let event = match s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()) {
             Ok(event) => event,
             Err(invalid) => {
+                // Bad data is a dead letter, never a crash or a stalled partition.
                 let error = invalid.to_string();
                 let endpoint = "invalid";
                 let relay = RelayHeaders {
@@ -127,6 +132,8 @@ impl Relay {
                 return self.send_dead(&original, relay, &cancel).await;
             }
         };
+        // Set on the first hop and carried in headers afterwards; a replay sets
+        // a fresh deadline header, which wins over the event's own retry_until.
         let now = now_ms();
         let first = *hop.first_attempt_ms.get_or_insert(now);
         let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
@@ -158,6 +165,8 @@ impl Relay {
             metrics::get().attempt_duration.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
             hop.attempts += 1;
             let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+            // Only retryable failures count against the circuit: a 410 is the
+            // receiver answering, so it is up.
             let failed = matches!(outcome, Outcome::Retryable { .. });
             s.circuits.report(&endpoint, admission, failed, Instant::now());
             outcome
@@ -177,6 +186,7 @@ impl Relay {
             Outcome::Retryable { status, error, .. } | Outcome::Final { status, error, .. } => {
                 (*status, Some(error.clone()))
             }
+            // No attempt was made: keep the last real status for the operators.
             Outcome::Deferred => (hop.last_status, Some(format!("deferred: circuit open for {endpoint}"))),
         };
         let relay = |due_ms, reason| RelayHeaders {
@@ -196,6 +206,7 @@ impl Relay {
             Route::Tier { index, due_ms } => {
                 let topic = s.router.tier_topic(index);
                 let built = build_headers(original.headers, &relay(Some(due_ms), None));
+                // Decided only once the broker acknowledged the tier record.
                 if s.router.produce(topic, &original, built, &cancel).await.is_err() {
                     return Done::Abandoned;
                 }
