@@ -317,6 +317,15 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
+/// The event's own `id`, if the value is an event that has one.
+pub fn event_id(value: Option<&[u8]>) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Id {
+        id: Option<String>,
+    }
+    serde_json::from_slice::<Id>(value?).ok()?.id
+}
+
 /// Parses and checks a target URL: http or https, with a host, no credentials.
 pub fn parse_target_url(text: &str) -> Result<url::Url, String> {
     let url = url::Url::parse(text).map_err(|e| format!("{text:?}: {e}"))?;
@@ -475,6 +484,13 @@ mod tests {
         }
         assert_eq!(e.peek_key(b"not json"), None);
         assert_eq!(e.peek_key(br#"{"endpoint":"nope","payload":1}"#), None);
+    }
+
+    #[test]
+    fn event_ids_come_from_the_value_when_present() {
+        assert_eq!(event_id(Some(br#"{"id":"evt_9","payload":1}"#)), Some("evt_9".into()));
+        assert_eq!(event_id(Some(b"not json")), None);
+        assert_eq!(event_id(None), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
 use crate::consume::{headers_of, Done, Handler};
-use crate::event::{header, last_header, Coordinates, Hop};
+use crate::event::{event_id, header, last_header, Coordinates, Hop};
 use crate::metrics;
 
 /// Event ids listed in one notification, at most.
@@ -193,15 +193,6 @@ impl Handler for FailureHandler {
     }
 }
 
-/// The event's own `id`, if the value is an event that has one.
-pub(crate) fn event_id(value: Option<&[u8]>) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Id {
-        id: Option<String>,
-    }
-    serde_json::from_slice::<Id>(value?).ok()?.id
-}
-
 /// A configured destination of notifications.
 enum Sink {
     Http { client: reqwest::Client, url: String, format: HttpFormat, headers: Vec<(String, String)> },
@@ -352,12 +343,5 @@ mod tests {
         );
         let body = email_body(&n);
         assert!(body.contains("expired: 2") && body.contains("Last error: HTTP 503: down"), "{body}");
-    }
-
-    #[test]
-    fn event_ids_come_from_the_value_when_present() {
-        assert_eq!(event_id(Some(br#"{"id":"evt_9","payload":1}"#)), Some("evt_9".into()));
-        assert_eq!(event_id(Some(b"not json")), None);
-        assert_eq!(event_id(None), None);
     }
 }

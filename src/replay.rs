@@ -150,7 +150,7 @@ pub async fn replay(
             here.topic,
             here.partition,
             here.offset,
-            crate::notify::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
+            crate::event::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
             get(header::ENDPOINT).unwrap_or_default(),
             get(header::REASON).unwrap_or_default(),
         );
