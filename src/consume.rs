@@ -14,10 +14,11 @@
 //! ```
 //! While Consuming, records wait in a per-partition backlog until they are due
 //! (retry tiers) and a slot is free (per-partition and per-consumer in-flight
-//! limits). A partition is paused when its head is not due for a while
-//! (it resumes shortly before, see [`RESUME_LEAD_MS`]) or when its backlog
-//! reaches the per-partition limit (it resumes at half). Memory per partition
-//! is therefore at most twice that limit in records. Pausing stops the fetch;
+//! limits) and their endpoint has room. A partition is paused when none of its
+//! waiting records is due for a while (it resumes shortly before, see
+//! [`RESUME_LEAD_MS`]) or when its backlog reaches `max_read_ahead` (it
+//! resumes at half). Memory per partition is therefore at most
+//! `max_in_flight_per_partition + max_read_ahead` records. Pausing stops the fetch;
 //! librdkafka resumes from the position after the last record it handed out,
 //! which sits in the backlog, so nothing is skipped.
 //! The revoke callback blocks the poll thread until the loop has drained the
@@ -101,14 +102,14 @@ pub struct Spec {
 /// group; not ready again from the moment a drain starts (SIGTERM).
 #[derive(Clone, Default)]
 pub struct Readiness {
-    expected: Arc<AtomicUsize>,
+    expected: usize,
     joined: Arc<AtomicUsize>,
     draining: Arc<AtomicBool>,
 }
 
 impl Readiness {
     pub fn new(consumers: usize) -> Readiness {
-        Readiness { expected: Arc::new(AtomicUsize::new(consumers)), ..Readiness::default() }
+        Readiness { expected: consumers, ..Readiness::default() }
     }
     fn joined_one(&self) {
         self.joined.fetch_add(1, Ordering::SeqCst);
@@ -120,8 +121,7 @@ impl Readiness {
         metrics::get().ready.set(0);
     }
     pub fn is_ready(&self) -> bool {
-        !self.draining.load(Ordering::SeqCst)
-            && self.joined.load(Ordering::SeqCst) >= self.expected.load(Ordering::SeqCst)
+        !self.draining.load(Ordering::SeqCst) && self.joined.load(Ordering::SeqCst) >= self.expected
     }
 }
 
@@ -309,10 +309,8 @@ pub async fn run(
         joined: AtomicBool::new(false),
         readiness,
     };
-    let consumer: Arc<BaseConsumer<Context>> = Arc::new(
-        crate::kafka::consumer_config(&config.kafka, &spec.group_id, spec.role == Role::Retry)
-            .create_with_context(context)?,
-    );
+    let consumer: Arc<BaseConsumer<Context>> =
+        Arc::new(crate::kafka::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?);
     let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
     consumer.subscribe(&topics)?;
     tracing::info!(group = %spec.group_id, role = spec.role.as_str(), ?topics, "consumer started");
@@ -544,8 +542,8 @@ impl Loop {
     /// later record due first, and the offset tracker copes with any order.
     /// Pause rules (see the module doc): a partition none of whose waiting
     /// records is due within [`RESUME_LEAD_MS`] is paused; one whose backlog
-    /// of read records reached the per-partition limit is paused until it is
-    /// down to half. Otherwise it fetches, so that records are at hand when due.
+    /// of read records reached `max_read_ahead` is paused until it is down to
+    /// half. Otherwise it fetches, so that records are at hand when due.
     fn pump(&mut self, key: &(Arc<str>, i32)) {
         let now = now_ms();
         let limit = self.spec.max_in_flight_per_partition;

@@ -47,10 +47,7 @@ fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// A group consumer that commits only offsets the relay stored itself.
-/// `prompt` shortens the broker's fetch long-poll, for tier consumers: a
-/// partition resumed at its due time joins the next fetch request, which
-/// otherwise waits up to librdkafka's default 500 ms.
-pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, prompt: bool) -> ClientConfig {
+pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = client_config(kafka);
     c.set("group.id", group_id)
         // Offsets are stored by the relay once a record is decided and
@@ -64,9 +61,6 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str, prompt: bool) -> Cli
         .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string())
         // Bounds the prefetch per partition; the relay's own limits bound the rest.
         .set("queued.max.messages.kbytes", "16384");
-    if prompt {
-        c.set("fetch.wait.max.ms", "50").set("fetch.error.backoff.ms", "20");
-    }
     match kafka.group_protocol {
         GroupProtocol::Classic => {
             c.set("partition.assignment.strategy", "cooperative-sticky");
@@ -101,8 +95,8 @@ pub struct Unavailable {
 /// Remembers the errors librdkafka reports while the connection is checked.
 #[derive(Default)]
 struct CheckContext {
-    /// The latest error.
-    error: Mutex<Option<(Option<RDKafkaErrorCode>, String)>>,
+    /// The latest error's reason.
+    error: Mutex<Option<String>>,
     /// The first refusal (failed TLS handshake or login); a later generic
     /// error such as "1/1 brokers are down" must not hide it.
     refused: Mutex<Option<(RDKafkaErrorCode, String)>>,
@@ -119,7 +113,7 @@ impl ClientContext for CheckContext {
         {
             self.refused.lock().expect("lock poisoned").get_or_insert_with(|| (code, reason.to_string()));
         }
-        *self.error.lock().expect("lock poisoned") = Some((code, reason.to_string()));
+        *self.error.lock().expect("lock poisoned") = Some(reason.to_string());
     }
 }
 
@@ -150,7 +144,7 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Un
                 return Err(unavailable(format!("authentication failed: {reason}")));
             }
             (Err(error), None, reported) if Instant::now() >= deadline => {
-                let why = reported.map_or_else(|| error.to_string(), |(_, reason)| reason);
+                let why = reported.unwrap_or_else(|| error.to_string());
                 return Err(unavailable(format!("no answer within {timeout:?}: {why}")));
             }
             (Err(_), None, _) => {}
@@ -190,8 +184,7 @@ mod tests {
         assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(c.get("linger.ms"), Some("20"), "pass-through properties apply last");
         assert_eq!(c.get("acks"), Some("all"));
-        let consumer = consumer_config(&config.kafka, "g", true);
-        assert_eq!(consumer.get("fetch.wait.max.ms"), Some("50"));
+        let consumer = consumer_config(&config.kafka, "g");
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
     }
@@ -209,6 +202,6 @@ mod tests {
             Some((RDKafkaErrorCode::SSL, "SSL handshake failed: certificate verify failed".to_string()))
         );
         let latest = context.error.lock().unwrap().clone();
-        assert_eq!(latest.map(|(_, reason)| reason).as_deref(), Some("a later handshake"));
+        assert_eq!(latest.as_deref(), Some("a later handshake"));
     }
 }
