@@ -8,18 +8,24 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::consume::Readiness;
 use crate::metrics;
+use crate::readiness::Readiness;
+
+/// The admin address cannot be bound (in use, say).
+#[derive(Debug, thiserror::Error)]
+#[error("admin server cannot listen on {listen}: {source}")]
+pub struct ListenError {
+    listen: SocketAddr,
+    source: std::io::Error,
+}
 
 /// Binds `listen` (failing fast if it cannot) and serves until `shutdown` fires.
 pub async fn serve(
     listen: SocketAddr,
     readiness: Readiness,
     shutdown: CancellationToken,
-) -> anyhow::Result<tokio::task::JoinHandle<()>> {
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("admin server cannot listen on {listen}: {e}"))?;
+) -> Result<tokio::task::JoinHandle<()>, ListenError> {
+    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|source| ListenError { listen, source })?;
     tracing::info!(%listen, "admin server listening");
     let app = Router::new()
         .route("/metrics", get(|| async { ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], metrics::render()) }))

@@ -6,11 +6,18 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consume::{self, Readiness, Role, Spec};
-use crate::relay::{Relay, Shared};
+use crate::consume::{self, ConsumeError, Role, Spec};
+use crate::readiness::Readiness;
+use crate::relay::{Relay, Shared, Source};
 
 /// How long start-up waits for the brokers before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// The failure handler's in-flight records per partition, at least. A dead
+/// record stays in flight until its endpoint's notification window (default
+/// 1 m) is sent, so with the relay's default of 128 one partition would move at
+/// most 128 dead letters per window; this lets a burst through in one window.
+const DEAD_IN_FLIGHT_PER_PARTITION: usize = 1024;
 
 /// Which roles this process runs (`--role events,retry,dead`).
 #[derive(Debug, Clone, Copy)]
@@ -23,21 +30,30 @@ pub struct Roles {
 impl Roles {
     pub const ALL: Roles = Roles { events: true, retry: true, dead: true };
 
-    pub fn parse(text: &str) -> Result<Roles, String> {
+    pub fn parse(text: &str) -> Result<Roles, RolesError> {
         let mut roles = Roles { events: false, retry: false, dead: false };
         for role in text.split(',').map(str::trim).filter(|r| !r.is_empty()) {
             match role {
                 "events" => roles.events = true,
                 "retry" => roles.retry = true,
                 "dead" => roles.dead = true,
-                other => return Err(format!("unknown role {other:?} (expected events, retry, dead)")),
+                other => return Err(RolesError::Unknown(other.to_string())),
             }
         }
         if !(roles.events || roles.retry || roles.dead) {
-            return Err("no role given".into());
+            return Err(RolesError::None);
         }
         Ok(roles)
     }
+}
+
+/// A `--role` list that names no role, or one that does not exist.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RolesError {
+    #[error("unknown role {0:?} (expected events, retry, dead)")]
+    Unknown(String),
+    #[error("no role given")]
+    None,
 }
 
 pub use crate::kafka::Unavailable;
@@ -53,7 +69,7 @@ pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
 /// Runs the chosen roles until SIGTERM/SIGINT (or a fatal error) and the drain is over.
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     preflight(&config).await?;
-    let mut specs: Vec<(Spec, Option<usize>)> = Vec::new();
+    let mut specs: Vec<(Spec, Source)> = Vec::new();
     let spec = |role, group_id: String, topics: Vec<String>| Spec {
         role,
         group_id,
@@ -65,11 +81,12 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     };
     let group = &config.kafka.group_id;
     if roles.events {
-        specs.push((spec(Role::Events, group.clone(), config.topics.events.clone()), None));
+        specs.push((spec(Role::Events, group.clone(), config.topics.events.clone()), Source::Events));
     }
     if roles.retry {
         for (index, tier) in config.retry.tiers.iter().enumerate() {
-            specs.push((spec(Role::Retry, tier_group(group, &tier.topic), vec![tier.topic.clone()]), Some(index)));
+            let tier_spec = spec(Role::Retry, tier_group(group, &tier.topic), vec![tier.topic.clone()]);
+            specs.push((tier_spec, Source::Tier(index)));
         }
     }
     let consumers = specs.len() + usize::from(roles.dead);
@@ -90,15 +107,15 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         });
     }
     let mut tasks = tokio::task::JoinSet::new();
-    for (spec, tier) in specs {
-        let handler = Arc::new(Relay::new(shared.clone(), tier));
+    for (spec, source) in specs {
+        let handler = Arc::new(Relay::new(shared.clone(), source));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
         tasks.spawn(async move { consume::run(&config, spec, handler, stop, readiness).await });
     }
     if roles.dead {
         let handler = Arc::new(crate::notify::FailureHandler::new(&config)?);
         let spec = Spec {
-            max_in_flight_per_partition: config.delivery.max_in_flight_per_partition.max(1024),
+            max_in_flight_per_partition: config.delivery.max_in_flight_per_partition.max(DEAD_IN_FLIGHT_PER_PARTITION),
             ..spec(Role::Dead, dead_group(group), vec![config.topics.dead.clone()])
         };
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
@@ -106,7 +123,13 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.map_err(anyhow::Error::from).and_then(|r| r);
+        let outcome = match joined {
+            Ok(Ok(())) => Ok(()),
+            // A refusal keeps its type, so the CLI exits 69 as it does at start-up.
+            Ok(Err(ConsumeError::Refused(unavailable))) => Err(anyhow::Error::from(unavailable)),
+            Ok(Err(error)) => Err(anyhow::Error::from(error)),
+            Err(panicked) => Err(anyhow::Error::from(panicked)),
+        };
         if let Err(error) = outcome {
             tracing::error!(%error, "consumer stopped");
             stop.cancel();

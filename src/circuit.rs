@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::CircuitConfig;
-use crate::metrics;
 
 /// What the breaker lets a record do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,6 +18,41 @@ pub enum Admission {
     Probe,
     /// Open (or a probe is already out): do not attempt.
     Defer,
+}
+
+/// What the attempt told about the endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    /// The receiver answered (2xx, or a permanent status: it is up).
+    Up,
+    /// A retryable failure: counts towards opening the circuit.
+    Failed,
+}
+
+/// The circuit of one endpoint as operators see it (`hookrelay_circuit_state`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    HalfOpen,
+    Open,
+}
+
+impl CircuitState {
+    /// The gauge value: 0 closed, 1 half-open, 2 open.
+    pub fn gauge(self) -> i64 {
+        match self {
+            CircuitState::Closed => 0,
+            CircuitState::HalfOpen => 1,
+            CircuitState::Open => 2,
+        }
+    }
+}
+
+/// A change the caller reports (metrics and logs); `from: None` = the endpoint is new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transition {
+    pub from: Option<CircuitState>,
+    pub to: CircuitState,
 }
 
 /// The state of one endpoint's circuit.
@@ -35,14 +69,18 @@ enum State {
 }
 
 impl State {
-    /// The `hookrelay_circuit_state` value: 0 closed, 1 half-open, 2 open.
-    fn gauge(self) -> i64 {
+    fn public(self) -> CircuitState {
         match self {
-            State::Closed { .. } => 0,
-            State::HalfOpen => 1,
-            State::Open { .. } => 2,
+            State::Closed { .. } => CircuitState::Closed,
+            State::HalfOpen => CircuitState::HalfOpen,
+            State::Open { .. } => CircuitState::Open,
         }
     }
+}
+
+fn transition(before: Option<State>, after: State) -> Option<Transition> {
+    let (from, to) = (before.map(State::public), after.public());
+    (from != Some(to)).then_some(Transition { from, to })
 }
 
 /// The breakers of all endpoints. Cheap to clone (shared).
@@ -57,12 +95,17 @@ impl Circuits {
         Circuits { config, states: Arc::default() }
     }
 
-    /// May a record for `endpoint` be attempted at `now`?
-    pub fn admit(&self, endpoint: &Arc<str>, now: Instant) -> Admission {
+    pub fn cool_down(&self) -> Duration {
+        self.config.cool_down
+    }
+
+    /// May a record for `endpoint` be attempted at `now`? Also says whether the circuit changed.
+    pub fn admit(&self, endpoint: &Arc<str>, now: Instant) -> (Admission, Option<Transition>) {
         if !self.config.enabled {
-            return Admission::Attempt;
+            return (Admission::Attempt, None);
         }
         let mut states = self.states.lock().expect("circuit lock poisoned");
+        let before = states.get(endpoint).copied();
         let state = states.entry(endpoint.clone()).or_insert(State::Closed { failures: 0 });
         let admission = match *state {
             State::Closed { .. } => Admission::Attempt,
@@ -72,58 +115,43 @@ impl Circuits {
             }
             State::Open { .. } | State::HalfOpen => Admission::Defer,
         };
-        publish(endpoint, *state);
-        admission
+        (admission, transition(before, *state))
     }
 
-    /// Reports an attempt's result. `failed` means a retryable failure
-    /// (5xx, timeout, connection error...); a delivery or a permanent answer
-    /// shows the receiver is up.
-    pub fn report(&self, endpoint: &Arc<str>, admission: Admission, failed: bool, now: Instant) {
+    /// Records what an admitted attempt told about the endpoint.
+    pub fn report(
+        &self,
+        endpoint: &Arc<str>,
+        admission: Admission,
+        verdict: Verdict,
+        now: Instant,
+    ) -> Option<Transition> {
         if !self.config.enabled {
-            return;
+            return None;
         }
         let mut states = self.states.lock().expect("circuit lock poisoned");
         let state = states.entry(endpoint.clone()).or_insert(State::Closed { failures: 0 });
         let open = State::Open { until: now + self.config.cool_down };
         let before = *state;
-        *state = match (before, admission, failed) {
-            (_, Admission::Probe, true) => open,
-            (_, Admission::Probe, false) => State::Closed { failures: 0 },
-            (State::Closed { failures }, _, true) if failures + 1 >= self.config.failure_threshold => open,
-            (State::Closed { failures }, _, true) => State::Closed { failures: failures + 1 },
-            (State::Closed { .. }, _, false) => State::Closed { failures: 0 },
-            // A plain attempt that started before the circuit opened: the
-            // circuit already knows, its result changes nothing.
+        *state = match (before, admission, verdict) {
+            (_, Admission::Probe, Verdict::Failed) => open,
+            (_, Admission::Probe, Verdict::Up) => State::Closed { failures: 0 },
+            (State::Closed { failures }, _, Verdict::Failed) if failures + 1 >= self.config.failure_threshold => open,
+            (State::Closed { failures }, _, Verdict::Failed) => State::Closed { failures: failures + 1 },
+            (State::Closed { .. }, _, Verdict::Up) => State::Closed { failures: 0 },
+            // Requests admitted before the circuit opened report while it is open: they change nothing.
             (other, _, _) => other,
         };
-        if before.gauge() != 2 && state.gauge() == 2 {
-            tracing::warn!(
-                endpoint = &**endpoint,
-                cool_down_ms = self.config.cool_down.as_millis() as u64,
-                "circuit opened"
-            );
-        } else if before.gauge() != 0 && state.gauge() == 0 {
-            tracing::info!(endpoint = &**endpoint, "circuit closed");
-        }
-        publish(endpoint, *state);
+        transition(Some(before), *state)
     }
 
-    /// A probe that never reported (abandoned at shutdown) must not leave the circuit half-open forever.
+    /// The probe was abandoned (shutdown): let the next record probe at once.
     pub fn probe_abandoned(&self, endpoint: &Arc<str>, now: Instant) {
         let mut states = self.states.lock().expect("circuit lock poisoned");
         if let Some(state @ State::HalfOpen) = states.get_mut(endpoint) {
             *state = State::Open { until: now };
         }
     }
-
-    pub fn cool_down(&self) -> Duration {
-        self.config.cool_down
-    }
-}
-
-fn publish(endpoint: &str, state: State) {
-    metrics::get().circuit_state.with_label_values(&[endpoint]).set(state.gauge());
 }
 
 #[cfg(test)]
@@ -140,22 +168,22 @@ mod tests {
         let e: Arc<str> = "billing".into();
         let t0 = Instant::now();
         for _ in 0..2 {
-            assert_eq!(c.admit(&e, t0), Admission::Attempt);
-            c.report(&e, Admission::Attempt, true, t0);
+            assert_eq!(c.admit(&e, t0).0, Admission::Attempt);
+            c.report(&e, Admission::Attempt, Verdict::Failed, t0);
         }
-        assert_eq!(c.admit(&e, t0), Admission::Attempt, "two failures are below the threshold");
-        c.report(&e, Admission::Attempt, true, t0);
-        assert_eq!(c.admit(&e, t0), Admission::Defer, "three failures open it");
-        assert_eq!(c.admit(&e, t0 + Duration::from_secs(9)), Admission::Defer);
+        assert_eq!(c.admit(&e, t0).0, Admission::Attempt, "two failures are below the threshold");
+        c.report(&e, Admission::Attempt, Verdict::Failed, t0);
+        assert_eq!(c.admit(&e, t0).0, Admission::Defer, "three failures open it");
+        assert_eq!(c.admit(&e, t0 + Duration::from_secs(9)).0, Admission::Defer);
         let later = t0 + Duration::from_secs(10);
-        assert_eq!(c.admit(&e, later), Admission::Probe, "cool-down over: one probe");
-        assert_eq!(c.admit(&e, later), Admission::Defer, "only one probe at a time");
-        c.report(&e, Admission::Probe, true, later);
-        assert_eq!(c.admit(&e, later + Duration::from_secs(5)), Admission::Defer, "a failed probe re-opens it");
+        assert_eq!(c.admit(&e, later).0, Admission::Probe, "cool-down over: one probe");
+        assert_eq!(c.admit(&e, later).0, Admission::Defer, "only one probe at a time");
+        c.report(&e, Admission::Probe, Verdict::Failed, later);
+        assert_eq!(c.admit(&e, later + Duration::from_secs(5)).0, Admission::Defer, "a failed probe re-opens it");
         let again = later + Duration::from_secs(10);
-        assert_eq!(c.admit(&e, again), Admission::Probe);
-        c.report(&e, Admission::Probe, false, again);
-        assert_eq!(c.admit(&e, again), Admission::Attempt, "a good probe closes it");
+        assert_eq!(c.admit(&e, again).0, Admission::Probe);
+        c.report(&e, Admission::Probe, Verdict::Up, again);
+        assert_eq!(c.admit(&e, again).0, Admission::Attempt, "a good probe closes it");
     }
 
     #[test]
@@ -163,17 +191,37 @@ mod tests {
         let c = circuits();
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let t = Instant::now();
-        c.report(&a, Admission::Attempt, true, t);
-        c.report(&a, Admission::Attempt, true, t);
-        c.report(&a, Admission::Attempt, false, t);
-        c.report(&a, Admission::Attempt, true, t);
-        c.report(&a, Admission::Attempt, true, t);
-        assert_eq!(c.admit(&a, t), Admission::Attempt);
-        c.report(&b, Admission::Attempt, true, t);
-        c.report(&b, Admission::Attempt, true, t);
-        c.report(&b, Admission::Attempt, true, t);
-        assert_eq!(c.admit(&b, t), Admission::Defer);
-        assert_eq!(c.admit(&a, t), Admission::Attempt);
+        c.report(&a, Admission::Attempt, Verdict::Failed, t);
+        c.report(&a, Admission::Attempt, Verdict::Failed, t);
+        c.report(&a, Admission::Attempt, Verdict::Up, t);
+        c.report(&a, Admission::Attempt, Verdict::Failed, t);
+        c.report(&a, Admission::Attempt, Verdict::Failed, t);
+        assert_eq!(c.admit(&a, t).0, Admission::Attempt);
+        c.report(&b, Admission::Attempt, Verdict::Failed, t);
+        c.report(&b, Admission::Attempt, Verdict::Failed, t);
+        c.report(&b, Admission::Attempt, Verdict::Failed, t);
+        assert_eq!(c.admit(&b, t).0, Admission::Defer);
+        assert_eq!(c.admit(&a, t).0, Admission::Attempt);
+    }
+
+    #[test]
+    fn transitions_are_returned_for_the_caller_to_report() {
+        let c = circuits();
+        let e: Arc<str> = "billing".into();
+        let t = Instant::now();
+        let first = c.admit(&e, t).1;
+        assert_eq!(first, Some(Transition { from: None, to: CircuitState::Closed }), "a new endpoint is reported");
+        assert_eq!(c.admit(&e, t).1, None, "no change, nothing to report");
+        assert_eq!(c.report(&e, Admission::Attempt, Verdict::Failed, t), None, "still closed");
+        c.report(&e, Admission::Attempt, Verdict::Failed, t);
+        let opened = c.report(&e, Admission::Attempt, Verdict::Failed, t);
+        assert_eq!(opened, Some(Transition { from: Some(CircuitState::Closed), to: CircuitState::Open }));
+        let later = t + Duration::from_secs(10);
+        let (admission, half) = c.admit(&e, later);
+        assert_eq!(admission, Admission::Probe);
+        assert_eq!(half, Some(Transition { from: Some(CircuitState::Open), to: CircuitState::HalfOpen }));
+        let closed = c.report(&e, Admission::Probe, Verdict::Up, later);
+        assert_eq!(closed, Some(Transition { from: Some(CircuitState::HalfOpen), to: CircuitState::Closed }));
     }
 
     #[test]
@@ -182,7 +230,7 @@ mod tests {
             Circuits::new(CircuitConfig { enabled: false, failure_threshold: 1, cool_down: Duration::from_secs(1) });
         let e: Arc<str> = "x".into();
         let t = Instant::now();
-        c.report(&e, Admission::Attempt, true, t);
-        assert_eq!(c.admit(&e, t), Admission::Attempt);
+        c.report(&e, Admission::Attempt, Verdict::Failed, t);
+        assert_eq!(c.admit(&e, t).0, Admission::Attempt);
     }
 }

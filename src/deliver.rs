@@ -5,17 +5,17 @@
 //! a name that resolves to 10.0.0.1 cannot be smuggled past a check made on
 //! the name alone. IP-literal URLs skip DNS and are checked here directly.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, LazyLock};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
-use crate::event::{ip_literal, Event};
+use crate::event::Event;
 use crate::outcome::Attempt;
 use crate::sign;
+use crate::target::{check_address, ip_literal, Forbidden};
 
 /// The most of a response body read, for the error record (SPEC: 64 KiB).
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
@@ -31,7 +31,7 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(allow_private_networks: bool) -> anyhow::Result<Deliverer> {
+    pub fn new(allow_private_networks: bool) -> Result<Deliverer, reqwest::Error> {
         let mut builder = reqwest::Client::builder()
             .user_agent(USER_AGENT)
             .redirect(reqwest::redirect::Policy::none())
@@ -109,11 +109,6 @@ fn attempt_error(error: &reqwest::Error) -> Attempt {
     Attempt::Transport(chain.join(": "))
 }
 
-/// The guard refused every address of a target.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("forbidden target: {0}")]
-pub struct Forbidden(String);
-
 /// Resolves with the system resolver, then keeps only global addresses.
 struct GuardedResolver;
 
@@ -139,133 +134,5 @@ impl Resolve for GuardedResolver {
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })
-    }
-}
-
-/// A named special-purpose range (IANA IPv4/IPv6 Special-Purpose Address
-/// Registries, RFC 6890 and updates): addresses that are not globally routable.
-struct Range {
-    net: IpNet,
-    name: &'static str,
-}
-
-fn v4(a: u8, b: u8, c: u8, d: u8, prefix: u8, name: &'static str) -> Range {
-    Range { net: IpNet::V4(Ipv4Net::new(Ipv4Addr::new(a, b, c, d), prefix).expect("valid prefix")), name }
-}
-
-fn v6(segments: [u16; 8], prefix: u8, name: &'static str) -> Range {
-    let addr = Ipv6Addr::new(
-        segments[0],
-        segments[1],
-        segments[2],
-        segments[3],
-        segments[4],
-        segments[5],
-        segments[6],
-        segments[7],
-    );
-    Range { net: IpNet::V6(Ipv6Net::new(addr, prefix).expect("valid prefix")), name }
-}
-
-static NON_GLOBAL: LazyLock<Vec<Range>> = LazyLock::new(|| {
-    vec![
-        v4(0, 0, 0, 0, 8, "\"this network\""),
-        v4(10, 0, 0, 0, 8, "private"),
-        v4(100, 64, 0, 0, 10, "shared address space (CGNAT)"),
-        v4(127, 0, 0, 0, 8, "loopback"),
-        v4(169, 254, 0, 0, 16, "link-local"),
-        v4(172, 16, 0, 0, 12, "private"),
-        v4(192, 0, 0, 0, 24, "IETF protocol assignments"),
-        v4(192, 0, 2, 0, 24, "documentation"),
-        v4(192, 88, 99, 0, 24, "6to4 relay anycast"),
-        v4(192, 168, 0, 0, 16, "private"),
-        v4(198, 18, 0, 0, 15, "benchmarking"),
-        v4(198, 51, 100, 0, 24, "documentation"),
-        v4(203, 0, 113, 0, 24, "documentation"),
-        v4(224, 0, 0, 0, 4, "multicast"),
-        v4(240, 0, 0, 0, 4, "reserved"),
-        v6([0, 0, 0, 0, 0, 0, 0, 0], 128, "unspecified"),
-        v6([0, 0, 0, 0, 0, 0, 0, 1], 128, "loopback"),
-        v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "discard-only"),
-        v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23, "IETF protocol assignments"),
-        v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation"),
-        v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, "unique local"),
-        v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "link-local"),
-        v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, "site-local"),
-        v6([0xff00, 0, 0, 0, 0, 0, 0, 0], 8, "multicast"),
-    ]
-});
-
-/// Ok when `ip` is a global unicast address; otherwise says which range it is in.
-pub fn check_address(ip: IpAddr) -> Result<(), Forbidden> {
-    // IPv4-mapped and NAT64 (64:ff9b::/96) addresses carry an IPv4 address:
-    // judge that one, so ::ffff:127.0.0.1 is loopback.
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
-                let [.., a, b, c, d] = v6.octets();
-                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-            }
-            None => ip,
-        },
-        v4 => v4,
-    };
-    match NON_GLOBAL.iter().find(|range| range.net.contains(&ip)) {
-        Some(range) => Err(Forbidden(format!("{ip} ({} address)", range.name))),
-        None => Ok(()),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn non_global_addresses_are_refused() {
-        let refused = [
-            "127.0.0.1",
-            "10.1.2.3",
-            "172.16.0.1",
-            "172.31.255.255",
-            "192.168.1.1",
-            "169.254.169.254",
-            "100.64.0.1",
-            "0.0.0.0",
-            "224.0.0.1",
-            "255.255.255.255",
-            "198.18.0.1",
-            "::1",
-            "::",
-            "fe80::1",
-            "fc00::1",
-            "fd12:3456::1",
-            "ff02::1",
-            "::ffff:127.0.0.1",
-            "::ffff:10.0.0.1",
-            "64:ff9b::a00:1",
-            "2001:db8::1",
-        ];
-        for ip in refused {
-            assert!(check_address(ip.parse().unwrap()).is_err(), "{ip} should be refused");
-        }
-        let allowed = [
-            "1.1.1.1",
-            "8.8.8.8",
-            "172.32.0.1",
-            "192.169.0.1",
-            "2606:4700::1111",
-            "::ffff:1.1.1.1",
-            "64:ff9b::808:808",
-        ];
-        for ip in allowed {
-            assert!(check_address(ip.parse().unwrap()).is_ok(), "{ip} should be allowed");
-        }
-    }
-
-    #[test]
-    fn the_refusal_names_the_range() {
-        let why = check_address("169.254.169.254".parse().unwrap()).unwrap_err().to_string();
-        assert_eq!(why, "forbidden target: 169.254.169.254 (link-local address)");
     }
 }

@@ -92,6 +92,32 @@ pub struct Unavailable {
     pub why: String,
 }
 
+/// How the brokers refused this client; every other error is transient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The TLS handshake failed (wrong CA, say): fatal at start-up.
+    Tls,
+    /// Wrong credentials, or an authorisation the client needs was denied.
+    Access,
+    /// librdkafka's own fatal error (the idempotent producer, say).
+    Fatal,
+}
+
+impl Refusal {
+    /// The one list of error codes that mean "the brokers will not have us".
+    pub fn of(code: RDKafkaErrorCode) -> Option<Refusal> {
+        match code {
+            RDKafkaErrorCode::SSL => Some(Refusal::Tls),
+            RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
+            | RDKafkaErrorCode::TopicAuthorizationFailed
+            | RDKafkaErrorCode::GroupAuthorizationFailed => Some(Refusal::Access),
+            RDKafkaErrorCode::Fatal => Some(Refusal::Fatal),
+            _ => None,
+        }
+    }
+}
+
 /// Remembers the errors librdkafka reports while the connection is checked.
 #[derive(Default)]
 struct CheckContext {
@@ -99,19 +125,13 @@ struct CheckContext {
     error: Mutex<Option<String>>,
     /// The first refusal (failed TLS handshake or login); a later generic
     /// error such as "1/1 brokers are down" must not hide it.
-    refused: Mutex<Option<(RDKafkaErrorCode, String)>>,
+    refused: Mutex<Option<(Refusal, String)>>,
 }
 
 impl ClientContext for CheckContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        let code = error.rdkafka_error_code();
-        if let Some(
-            code @ (RDKafkaErrorCode::SSL
-            | RDKafkaErrorCode::Authentication
-            | RDKafkaErrorCode::SaslAuthenticationFailed),
-        ) = code
-        {
-            self.refused.lock().expect("lock poisoned").get_or_insert_with(|| (code, reason.to_string()));
+        if let Some(refusal @ (Refusal::Tls | Refusal::Access)) = error.rdkafka_error_code().and_then(Refusal::of) {
+            self.refused.lock().expect("lock poisoned").get_or_insert_with(|| (refusal, reason.to_string()));
         }
         *self.error.lock().expect("lock poisoned") = Some(reason.to_string());
     }
@@ -137,7 +157,7 @@ pub fn check_connection(kafka: &KafkaConfig, timeout: Duration) -> Result<(), Un
         let reported = client.context().error.lock().expect("lock poisoned").clone();
         match (fetched, refused, reported) {
             (Ok(_), _, _) => return Ok(()),
-            (Err(_), Some((RDKafkaErrorCode::SSL, reason)), _) => {
+            (Err(_), Some((Refusal::Tls, reason)), _) => {
                 return Err(unavailable(format!("TLS handshake failed: {reason}")));
             }
             (Err(_), Some((_, reason)), _) => {
@@ -197,10 +217,7 @@ mod tests {
         context.error(KafkaError::Global(RDKafkaErrorCode::AllBrokersDown), "1/1 brokers are down");
         context.error(KafkaError::Global(RDKafkaErrorCode::SSL), "a later handshake");
         let refused = context.refused.lock().unwrap().clone();
-        assert_eq!(
-            refused,
-            Some((RDKafkaErrorCode::SSL, "SSL handshake failed: certificate verify failed".to_string()))
-        );
+        assert_eq!(refused, Some((Refusal::Tls, "SSL handshake failed: certificate verify failed".to_string())));
         let latest = context.error.lock().unwrap().clone();
         assert_eq!(latest.as_deref(), Some("a later handshake"));
     }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hookrelay::app::{self, Roles};
 use hookrelay::config::Config;
+use hookrelay::outcome::DeadReason;
 use hookrelay::{replay, topics};
 
 /// Exit codes from sysexits.h, so scripts can tell bad config from an outage.
@@ -127,7 +128,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{}", topics::send(&config, target, &payload, id.as_deref(), key.as_deref()).await?);
         }
         Command::Replay { since, until, reason, endpoint, dry_run } => {
-            let now = hookrelay::consume::now_ms();
+            let now = hookrelay::clock::now_ms();
             let time = |t: Option<String>| t.map(|t| replay::parse_time(&t, now)).transpose();
             let (since_ms, until_ms) = match (time(since), time(until)) {
                 (Ok(s), Ok(u)) => (s, u),
@@ -136,12 +137,14 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                     return Ok(ExitCode::from(EX_USAGE));
                 }
             };
-            if let Some(r) = &reason {
-                if hookrelay::route::DeadReason::parse(r).is_none() {
+            let reason = match reason.as_deref().map(|r| (r, DeadReason::parse(r))) {
+                None => None,
+                Some((_, Some(reason))) => Some(reason),
+                Some((r, None)) => {
                     eprintln!("hookrelay: unknown reason {r:?}");
                     return Ok(ExitCode::from(EX_USAGE));
                 }
-            }
+            };
             let filter = replay::Filter { since_ms, until_ms, reason, endpoint };
             app::preflight(&config).await?;
             let summary = replay::replay(&config, &filter, dry_run, |line| println!("{line}")).await?;

@@ -4,10 +4,15 @@
 //! topic names, reasons, roles and sink kinds.
 
 use std::sync::LazyLock;
+use std::time::Duration;
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::circuit::{CircuitState, Transition};
+use crate::hop::DeadLetter;
+use crate::outcome::DeadReason;
 
 pub struct Metrics {
     pub registry: Registry,
@@ -148,6 +153,11 @@ pub fn render() -> String {
 // Events that are both logged and counted: one function each, so the log
 // fields and the metric labels cannot drift apart.
 
+/// One HTTP attempt finished (whatever its result).
+pub fn attempt_finished(endpoint: &str, seconds: f64) {
+    get().attempt_duration.with_label_values(&[endpoint]).observe(seconds);
+}
+
 /// A record was delivered (2xx).
 pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>) {
     let m = get();
@@ -158,19 +168,120 @@ pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>
     tracing::debug!(endpoint, id, attempt, latency_ms, "delivered");
 }
 
-/// A record was routed to a retry tier, after a failed attempt or deferred by an open circuit.
-pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, deferred: bool, error: Option<&str>) {
+/// Why a record went to a retry tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Retry {
+    /// Its attempt failed.
+    Failed,
+    /// No attempt: the circuit is open.
+    Deferred,
+}
+
+/// A record was routed to a retry tier.
+pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Retry, error: Option<&str>) {
     let m = get();
-    let outcome = if deferred { "deferred" } else { "retry" };
+    let outcome = match why {
+        Retry::Failed => "retry",
+        Retry::Deferred => "deferred",
+    };
     m.deliveries.with_label_values(&[endpoint, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
-    tracing::info!(endpoint, id, attempt, tier, deferred, error, "routed to retry tier");
+    tracing::info!(endpoint, id, attempt, tier, deferred = why == Retry::Deferred, error, "routed to retry tier");
 }
 
 /// A record was routed to the dead topic.
-pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: crate::route::DeadReason, error: Option<&str>) {
+pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: DeadReason, error: Option<&str>) {
     let m = get();
     m.deliveries.with_label_values(&[endpoint, "dead"]).inc();
     m.dead_letters.with_label_values(&[reason.as_str()]).inc();
     tracing::warn!(endpoint, id, attempt, reason = reason.as_str(), error, "routed to dead topic");
+}
+
+/// A produce to a tier or the dead topic failed; it is retried.
+pub fn produce_failed(topic: &str, error: &dyn std::fmt::Display, retry_in: Duration) {
+    get().produce_failures.with_label_values(&[topic]).inc();
+    tracing::warn!(topic, %error, retry_in_ms = retry_in.as_millis() as u64, "produce failed, retrying");
+}
+
+/// An endpoint's circuit changed (or was seen for the first time).
+pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) {
+    get().circuit_state.with_label_values(&[endpoint]).set(change.to.gauge());
+    match (change.from, change.to) {
+        (from, CircuitState::Open) if from != Some(CircuitState::Open) => {
+            tracing::warn!(endpoint, cool_down_ms = cool_down.as_millis() as u64, "circuit opened")
+        }
+        (Some(CircuitState::Open | CircuitState::HalfOpen), CircuitState::Closed) => {
+            tracing::info!(endpoint, "circuit closed")
+        }
+        _ => {}
+    }
+}
+
+/// The failure handler read a dead record.
+pub fn dead_letter_handled(dead: &DeadLetter) {
+    let reason = dead.reason.map_or("unknown", DeadReason::as_str);
+    get().dead_letters_handled.with_label_values(&[&dead.endpoint, reason]).inc();
+    tracing::warn!(
+        endpoint = dead.endpoint,
+        id = dead.id,
+        reason,
+        error = dead.last_error,
+        status = dead.last_status,
+        attempt = dead.hop.attempts,
+        topic = dead.here.topic,
+        partition = dead.here.partition,
+        offset = dead.here.offset,
+        "dead letter"
+    );
+}
+
+/// What became of one try to send a notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notified {
+    Sent,
+    /// Failed; retried after `retry_in`.
+    Failed {
+        retry_in: Duration,
+    },
+    /// Failed, and the sink's time is up.
+    GaveUp,
+}
+
+/// One try to send a notification through a sink.
+pub fn notification(sink: &str, endpoint: &str, result: Notified, error: Option<&dyn std::fmt::Display>) {
+    let counter = &get().notifications;
+    match result {
+        Notified::Sent => counter.with_label_values(&[sink, "sent"]).inc(),
+        Notified::Failed { retry_in } => {
+            counter.with_label_values(&[sink, "failed"]).inc();
+            tracing::warn!(
+                sink,
+                endpoint,
+                error = error.map(tracing::field::display),
+                retry_in_s = retry_in.as_secs(),
+                "notification failed, retrying"
+            );
+        }
+        Notified::GaveUp => {
+            counter.with_label_values(&[sink, "failed"]).inc();
+            counter.with_label_values(&[sink, "gave_up"]).inc();
+            tracing::error!(sink, endpoint, error = error.map(tracing::field::display), "notification given up");
+        }
+    }
+}
+
+// Gauges set from the consumers.
+
+/// Consumer lag of one partition, from librdkafka statistics.
+pub fn consumer_lag(group: &str, topic: &str, partition: i32, lag: i64) {
+    get().consumer_lag.with_label_values(&[group, topic, &partition.to_string()]).set(lag);
+}
+
+/// A consumer's records in flight and paused partitions by reason.
+pub fn consumer_gauges<const N: usize>(role: &str, in_flight: usize, paused: [(&str, usize); N]) {
+    let m = get();
+    m.in_flight.with_label_values(&[role]).set(in_flight as i64);
+    for (reason, count) in paused {
+        m.paused_partitions.with_label_values(&[role, reason]).set(count as i64);
+    }
 }

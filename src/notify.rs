@@ -14,15 +14,17 @@ use futures::FutureExt;
 use lettre::message::header::ContentType;
 use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executor};
-use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::message::OwnedMessage;
 use serde::Serialize;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::{now_ms, rfc3339};
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
-use crate::consume::{headers_of, Done, Handler};
-use crate::event::{event_id, header, last_header, Coordinates, Hop};
-use crate::metrics;
+use crate::consume::{Done, Handler, Ticket};
+use crate::hop::DeadLetter;
+use crate::metrics::{self, Notified};
+use crate::outcome::DeadReason;
 
 /// Event ids listed in one notification, at most.
 const MAX_IDS: usize = 20;
@@ -79,13 +81,6 @@ impl Group {
     }
 }
 
-fn rfc3339(ms: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| ms.to_string())
-}
-
 /// The handler of the dead topic.
 pub struct FailureHandler {
     window: Duration,
@@ -95,8 +90,8 @@ pub struct FailureHandler {
 }
 
 impl FailureHandler {
-    pub fn new(config: &Config) -> anyhow::Result<FailureHandler> {
-        let sinks = config.notify.sinks.iter().map(Sink::new).collect::<anyhow::Result<Vec<_>>>()?;
+    pub fn new(config: &Config) -> Result<FailureHandler, SinkError> {
+        let sinks = config.notify.sinks.iter().map(Sink::new).collect::<Result<Vec<_>, _>>()?;
         Ok(FailureHandler {
             window: config.notify.window,
             give_up_after: config.notify.give_up_after,
@@ -106,21 +101,23 @@ impl FailureHandler {
     }
 
     /// Adds a dead record to its endpoint's group; the receiver fires when the group's notification is done.
-    fn add(&self, endpoint: &str, dead: &DeadRecord) -> oneshot::Receiver<()> {
+    fn add(&self, dead: &DeadLetter) -> oneshot::Receiver<()> {
+        let endpoint = dead.endpoint.as_str();
+        let at_ms = dead.at_ms.unwrap_or_else(now_ms);
         let (tx, rx) = oneshot::channel();
         let mut groups = self.groups.lock().expect("groups lock poisoned");
         let opened = !groups.contains_key(endpoint);
         let group = groups.entry(endpoint.to_string()).or_default();
         if opened {
-            group.first_ms = dead.at_ms;
+            group.first_ms = at_ms;
         }
         group.count += 1;
-        *group.reasons.entry(dead.reason.clone()).or_default() += 1;
-        group.first_ms = group.first_ms.min(dead.at_ms);
-        group.last_ms = group.last_ms.max(dead.at_ms);
-        if dead.error.is_some() {
-            group.last_error = dead.error.clone();
-            group.last_status = dead.status;
+        *group.reasons.entry(dead.reason.map_or("unknown", DeadReason::as_str).to_string()).or_default() += 1;
+        group.first_ms = group.first_ms.min(at_ms);
+        group.last_ms = group.last_ms.max(at_ms);
+        if dead.last_error.is_some() {
+            group.last_error = dead.last_error.clone();
+            group.last_status = dead.last_status;
         }
         if group.event_ids.len() < MAX_IDS {
             group.event_ids.push(dead.id.clone());
@@ -145,44 +142,17 @@ impl FailureHandler {
     }
 }
 
-/// What the handler reads off a dead record.
-struct DeadRecord {
-    id: String,
-    reason: String,
-    error: Option<String>,
-    status: Option<u16>,
-    at_ms: i64,
-}
-
 impl Handler for FailureHandler {
-    fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+    type Record = DeadLetter;
+
+    fn prepare(&self, record: OwnedMessage) -> (Ticket, DeadLetter) {
+        (Ticket::default(), DeadLetter::read(&record))
+    }
+
+    fn handle(self: Arc<Self>, dead: DeadLetter, cancel: CancellationToken) -> BoxFuture<'static, Done> {
         async move {
-            let headers = headers_of(&record);
-            let get = |name: &str| last_header(&headers, name).map(String::from);
-            let endpoint = get(header::ENDPOINT).unwrap_or_else(|| "unknown".into());
-            let here = Coordinates::of(&record);
-            let origin = Hop::read(&headers, here, None).origin;
-            let dead = DeadRecord {
-                id: event_id(record.payload()).unwrap_or_else(|| origin.default_id()),
-                reason: get(header::REASON).unwrap_or_else(|| "unknown".into()),
-                error: get(header::LAST_ERROR),
-                status: get(header::LAST_STATUS).and_then(|s| s.parse().ok()),
-                at_ms: record.timestamp().to_millis().unwrap_or_else(crate::consume::now_ms),
-            };
-            metrics::get().dead_letters_handled.with_label_values(&[&endpoint, &dead.reason]).inc();
-            tracing::warn!(
-                endpoint,
-                id = dead.id,
-                reason = dead.reason,
-                error = dead.error,
-                status = dead.status,
-                attempt = get(header::ATTEMPT),
-                topic = record.topic(),
-                partition = record.partition(),
-                offset = record.offset(),
-                "dead letter"
-            );
-            let notified = self.add(&endpoint, &dead);
+            metrics::dead_letter_handled(&dead);
+            let notified = self.add(&dead);
             tokio::select! {
                 // A dropped sender means the window's task died: not notified, so not decided.
                 sent = notified => if sent.is_ok() { Done::Decided } else { Done::Abandoned },
@@ -193,6 +163,21 @@ impl Handler for FailureHandler {
     }
 }
 
+/// A sink could not be set up, or one message could not be sent.
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("http: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("HTTP {0}")]
+    Status(u16),
+    #[error("smtp: {0}")]
+    Smtp(#[from] lettre::transport::smtp::Error),
+    #[error("email: {0}")]
+    Email(String),
+    #[error("cannot encode the message: {0}")]
+    Encode(#[from] serde_json::Error),
+}
+
 /// A configured destination of notifications.
 enum Sink {
     Http { client: reqwest::Client, url: String, format: HttpFormat, headers: Vec<(String, String)> },
@@ -201,7 +186,7 @@ enum Sink {
 }
 
 impl Sink {
-    fn new(config: &SinkConfig) -> anyhow::Result<Sink> {
+    fn new(config: &SinkConfig) -> Result<Sink, SinkError> {
         Ok(match config {
             SinkConfig::Http { url, format, headers } => Sink::Http {
                 client: reqwest::Client::builder()
@@ -243,23 +228,17 @@ impl Sink {
 
     /// Sends, retrying with backoff (1 s doubling to 30 s) until sent or `give_up_after` has passed.
     async fn deliver(&self, notification: &Notification, give_up_after: Duration) {
-        let counter = &metrics::get().notifications;
         let started = tokio::time::Instant::now();
         let mut backoff = Duration::from_secs(1);
+        let endpoint = notification.endpoint.as_str();
         loop {
             match self.send_once(notification).await {
-                Ok(()) => {
-                    counter.with_label_values(&[self.kind(), "sent"]).inc();
-                    return;
+                Ok(()) => return metrics::notification(self.kind(), endpoint, Notified::Sent, None),
+                Err(error) if started.elapsed() + backoff > give_up_after => {
+                    return metrics::notification(self.kind(), endpoint, Notified::GaveUp, Some(&error));
                 }
                 Err(error) => {
-                    counter.with_label_values(&[self.kind(), "failed"]).inc();
-                    if started.elapsed() + backoff > give_up_after {
-                        counter.with_label_values(&[self.kind(), "gave_up"]).inc();
-                        tracing::error!(sink = self.kind(), endpoint = notification.endpoint, %error, "notification given up");
-                        return;
-                    }
-                    tracing::warn!(sink = self.kind(), endpoint = notification.endpoint, %error, retry_in_s = backoff.as_secs(), "notification failed, retrying");
+                    metrics::notification(self.kind(), endpoint, Notified::Failed { retry_in: backoff }, Some(&error))
                 }
             }
             tokio::time::sleep(backoff).await;
@@ -267,36 +246,36 @@ impl Sink {
         }
     }
 
-    async fn send_once(&self, n: &Notification) -> Result<(), String> {
+    async fn send_once(&self, n: &Notification) -> Result<(), SinkError> {
         match self {
             Sink::Http { client, url, format, headers } => {
                 let body = match format {
                     HttpFormat::Json => serde_json::to_vec(n),
                     HttpFormat::Slack => serde_json::to_vec(&serde_json::json!({ "text": n.text })),
-                }
-                .map_err(|e| e.to_string())?;
+                }?;
                 let mut request = client.post(url).header("content-type", "application/json").body(body);
                 for (k, v) in headers {
                     request = request.header(k, v);
                 }
-                let response = request.send().await.map_err(|e| e.to_string())?;
+                let response = request.send().await?;
                 if response.status().is_success() {
                     Ok(())
                 } else {
-                    Err(format!("HTTP {}", response.status().as_u16()))
+                    Err(SinkError::Status(response.status().as_u16()))
                 }
             }
             Sink::Email { transport, from, to } => {
                 let noun = if n.count == 1 { "webhook" } else { "webhooks" };
                 let mut message = Email::builder()
-                    .from(from.parse().map_err(|e| format!("from: {e}"))?)
+                    .from(from.parse().map_err(|e| SinkError::Email(format!("from: {e}")))?)
                     .subject(format!("[hookrelay] {} {noun} to {} failed", n.count, n.endpoint))
                     .header(ContentType::TEXT_PLAIN);
                 for address in to {
-                    message = message.to(address.parse().map_err(|e| format!("to: {e}"))?);
+                    message = message.to(address.parse().map_err(|e| SinkError::Email(format!("to: {e}")))?);
                 }
-                let message = message.body(email_body(n)).map_err(|e| e.to_string())?;
-                transport.send(message).await.map(|_| ()).map_err(|e| e.to_string())
+                let message = message.body(email_body(n)).map_err(|e| SinkError::Email(e.to_string()))?;
+                transport.send(message).await?;
+                Ok(())
             }
             Sink::Log => {
                 tracing::error!(

@@ -1,4 +1,5 @@
-//! Pure classification of one attempt's result into an [`Outcome`] (SPEC "Outcomes"), table-tested.
+//! What an attempt came to and where that sends a record: [`Attempt`], [`Outcome`] and the pure `classify`
+//! (SPEC "Outcomes", table-tested), and the [`Route`] and [`DeadReason`] that `route::plan` decides.
 
 use std::time::{Duration, SystemTime};
 
@@ -38,6 +39,60 @@ pub enum Outcome {
 pub enum FinalReason {
     Rejected,
     ForbiddenTarget,
+}
+
+/// Where a record goes after its outcome is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    Delivered,
+    /// To tier `index` of the ladder, not to be attempted before `due_ms`.
+    Tier {
+        index: usize,
+        due_ms: i64,
+    },
+    Dead {
+        reason: DeadReason,
+    },
+}
+
+/// The `hookrelay-reason` of a dead record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DeadReason {
+    InvalidEvent,
+    Rejected,
+    Expired,
+    MaxAttempts,
+    ForbiddenTarget,
+}
+
+impl DeadReason {
+    pub const ALL: [DeadReason; 5] = [
+        DeadReason::InvalidEvent,
+        DeadReason::Rejected,
+        DeadReason::Expired,
+        DeadReason::MaxAttempts,
+        DeadReason::ForbiddenTarget,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeadReason::InvalidEvent => "invalid_event",
+            DeadReason::Rejected => "rejected",
+            DeadReason::Expired => "expired",
+            DeadReason::MaxAttempts => "max_attempts",
+            DeadReason::ForbiddenTarget => "forbidden_target",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<DeadReason> {
+        DeadReason::ALL.into_iter().find(|r| r.as_str() == text)
+    }
+}
+
+impl std::fmt::Display for DeadReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// Classifies an attempt. `now` resolves an HTTP-date `Retry-After`.

@@ -10,14 +10,16 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::circuit::{Admission, Circuits};
+use crate::circuit::{Admission, Circuits, Transition, Verdict};
+use crate::clock::now_ms;
 use crate::config::Config;
-use crate::consume::{headers_of, now_ms, Done, Handler};
+use crate::consume::{Done, EndpointSlot, Handler, Ticket};
 use crate::deliver::Deliverer;
-use crate::event::{header, last_header, Coordinates, Endpoints, Hop};
-use crate::metrics;
-use crate::outcome::{classify, Outcome};
-use crate::route::{build_headers, plan, DeadReason, Ladder, Original, PlanInput, RelayHeaders, Route, Router};
+use crate::event::{Endpoints, Event, InvalidEvent};
+use crate::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
+use crate::metrics::{self, Retry};
+use crate::outcome::{classify, DeadReason, Outcome, Route};
+use crate::route::{plan, Ladder, Original, PlanInput, Router};
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -32,8 +34,17 @@ pub struct Shared {
     pub max_attempts: u32,
 }
 
+/// The relay could not set up its clients.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("cannot build the HTTP client: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("cannot create the Kafka producer: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
 impl Shared {
-    pub fn new(config: &Config) -> anyhow::Result<Arc<Shared>> {
+    pub fn new(config: &Config) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config),
             deliverer: Deliverer::new(config.delivery.allow_private_networks)?,
@@ -72,33 +83,61 @@ impl EndpointLimits {
     }
 }
 
-/// A relay consumer's handler: the event topics (`from_tier: None`) or one tier.
+/// Which records a relay consumer reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// The event topics: first attempts.
+    Events,
+    /// Tier `index` of the ladder: records wait there until they are due.
+    Tier(usize),
+}
+
+/// A relay consumer's handler: the event topics or one tier.
 pub struct Relay {
     shared: Arc<Shared>,
-    from_tier: Option<usize>,
+    source: Source,
 }
 
 impl Relay {
-    pub fn new(shared: Arc<Shared>, from_tier: Option<usize>) -> Relay {
-        Relay { shared, from_tier }
+    pub fn new(shared: Arc<Shared>, source: Source) -> Relay {
+        Relay { shared, source }
     }
 }
 
+/// A record read by a relay consumer, decoded once when it was accepted.
+pub struct Prepared {
+    record: OwnedMessage,
+    headers: Vec<(String, Vec<u8>)>,
+    hop: Hop,
+    event: Result<Event, InvalidEvent>,
+}
+
 impl Handler for Relay {
-    fn due_ms(&self, record: &OwnedMessage) -> Option<i64> {
-        self.from_tier?;
-        last_header(&headers_of(record), header::DUE_MS)?.trim().parse().ok()
-    }
+    type Record = Prepared;
 
     /// The partition loop keeps each consumer within the endpoint's limit; the
     /// semaphore in `process` keeps the whole process (events and tiers) within it.
-    fn endpoint(&self, record: &OwnedMessage) -> Option<(Arc<str>, usize)> {
-        let key = self.shared.endpoints.peek_key(record.payload()?)?;
-        let limit = self.shared.limits.limit(&key);
-        Some((key, limit))
+    fn prepare(&self, record: OwnedMessage) -> (Ticket, Prepared) {
+        let s = &*self.shared;
+        let headers = headers_of(&record);
+        let hop = Hop::read(&headers, Coordinates::of(&record), record.timestamp().to_millis());
+        // The default id comes from the origin record, so it stays the same on
+        // every hop and every replay: receivers de-duplicate on it.
+        let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let ticket = Ticket {
+            due_ms: match self.source {
+                Source::Tier(_) => hop.due_ms,
+                Source::Events => None,
+            },
+            endpoint: event
+                .as_ref()
+                .ok()
+                .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limits.limit(&e.endpoint_key) }),
+        };
+        (ticket, Prepared { record, headers, hop, event })
     }
 
-    fn handle(self: Arc<Self>, record: OwnedMessage, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+    fn handle(self: Arc<Self>, record: Prepared, cancel: CancellationToken) -> BoxFuture<'static, Done> {
         async move { self.process(record, cancel).await }.boxed()
     }
 }
@@ -106,30 +145,23 @@ impl Handler for Relay {
 impl Relay {
     /// One record, from decode to an acknowledged route. Every early return is
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
-    async fn process(&self, record: OwnedMessage, cancel: CancellationToken) -> Done {
+    async fn process(&self, prepared: Prepared, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let here = Coordinates::of(&record);
-        let headers = headers_of(&record);
-        let mut hop = Hop::read(&headers, here, record.timestamp().to_millis());
+        let Prepared { record, headers, mut hop, event } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };
-
-        // The default id comes from the origin record, so it stays the same on
-        // every hop and every replay: receivers de-duplicate on it.
-        let event = match s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()) {
+        let event = match event {
             Ok(event) => event,
             Err(invalid) => {
                 // Bad data is a dead letter, never a crash or a stalled partition.
                 let error = invalid.to_string();
-                let endpoint = "invalid";
-                let relay = RelayHeaders {
+                let relay = |destination| RelayHeaders {
                     hop: &hop,
-                    due_ms: None,
+                    destination,
                     last_status: None,
                     last_error: Some(&error),
-                    reason: Some(DeadReason::InvalidEvent),
-                    endpoint,
+                    endpoint: "invalid",
                 };
-                return self.send_dead(&original, relay, &cancel).await;
+                return self.send_dead(&original, DeadReason::InvalidEvent, relay, &cancel).await;
             }
         };
         // Set on the first hop and carried in headers afterwards; a replay sets
@@ -138,6 +170,11 @@ impl Relay {
         let first = *hop.first_attempt_ms.get_or_insert(now);
         let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
         let endpoint = event.endpoint_key.clone();
+        let circuit_changed = |change: Option<Transition>| {
+            if let Some(change) = change {
+                metrics::circuit_changed(&endpoint, change, s.circuits.cool_down());
+            }
+        };
 
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
@@ -146,7 +183,8 @@ impl Relay {
             permit = semaphore.acquire() => permit.expect("semaphores are never closed"),
             _ = cancel.cancelled() => return Done::Abandoned,
         };
-        let admission = s.circuits.admit(&endpoint, Instant::now());
+        let (admission, change) = s.circuits.admit(&endpoint, Instant::now());
+        circuit_changed(change);
         let outcome = if admission == Admission::Defer {
             drop(permit);
             Outcome::Deferred
@@ -162,19 +200,22 @@ impl Relay {
                 }
             };
             drop(permit);
-            metrics::get().attempt_duration.with_label_values(&[&endpoint]).observe(started.elapsed().as_secs_f64());
+            metrics::attempt_finished(&endpoint, started.elapsed().as_secs_f64());
             hop.attempts += 1;
             let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
             // Only retryable failures count against the circuit: a 410 is the
             // receiver answering, so it is up.
-            let failed = matches!(outcome, Outcome::Retryable { .. });
-            s.circuits.report(&endpoint, admission, failed, Instant::now());
+            let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
+            circuit_changed(s.circuits.report(&endpoint, admission, verdict, Instant::now()));
             outcome
         };
 
         let input = PlanInput {
             attempts: hop.attempts,
-            from_tier: self.from_tier,
+            from_tier: match self.source {
+                Source::Tier(index) => Some(index),
+                Source::Events => None,
+            },
             now_ms: now_ms(),
             deadline_ms: deadline,
             max_attempts: event.max_attempts.unwrap_or(s.max_attempts),
@@ -189,12 +230,11 @@ impl Relay {
             // No attempt was made: keep the last real status for the operators.
             Outcome::Deferred => (hop.last_status, Some(format!("deferred: circuit open for {endpoint}"))),
         };
-        let relay = |due_ms, reason| RelayHeaders {
+        let relay = |destination| RelayHeaders {
             hop: &hop,
-            due_ms,
+            destination,
             last_status,
             last_error: last_error.as_deref(),
-            reason,
             endpoint: &endpoint,
         };
         match route {
@@ -205,26 +245,31 @@ impl Relay {
             }
             Route::Tier { index, due_ms } => {
                 let topic = s.router.tier_topic(index);
-                let built = build_headers(original.headers, &relay(Some(due_ms), None));
+                let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record.
                 if s.router.produce(topic, &original, built, &cancel).await.is_err() {
                     return Done::Abandoned;
                 }
-                let deferred = outcome == Outcome::Deferred;
-                metrics::retry_routed(&endpoint, &event.id, hop.attempts, topic, deferred, last_error.as_deref());
+                let why = if outcome == Outcome::Deferred { Retry::Deferred } else { Retry::Failed };
+                metrics::retry_routed(&endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(&original, relay(None, Some(reason)), &cancel).await,
+            Route::Dead { reason } => self.send_dead(&original, reason, relay, &cancel).await,
         }
     }
 
-    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
+    async fn send_dead<'a>(
+        &self,
+        original: &Original<'_>,
+        reason: DeadReason,
+        relay: impl FnOnce(Destination) -> RelayHeaders<'a>,
+        cancel: &CancellationToken,
+    ) -> Done {
         let router = &self.shared.router;
-        let built = build_headers(original.headers, &relay);
-        if router.produce(router.dead_topic(), original, built, cancel).await.is_err() {
+        let relay = relay(Destination::Dead { reason });
+        if router.produce(router.dead_topic(), original, relay.write(original.headers), cancel).await.is_err() {
             return Done::Abandoned;
         }
-        let reason = relay.reason.unwrap_or(DeadReason::InvalidEvent);
         metrics::dead_routed(
             relay.endpoint,
             &relay.hop.origin.default_id(),

@@ -6,13 +6,14 @@
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Message, OwnedHeaders};
+use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
+use crate::clock::{now_ms, parse_rfc3339_ms};
 use crate::config::Config;
-use crate::consume::now_ms;
-use crate::event::{header, last_header, Coordinates, Hop};
+use crate::hop::{replay_headers, DeadLetter};
+use crate::outcome::DeadReason;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -23,7 +24,7 @@ pub struct Filter {
     pub since_ms: Option<i64>,
     /// Dead records written before this time (ms).
     pub until_ms: Option<i64>,
-    pub reason: Option<String>,
+    pub reason: Option<DeadReason>,
     pub endpoint: Option<String>,
 }
 
@@ -34,14 +35,29 @@ pub struct Summary {
     pub replayed: u64,
 }
 
+/// Why a replay stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error("{0:?} is neither an RFC 3339 time nor a duration like 2h")]
+    BadTime(String),
+    #[error("topic {0} does not exist")]
+    NoTopic(String),
+    #[error("no record from {topic} within {waited:?}; {unfinished} partitions unfinished")]
+    Stalled { topic: String, waited: Duration, unfinished: usize },
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("replay produce was cancelled")]
+    Cancelled,
+}
+
 /// Parses `--since`/`--until`: an RFC 3339 time, or a duration meaning "that long ago" (`2h`).
-pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, String> {
-    if let Ok(ms) = crate::event::parse_rfc3339_ms(text) {
+pub fn parse_time(text: &str, now_ms: i64) -> Result<i64, ReplayError> {
+    if let Ok(ms) = parse_rfc3339_ms(text) {
         return Ok(ms);
     }
     humantime::parse_duration(text)
         .map(|ago| now_ms - ago.as_millis() as i64)
-        .map_err(|_| format!("{text:?} is neither an RFC 3339 time nor a duration like 2h"))
+        .map_err(|_| ReplayError::BadTime(text.to_string()))
 }
 
 /// Scans the dead topic up to its end at the start of the run; `progress` gets one line at a time.
@@ -50,7 +66,7 @@ pub async fn replay(
     filter: &Filter,
     dry_run: bool,
     mut progress: impl FnMut(&str),
-) -> anyhow::Result<Summary> {
+) -> Result<Summary, ReplayError> {
     let dead = config.topics.dead.clone();
     let mut consumer_config = crate::kafka::admin_config(&config.kafka);
     consumer_config
@@ -63,12 +79,10 @@ pub async fn replay(
     let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
 
     // Where each partition starts and ends, fixed now so the scan terminates.
-    let (assignment, ends) = tokio::task::block_in_place(|| -> anyhow::Result<_> {
+    let (assignment, ends) = tokio::task::block_in_place(|| -> Result<_, ReplayError> {
         let metadata = consumer.fetch_metadata(Some(&dead), TIMEOUT)?;
-        let topic = metadata.topics().first().ok_or_else(|| anyhow::anyhow!("no topic {dead}"))?;
-        if topic.partitions().is_empty() {
-            anyhow::bail!("topic {dead} does not exist");
-        }
+        let topic = metadata.topics().first().filter(|t| !t.partitions().is_empty());
+        let topic = topic.ok_or_else(|| ReplayError::NoTopic(dead.clone()))?;
         let mut starts = TopicPartitionList::new();
         let mut ends = std::collections::HashMap::new();
         for p in topic.partitions() {
@@ -117,7 +131,7 @@ pub async fn replay(
             Some(Ok(record)) => record,
             Some(Err(e)) => return Err(e.into()),
             None => {
-                anyhow::bail!("no record from {dead} within {TIMEOUT:?}; {} partitions unfinished", remaining.len())
+                return Err(ReplayError::Stalled { topic: dead, waited: TIMEOUT, unfinished: remaining.len() });
             }
         };
         // Records written after the scan started are not replayed.
@@ -129,30 +143,26 @@ pub async fn replay(
             remaining.remove(&record.partition());
         }
         summary.scanned += 1;
-        let headers = crate::consume::headers_of(&record);
-        let get = |name: &str| last_header(&headers, name).map(String::from);
-        let at = record.timestamp().to_millis().unwrap_or(0);
+        let dead_letter = DeadLetter::read(&record);
+        let at = dead_letter.at_ms.unwrap_or(0);
         let matches = filter.since_ms.is_none_or(|s| at >= s)
             && filter.until_ms.is_none_or(|u| at < u)
-            && filter.reason.as_ref().is_none_or(|r| get(header::REASON).as_ref() == Some(r))
-            && filter.endpoint.as_ref().is_none_or(|e| get(header::ENDPOINT).as_ref() == Some(e));
+            && filter.reason.is_none_or(|r| dead_letter.reason == Some(r))
+            && filter.endpoint.as_ref().is_none_or(|e| &dead_letter.endpoint == e);
         if !matches {
             continue;
         }
         summary.matched += 1;
-        let here = Coordinates::of(&record);
-        let hop = Hop::read(&headers, here.clone(), Some(at));
+        let DeadLetter { here, hop, id, endpoint, reason, headers, .. } = dead_letter;
         let target =
             if config.topics.events.contains(&hop.origin.topic) { &hop.origin.topic } else { &config.topics.events[0] };
         let line = format!(
-            "{} {}/{}/{} id={} endpoint={} reason={} -> {target}",
+            "{} {}/{}/{} id={id} endpoint={endpoint} reason={} -> {target}",
             if dry_run { "would replay" } else { "replay" },
             here.topic,
             here.partition,
             here.offset,
-            crate::event::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
-            get(header::ENDPOINT).unwrap_or_default(),
-            get(header::REASON).unwrap_or_default(),
+            reason.map_or("", DeadReason::as_str),
         );
         progress(&line);
         if dry_run {
@@ -171,7 +181,7 @@ pub async fn replay(
             Err((_, out)) => {
                 // The local queue is full: wait for what is queued, then try once more.
                 summary.replayed += settle(&mut pending).await?;
-                producer.send_result(out).map_err(|(e, _)| anyhow::anyhow!("replay produce failed: {e}"))?
+                producer.send_result(out).map_err(|(e, _)| ReplayError::Kafka(e))?
             }
         };
         pending.push(queued);
@@ -184,46 +194,16 @@ pub async fn replay(
     Ok(summary)
 }
 
-async fn settle(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> anyhow::Result<u64> {
+async fn settle(pending: &mut Vec<rdkafka::producer::DeliveryFuture>) -> Result<u64, ReplayError> {
     let mut done = 0;
     for sent in futures::future::join_all(pending.drain(..)).await {
         match sent {
             Ok(Ok(_)) => done += 1,
-            Ok(Err((e, _))) => anyhow::bail!("replay produce failed: {e}"),
-            Err(_) => anyhow::bail!("replay produce was cancelled"),
+            Ok(Err((e, _))) => return Err(ReplayError::Kafka(e)),
+            Err(_) => return Err(ReplayError::Cancelled),
         }
     }
     Ok(done)
-}
-
-/// The headers of a replayed record: the original non-relay ones, the origin,
-/// a fresh deadline, no attempt count, and where it was replayed from.
-fn replay_headers(original: &[(String, Vec<u8>)], hop: &Hop, dead: &Coordinates, deadline_ms: i64) -> OwnedHeaders {
-    use rdkafka::message::Header;
-    let mut out = OwnedHeaders::new();
-    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)) {
-        out = out.insert(Header { key, value: Some(value) });
-    }
-    let origin_partition = hop.origin.partition.to_string();
-    let origin_offset = hop.origin.offset.to_string();
-    let deadline = deadline_ms.to_string();
-    let from = format!("{}/{}/{}", dead.topic, dead.partition, dead.offset);
-    let event_ms = hop.event_ms.map(|ms| ms.to_string());
-    if let Some(ms) = &event_ms {
-        // The end-to-end latency of a replayed delivery still counts from the original event.
-        out = out.insert(Header { key: header::EVENT_MS, value: Some(ms.as_str()) });
-    }
-    let fields = [
-        (header::ORIGIN_TOPIC, hop.origin.topic.as_str()),
-        (header::ORIGIN_PARTITION, origin_partition.as_str()),
-        (header::ORIGIN_OFFSET, origin_offset.as_str()),
-        (header::DEADLINE_MS, deadline.as_str()),
-        (header::REPLAYED_FROM, from.as_str()),
-    ];
-    for (key, value) in fields {
-        out = out.insert(Header { key, value: Some(value) });
-    }
-    out
 }
 
 #[cfg(test)]
@@ -232,8 +212,8 @@ mod tests {
 
     #[test]
     fn times_are_rfc3339_or_ago() {
-        assert_eq!(parse_time("2030-01-01T00:00:00Z", 0), Ok(1_893_456_000_000));
-        assert_eq!(parse_time("2h", 10_000_000), Ok(10_000_000 - 7_200_000));
+        assert_eq!(parse_time("2030-01-01T00:00:00Z", 0).ok(), Some(1_893_456_000_000));
+        assert_eq!(parse_time("2h", 10_000_000).ok(), Some(10_000_000 - 7_200_000));
         assert!(parse_time("yesterday", 0).is_err());
     }
 }

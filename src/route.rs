@@ -1,4 +1,4 @@
-//! Outcome + hop -> [`Route`] (pure `plan`), and the [`Router`] that produces tier and dead records with relay headers.
+//! Outcome -> [`Route`] (the pure `plan` over the retry [`Ladder`]), and the [`Router`] that writes tier and dead records.
 //!
 //! Every record the router writes carries the original value byte-for-byte,
 //! the original key, the original non-relay headers, and fresh relay headers
@@ -7,72 +7,15 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::event::{header, Hop};
 use crate::metrics;
-use crate::outcome::{FinalReason, Outcome};
-
-/// The longest `hookrelay-last-error` written (SPEC: at most 1 KiB).
-const MAX_ERROR_BYTES: usize = 1024;
-
-/// Where a record goes after its outcome is known.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Route {
-    Delivered,
-    /// To tier `index` of the ladder, not to be attempted before `due_ms`.
-    Tier {
-        index: usize,
-        due_ms: i64,
-    },
-    Dead {
-        reason: DeadReason,
-    },
-}
-
-/// The `hookrelay-reason` of a dead record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum DeadReason {
-    InvalidEvent,
-    Rejected,
-    Expired,
-    MaxAttempts,
-    ForbiddenTarget,
-}
-
-impl DeadReason {
-    pub const ALL: [DeadReason; 5] = [
-        DeadReason::InvalidEvent,
-        DeadReason::Rejected,
-        DeadReason::Expired,
-        DeadReason::MaxAttempts,
-        DeadReason::ForbiddenTarget,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::InvalidEvent => "invalid_event",
-            DeadReason::Rejected => "rejected",
-            DeadReason::Expired => "expired",
-            DeadReason::MaxAttempts => "max_attempts",
-            DeadReason::ForbiddenTarget => "forbidden_target",
-        }
-    }
-
-    pub fn parse(text: &str) -> Option<DeadReason> {
-        DeadReason::ALL.into_iter().find(|r| r.as_str() == text)
-    }
-}
-
-impl std::fmt::Display for DeadReason {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+use crate::outcome::{DeadReason, FinalReason, Outcome, Route};
 
 /// The retry ladder: one fixed delay per tier; the last repeats.
 #[derive(Debug, Clone)]
@@ -148,74 +91,12 @@ pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
     Route::Tier { index, due_ms }
 }
 
-/// The relay headers of a record about to be written to a tier or the dead topic.
-#[derive(Debug, Clone)]
-pub struct RelayHeaders<'a> {
-    pub hop: &'a Hop,
-    pub due_ms: Option<i64>,
-    pub last_status: Option<u16>,
-    pub last_error: Option<&'a str>,
-    pub reason: Option<DeadReason>,
-    pub endpoint: &'a str,
-}
-
 /// A record as read, for re-producing it unchanged.
 #[derive(Debug, Clone)]
 pub struct Original<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
     pub headers: &'a [(String, Vec<u8>)],
-}
-
-/// Builds the headers: the original non-relay ones, then the relay's.
-pub fn build_headers(original: &[(String, Vec<u8>)], relay: &RelayHeaders<'_>) -> OwnedHeaders {
-    let mut out = OwnedHeaders::new_with_capacity(original.len() + 12);
-    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)) {
-        out = out.insert(Header { key, value: Some(value) });
-    }
-    let hop = relay.hop;
-    let mut put = |key: &str, value: String| {
-        out = std::mem::replace(&mut out, OwnedHeaders::new()).insert(Header { key, value: Some(&value) });
-    };
-    put(header::ATTEMPT, hop.attempts.to_string());
-    if let Some(ms) = hop.first_attempt_ms {
-        put(header::FIRST_ATTEMPT_MS, ms.to_string());
-    }
-    if let Some(ms) = relay.due_ms {
-        put(header::DUE_MS, ms.to_string());
-    }
-    if let Some(ms) = hop.deadline_ms {
-        put(header::DEADLINE_MS, ms.to_string());
-    }
-    put(header::ORIGIN_TOPIC, hop.origin.topic.clone());
-    put(header::ORIGIN_PARTITION, hop.origin.partition.to_string());
-    put(header::ORIGIN_OFFSET, hop.origin.offset.to_string());
-    if let Some(status) = relay.last_status {
-        put(header::LAST_STATUS, status.to_string());
-    }
-    if let Some(error) = relay.last_error {
-        put(header::LAST_ERROR, truncate(error, MAX_ERROR_BYTES).to_string());
-    }
-    if let Some(reason) = relay.reason {
-        put(header::REASON, reason.as_str().to_string());
-    }
-    put(header::ENDPOINT, relay.endpoint.to_string());
-    if let Some(ms) = hop.event_ms {
-        put(header::EVENT_MS, ms.to_string());
-    }
-    out
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-pub fn truncate(text: &str, max: usize) -> &str {
-    if text.len() <= max {
-        return text;
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    &text[..end]
 }
 
 /// Produces tier and dead records; only an acknowledged produce returns Ok.
@@ -232,7 +113,7 @@ pub struct Router {
 pub struct Abandoned;
 
 impl Router {
-    pub fn new(config: &Config) -> anyhow::Result<Router> {
+    pub fn new(config: &Config) -> Result<Router, KafkaError> {
         let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
         Ok(Router {
             producer,
@@ -275,10 +156,7 @@ impl Router {
             };
             match sent {
                 Ok(_) => return Ok(()),
-                Err((error, _)) => {
-                    metrics::get().produce_failures.with_label_values(&[topic]).inc();
-                    tracing::warn!(topic, %error, retry_in_ms = backoff.as_millis() as u64, "produce failed, retrying");
-                }
+                Err((error, _)) => metrics::produce_failed(topic, &error, backoff),
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
@@ -393,43 +271,5 @@ mod tests {
                 other => prop_assert!(false, "unexpected {:?}", other),
             }
         }
-    }
-
-    #[test]
-    fn relay_headers_replace_old_ones_and_keep_the_rest() {
-        let hop = Hop::read(&[], crate::event::Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
-        let original = vec![
-            ("traceparent".to_string(), b"00-abc".to_vec()),
-            (header::ATTEMPT.to_string(), b"7".to_vec()),
-            (header::REASON.to_string(), b"old".to_vec()),
-        ];
-        let long = "e".repeat(3000);
-        let relay = RelayHeaders {
-            hop: &hop,
-            due_ms: Some(99),
-            last_status: Some(503),
-            last_error: Some(&long),
-            reason: None,
-            endpoint: "billing",
-        };
-        use rdkafka::message::Headers;
-        let built = build_headers(&original, &relay);
-        let pairs: Vec<(String, String)> =
-            built.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap()).into_owned())).collect();
-        let get = |k: &str| pairs.iter().filter(|(key, _)| key == k).map(|(_, v)| v.as_str()).collect::<Vec<_>>();
-        assert_eq!(get("traceparent"), vec!["00-abc"]);
-        assert_eq!(get(header::ATTEMPT), vec!["0"]);
-        assert!(get(header::REASON).is_empty());
-        assert_eq!(get(header::DUE_MS), vec!["99"]);
-        assert_eq!(get(header::LAST_STATUS), vec!["503"]);
-        assert_eq!(get(header::LAST_ERROR)[0].len(), 1024);
-        assert_eq!(get(header::ORIGIN_TOPIC), vec!["t"]);
-        assert_eq!(get(header::ENDPOINT), vec!["billing"]);
-    }
-
-    #[test]
-    fn truncate_respects_char_boundaries() {
-        assert_eq!(truncate("héllo", 2), "h");
-        assert_eq!(truncate("abc", 10), "abc");
     }
 }

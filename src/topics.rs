@@ -13,6 +13,19 @@ use crate::config::Config;
 
 const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Why `topics ensure` or `send` failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TopicsError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    #[error("cannot create topic {0}: {1}")]
+    Create(String, RDKafkaErrorCode),
+    #[error("--payload is not JSON: {0}")]
+    Payload(#[from] serde_json::Error),
+    #[error("cannot produce to {0}: {1}")]
+    Produce(String, rdkafka::error::KafkaError),
+}
+
 /// One topic the relay needs, with its settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Wanted {
@@ -35,7 +48,7 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
 }
 
 /// Creates missing topics and reports existing ones. Returns one line per topic.
-pub async fn ensure(config: &Config) -> anyhow::Result<Vec<String>> {
+pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
     let admin: AdminClient<DefaultClientContext> = crate::kafka::admin_config(&config.kafka).create()?;
     let wanted = wanted(config);
     let retention: Vec<String> = wanted.iter().map(|w| w.retention_ms.to_string()).collect();
@@ -63,7 +76,7 @@ pub async fn ensure(config: &Config) -> anyhow::Result<Vec<String>> {
                 })?;
                 lines.push(format!("exists  {name} ({partitions} partitions)"));
             }
-            Err((name, code)) => anyhow::bail!("cannot create topic {name}: {code}"),
+            Err((name, code)) => return Err(TopicsError::Create(name, code)),
         }
     }
     Ok(lines)
@@ -82,9 +95,8 @@ pub async fn send(
     payload: &str,
     id: Option<&str>,
     key: Option<&str>,
-) -> anyhow::Result<String> {
-    let payload: serde_json::Value =
-        serde_json::from_str(payload).map_err(|e| anyhow::anyhow!("--payload is not JSON: {e}"))?;
+) -> Result<String, TopicsError> {
+    let payload: serde_json::Value = serde_json::from_str(payload)?;
     let mut event = serde_json::json!({ "payload": payload });
     match target {
         Target::Url(url) => event["url"] = url.into(),
@@ -103,6 +115,6 @@ pub async fn send(
     let delivery = producer
         .send(record, Timeout::After(ADMIN_TIMEOUT))
         .await
-        .map_err(|(e, _)| anyhow::anyhow!("cannot produce to {topic}: {e}"))?;
+        .map_err(|(e, _)| TopicsError::Produce(topic.clone(), e))?;
     Ok(format!("sent to {topic} partition {} offset {}", delivery.partition, delivery.offset))
 }

@@ -15,7 +15,14 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
+pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, RetryConfig, TierConfig};
+pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
+pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
 use crate::sign::SigningKey;
+
+mod delivery;
+mod kafka;
+mod notify;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "hookrelay.toml";
@@ -57,127 +64,6 @@ pub struct Config {
     pub shutdown: ShutdownConfig,
 }
 
-/// How to reach the brokers.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct KafkaConfig {
-    /// Bootstrap servers, comma separated. Default `127.0.0.1:9092`.
-    pub brokers: String,
-    /// Consumer group of the event topics. Tier consumers use
-    /// `<group_id>.<tier topic>`, the failure handler `<group_id>.dead`.
-    /// Default `hookrelay`.
-    pub group_id: String,
-    /// `plaintext` (default), `ssl`, `sasl_plaintext` or `sasl_ssl`.
-    pub security_protocol: SecurityProtocol,
-    /// SASL credentials; required when the protocol is `sasl_*`.
-    pub sasl: Option<SaslConfig>,
-    /// TLS files; used when the protocol is `ssl` or `sasl_ssl`.
-    pub tls: TlsConfig,
-    /// How often decided offsets are committed. Default `1s`.
-    #[serde(with = "humantime_serde")]
-    pub commit_interval: Duration,
-    /// How often librdkafka statistics (consumer lag) are gathered. Default `5s`.
-    #[serde(with = "humantime_serde")]
-    pub statistics_interval: Duration,
-    /// Consumer group protocol: `classic` (cooperative-sticky assignor, default)
-    /// or `consumer` (KIP-848, Kafka 4.x brokers).
-    pub group_protocol: GroupProtocol,
-    /// Any other librdkafka property, passed through unchanged and applied last.
-    pub properties: BTreeMap<String, String>,
-}
-
-impl Default for KafkaConfig {
-    fn default() -> Self {
-        KafkaConfig {
-            brokers: "127.0.0.1:9092".into(),
-            group_id: "hookrelay".into(),
-            security_protocol: SecurityProtocol::Plaintext,
-            sasl: None,
-            tls: TlsConfig::default(),
-            commit_interval: Duration::from_secs(1),
-            statistics_interval: Duration::from_secs(5),
-            group_protocol: GroupProtocol::Classic,
-            properties: BTreeMap::new(),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SecurityProtocol {
-    Plaintext,
-    Ssl,
-    SaslPlaintext,
-    SaslSsl,
-}
-
-impl SecurityProtocol {
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            SecurityProtocol::Plaintext => "plaintext",
-            SecurityProtocol::Ssl => "ssl",
-            SecurityProtocol::SaslPlaintext => "sasl_plaintext",
-            SecurityProtocol::SaslSsl => "sasl_ssl",
-        }
-    }
-    fn uses_sasl(self) -> bool {
-        matches!(self, SecurityProtocol::SaslPlaintext | SecurityProtocol::SaslSsl)
-    }
-    fn uses_tls(self) -> bool {
-        matches!(self, SecurityProtocol::Ssl | SecurityProtocol::SaslSsl)
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum GroupProtocol {
-    Classic,
-    Consumer,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SaslConfig {
-    /// `PLAIN`, `SCRAM-SHA-256` or `SCRAM-SHA-512`.
-    pub mechanism: SaslMechanism,
-    pub username: String,
-    pub password: Secret,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SaslMechanism {
-    #[serde(rename = "PLAIN")]
-    Plain,
-    #[serde(rename = "SCRAM-SHA-256")]
-    ScramSha256,
-    #[serde(rename = "SCRAM-SHA-512")]
-    ScramSha512,
-}
-
-impl SaslMechanism {
-    pub fn as_librdkafka(self) -> &'static str {
-        match self {
-            SaslMechanism::Plain => "PLAIN",
-            SaslMechanism::ScramSha256 => "SCRAM-SHA-256",
-            SaslMechanism::ScramSha512 => "SCRAM-SHA-512",
-        }
-    }
-}
-
-/// TLS to the brokers. Paths are PEM files; unset means the system default.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct TlsConfig {
-    /// CA bundle that signs the brokers' certificates.
-    pub ca_location: Option<PathBuf>,
-    /// Client certificate, for mutual TLS.
-    pub certificate_location: Option<PathBuf>,
-    /// Client private key, for mutual TLS.
-    pub key_location: Option<PathBuf>,
-    /// Password of the private key, if it is encrypted.
-    pub key_password: Option<Secret>,
-}
-
 /// Topic names and how `topics ensure` creates them.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -209,214 +95,6 @@ impl Default for TopicsConfig {
             dead_retention: Duration::from_secs(30 * 24 * 3600),
         }
     }
-}
-
-/// The retry ladder and when to give up.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct RetryConfig {
-    /// Deadline after the first attempt, for events without `retry_until`. Default `24h`.
-    #[serde(with = "humantime_serde")]
-    pub max_age: Duration,
-    /// Cap on attempts; 0 = no cap (the deadline decides). Default 0.
-    pub max_attempts: u32,
-    /// Largest random delay added to a tier's delay, as a fraction of it
-    /// (SPEC: jitter only adds, at most 10 %). Default 0.1.
-    pub jitter: f64,
-    /// The ladder, in order; the last tier repeats until the deadline.
-    pub tiers: Vec<TierConfig>,
-}
-
-impl Default for RetryConfig {
-    fn default() -> Self {
-        let tier = |topic: &str, secs| TierConfig { topic: topic.into(), delay: Duration::from_secs(secs) };
-        RetryConfig {
-            max_age: Duration::from_secs(24 * 3600),
-            max_attempts: 0,
-            jitter: 0.1,
-            tiers: vec![
-                tier("webhooks.retry-1m", 60),
-                tier("webhooks.retry-10m", 600),
-                tier("webhooks.retry-1h", 3600),
-            ],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TierConfig {
-    /// The delay topic.
-    pub topic: String,
-    /// How long a record waits in this tier before its next attempt.
-    #[serde(with = "humantime_serde")]
-    pub delay: Duration,
-}
-
-/// How one HTTP attempt is made.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DeliveryConfig {
-    /// Timeout of a whole attempt, unless the endpoint or event says otherwise. Default `5s`.
-    #[serde(with = "humantime_serde")]
-    pub timeout: Duration,
-    /// Allow loopback, private, link-local and other non-global targets. Default false.
-    pub allow_private_networks: bool,
-    /// Statuses that are final (dead letter, reason `rejected`). Default `[410]`.
-    pub permanent_statuses: Vec<u16>,
-    /// Largest accepted `payload`, in bytes. Default 1048576 (1 MiB).
-    pub max_payload_bytes: usize,
-    /// `whsec_` secrets used for events that give a `url` instead of an endpoint.
-    pub signing_secrets: Vec<Secret>,
-    /// Records worked on at once per consumer (all partitions). Default 1024.
-    pub max_in_flight: usize,
-    /// Records worked on at once per partition. Default 128.
-    pub max_in_flight_per_partition: usize,
-    /// Concurrent requests to one endpoint (name, or URL host). Default 64.
-    pub max_in_flight_per_endpoint: usize,
-    /// Records read ahead per partition while they wait for their due time,
-    /// their endpoint or a slot; reaching it pauses the partition. Default 256.
-    pub max_read_ahead_per_partition: usize,
-}
-
-impl Default for DeliveryConfig {
-    fn default() -> Self {
-        DeliveryConfig {
-            timeout: Duration::from_secs(5),
-            allow_private_networks: false,
-            permanent_statuses: vec![410],
-            max_payload_bytes: 1024 * 1024,
-            signing_secrets: Vec::new(),
-            max_in_flight: 1024,
-            max_in_flight_per_partition: 128,
-            max_in_flight_per_endpoint: 64,
-            max_read_ahead_per_partition: 256,
-        }
-    }
-}
-
-/// The per-endpoint circuit breaker.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct CircuitConfig {
-    /// Turn the breaker on. Default true.
-    pub enabled: bool,
-    /// Consecutive retryable failures that open the circuit. Default 10.
-    pub failure_threshold: u32,
-    /// How long an open circuit defers records before one probe is let through. Default `30s`.
-    #[serde(with = "humantime_serde")]
-    pub cool_down: Duration,
-}
-
-impl Default for CircuitConfig {
-    fn default() -> Self {
-        CircuitConfig { enabled: true, failure_threshold: 10, cool_down: Duration::from_secs(30) }
-    }
-}
-
-/// A named receiver.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct EndpointConfig {
-    /// Target URL, http or https.
-    pub url: String,
-    /// `whsec_` secrets; several = several signatures (rotation without downtime).
-    #[serde(default)]
-    pub secrets: Vec<Secret>,
-    /// Attempt timeout for this endpoint. Default: `delivery.timeout`.
-    #[serde(default, with = "humantime_serde")]
-    pub timeout: Option<Duration>,
-    /// Headers added to every request to this endpoint.
-    #[serde(default)]
-    pub headers: BTreeMap<String, String>,
-    /// Concurrent requests to this endpoint. Default: `delivery.max_in_flight_per_endpoint`.
-    #[serde(default)]
-    pub max_in_flight: Option<usize>,
-}
-
-/// The failure handler's notifications.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct NotifyConfig {
-    /// Dead letters of one endpoint within this window make one message. Default `1m`.
-    #[serde(with = "humantime_serde")]
-    pub window: Duration,
-    /// How long a failing sink keeps retrying one message before giving up. Default `5m`.
-    #[serde(with = "humantime_serde")]
-    pub give_up_after: Duration,
-    /// Where messages go. Default: one `log` sink.
-    pub sinks: Vec<SinkConfig>,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        NotifyConfig {
-            window: Duration::from_secs(60),
-            give_up_after: Duration::from_secs(300),
-            sinks: vec![SinkConfig::Log],
-        }
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
-pub enum SinkConfig {
-    /// JSON POST to an operator URL.
-    Http {
-        url: String,
-        /// `json` (default) or `slack` (`{"text": ...}`).
-        #[serde(default)]
-        format: HttpFormat,
-        /// Extra request headers (for an auth token, say).
-        #[serde(default)]
-        headers: BTreeMap<String, Secret>,
-    },
-    /// SMTP.
-    Email {
-        /// SMTP server host.
-        host: String,
-        /// Default 587 for starttls, 465 for tls, 25 for none.
-        #[serde(default)]
-        port: Option<u16>,
-        /// `starttls` (default), `tls` or `none`.
-        #[serde(default)]
-        tls: SmtpTls,
-        #[serde(default)]
-        username: Option<String>,
-        #[serde(default)]
-        password: Option<Secret>,
-        from: String,
-        to: Vec<String>,
-    },
-    /// A structured log line per message (every dead record is logged anyway).
-    Log,
-}
-
-impl SinkConfig {
-    pub fn kind(&self) -> &'static str {
-        match self {
-            SinkConfig::Http { .. } => "http",
-            SinkConfig::Email { .. } => "email",
-            SinkConfig::Log => "log",
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HttpFormat {
-    #[default]
-    Json,
-    Slack,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum SmtpTls {
-    #[default]
-    Starttls,
-    Tls,
-    None,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -574,7 +252,7 @@ impl Config {
         }
         for (name, endpoint) in &self.endpoints {
             let key = |field: &str| format!("endpoints.{name}.{field}");
-            crate::event::parse_target_url(&endpoint.url).map_err(|e| invalid(key("url"), e))?;
+            crate::target::parse_target_url(&endpoint.url).map_err(|e| invalid(key("url"), e.to_string()))?;
             for (i, secret) in endpoint.secrets.iter().enumerate() {
                 SigningKey::parse(secret.expose())
                     .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
@@ -586,7 +264,7 @@ impl Config {
                 return Err(invalid(key("max_in_flight"), "must be more than 0"));
             }
             for (header, value) in &endpoint.headers {
-                crate::event::check_header(header, value).map_err(|e| invalid(key("headers"), e))?;
+                crate::target::check_header(header, value).map_err(|e| invalid(key("headers"), e.to_string()))?;
             }
         }
         if self.circuit.enabled && self.circuit.failure_threshold == 0 {
@@ -664,7 +342,7 @@ mod tests {
 
     #[test]
     fn the_shipped_example_parses() {
-        let text = include_str!("../hookrelay.example.toml");
+        let text = include_str!("../../hookrelay.example.toml");
         let config = Config::from_toml(text).unwrap();
         assert!(config.endpoints.contains_key("billing"));
         assert_eq!(config.retry.tiers.len(), 3);
@@ -674,10 +352,10 @@ mod tests {
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
     fn the_deploy_configs_parse() {
-        Config::from_toml(include_str!("../deploy/compose/hookrelay.toml")).unwrap();
+        Config::from_toml(include_str!("../../deploy/compose/hookrelay.toml")).unwrap();
         // In Kubernetes the SASL credentials come from a Secret, as env vars.
         figment::Jail::expect_with(|jail| {
-            jail.create_file("k8s.toml", include_str!("../deploy/kubernetes/base/hookrelay.toml"))?;
+            jail.create_file("k8s.toml", include_str!("../../deploy/kubernetes/base/hookrelay.toml"))?;
             jail.set_env("HOOKRELAY_KAFKA__SASL__USERNAME", "hookrelay");
             jail.set_env("HOOKRELAY_KAFKA__SASL__PASSWORD", "from-a-secret");
             let config = Config::load(Some(Path::new("k8s.toml"))).map_err(|e| e.to_string())?;

@@ -1,0 +1,131 @@
+//! `[retry]`, `[delivery]`, `[circuit]` and `[endpoints.*]`: how and how often a webhook is attempted.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::Secret;
+
+/// The retry ladder and when to give up.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetryConfig {
+    /// Deadline after the first attempt, for events without `retry_until`. Default `24h`.
+    #[serde(with = "humantime_serde")]
+    pub max_age: Duration,
+    /// Cap on attempts; 0 = no cap (the deadline decides). Default 0.
+    pub max_attempts: u32,
+    /// Largest random delay added to a tier's delay, as a fraction of it
+    /// (SPEC: jitter only adds, at most 10 %). Default 0.1.
+    pub jitter: f64,
+    /// The ladder, in order; the last tier repeats until the deadline.
+    pub tiers: Vec<TierConfig>,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        let tier = |topic: &str, secs| TierConfig { topic: topic.into(), delay: Duration::from_secs(secs) };
+        RetryConfig {
+            max_age: Duration::from_secs(24 * 3600),
+            max_attempts: 0,
+            jitter: 0.1,
+            tiers: vec![
+                tier("webhooks.retry-1m", 60),
+                tier("webhooks.retry-10m", 600),
+                tier("webhooks.retry-1h", 3600),
+            ],
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TierConfig {
+    /// The delay topic.
+    pub topic: String,
+    /// How long a record waits in this tier before its next attempt.
+    #[serde(with = "humantime_serde")]
+    pub delay: Duration,
+}
+
+/// How one HTTP attempt is made.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Timeout of a whole attempt, unless the endpoint or event says otherwise. Default `5s`.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Allow loopback, private, link-local and other non-global targets. Default false.
+    pub allow_private_networks: bool,
+    /// Statuses that are final (dead letter, reason `rejected`). Default `[410]`.
+    pub permanent_statuses: Vec<u16>,
+    /// Largest accepted `payload`, in bytes. Default 1048576 (1 MiB).
+    pub max_payload_bytes: usize,
+    /// `whsec_` secrets used for events that give a `url` instead of an endpoint.
+    pub signing_secrets: Vec<Secret>,
+    /// Records worked on at once per consumer (all partitions). Default 1024.
+    pub max_in_flight: usize,
+    /// Records worked on at once per partition. Default 128.
+    pub max_in_flight_per_partition: usize,
+    /// Concurrent requests to one endpoint (name, or URL host). Default 64.
+    pub max_in_flight_per_endpoint: usize,
+    /// Records read ahead per partition while they wait for their due time,
+    /// their endpoint or a slot; reaching it pauses the partition. Default 256.
+    pub max_read_ahead_per_partition: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        DeliveryConfig {
+            timeout: Duration::from_secs(5),
+            allow_private_networks: false,
+            permanent_statuses: vec![410],
+            max_payload_bytes: 1024 * 1024,
+            signing_secrets: Vec::new(),
+            max_in_flight: 1024,
+            max_in_flight_per_partition: 128,
+            max_in_flight_per_endpoint: 64,
+            max_read_ahead_per_partition: 256,
+        }
+    }
+}
+
+/// The per-endpoint circuit breaker.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitConfig {
+    /// Turn the breaker on. Default true.
+    pub enabled: bool,
+    /// Consecutive retryable failures that open the circuit. Default 10.
+    pub failure_threshold: u32,
+    /// How long an open circuit defers records before one probe is let through. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub cool_down: Duration,
+}
+
+impl Default for CircuitConfig {
+    fn default() -> Self {
+        CircuitConfig { enabled: true, failure_threshold: 10, cool_down: Duration::from_secs(30) }
+    }
+}
+
+/// A named receiver.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Target URL, http or https.
+    pub url: String,
+    /// `whsec_` secrets; several = several signatures (rotation without downtime).
+    #[serde(default)]
+    pub secrets: Vec<Secret>,
+    /// Attempt timeout for this endpoint. Default: `delivery.timeout`.
+    #[serde(default, with = "humantime_serde")]
+    pub timeout: Option<Duration>,
+    /// Headers added to every request to this endpoint.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// Concurrent requests to this endpoint. Default: `delivery.max_in_flight_per_endpoint`.
+    #[serde(default)]
+    pub max_in_flight: Option<usize>,
+}

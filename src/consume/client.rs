@@ -1,0 +1,224 @@
+//! The librdkafka side of a consumer: its callbacks (lag, fatal errors, the rebalance handshake), the poll thread, commits.
+//!
+//! A dedicated thread polls librdkafka and sends every message *and* every
+//! rebalance event, in order, down one bounded channel to the async loop. The
+//! revoke callback blocks the poll thread until the loop has drained the
+//! revoked partitions (bounded by `shutdown.grace`), then commits.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::KafkaError;
+use rdkafka::message::OwnedMessage;
+use rdkafka::statistics::Statistics;
+use rdkafka::{ClientContext, TopicPartitionList};
+use tokio::sync::mpsc;
+
+use super::handler::{Role, Spec};
+use super::ConsumeError;
+use crate::config::Config;
+use crate::kafka::Refusal;
+use crate::metrics;
+use crate::readiness::Readiness;
+
+/// Messages and rebalance events waiting for the loop, at most.
+const CHANNEL: usize = 256;
+
+/// What the poll thread sends to the loop, in the order librdkafka produced it.
+pub enum Polled {
+    Message(OwnedMessage),
+    Assigned(Vec<(String, i32)>),
+    /// The poll thread waits on the sender until the loop has drained these partitions.
+    Revoked(Vec<(String, i32)>, std::sync::mpsc::Sender<()>),
+    /// The brokers refused the client (authentication failed, say): it cannot go on.
+    Refused(String),
+}
+
+/// librdkafka callbacks; they run on the poll thread.
+pub struct Context {
+    tx: mpsc::Sender<Polled>,
+    group: String,
+    role: Role,
+    grace: Duration,
+    /// Set before the consumer closes: the loop is gone, do not wait for it.
+    closing: AtomicBool,
+    joined: AtomicBool,
+    readiness: Readiness,
+}
+
+pub type KafkaConsumer = BaseConsumer<Context>;
+
+impl Context {
+    fn mark_joined(&self) {
+        if !self.joined.swap(true, Ordering::SeqCst) {
+            tracing::info!(group = %self.group, role = self.role.as_str(), "joined consumer group");
+            self.readiness.joined_one();
+        }
+    }
+}
+
+fn partitions(tpl: &TopicPartitionList) -> Vec<(String, i32)> {
+    tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect()
+}
+
+impl ClientContext for Context {
+    fn stats(&self, stats: Statistics) {
+        if stats.cgrp.as_ref().is_some_and(|g| g.state == "up") {
+            self.mark_joined();
+        }
+        for topic in stats.topics.values() {
+            for p in topic.partitions.values() {
+                // librdkafka reports partition -1 (internal UA), and -1 lag when it knows no
+                // position: for a partition never read nor committed that is everything on it
+                // (auto.offset.reset = earliest), so the series exists from the start.
+                let never_read = p.committed_offset < 0 && p.app_offset < 0 && p.lo_offset >= 0;
+                let lag = match p.consumer_lag {
+                    lag if lag >= 0 => lag,
+                    _ if never_read && p.hi_offset >= p.lo_offset => p.hi_offset - p.lo_offset,
+                    _ => continue,
+                };
+                if p.partition >= 0 && p.desired {
+                    metrics::consumer_lag(&self.group, &topic.topic, p.partition, lag);
+                }
+            }
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        // A TLS error after start-up is one broker's handshake, not a refusal of the client.
+        let refused =
+            matches!(error.rdkafka_error_code().and_then(Refusal::of), Some(Refusal::Access | Refusal::Fatal));
+        if refused {
+            tracing::error!(group = %self.group, %error, reason, "kafka refused the client, stopping");
+            let _ = self.tx.try_send(Polled::Refused(format!("{error}: {reason}")));
+        } else {
+            tracing::warn!(group = %self.group, %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl ConsumerContext for Context {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let Rebalance::Revoke(tpl) = rebalance else { return };
+        let revoked = partitions(tpl);
+        tracing::info!(group = %self.group, ?revoked, "partitions revoked");
+        if !self.closing.load(Ordering::SeqCst) {
+            let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+            if self.tx.blocking_send(Polled::Revoked(revoked, ack_tx)).is_ok() {
+                // The loop answers within the grace period; the margin covers its own timer.
+                let _ = ack_rx.recv_timeout(self.grace + Duration::from_secs(5));
+            }
+        }
+        if !consumer.assignment_lost() {
+            commit(consumer, &self.group);
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(tpl) = rebalance {
+            let assigned = partitions(tpl);
+            tracing::info!(group = %self.group, ?assigned, "partitions assigned");
+            self.mark_joined();
+            let _ = self.tx.blocking_send(Polled::Assigned(assigned));
+        }
+    }
+}
+
+fn commit(consumer: &KafkaConsumer, group: &str) {
+    match consumer.commit_consumer_state(CommitMode::Sync) {
+        Ok(()) => {}
+        // Nothing stored since the last commit.
+        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) => tracing::warn!(group, %error, "commit failed"),
+    }
+}
+
+/// A subscribed consumer and the thread that polls it.
+pub struct Client {
+    consumer: Arc<KafkaConsumer>,
+    stop: Arc<AtomicBool>,
+    poller: JoinHandle<()>,
+}
+
+impl Client {
+    /// Subscribes and starts polling; what is polled arrives on the receiver.
+    pub fn start(
+        config: &Config,
+        spec: &Spec,
+        readiness: Readiness,
+    ) -> Result<(Client, mpsc::Receiver<Polled>), ConsumeError> {
+        let (tx, rx) = mpsc::channel(CHANNEL);
+        let context = Context {
+            tx,
+            group: spec.group_id.clone(),
+            role: spec.role,
+            grace: spec.grace,
+            closing: AtomicBool::new(false),
+            joined: AtomicBool::new(false),
+            readiness,
+        };
+        let consumer: Arc<KafkaConsumer> =
+            Arc::new(crate::kafka::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?);
+        let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
+        consumer.subscribe(&topics)?;
+        tracing::info!(group = %spec.group_id, role = spec.role.as_str(), ?topics, "consumer started");
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let (consumer, stop, group) = (consumer.clone(), stop.clone(), spec.group_id.clone());
+            std::thread::Builder::new()
+                .name(format!("poll-{}", spec.role.as_str()))
+                .spawn(move || poll_thread(consumer, stop, group))?
+        };
+        Ok((Client { consumer, stop, poller }, rx))
+    }
+
+    pub fn consumer(&self) -> Arc<KafkaConsumer> {
+        self.consumer.clone()
+    }
+
+    /// Leaves the group from the poll thread: it commits, then closes once the
+    /// loop has dropped its handle on the consumer.
+    pub async fn close(self) {
+        self.consumer.context().closing.store(true, Ordering::SeqCst);
+        self.stop.store(true, Ordering::SeqCst);
+        drop(self.consumer);
+        let poller = self.poller;
+        let _ = tokio::task::spawn_blocking(move || poller.join()).await;
+    }
+}
+
+/// Polls until told to stop, then commits and closes the consumer (leaving the group).
+fn poll_thread(consumer: Arc<KafkaConsumer>, stop: Arc<AtomicBool>, group: String) {
+    while !stop.load(Ordering::SeqCst) {
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(message)) => {
+                let owned = message.detach();
+                drop(message);
+                if consumer.context().tx.blocking_send(Polled::Message(owned)).is_err() {
+                    break;
+                }
+            }
+            Some(Err(error)) => tracing::warn!(%group, %error, "consume error"),
+            None => {}
+        }
+    }
+    commit(&consumer, &group);
+    // The loop may still hold a clone for a moment; wait until this is the last one.
+    let mut consumer = consumer;
+    loop {
+        match Arc::try_unwrap(consumer) {
+            Ok(last) => {
+                drop(last); // closes: leaves the group
+                break;
+            }
+            Err(shared) => {
+                consumer = shared;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+    tracing::info!(%group, "consumer closed");
+}

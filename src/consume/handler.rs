@@ -1,0 +1,77 @@
+//! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use rdkafka::message::OwnedMessage;
+use tokio_util::sync::CancellationToken;
+
+/// Which part of the relay a consumer plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Events,
+    Retry,
+    Dead,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Events => "events",
+            Role::Retry => "retry",
+            Role::Dead => "dead",
+        }
+    }
+}
+
+/// What became of a record a handler was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Done {
+    /// Its outcome is decided (delivered, or a route acknowledged): the offset may pass it.
+    Decided,
+    /// Given up at shutdown or revoke: it will be read again.
+    Abandoned,
+}
+
+/// The endpoint a record goes to, and how many of its records one consumer may have in flight.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointSlot {
+    pub key: Arc<str>,
+    pub limit: usize,
+}
+
+/// What the loop needs to know to schedule a record, read once when it is accepted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ticket {
+    /// When the record may be worked on (ms since the epoch); `None` = now.
+    pub due_ms: Option<i64>,
+    /// `None` = no endpoint limit (an invalid record, say).
+    pub endpoint: Option<EndpointSlot>,
+}
+
+/// Works on one record at a time; many run concurrently.
+pub trait Handler: Send + Sync + 'static {
+    /// A record as the handler keeps it between being read and being worked on.
+    type Record: Send + 'static;
+
+    /// Reads what the handler needs from a record, once, when the loop accepts
+    /// it: the loop keeps the result, so nothing is parsed or copied twice.
+    fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
+
+    /// Works on the record until its outcome is decided, or `cancel` fires.
+    fn handle(self: Arc<Self>, record: Self::Record, cancel: CancellationToken) -> BoxFuture<'static, Done>;
+}
+
+/// One consumer: its group, topics and limits.
+#[derive(Debug, Clone)]
+pub struct Spec {
+    pub role: Role,
+    pub group_id: String,
+    pub topics: Vec<String>,
+    pub max_in_flight: usize,
+    pub max_in_flight_per_partition: usize,
+    /// Records read but waiting, per partition, before the partition is paused.
+    pub max_read_ahead: usize,
+    pub grace: Duration,
+}

@@ -1,0 +1,400 @@
+//! The consumer every role (events, tiers, dead) runs: an async loop that owns partition state, dispatches
+//! records to a [`Handler`], stores decided offsets, and drains on revoke and shutdown.
+//!
+//! # Shape
+//! - [`client`]: librdkafka callbacks and the poll thread, which sends messages
+//!   and rebalance events in order down one channel to the loop.
+//! - [`handler`]: the contract with the work on each record.
+//! - [`partition`]: partition state and the pure scheduler.
+//! - here: the loop. Handlers run as tasks and report back on a second channel.
+//!   Offsets are stored (and then committed by librdkafka's background commit,
+//!   on revoke and on close) only at the highest contiguous decided offset of
+//!   each partition.
+//!
+//! Memory per partition is at most `max_in_flight_per_partition + max_read_ahead`
+//! records. Pausing stops the fetch; librdkafka resumes from the position after
+//! the last record it handed out, which sits in the backlog, so nothing is skipped.
+
+mod client;
+pub mod handler;
+pub mod partition;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Message, OwnedMessage};
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use self::client::{Client, KafkaConsumer, Polled};
+pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket};
+use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
+use crate::clock::now_ms;
+use crate::config::Config;
+use crate::kafka::Unavailable;
+use crate::metrics;
+use crate::readiness::Readiness;
+
+/// Why a consumer stopped before it was asked to.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsumeError {
+    #[error("kafka client: {0}")]
+    Client(#[from] KafkaError),
+    /// The brokers refused the client mid-run: the process exits 69, as at start-up.
+    #[error(transparent)]
+    Refused(#[from] Unavailable),
+    #[error("cannot start the poll thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Runs one consumer until `shutdown` fires and the drain is over.
+pub async fn run<H: Handler>(
+    config: &Config,
+    spec: Spec,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    readiness: Readiness,
+) -> Result<(), ConsumeError> {
+    let (client, rx) = Client::start(config, &spec, readiness)?;
+    let mut state = Loop::new(spec, client.consumer(), handler);
+    let result = state.run(rx, shutdown).await;
+    let brokers = config.kafka.brokers.clone();
+    drop(state);
+    client.close().await;
+    result.map_err(|why| ConsumeError::Refused(Unavailable { brokers, why }))
+}
+
+/// What a handler task reports back.
+struct Completion {
+    key: (Arc<str>, i32),
+    /// The endpoint slot the record held.
+    endpoint: Option<EndpointSlot>,
+    generation: u64,
+    offset: i64,
+    done: Done,
+}
+
+/// A revoke the poll thread is waiting on.
+struct PendingRevoke {
+    partitions: Vec<(Arc<str>, i32)>,
+    ack: std::sync::mpsc::Sender<()>,
+    deadline: Instant,
+}
+
+/// The async side: owns partition state, dispatches work, stores offsets.
+struct Loop<H: Handler> {
+    spec: Spec,
+    consumer: Arc<KafkaConsumer>,
+    handler: Arc<H>,
+    partitions: HashMap<(Arc<str>, i32), Partition<H::Record>>,
+    in_flight: usize,
+    generation: u64,
+    tasks: TaskTracker,
+    /// Cancels handlers (abandon) once the grace period is over.
+    abandon: CancellationToken,
+    done_tx: mpsc::Sender<Completion>,
+    done_rx: mpsc::Receiver<Completion>,
+    revoke: Option<PendingRevoke>,
+    /// Records in flight per endpoint, in this consumer.
+    endpoint_in_flight: HashMap<Arc<str>, usize>,
+}
+
+impl<H: Handler> Loop<H> {
+    fn new(spec: Spec, consumer: Arc<KafkaConsumer>, handler: Arc<H>) -> Loop<H> {
+        // At most max_in_flight tasks exist, each sends one completion: this never blocks.
+        let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
+        Loop {
+            spec,
+            consumer,
+            handler,
+            partitions: HashMap::new(),
+            in_flight: 0,
+            generation: 0,
+            tasks: TaskTracker::new(),
+            abandon: CancellationToken::new(),
+            done_tx,
+            done_rx,
+            revoke: None,
+            endpoint_in_flight: HashMap::new(),
+        }
+    }
+
+    /// Until shutdown; `Err` carries librdkafka's reason when the brokers refused the client.
+    async fn run(&mut self, mut rx: mpsc::Receiver<Polled>, shutdown: CancellationToken) -> Result<(), String> {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut refused = None;
+        loop {
+            let next_due = self.next_due();
+            let revoke_deadline = self.revoke.as_ref().map(|r| r.deadline);
+            tokio::select! {
+                // Finished work first: it frees capacity and moves offsets.
+                biased;
+                Some(done) = self.done_rx.recv() => self.complete(done),
+                _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
+                _ = shutdown.cancelled() => break,
+                _ = sleep_until_opt(next_due) => self.pump_all(),
+                polled = rx.recv() => match polled {
+                    Some(Polled::Message(record)) => self.accept(record),
+                    Some(Polled::Assigned(assigned)) => self.assign(assigned),
+                    Some(Polled::Revoked(revoked, ack)) => self.start_revoke(revoked, ack),
+                    Some(Polled::Refused(why)) => {
+                        refused = Some(why);
+                        break;
+                    }
+                    None => break,
+                },
+                _ = tick.tick() => self.publish_gauges(),
+            }
+            self.check_revoke();
+        }
+        self.drain().await;
+        refused.map_or(Ok(()), Err)
+    }
+
+    /// Stop fetching, give in-flight work the grace period, abandon the rest, store what is decided.
+    async fn drain(&mut self) {
+        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight, "draining");
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        for partition in self.partitions.values_mut() {
+            // No new work and no resume from here on; waiting records are read again after a restart.
+            partition.stop();
+            partition.paused = None;
+        }
+        let deadline = Instant::now() + self.spec.grace;
+        while self.in_flight > 0 {
+            tokio::select! {
+                Some(done) = self.done_rx.recv() => self.complete(done),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        if self.in_flight > 0 {
+            tracing::warn!(
+                role = self.spec.role.as_str(),
+                abandoned = self.in_flight,
+                "grace period over, abandoning in-flight records"
+            );
+            self.abandon.cancel();
+            self.tasks.close();
+            // Abandoned handlers return promptly; their records stay undecided.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            while let Ok(done) = self.done_rx.try_recv() {
+                self.complete(done);
+            }
+        }
+        if let Some(revoke) = self.revoke.take() {
+            let _ = revoke.ack.send(());
+        }
+        self.publish_gauges();
+    }
+
+    fn assign(&mut self, assigned: Vec<(String, i32)>) {
+        let mut tpl = TopicPartitionList::new();
+        for (topic, partition) in assigned {
+            tpl.add_partition(&topic, partition);
+            self.generation += 1;
+            self.partitions.insert((Arc::<str>::from(topic), partition), Partition::new(self.generation));
+        }
+        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
+        if let Err(error) = self.consumer.resume(&tpl) {
+            tracing::debug!(%error, "resume of assigned partitions failed");
+        }
+    }
+
+    fn accept(&mut self, record: OwnedMessage) {
+        let key = (Arc::<str>::from(record.topic()), record.partition());
+        let generation = &mut self.generation;
+        // A record can only come from an assigned partition; be robust anyway.
+        let partition = self.partitions.entry(key.clone()).or_insert_with(|| {
+            *generation += 1;
+            Partition::new(*generation)
+        });
+        if partition.lifecycle != Lifecycle::Consuming {
+            return; // not ours any more: the next owner reads it again
+        }
+        let offset = record.offset();
+        let (ticket, record) = self.handler.prepare(record);
+        tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
+        // Pending from the moment it is read: a record waiting in the backlog
+        // holds the commit position just like one in flight.
+        partition.tracker.begin(offset);
+        partition.backlog.push_back(Waiting { offset, ticket, record });
+        self.pump(&key);
+    }
+
+    /// Hands the records `schedule` chose to handlers, then applies its pause state.
+    fn pump(&mut self, key: &(Arc<str>, i32)) {
+        let limits = Limits {
+            in_flight_per_partition: self.spec.max_in_flight_per_partition,
+            read_ahead: self.spec.max_read_ahead,
+        };
+        let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
+        let Some(partition) = self.partitions.get_mut(key) else { return };
+        let load = |endpoint: &str| self.endpoint_in_flight.get(endpoint).copied().unwrap_or(0);
+        let dispatch = schedule(partition, now_ms(), limits, free, load);
+        for waiting in partition.take(&dispatch.take) {
+            partition.in_flight += 1;
+            self.in_flight += 1;
+            let endpoint = waiting.ticket.endpoint;
+            if let Some(slot) = &endpoint {
+                *self.endpoint_in_flight.entry(slot.key.clone()).or_default() += 1;
+            }
+            let completion = Completion {
+                key: key.clone(),
+                endpoint,
+                generation: partition.generation,
+                offset: waiting.offset,
+                done: Done::Abandoned,
+            };
+            let work = self.handler.clone().handle(waiting.record, self.abandon.child_token());
+            let done_tx = self.done_tx.clone();
+            self.tasks.spawn(async move {
+                let done = work.await;
+                let _ = done_tx.send(Completion { done, ..completion }).await;
+            });
+        }
+        if partition.paused.is_some() != dispatch.pause.is_some() {
+            let mut tpl = TopicPartitionList::new();
+            tpl.add_partition(&key.0, key.1);
+            let applied = if dispatch.pause.is_some() { self.consumer.pause(&tpl) } else { self.consumer.resume(&tpl) };
+            if let Err(error) = applied {
+                tracing::warn!(topic = &*key.0, partition = key.1, %error, "pause/resume failed");
+            }
+        }
+        partition.paused = dispatch.pause;
+        partition.wake_ms = dispatch.wake_ms;
+    }
+
+    /// Pumps every partition with a backlog (a timer fired, or capacity came back).
+    fn pump_all(&mut self) {
+        let keys: Vec<_> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| !p.backlog.is_empty() || p.paused.is_some())
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in keys {
+            self.pump(&key);
+        }
+    }
+
+    fn complete(&mut self, done: Completion) {
+        // The endpoint slot is freed whatever became of the partition meanwhile.
+        let mut endpoint_was_full = false;
+        if let Some(slot) = &done.endpoint {
+            if let Some(n) = self.endpoint_in_flight.get_mut(&slot.key) {
+                endpoint_was_full = *n >= slot.limit;
+                *n -= 1;
+                if *n == 0 {
+                    self.endpoint_in_flight.remove(&slot.key);
+                }
+            }
+        }
+        let Some(partition) = self.partitions.get_mut(&done.key) else { return };
+        if partition.generation != done.generation {
+            return; // from an earlier assignment of this partition
+        }
+        let was_full = self.in_flight >= self.spec.max_in_flight;
+        partition.in_flight -= 1;
+        self.in_flight -= 1;
+        if done.done == Done::Decided {
+            if let Some(position) = partition.tracker.decide(done.offset) {
+                let mut tpl = TopicPartitionList::new();
+                let stored = tpl
+                    .add_partition_offset(&done.key.0, done.key.1, Offset::Offset(position))
+                    .and_then(|()| self.consumer.store_offsets(&tpl));
+                if let Err(error) = stored {
+                    tracing::debug!(topic = &*done.key.0, partition = done.key.1, position, %error, "offset not stored");
+                }
+            }
+        }
+        // Records of any partition may have waited for the freed slot.
+        if was_full || endpoint_was_full {
+            self.pump_all();
+        } else {
+            self.pump(&done.key.clone());
+        }
+    }
+
+    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
+        let mut keys = Vec::new();
+        let mut paused = TopicPartitionList::new();
+        for (topic, partition) in revoked {
+            let key = (Arc::<str>::from(topic), partition);
+            if let Some(p) = self.partitions.get_mut(&key) {
+                // Waiting records and due timers go with the partition: the next
+                // owner reads them again from the committed offset.
+                p.stop();
+                if p.paused.take().is_some() {
+                    paused.add_partition(&key.0, key.1);
+                }
+            }
+            keys.push(key);
+        }
+        if paused.count() > 0 {
+            if let Err(error) = self.consumer.resume(&paused) {
+                tracing::debug!(%error, "resume of revoked partitions failed");
+            }
+        }
+        self.revoke = Some(PendingRevoke { partitions: keys, ack, deadline: Instant::now() + self.spec.grace });
+    }
+
+    fn check_revoke(&mut self) {
+        let drained = self
+            .revoke
+            .as_ref()
+            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(|p| p.in_flight == 0)));
+        if drained {
+            self.finish_revoke(false);
+        }
+    }
+
+    /// Lets go of the revoked partitions: their decided offsets are stored already,
+    /// the callback commits them once acknowledged.
+    fn finish_revoke(&mut self, timed_out: bool) {
+        let Some(revoke) = self.revoke.take() else { return };
+        for key in &revoke.partitions {
+            if let Some(p) = self.partitions.remove(key) {
+                if timed_out && p.in_flight > 0 {
+                    tracing::warn!(
+                        topic = &*key.0,
+                        partition = key.1,
+                        in_flight = p.in_flight,
+                        "revoke grace over; records will be read again by the new owner"
+                    );
+                    self.in_flight -= p.in_flight;
+                }
+            }
+        }
+        let _ = revoke.ack.send(());
+    }
+
+    /// When the loop must look at a partition again for time's sake: the
+    /// resume point (due - lead) of a paused partition, or the next due time.
+    fn next_due(&self) -> Option<Instant> {
+        let wake =
+            self.partitions.values().filter(|p| p.lifecycle == Lifecycle::Consuming).filter_map(|p| p.wake_ms).min()?;
+        let wait = (wake - now_ms()).max(0) as u64;
+        Some(Instant::now() + Duration::from_millis(wait))
+    }
+
+    fn publish_gauges(&self) {
+        let role = self.spec.role.as_str();
+        let paused = |reason| self.partitions.values().filter(|p| p.paused == Some(reason)).count();
+        metrics::consumer_gauges(role, self.in_flight, PauseReason::ALL.map(|r| (r.as_str(), paused(r))));
+    }
+}
+
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
