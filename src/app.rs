@@ -77,6 +77,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         max_in_flight: config.delivery.max_in_flight,
         max_in_flight_per_partition: config.delivery.max_in_flight_per_partition,
         max_read_ahead: config.delivery.max_read_ahead_per_partition,
+        max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
         grace: config.shutdown.grace,
     };
     let group = &config.kafka.group_id;

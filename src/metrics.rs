@@ -41,6 +41,8 @@ pub struct Metrics {
     pub dead_letters_handled: IntCounterVec,
     /// topic
     pub produce_failures: IntCounterVec,
+    /// endpoint
+    pub endpoint_overflow: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -134,6 +136,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Failed produce attempts (retried).",
             &["topic"],
         ),
+        endpoint_overflow: counter(
+            &r,
+            "hookrelay_endpoint_overflow_total",
+            "Records deferred without an attempt because their endpoint had too many waiting in a partition.",
+            &["endpoint"],
+        ),
         registry: r,
     }
 });
@@ -175,6 +183,8 @@ pub enum Retry {
     Failed,
     /// No attempt: the circuit is open.
     Deferred,
+    /// No attempt: the endpoint had too many records waiting in the partition.
+    Overflow,
 }
 
 /// A record was routed to a retry tier.
@@ -182,11 +192,16 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     let m = get();
     let outcome = match why {
         Retry::Failed => "retry",
-        Retry::Deferred => "deferred",
+        Retry::Deferred | Retry::Overflow => "deferred",
     };
     m.deliveries.with_label_values(&[endpoint, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
-    tracing::info!(endpoint, id, attempt, tier, deferred = why == Retry::Deferred, error, "routed to retry tier");
+    if why == Retry::Overflow {
+        m.endpoint_overflow.with_label_values(&[endpoint]).inc();
+    }
+    let deferred = why != Retry::Failed;
+    let overflow = why == Retry::Overflow;
+    tracing::info!(endpoint, id, attempt, tier, deferred, overflow, error, "routed to retry tier");
 }
 
 /// A record was routed to the dead topic.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock::{now_ms, rfc3339};
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
-use crate::consume::{Done, Handler, Ticket};
+use crate::consume::{Done, Handler, Ticket, Work};
 use crate::hop::DeadLetter;
 use crate::metrics::{self, Notified};
 use crate::outcome::DeadReason;
@@ -149,7 +149,8 @@ impl Handler for FailureHandler {
         (Ticket::default(), DeadLetter::read(&record))
     }
 
-    fn handle(self: Arc<Self>, dead: DeadLetter, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+    /// The dead topic has no endpoint limits, so `Work::Defer` never comes here.
+    fn handle(self: Arc<Self>, dead: DeadLetter, _work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
         async move {
             metrics::dead_letter_handled(&dead);
             let notified = self.add(&dead);

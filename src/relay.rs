@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
 use crate::config::Config;
-use crate::consume::{Done, EndpointSlot, Handler, Ticket};
+use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
@@ -104,6 +104,24 @@ impl Relay {
     }
 }
 
+/// Why a record was passed on to the next tier without an attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Deferral {
+    /// The endpoint's circuit is open.
+    Circuit,
+    /// The endpoint had more records waiting in the partition than `delivery.max_waiting_per_endpoint`.
+    Overflow,
+}
+
+impl Deferral {
+    fn describe(self, endpoint: &str) -> String {
+        match self {
+            Deferral::Circuit => format!("deferred: circuit open for {endpoint}"),
+            Deferral::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
+        }
+    }
+}
+
 /// A record read by a relay consumer, decoded once when it was accepted.
 pub struct Prepared {
     record: OwnedMessage,
@@ -137,15 +155,15 @@ impl Handler for Relay {
         (ticket, Prepared { record, headers, hop, event })
     }
 
-    fn handle(self: Arc<Self>, record: Prepared, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-        async move { self.process(record, cancel).await }.boxed()
+    fn handle(self: Arc<Self>, record: Prepared, work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+        async move { self.process(record, work, cancel).await }.boxed()
     }
 }
 
 impl Relay {
     /// One record, from decode to an acknowledged route. Every early return is
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
-    async fn process(&self, prepared: Prepared, cancel: CancellationToken) -> Done {
+    async fn process(&self, prepared: Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
         let Prepared { record, headers, mut hop, event } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };
@@ -176,6 +194,9 @@ impl Relay {
             }
         };
 
+        if work == Work::Defer {
+            return self.route(&original, &hop, &event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel).await;
+        }
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
         let semaphore = s.limits.semaphore(&endpoint);
@@ -210,6 +231,24 @@ impl Relay {
             outcome
         };
 
+        self.route(&original, &hop, &event, outcome, Deferral::Circuit, deadline, &cancel).await
+    }
+
+    #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them
+    /// Plans where the record goes after `outcome` and takes it there; decided
+    /// once delivered or once the broker acknowledged the route.
+    async fn route(
+        &self,
+        original: &Original<'_>,
+        hop: &Hop,
+        event: &Event,
+        outcome: Outcome,
+        deferral: Deferral,
+        deadline_ms: i64,
+        cancel: &CancellationToken,
+    ) -> Done {
+        let s = &*self.shared;
+        let endpoint = &*event.endpoint_key;
         let input = PlanInput {
             attempts: hop.attempts,
             from_tier: match self.source {
@@ -217,7 +256,7 @@ impl Relay {
                 Source::Events => None,
             },
             now_ms: now_ms(),
-            deadline_ms: deadline,
+            deadline_ms,
             max_attempts: event.max_attempts.unwrap_or(s.max_attempts),
             jitter_sample: rand::random::<f64>(),
         };
@@ -228,33 +267,32 @@ impl Relay {
                 (*status, Some(error.clone()))
             }
             // No attempt was made: keep the last real status for the operators.
-            Outcome::Deferred => (hop.last_status, Some(format!("deferred: circuit open for {endpoint}"))),
+            Outcome::Deferred => (hop.last_status, Some(deferral.describe(endpoint))),
         };
-        let relay = |destination| RelayHeaders {
-            hop: &hop,
-            destination,
-            last_status,
-            last_error: last_error.as_deref(),
-            endpoint: &endpoint,
-        };
+        let relay =
+            |destination| RelayHeaders { hop, destination, last_status, last_error: last_error.as_deref(), endpoint };
         match route {
             Route::Delivered => {
                 let latency_ms = hop.event_ms.map(|t| now_ms() - t);
-                metrics::delivered(&endpoint, &event.id, hop.attempts, latency_ms);
+                metrics::delivered(endpoint, &event.id, hop.attempts, latency_ms);
                 Done::Decided
             }
             Route::Tier { index, due_ms } => {
                 let topic = s.router.tier_topic(index);
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record.
-                if s.router.produce(topic, &original, built, &cancel).await.is_err() {
+                if s.router.produce(topic, original, built, cancel).await.is_err() {
                     return Done::Abandoned;
                 }
-                let why = if outcome == Outcome::Deferred { Retry::Deferred } else { Retry::Failed };
-                metrics::retry_routed(&endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
+                let why = match (&outcome, deferral) {
+                    (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
+                    (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
+                    _ => Retry::Failed,
+                };
+                metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(&original, reason, relay, &cancel).await,
+            Route::Dead { reason } => self.send_dead(original, reason, relay, cancel).await,
         }
     }
 

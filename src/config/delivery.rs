@@ -73,6 +73,11 @@ pub struct DeliveryConfig {
     /// Records read ahead per partition while they wait for their due time,
     /// their endpoint or a slot; reaching it pauses the partition. Default 256.
     pub max_read_ahead_per_partition: usize,
+    /// Records of one endpoint that may wait in one partition for a free slot
+    /// of that endpoint; the overflow is deferred to the next tier (no attempt
+    /// counted, deadline kept), so a receiver that cannot keep up does not
+    /// hold the partition for everyone else. At least 8. Default 32.
+    pub max_waiting_per_endpoint: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -87,6 +92,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_partition: 128,
             max_in_flight_per_endpoint: 64,
             max_read_ahead_per_partition: 256,
+            max_waiting_per_endpoint: 32,
         }
     }
 }

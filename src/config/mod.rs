@@ -246,6 +246,9 @@ impl Config {
                 return Err(invalid(key, "must be more than 0"));
             }
         }
+        if self.delivery.max_waiting_per_endpoint < 8 {
+            return Err(invalid("delivery.max_waiting_per_endpoint", "must be at least 8"));
+        }
         for (i, secret) in self.delivery.signing_secrets.iter().enumerate() {
             SigningKey::parse(secret.expose())
                 .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;

@@ -50,6 +50,16 @@ pub struct Ticket {
     pub endpoint: Option<EndpointSlot>,
 }
 
+/// What a handler is asked to do with a record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Work on it: attempt, classify, route.
+    Attempt,
+    /// Its endpoint has more records waiting in this partition than allowed:
+    /// pass it on without an attempt, as an open circuit does.
+    Defer,
+}
+
 /// Works on one record at a time; many run concurrently.
 pub trait Handler: Send + Sync + 'static {
     /// A record as the handler keeps it between being read and being worked on.
@@ -60,7 +70,8 @@ pub trait Handler: Send + Sync + 'static {
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
 
     /// Works on the record until its outcome is decided, or `cancel` fires.
-    fn handle(self: Arc<Self>, record: Self::Record, cancel: CancellationToken) -> BoxFuture<'static, Done>;
+    fn handle(self: Arc<Self>, record: Self::Record, work: Work, cancel: CancellationToken)
+        -> BoxFuture<'static, Done>;
 }
 
 /// One consumer: its group, topics and limits.
@@ -73,5 +84,7 @@ pub struct Spec {
     pub max_in_flight_per_partition: usize,
     /// Records read but waiting, per partition, before the partition is paused.
     pub max_read_ahead: usize,
+    /// Due records of one endpoint waiting in one partition before the overflow is deferred.
+    pub max_waiting_per_endpoint: usize,
     pub grace: Duration,
 }

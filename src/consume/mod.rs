@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::client::{Client, KafkaConsumer, Polled};
-pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket};
+pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket, Work};
 use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -234,15 +234,19 @@ impl<H: Handler> Loop<H> {
         let limits = Limits {
             in_flight_per_partition: self.spec.max_in_flight_per_partition,
             read_ahead: self.spec.max_read_ahead,
+            waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
         };
         let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
         let Some(partition) = self.partitions.get_mut(key) else { return };
         let load = |endpoint: &str| self.endpoint_in_flight.get(endpoint).copied().unwrap_or(0);
         let dispatch = schedule(partition, now_ms(), limits, free, load);
-        for waiting in partition.take(&dispatch.take) {
+        let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
+        for (index, waiting) in taken {
             partition.in_flight += 1;
             self.in_flight += 1;
-            let endpoint = waiting.ticket.endpoint;
+            let work = if dispatch.defer.binary_search(index).is_ok() { Work::Defer } else { Work::Attempt };
+            // A deferral makes no request: it takes no slot of its endpoint.
+            let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.key.clone()).or_default() += 1;
             }
@@ -253,7 +257,7 @@ impl<H: Handler> Loop<H> {
                 offset: waiting.offset,
                 done: Done::Abandoned,
             };
-            let work = self.handler.clone().handle(waiting.record, self.abandon.child_token());
+            let work = self.handler.clone().handle(waiting.record, work, self.abandon.child_token());
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;

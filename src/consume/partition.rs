@@ -100,6 +100,8 @@ pub struct Limits {
     pub in_flight_per_partition: usize,
     /// Records read ahead per partition before it pauses (resumes at half).
     pub read_ahead: usize,
+    /// Due records of one endpoint that may wait for its slots; the rest is deferred.
+    pub waiting_per_endpoint: usize,
 }
 
 /// What to do with a partition now.
@@ -107,6 +109,8 @@ pub struct Limits {
 pub struct Dispatch {
     /// Backlog indices to hand to handlers now, ascending.
     pub take: Vec<usize>,
+    /// Which of `take` are overflow to defer rather than attempt (a subset, ascending).
+    pub defer: Vec<usize>,
     /// Whether the partition should be paused, and why.
     pub pause: Option<PauseReason>,
     /// When to look at the partition again for time's sake (ms).
@@ -118,8 +122,11 @@ pub struct Dispatch {
 /// Any due record is dispatched, not only the head: jitter can make a later
 /// record due first, and the offset tracker copes with any order. A record
 /// whose endpoint is full waits without taking a slot, so the records behind
-/// it for other endpoints can go. `free` is how many more records the whole
-/// consumer may start; `endpoint_load` how many each endpoint has in flight.
+/// it for other endpoints can go, up to `waiting_per_endpoint` of them: the
+/// ones after that are overflow, taken to be deferred (a deferral is a quick
+/// produce, so a receiver that cannot keep up never fills the read-ahead and
+/// pauses the partition for the others). `free` is how many more records the
+/// whole consumer may start; `endpoint_load` how many each endpoint has in flight.
 ///
 /// Pause rules: a partition none of whose waiting records is due within
 /// [`RESUME_LEAD_MS`] is paused (and woken that long before the earliest is
@@ -134,7 +141,9 @@ pub fn schedule<R>(
 ) -> Dispatch {
     let consuming = partition.lifecycle == Lifecycle::Consuming;
     let mut take = Vec::new();
+    let mut defer = Vec::new();
     let mut started: HashMap<&str, usize> = HashMap::new();
+    let mut queued: HashMap<&str, usize> = HashMap::new();
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
     let mut due_left = false;
     for (i, waiting) in partition.backlog.iter().enumerate() {
@@ -144,16 +153,24 @@ pub fn schedule<R>(
         if waiting.ticket.due_ms.is_some_and(|due| due > now_ms) {
             continue;
         }
-        let endpoint_full =
-            waiting.ticket.endpoint.as_ref().is_some_and(|slot| {
-                endpoint_load(&slot.key) + started.get(&*slot.key).copied().unwrap_or(0) >= slot.limit
-            });
-        if endpoint_full || take.len() >= room {
+        if take.len() >= room {
             due_left = true;
             continue;
         }
         if let Some(slot) = &waiting.ticket.endpoint {
-            *started.entry(&*slot.key).or_default() += 1;
+            let key = &*slot.key;
+            if endpoint_load(key) + started.get(key).copied().unwrap_or(0) >= slot.limit {
+                let ahead = queued.entry(key).or_default();
+                *ahead += 1;
+                if *ahead > limits.waiting_per_endpoint {
+                    defer.push(i);
+                    take.push(i);
+                } else {
+                    due_left = true;
+                }
+                continue;
+            }
+            *started.entry(key).or_default() += 1;
         }
         take.push(i);
     }
@@ -172,7 +189,7 @@ pub fn schedule<R>(
         _ => None,
     };
     let wake_ms = next_due.map(|due| if pause == Some(PauseReason::NotDue) { due - RESUME_LEAD_MS } else { due });
-    Dispatch { take, pause, wake_ms }
+    Dispatch { take, defer, pause, wake_ms }
 }
 
 #[cfg(test)]
@@ -183,7 +200,7 @@ mod tests {
     use crate::consume::handler::EndpointSlot;
 
     const NOW: i64 = 1_000_000;
-    const LIMITS: Limits = Limits { in_flight_per_partition: 4, read_ahead: 6 };
+    const LIMITS: Limits = Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8 };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| EndpointSlot { key: Arc::from(key), limit }) }
@@ -241,7 +258,8 @@ mod tests {
         assert_eq!(d.pause, Some(PauseReason::NotDue));
         assert_eq!(d.wake_ms, Some(NOW + 30_000 - RESUME_LEAD_MS));
         let empty = partition(vec![]);
-        assert_eq!(schedule(&empty, NOW, LIMITS, 100, idle), Dispatch { take: vec![], pause: None, wake_ms: None });
+        let nothing = Dispatch { take: vec![], defer: vec![], pause: None, wake_ms: None };
+        assert_eq!(schedule(&empty, NOW, LIMITS, 100, idle), nothing);
     }
 
     #[test]
@@ -251,6 +269,23 @@ mod tests {
         let d = schedule(&p, NOW, LIMITS, 100, |_| 1);
         assert!(d.take.is_empty());
         assert_eq!(d.pause, None);
+    }
+
+    #[test]
+    fn past_the_waiting_bound_an_endpoint_overflows_to_deferral() {
+        let limits = Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8 };
+        let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
+        tickets.push(ticket(None, Some(("fast", 10))));
+        let p = partition(tickets);
+        let d = schedule(&p, NOW, limits, 100, |e| if e == "slow" { 2 } else { 0 });
+        assert_eq!(d.defer, vec![8, 9, 10, 11], "8 slow records wait, the 4 after them are deferred");
+        assert_eq!(d.take, vec![8, 9, 10, 11, 12], "the fast record goes, and the deferrals");
+        assert_eq!(d.pause, None);
+        let room = schedule(&p, NOW, limits, 100, |_| 0);
+        assert_eq!(room.defer, vec![10, 11], "2 slow go, the next 8 wait, the last 2 overflow");
+        assert_eq!(room.take, vec![0, 1, 10, 11, 12]);
+        let tier = partition(vec![ticket(Some(NOW + 60_000), Some(("slow", 2))); 12]);
+        assert!(schedule(&tier, NOW, limits, 100, |_| 2).defer.is_empty(), "records not yet due are not overflow");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 mod bench;
 mod delivery;
 mod harness;
+mod isolation;
 mod notify;
 mod operate;
 mod replay;

@@ -1,0 +1,58 @@
+//! One receiver that cannot keep up must not hold anyone else back: past
+//! `delivery.max_waiting_per_endpoint` its records are deferred to the next tier.
+
+use std::time::Duration;
+
+use crate::harness::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saturated_endpoint_overflows_to_the_tier_and_the_others_flow() {
+    // The slow receiver holds every request until released: its 2 slots stay taken.
+    let slow = Receiver::start(Behaviour { hold_marker: Some("slow".into()), ..Behaviour::default() }).await;
+    let fast = Receiver::start(Behaviour::default()).await;
+    // One partition: every record shares one read-ahead, the worst case for head-of-line blocking.
+    let topics = Topics::create(1, &[Duration::from_secs(60)]).await;
+    let config = format!(
+        "{}\n[delivery]\nallow_private_networks = true\nmax_in_flight_per_endpoint = 2\n\
+         max_waiting_per_endpoint = 8\nmax_read_ahead_per_partition = 64\n",
+        topics.toml()
+    );
+    let relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let (n_slow, n_fast) = (100, 100);
+    for i in 0..n_slow.max(n_fast) {
+        if i < n_slow {
+            let value = format!(r#"{{"url":"{}","payload":"slow","id":"slow-{i}"}}"#, slow.url("/s"));
+            produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+        }
+        if i < n_fast {
+            let value = format!(r#"{{"url":"{}","payload":"fast","id":"fast-{i}"}}"#, fast.url("/f"));
+            produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+        }
+    }
+    // Every fast record is delivered while the slow receiver still holds its first requests:
+    // without the overflow rule the 64-record read-ahead fills with slow records and stops.
+    eventually("all fast records delivered", Duration::from_secs(60), || {
+        (fast.delivered_ids().len() == n_fast).then_some(())
+    })
+    .await;
+    // (The receiver logs a held request when it arrives; none was answered yet.)
+    assert!(slow.count() <= 2, "the slow endpoint never had more than its 2 slots: {}", slow.count());
+    // The overflow went to the first tier, without an attempt, deadline kept.
+    let overflow = n_slow - 2 - 8;
+    let tier = read_topic(&topics.tiers[0].0, overflow, Duration::from_secs(30)).await;
+    assert_eq!(tier.len(), overflow);
+    for record in &tier {
+        assert_eq!(record.header("hookrelay-attempt"), Some("0"), "no attempt counted");
+        assert!(record.header("hookrelay-last-error").is_some_and(|e| e.contains("overflow")));
+        assert!(record.header("hookrelay-deadline-ms").is_some());
+    }
+    let text = relay.metrics().await;
+    let label = format!("hookrelay_endpoint_overflow_total{{endpoint=\"127.0.0.1:{}\"}}", slow.addr.port());
+    assert_eq!(metric(&text, &label), Some(overflow as f64), "{text}");
+    slow.release();
+    eventually("the waiting slow records delivered", Duration::from_secs(30), || {
+        (slow.delivered_ids().len() == 10).then_some(())
+    })
+    .await;
+}
