@@ -50,9 +50,16 @@ impl PauseReason {
 /// A record read but not yet handed to its handler.
 pub struct Waiting<R> {
     pub offset: i64,
+    /// When the loop read it (ms).
+    pub read_ms: i64,
     pub ticket: Ticket,
     pub record: R,
 }
+
+/// How long a record past an endpoint's waiting bound waits before it is
+/// deferred. A fast receiver at its limit drains its queue in milliseconds, so
+/// its records never overflow; one that cannot keep up leaves them waiting.
+pub const OVERFLOW_AFTER_MS: i64 = 1_000;
 
 pub struct Partition<R> {
     /// Tells this assignment's completions from a previous one's.
@@ -123,9 +130,10 @@ pub struct Dispatch {
 /// record due first, and the offset tracker copes with any order. A record
 /// whose endpoint is full waits without taking a slot, so the records behind
 /// it for other endpoints can go, up to `waiting_per_endpoint` of them: the
-/// ones after that are overflow, taken to be deferred (a deferral is a quick
-/// produce, so a receiver that cannot keep up never fills the read-ahead and
-/// pauses the partition for the others). `free` is how many more records the
+/// ones after that are overflow once they waited [`OVERFLOW_AFTER_MS`], and
+/// are taken to be deferred (a deferral is a quick produce, so a receiver that
+/// cannot keep up never fills the read-ahead and pauses the partition for the
+/// others). `free` is how many more records the
 /// whole consumer may start; `endpoint_load` how many each endpoint has in flight.
 ///
 /// Pause rules: a partition none of whose waiting records is due within
@@ -146,6 +154,8 @@ pub fn schedule<R>(
     let mut queued: HashMap<&str, usize> = HashMap::new();
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
     let mut due_left = false;
+    // When a waiting record becomes overflow, if one is still young.
+    let mut overflow_at: Option<i64> = None;
     for (i, waiting) in partition.backlog.iter().enumerate() {
         if !consuming {
             break;
@@ -162,10 +172,14 @@ pub fn schedule<R>(
             if endpoint_load(key) + started.get(key).copied().unwrap_or(0) >= slot.limit {
                 let ahead = queued.entry(key).or_default();
                 *ahead += 1;
-                if *ahead > limits.waiting_per_endpoint {
+                let overflows_at = waiting.read_ms + OVERFLOW_AFTER_MS;
+                if *ahead > limits.waiting_per_endpoint && overflows_at <= now_ms {
                     defer.push(i);
                     take.push(i);
                 } else {
+                    if *ahead > limits.waiting_per_endpoint {
+                        overflow_at = Some(overflow_at.map_or(overflows_at, |at| at.min(overflows_at)));
+                    }
                     due_left = true;
                 }
                 continue;
@@ -189,6 +203,10 @@ pub fn schedule<R>(
         _ => None,
     };
     let wake_ms = next_due.map(|due| if pause == Some(PauseReason::NotDue) { due - RESUME_LEAD_MS } else { due });
+    let wake_ms = match (wake_ms, overflow_at) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     Dispatch { take, defer, pause, wake_ms }
 }
 
@@ -209,7 +227,12 @@ mod tests {
     fn partition(tickets: Vec<Ticket>) -> Partition<()> {
         let mut p = Partition::new(1);
         for (offset, ticket) in tickets.into_iter().enumerate() {
-            p.backlog.push_back(Waiting { offset: offset as i64, ticket, record: () });
+            p.backlog.push_back(Waiting {
+                offset: offset as i64,
+                read_ms: NOW - OVERFLOW_AFTER_MS,
+                ticket,
+                record: (),
+            });
         }
         p
     }
@@ -286,6 +309,13 @@ mod tests {
         assert_eq!(room.take, vec![0, 1, 10, 11, 12]);
         let tier = partition(vec![ticket(Some(NOW + 60_000), Some(("slow", 2))); 12]);
         assert!(schedule(&tier, NOW, limits, 100, |_| 2).defer.is_empty(), "records not yet due are not overflow");
+        let mut young = partition(vec![ticket(None, Some(("slow", 2))); 12]);
+        for (i, w) in young.backlog.iter_mut().enumerate() {
+            w.read_ms = NOW - 500 + i as i64;
+        }
+        let d = schedule(&young, NOW, limits, 100, |_| 2);
+        assert!(d.defer.is_empty(), "a record is overflow only once it waited OVERFLOW_AFTER_MS");
+        assert_eq!(d.wake_ms, Some(NOW + 500 + 8), "woken when the first one past the bound has waited long enough");
     }
 
     #[test]
