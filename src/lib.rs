@@ -37,6 +37,7 @@ pub mod admin;
 pub mod app;
 pub mod circuit;
 pub mod clock;
+pub mod concurrency;
 pub mod config;
 pub mod consume;
 pub mod deliver;

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub produce_failures: IntCounterVec,
     /// endpoint
     pub endpoint_overflow: IntCounterVec,
+    /// endpoint, bound (limit | ceiling)
+    pub endpoint_concurrency: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -141,6 +143,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hookrelay_endpoint_overflow_total",
             "Records deferred without an attempt because their endpoint had too many waiting in a partition.",
             &["endpoint"],
+        ),
+        endpoint_concurrency: gauge(
+            &r,
+            "hookrelay_endpoint_concurrency",
+            "Adaptive concurrency per endpoint: the current limit and its ceiling.",
+            &["endpoint", "bound"],
         ),
         registry: r,
     }
@@ -285,7 +293,14 @@ pub fn notification(sink: &str, endpoint: &str, result: Notified, error: Option<
     }
 }
 
-// Gauges set from the consumers.
+// Gauges.
+
+/// An endpoint's adaptive concurrency limit changed (or the endpoint is new).
+pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
+    let gauge = &get().endpoint_concurrency;
+    gauge.with_label_values(&[endpoint, "limit"]).set(limit as i64);
+    gauge.with_label_values(&[endpoint, "ceiling"]).set(ceiling as i64);
+}
 
 /// Consumer lag of one partition, from librdkafka statistics.
 pub fn consumer_lag(group: &str, topic: &str, partition: i32, lag: i64) {

@@ -1,24 +1,23 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
+use crate::concurrency::{Limiter, Signal};
 use crate::config::Config;
 use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
-use crate::outcome::{classify, DeadReason, Outcome, Route};
+use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{plan, Ladder, Original, PlanInput, Router};
 
 /// What every relay consumer (events and each tier) shares.
@@ -28,7 +27,7 @@ pub struct Shared {
     pub circuits: Circuits,
     pub router: Router,
     pub ladder: Ladder,
-    pub limits: EndpointLimits,
+    pub limiter: Limiter,
     pub permanent_statuses: Vec<u16>,
     pub max_age_ms: i64,
     pub max_attempts: u32,
@@ -51,7 +50,7 @@ impl Shared {
             circuits: Circuits::new(config.circuit.clone()),
             router: Router::new(config)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
-            limits: EndpointLimits::new(config),
+            limiter: limiter(config),
             permanent_statuses: config.delivery.permanent_statuses.clone(),
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
@@ -59,27 +58,20 @@ impl Shared {
     }
 }
 
-/// Concurrent requests per endpoint, so one slow receiver cannot take every slot.
-pub struct EndpointLimits {
-    default: usize,
-    configured: HashMap<String, usize>,
-    semaphores: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
+/// The adaptive per-endpoint limits, with each configured endpoint's own ceiling.
+fn limiter(config: &Config) -> Limiter {
+    let ceilings = config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
+    Limiter::new(config.delivery.max_in_flight_per_endpoint, ceilings)
 }
 
-impl EndpointLimits {
-    fn new(config: &Config) -> EndpointLimits {
-        let configured =
-            config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
-        EndpointLimits { default: config.delivery.max_in_flight_per_endpoint, configured, semaphores: Mutex::default() }
-    }
-
-    fn limit(&self, endpoint: &str) -> usize {
-        self.configured.get(endpoint).copied().unwrap_or(self.default)
-    }
-
-    fn semaphore(&self, endpoint: &Arc<str>) -> Arc<Semaphore> {
-        let mut semaphores = self.semaphores.lock().expect("limits lock poisoned");
-        semaphores.entry(endpoint.clone()).or_insert_with(|| Arc::new(Semaphore::new(self.limit(endpoint)))).clone()
+/// What an attempt says about the receiver's capacity.
+fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
+    match attempt {
+        Attempt::Response { status: 429 | 503 | 504, .. } | Attempt::Timeout | Attempt::Transport(_) => {
+            Signal::Overloaded
+        }
+        Attempt::Response { .. } => Signal::Answered(took),
+        Attempt::Forbidden(_) => Signal::None,
     }
 }
 
@@ -150,7 +142,7 @@ impl Handler for Relay {
             endpoint: event
                 .as_ref()
                 .ok()
-                .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limits.limit(&e.endpoint_key) }),
+                .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
         };
         (ticket, Prepared { record, headers, hop, event })
     }
@@ -199,18 +191,16 @@ impl Relay {
         }
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
-        let semaphore = s.limits.semaphore(&endpoint);
         let permit = tokio::select! {
-            permit = semaphore.acquire() => permit.expect("semaphores are never closed"),
+            permit = s.limiter.acquire(&endpoint) => permit,
             _ = cancel.cancelled() => return Done::Abandoned,
         };
         let (admission, change) = s.circuits.admit(&endpoint, Instant::now());
         circuit_changed(change);
         let outcome = if admission == Admission::Defer {
-            drop(permit);
+            permit.finish(Signal::None);
             Outcome::Deferred
         } else {
-            let started = Instant::now();
             let attempt = tokio::select! {
                 attempt = s.deliverer.attempt(&event, SystemTime::now()) => attempt,
                 _ = cancel.cancelled() => {
@@ -220,8 +210,9 @@ impl Relay {
                     return Done::Abandoned;
                 }
             };
-            drop(permit);
-            metrics::attempt_finished(&endpoint, started.elapsed().as_secs_f64());
+            let took = permit.elapsed();
+            permit.finish(signal(&attempt, took));
+            metrics::attempt_finished(&endpoint, took.as_secs_f64());
             hop.attempts += 1;
             let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
             // Only retryable failures count against the circuit: a 410 is the

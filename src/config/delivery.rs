@@ -68,7 +68,9 @@ pub struct DeliveryConfig {
     pub max_in_flight: usize,
     /// Records worked on at once per partition. Default 128.
     pub max_in_flight_per_partition: usize,
-    /// Concurrent requests to one endpoint (name, or URL host). Default 64.
+    /// Ceiling of the adaptive concurrency limit of one endpoint (name, or URL
+    /// host:port), per process: the limit starts at 16 and follows how the
+    /// receiver answers, never above this. Default 1024.
     pub max_in_flight_per_endpoint: usize,
     /// Records read ahead per partition while they wait for their due time,
     /// their endpoint or a slot; reaching it pauses the partition. Default 256.
@@ -90,7 +92,7 @@ impl Default for DeliveryConfig {
             signing_secrets: Vec::new(),
             max_in_flight: 1024,
             max_in_flight_per_partition: 128,
-            max_in_flight_per_endpoint: 64,
+            max_in_flight_per_endpoint: 1024,
             max_read_ahead_per_partition: 256,
             max_waiting_per_endpoint: 32,
         }

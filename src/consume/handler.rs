@@ -7,6 +7,8 @@ use futures::future::BoxFuture;
 use rdkafka::message::OwnedMessage;
 use tokio_util::sync::CancellationToken;
 
+use crate::concurrency::LiveLimit;
+
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -34,11 +36,11 @@ pub enum Done {
     Abandoned,
 }
 
-/// The endpoint a record goes to, and how many of its records one consumer may have in flight.
+/// The endpoint a record goes to, and how many of its records may be in flight (read when scheduling).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlot {
     pub key: Arc<str>,
-    pub limit: usize,
+    pub limit: LiveLimit,
 }
 
 /// What the loop needs to know to schedule a record, read once when it is accepted.

@@ -249,6 +249,7 @@ impl<H: Handler> Loop<H> {
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.key.clone()).or_default() += 1;
+                partition.count(&slot.key, true);
             }
             let completion = Completion {
                 key: key.clone(),
@@ -294,7 +295,7 @@ impl<H: Handler> Loop<H> {
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
             if let Some(n) = self.endpoint_in_flight.get_mut(&slot.key) {
-                endpoint_was_full = *n >= slot.limit;
+                endpoint_was_full = *n >= slot.limit.get();
                 *n -= 1;
                 if *n == 0 {
                     self.endpoint_in_flight.remove(&slot.key);
@@ -307,6 +308,10 @@ impl<H: Handler> Loop<H> {
         }
         let was_full = self.in_flight >= self.spec.max_in_flight;
         partition.in_flight -= 1;
+        if let Some(slot) = &done.endpoint {
+            // A record held back by the endpoint's share of this partition is pumped below.
+            partition.count(&slot.key, false);
+        }
         self.in_flight -= 1;
         if done.done == Done::Decided {
             if let Some(position) = partition.tracker.decide(done.offset) {

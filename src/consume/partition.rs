@@ -9,6 +9,7 @@
 //! and their endpoint has room. Draining takes no new work and never resumes.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
 
 use super::handler::Ticket;
 use crate::offsets::OffsetTracker;
@@ -61,6 +62,9 @@ pub struct Waiting<R> {
 /// its records never overflow; one that cannot keep up leaves them waiting.
 pub const OVERFLOW_AFTER_MS: i64 = 1_000;
 
+/// One endpoint may hold at most 1/ENDPOINT_SHARE of a partition's in-flight slots.
+pub const ENDPOINT_SHARE: usize = 2;
+
 pub struct Partition<R> {
     /// Tells this assignment's completions from a previous one's.
     pub generation: u64,
@@ -68,6 +72,8 @@ pub struct Partition<R> {
     pub tracker: OffsetTracker,
     pub in_flight: usize,
     pub backlog: VecDeque<Waiting<R>>,
+    /// Records in flight per endpoint, in this partition.
+    pub endpoint_in_flight: HashMap<Arc<str>, usize>,
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
@@ -81,6 +87,7 @@ impl<R> Partition<R> {
             tracker: OffsetTracker::default(),
             in_flight: 0,
             backlog: VecDeque::new(),
+            endpoint_in_flight: HashMap::new(),
             paused: None,
             wake_ms: None,
         }
@@ -90,6 +97,18 @@ impl<R> Partition<R> {
     pub fn stop(&mut self) {
         self.lifecycle = Lifecycle::Draining;
         self.backlog.clear();
+    }
+
+    /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
+    pub fn count(&mut self, endpoint: &Arc<str>, started: bool) {
+        if started {
+            *self.endpoint_in_flight.entry(endpoint.clone()).or_default() += 1;
+        } else if let Some(n) = self.endpoint_in_flight.get_mut(endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                self.endpoint_in_flight.remove(endpoint);
+            }
+        }
     }
 
     /// Removes the records `schedule` chose (indices ascending), in backlog order.
@@ -153,6 +172,9 @@ pub fn schedule<R>(
     let mut started: HashMap<&str, usize> = HashMap::new();
     let mut queued: HashMap<&str, usize> = HashMap::new();
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
+    // However fast its limit grew, one endpoint holds at most half of a
+    // partition's slots: a slow but steady receiver cannot take them all.
+    let share = (limits.in_flight_per_partition / ENDPOINT_SHARE).max(1);
     let mut due_left = false;
     // When a waiting record becomes overflow, if one is still young.
     let mut overflow_at: Option<i64> = None;
@@ -169,7 +191,9 @@ pub fn schedule<R>(
         }
         if let Some(slot) = &waiting.ticket.endpoint {
             let key = &*slot.key;
-            if endpoint_load(key) + started.get(key).copied().unwrap_or(0) >= slot.limit {
+            let starting = started.get(key).copied().unwrap_or(0);
+            let here = partition.endpoint_in_flight.get(key).copied().unwrap_or(0) + starting;
+            if endpoint_load(key) + starting >= slot.limit.get() || here >= share {
                 let ahead = queued.entry(key).or_default();
                 *ahead += 1;
                 let overflows_at = waiting.read_ms + OVERFLOW_AFTER_MS;
@@ -212,16 +236,16 @@ pub fn schedule<R>(
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
     use super::*;
+    use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
 
     const NOW: i64 = 1_000_000;
     const LIMITS: Limits = Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8 };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
-        Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| EndpointSlot { key: Arc::from(key), limit }) }
+        let slot = |(key, limit): (&str, usize)| EndpointSlot { key: Arc::from(key), limit: LiveLimit::fixed(limit) };
+        Ticket { due_ms, endpoint: endpoint.map(slot) }
     }
 
     fn partition(tickets: Vec<Ticket>) -> Partition<()> {
@@ -316,6 +340,23 @@ mod tests {
         let d = schedule(&young, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "a record is overflow only once it waited OVERFLOW_AFTER_MS");
         assert_eq!(d.wake_ms, Some(NOW + 500 + 8), "woken when the first one past the bound has waited long enough");
+    }
+
+    #[test]
+    fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
+        let limits = Limits { in_flight_per_partition: 8, read_ahead: 100, waiting_per_endpoint: 8 };
+        let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
+        tickets.push(ticket(None, Some(("other", 1000))));
+        let mut p = partition(tickets);
+        assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
+        let key: Arc<str> = Arc::from("steady");
+        for _ in 0..3 {
+            p.count(&key, true);
+        }
+        p.in_flight = 3;
+        assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
+        p.count(&key, false);
+        assert_eq!(p.endpoint_in_flight.get(&key), Some(&2));
     }
 
     #[test]

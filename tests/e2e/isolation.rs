@@ -56,3 +56,42 @@ async fn a_saturated_endpoint_overflows_to_the_tier_and_the_others_flow() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_concurrency_limit_grows_for_a_fast_receiver_and_shrinks_for_an_overloaded_one() {
+    let fast = Receiver::start(Behaviour::default()).await;
+    let overloaded = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(2, &[Duration::from_secs(60)]).await;
+    let config = format!("{}\n[delivery]\nallow_private_networks = true\n", topics.toml());
+    let relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    for i in 0..200 {
+        let value = format!(r#"{{"url":"{}","payload":{i},"id":"fast-{i}"}}"#, fast.url("/f"));
+        produce(&producer, &topics.events, None, None, value.as_bytes()).await;
+        if i < 20 {
+            let value = format!(r#"{{"url":"{}","payload":{i},"id":"busy-{i}"}}"#, overloaded.url("/o"));
+            produce(&producer, &topics.events, None, None, value.as_bytes()).await;
+        }
+    }
+    eventually("fast records delivered", Duration::from_secs(60), || (fast.delivered_ids().len() == 200).then_some(()))
+        .await;
+    let limit = |r: &Receiver, bound: &str| {
+        format!("hookrelay_endpoint_concurrency{{bound=\"{bound}\",endpoint=\"127.0.0.1:{}\"}}", r.addr.port())
+    };
+    let text = eventually_async("the overloaded receiver's records routed", Duration::from_secs(30), || async {
+        let text = relay.metrics().await;
+        let label = format!(
+            "hookrelay_deliveries_total{{endpoint=\"127.0.0.1:{}\",outcome=\"retry\"}}",
+            overloaded.addr.port()
+        );
+        let deferred = label.replace("retry", "deferred");
+        let routed = metric(&text, &label).unwrap_or(0.0) + metric(&text, &deferred).unwrap_or(0.0);
+        (routed >= 20.0).then_some(text)
+    })
+    .await;
+    let grown = metric(&text, &limit(&fast, "limit")).expect("limit of the fast receiver");
+    assert!(grown > 16.0, "a fast receiver's limit grows from its start of 16: {grown}");
+    assert_eq!(metric(&text, &limit(&fast, "ceiling")), Some(1024.0), "the default ceiling");
+    let shrunk = metric(&text, &limit(&overloaded, "limit")).expect("limit of the overloaded receiver");
+    assert!(shrunk < 16.0, "503s shrink it below its start: {shrunk}");
+}

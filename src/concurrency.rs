@@ -1,0 +1,311 @@
+//! Adaptive concurrency per endpoint: how many requests one receiver gets at once, found from how it answers.
+//!
+//! AIMD with slow start, in the manner of TCP and Netflix's concurrency-limits:
+//! the limit starts low ([`INITIAL`]) and doubles per round trip while the
+//! receiver answers without queueing; past the first sign of trouble it grows
+//! by one per round trip. It shrinks when the receiver is overloaded: a 429,
+//! 503 or 504, a timeout or a refused connection halves it, and an answer
+//! slower than twice the fastest recent one (queueing at the receiver) takes
+//! a tenth off, at most once per round trip. It stays between 1 and the
+//! ceiling (`delivery.max_in_flight_per_endpoint` or the endpoint's
+//! `max_in_flight`). The limit is per process: every consumer of a replica
+//! (events and tiers) shares it.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+
+use crate::metrics;
+
+/// Where the limit starts: low enough not to flood a receiver that was never seen.
+pub const INITIAL: usize = 16;
+
+/// Answers this much slower than the fastest recent one (smoothed over the
+/// last answers, and by more than [`QUEUEING_SLACK`]) mean the receiver queues.
+const QUEUEING_FACTOR: f64 = 2.0;
+
+/// Below this, slower answers are noise (a scheduler's tick on loopback), not queueing.
+const QUEUEING_SLACK: f64 = 0.010;
+
+/// Weight of the newest answer in the smoothed round trip.
+const SMOOTHING: f64 = 0.1;
+
+/// The fastest recent answer is forgotten this fast (per answer), so a receiver
+/// that became slower for good is judged against its new normal.
+const MIN_RTT_DRIFT: f64 = 1.001;
+
+/// A limit that the loop reads while the limiter changes it.
+#[derive(Debug, Clone, Default)]
+pub struct LiveLimit(Arc<AtomicUsize>);
+
+impl LiveLimit {
+    pub fn fixed(limit: usize) -> LiveLimit {
+        LiveLimit(Arc::new(AtomicUsize::new(limit)))
+    }
+    pub fn get(&self) -> usize {
+        self.0.load(Ordering::Relaxed)
+    }
+    fn set(&self, limit: usize) {
+        self.0.store(limit, Ordering::Relaxed);
+    }
+}
+
+impl PartialEq for LiveLimit {
+    fn eq(&self, other: &LiveLimit) -> bool {
+        self.get() == other.get()
+    }
+}
+
+impl Eq for LiveLimit {}
+
+/// What one attempt told about the receiver's capacity.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Signal {
+    /// It answered, in this long.
+    Answered(Duration),
+    /// 429, 503, 504, a timeout or a refused connection.
+    Overloaded,
+    /// Nothing learnt (the guard refused the target, or the attempt was abandoned).
+    None,
+}
+
+/// The pure state of one endpoint's limit.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Aimd {
+    limit: f64,
+    ceiling: f64,
+    slow_start: bool,
+    min_rtt: Option<f64>,
+    smoothed_rtt: Option<f64>,
+    last_decrease: Option<Instant>,
+}
+
+impl Aimd {
+    pub fn new(ceiling: usize) -> Aimd {
+        let ceiling = ceiling.max(1) as f64;
+        let limit = (INITIAL as f64).min(ceiling);
+        Aimd { limit, ceiling, slow_start: true, min_rtt: None, smoothed_rtt: None, last_decrease: None }
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit as usize
+    }
+
+    /// Applies one attempt's signal at `now`.
+    pub fn observe(&mut self, signal: Signal, now: Instant) {
+        match signal {
+            Signal::None => {}
+            Signal::Overloaded => self.decrease(0.5, now),
+            Signal::Answered(rtt) => {
+                let rtt = rtt.as_secs_f64().max(1e-6);
+                let min = self.min_rtt.map_or(rtt, |m| (m * MIN_RTT_DRIFT).min(rtt));
+                self.min_rtt = Some(min);
+                let smoothed = self.smoothed_rtt.map_or(rtt, |s| s + SMOOTHING * (rtt - s));
+                self.smoothed_rtt = Some(smoothed);
+                if smoothed > min * QUEUEING_FACTOR && smoothed - min > QUEUEING_SLACK {
+                    self.decrease(0.9, now);
+                } else if self.slow_start {
+                    // One more per answer: twice the limit per round trip.
+                    self.limit = (self.limit + 1.0).min(self.ceiling);
+                } else {
+                    // One more per round trip.
+                    self.limit = (self.limit + 1.0 / self.limit).min(self.ceiling);
+                }
+            }
+        }
+    }
+
+    fn decrease(&mut self, factor: f64, now: Instant) {
+        self.slow_start = false;
+        // Answers to requests sent before the last decrease say nothing new:
+        // one decrease per round trip, or every in-flight failure would halve it again.
+        let round_trip = Duration::from_secs_f64(self.min_rtt.unwrap_or(0.1).max(0.01));
+        if self.last_decrease.is_some_and(|at| now.duration_since(at) < round_trip) {
+            return;
+        }
+        self.last_decrease = Some(now);
+        self.limit = (self.limit * factor).max(1.0);
+    }
+}
+
+/// One endpoint: its limit, the requests in flight, and who waits for a slot.
+struct Endpoint {
+    aimd: Mutex<Aimd>,
+    live: LiveLimit,
+    in_flight: AtomicUsize,
+    freed: Notify,
+}
+
+/// The limits of every endpoint of the process.
+pub struct Limiter {
+    default_ceiling: usize,
+    ceilings: HashMap<String, usize>,
+    endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
+}
+
+impl Limiter {
+    /// `ceilings` are the configured endpoints' own; others get `default_ceiling`.
+    pub fn new(default_ceiling: usize, ceilings: HashMap<String, usize>) -> Limiter {
+        Limiter { default_ceiling, ceilings, endpoints: Mutex::default() }
+    }
+
+    fn endpoint(&self, key: &Arc<str>) -> Arc<Endpoint> {
+        let mut endpoints = self.endpoints.lock().expect("limiter lock poisoned");
+        endpoints
+            .entry(key.clone())
+            .or_insert_with(|| {
+                let ceiling = self.ceilings.get(&**key).copied().unwrap_or(self.default_ceiling);
+                let aimd = Aimd::new(ceiling);
+                metrics::concurrency_limit(key, aimd.limit(), ceiling);
+                Arc::new(Endpoint {
+                    live: LiveLimit::fixed(aimd.limit()),
+                    aimd: Mutex::new(aimd),
+                    in_flight: AtomicUsize::new(0),
+                    freed: Notify::new(),
+                })
+            })
+            .clone()
+    }
+
+    /// The endpoint's current limit, as the loop reads it.
+    pub fn live(&self, key: &Arc<str>) -> LiveLimit {
+        self.endpoint(key).live.clone()
+    }
+
+    /// Waits for a slot of `key` (every consumer of the process shares them).
+    pub async fn acquire(&self, key: &Arc<str>) -> Permit {
+        let endpoint = self.endpoint(key);
+        loop {
+            {
+                // Registered before the check, so a slot freed in between still wakes us.
+                let freed = endpoint.freed.notified();
+                let taken = endpoint.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < endpoint.live.get().max(1)).then_some(n + 1)
+                });
+                if taken.is_err() {
+                    freed.await;
+                    continue;
+                }
+            }
+            return Permit { endpoint, key: key.clone(), started: Instant::now() };
+        }
+    }
+}
+
+/// A slot of one endpoint; give it back with [`Permit::finish`] (or drop it).
+pub struct Permit {
+    endpoint: Arc<Endpoint>,
+    key: Arc<str>,
+    started: Instant,
+}
+
+impl Permit {
+    /// How long since the slot was taken: the attempt's round trip.
+    pub fn elapsed(&self) -> Duration {
+        self.started.elapsed()
+    }
+
+    /// Gives the slot back and adjusts the limit by what the attempt showed.
+    pub fn finish(self, signal: Signal) {
+        let mut aimd = self.endpoint.aimd.lock().expect("limit lock poisoned");
+        let before = aimd.limit();
+        aimd.observe(signal, Instant::now());
+        let after = aimd.limit();
+        if after != before {
+            self.endpoint.live.set(after);
+            metrics::concurrency_limit(&self.key, after, aimd.ceiling as usize);
+        }
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
+        self.endpoint.freed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_fast_receiver_doubles_per_round_trip_up_to_the_ceiling() {
+        let mut a = Aimd::new(1024);
+        let t = Instant::now();
+        assert_eq!(a.limit(), INITIAL);
+        for _ in 0..16 {
+            a.observe(Signal::Answered(MS), t);
+        }
+        assert_eq!(a.limit(), 32, "one round trip of 16 answers doubles it");
+        for _ in 0..5000 {
+            a.observe(Signal::Answered(MS), t);
+        }
+        assert_eq!(a.limit(), 1024, "never past the ceiling");
+    }
+
+    #[test]
+    fn overload_halves_once_per_round_trip_then_growth_is_additive() {
+        let mut a = Aimd::new(1024);
+        let t = Instant::now();
+        for _ in 0..48 {
+            a.observe(Signal::Answered(10 * MS), t);
+        }
+        assert_eq!(a.limit(), 64);
+        a.observe(Signal::Overloaded, t);
+        assert_eq!(a.limit(), 32);
+        a.observe(Signal::Overloaded, t + MS);
+        assert_eq!(a.limit(), 32, "a second failure within the same round trip says nothing new");
+        a.observe(Signal::Overloaded, t + 20 * MS);
+        assert_eq!(a.limit(), 16);
+        // A round trip's worth of answers (about the limit) adds one.
+        for _ in 0..17 {
+            a.observe(Signal::Answered(10 * MS), t + 40 * MS);
+        }
+        assert_eq!(a.limit(), 17, "after trouble: one more per round trip");
+    }
+
+    #[test]
+    fn queueing_at_the_receiver_shrinks_the_limit() {
+        let mut a = Aimd::new(1024);
+        let t = Instant::now();
+        for _ in 0..16 {
+            a.observe(Signal::Answered(10 * MS), t);
+        }
+        assert_eq!(a.limit(), 32);
+        a.observe(Signal::Answered(50 * MS), t);
+        assert_eq!(a.limit(), 33, "one slow answer is smoothed away");
+        for _ in 0..10 {
+            a.observe(Signal::Answered(50 * MS), t);
+        }
+        assert_eq!(a.limit(), 30, "answers staying five times slower than its best: a tenth off (34 -> 30), once");
+        let mut noisy = Aimd::new(1024);
+        for i in 0..100 {
+            noisy.observe(Signal::Answered(Duration::from_micros(if i % 2 == 0 { 300 } else { 2_000 })), t);
+        }
+        assert_eq!(noisy.limit(), 116, "sub-millisecond jitter on loopback is not queueing");
+        let mut steady = Aimd::new(1024);
+        for _ in 0..100 {
+            steady.observe(Signal::Answered(2000 * MS), t);
+        }
+        assert_eq!(steady.limit(), 116, "slow but steady is not overload");
+    }
+
+    #[test]
+    fn the_limit_stays_between_one_and_the_ceiling() {
+        let mut a = Aimd::new(4);
+        assert_eq!(a.limit(), 4, "starts at the ceiling when the ceiling is low");
+        let t = Instant::now();
+        for i in 0..20 {
+            a.observe(Signal::Overloaded, t + i * Duration::from_secs(1));
+        }
+        assert_eq!(a.limit(), 1);
+        a.observe(Signal::None, t);
+        assert_eq!(a.limit(), 1);
+    }
+}
