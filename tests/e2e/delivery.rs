@@ -8,16 +8,9 @@ use crate::harness::*;
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
 
-fn base_config(topics: &Topics) -> String {
-    config_with(topics, "")
-}
-
-/// The test config, with extra `[delivery]` keys.
-fn config_with(topics: &Topics, delivery: &str) -> String {
-    format!(
-        "{}\n[delivery]\nallow_private_networks = true\nsigning_secrets = [\"{SECRET_A}\"]\n{delivery}\n[notify]\nwindow = \"1s\"\n",
-        topics.toml()
-    )
+/// The test config: inline URLs signed with `SECRET_A`.
+fn config(topics: &Topics) -> Config {
+    Config::new(topics).set("delivery.signing_secrets", vec![SECRET_A])
 }
 
 /// Verifies a received request with the official `standardwebhooks` crate.
@@ -34,11 +27,10 @@ fn verify(secret: &str, request: &Received) -> Result<(), String> {
 async fn many_events_over_several_partitions_arrive_signed() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(4, &[Duration::from_secs(3600)]).await;
-    let config = format!(
-        "{}\n[endpoints.two]\nurl = \"{}\"\nsecrets = [\"{SECRET_A}\", \"{SECRET_B}\"]\nheaders = {{ \"x-tenant\" = \"acme\" }}\n",
-        base_config(&topics),
-        receiver.url("/two")
-    );
+    let config = config(&topics)
+        .endpoint("two", &receiver.url("/two"))
+        .set("endpoints.two.secrets", vec![SECRET_A, SECRET_B])
+        .set("endpoints.two.headers", table([("x-tenant", "acme".into())]));
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let total: usize = 200;
@@ -97,7 +89,7 @@ async fn many_events_over_several_partitions_arrive_signed() {
 async fn invalid_records_go_to_the_dead_topic_and_do_not_stall_the_partition() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = config_with(&topics, "max_payload_bytes = 100");
+    let config = config(&topics).set("delivery.max_payload_bytes", 100);
     let url = receiver.url("/ok");
     let big = "x".repeat(200);
     let cases: Vec<(String, &str)> = vec![
@@ -156,7 +148,7 @@ async fn invalid_records_go_to_the_dead_topic_and_do_not_stall_the_partition() {
 async fn a_503_goes_to_the_first_tier_unchanged() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &[Duration::from_secs(3600), Duration::from_secs(7200)]).await;
-    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let _relay = Relay::start(&config(&topics), &[]).await;
     let producer = producer();
     let value = format!(r#"{{"url":"{}","payload":{{"a": 1}}, "id": "evt-503"}}"#, receiver.url("/x"));
     let before = now_ms();
@@ -193,7 +185,7 @@ async fn a_503_goes_to_the_first_tier_unchanged() {
 async fn a_held_request_holds_the_committed_offset() {
     let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let _relay = Relay::start(&config(&topics), &[]).await;
     let producer = producer();
     let mut offsets = Vec::new();
     for i in 0..10 {
@@ -227,7 +219,7 @@ async fn a_held_request_holds_the_committed_offset() {
 async fn private_targets_are_refused_when_the_guard_is_on() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = base_config(&topics).replace("allow_private_networks = true", "allow_private_networks = false");
+    let config = config(&topics).set("delivery.allow_private_networks", false);
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let port = receiver.addr.port();
@@ -287,9 +279,9 @@ fn bad_config_exits_64_with_one_clear_line() {
 async fn the_send_command_reaches_a_local_receiver() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = base_config(&topics);
+    let config = config(&topics);
     let relay = Relay::start(&config, &[]).await;
-    let (_dir, path, _) = write_config(&config);
+    let (_dir, path, _) = write_config(&config.to_string());
     let output = std::process::Command::new(binary())
         .arg("--config")
         .arg(&path)
@@ -320,11 +312,10 @@ async fn a_slow_endpoint_does_not_take_every_slot() {
     let slow = Receiver::start(Behaviour { delay: Duration::from_secs(3), ..Behaviour::default() }).await;
     let fast = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = format!(
-        "{}\n[endpoints.slow]\nurl = \"{}\"\nmax_in_flight = 2\n",
-        config_with(&topics, "max_in_flight_per_partition = 4"),
-        slow.url("/slow")
-    );
+    let config = config(&topics)
+        .set("delivery.max_in_flight_per_partition", 4)
+        .endpoint("slow", &slow.url("/slow"))
+        .set("endpoints.slow.max_in_flight", 2);
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     for i in 0..10 {
@@ -365,10 +356,7 @@ async fn a_failed_route_produce_holds_the_offset() {
     let new = rdkafka::admin::NewTopic::new(&tier, 1, rdkafka::admin::TopicReplication::Fixed(1))
         .set("max.message.bytes", "100");
     admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()).await.unwrap()[0].as_ref().unwrap();
-    let config = format!(
-        "{}\n[[retry.tiers]]\ntopic = \"{tier}\"\ndelay = \"1h\"\n[delivery]\nallow_private_networks = true\n",
-        topics.toml()
-    );
+    let config = Config::new(&topics).tier(&tier, Duration::from_secs(3600));
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let padding = "p".repeat(200);

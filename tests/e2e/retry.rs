@@ -8,10 +8,9 @@ use crate::harness::*;
 
 const TIERS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
 
-const NO_CIRCUIT: &str = "[circuit]\nenabled = false";
-
-fn config(topics: &Topics, extra: &str) -> String {
-    format!("{}\n[delivery]\nallow_private_networks = true\n{extra}\n[notify]\nwindow = \"1s\"\n", topics.toml())
+/// The config for tests where every event fails against one endpoint: the circuit breaker kept out.
+fn no_circuit(topics: &Topics) -> Config {
+    Config::new(topics).set("circuit.enabled", false)
 }
 
 /// Appends measured re-attempt timing errors (ms) to target/reattempt-timing.txt for the report.
@@ -44,7 +43,7 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
     let receiver = Receiver::start(Behaviour { fail_first: 2, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &TIERS).await;
     // Every event fails against one endpoint: keep the circuit breaker out of this test.
-    let _relay = Relay::start(&config(&topics, NO_CIRCUIT), &[]).await;
+    let _relay = Relay::start(&no_circuit(&topics), &[]).await;
     let producer = producer();
     let n = 10;
     for i in 0..n {
@@ -101,7 +100,7 @@ async fn retry_after_skips_to_the_first_tier_that_long() {
     })
     .await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let value = format!(r#"{{"url":"{}","payload":1,"id":"ra-1"}}"#, receiver.url("/x"));
     produce(&producer(), &topics.events, None, None, value.as_bytes()).await;
     eventually("delivered on the second attempt", Duration::from_secs(20), || (receiver.count() == 2).then_some(()))
@@ -120,7 +119,7 @@ async fn retry_after_skips_to_the_first_tier_that_long() {
 async fn an_always_failing_endpoint_expires_at_its_deadline() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let deadline_ms = now_ms() + 5_500;
     let retry_until = time_rfc3339(deadline_ms);
     let value = format!(r#"{{"url":"{}","payload":1,"id":"exp-1","retry_until":"{retry_until}"}}"#, receiver.url("/x"));
@@ -151,7 +150,7 @@ async fn a_410_is_dead_at_once_and_max_attempts_is_honoured() {
     let gone = Receiver::start(Behaviour { status: 410, ..Behaviour::default() }).await;
     let down = Receiver::start(Behaviour { status: 500, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let producer = producer();
     let v1 = format!(r#"{{"url":"{}","payload":1,"id":"gone-1"}}"#, gone.url("/x"));
     let v2 = format!(r#"{{"url":"{}","payload":2,"id":"cap-1","max_attempts":2}}"#, down.url("/x"));
@@ -175,11 +174,12 @@ async fn a_410_is_dead_at_once_and_max_attempts_is_honoured() {
 async fn an_open_circuit_defers_without_requests_and_recovers() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(1), Duration::from_secs(2)]).await;
-    let extra = format!(
-        "[circuit]\nfailure_threshold = 3\ncool_down = \"4s\"\n[endpoints.flaky]\nurl = \"{}\"\nmax_in_flight = 1\n",
-        receiver.url("/flaky")
-    );
-    let relay = Relay::start(&config(&topics, "").replace("[notify]", &format!("{extra}\n[notify]")), &[]).await;
+    let config = Config::new(&topics)
+        .set("circuit.failure_threshold", 3)
+        .set("circuit.cool_down", "4s")
+        .endpoint("flaky", &receiver.url("/flaky"))
+        .set("endpoints.flaky.max_in_flight", 1);
+    let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 10;
     for i in 0..n {
@@ -220,7 +220,7 @@ async fn an_open_circuit_defers_without_requests_and_recovers() {
 async fn a_consumer_joining_a_paused_tier_loses_nothing_and_is_never_early() {
     let receiver = Receiver::start(Behaviour { fail_first: 1, ..Behaviour::default() }).await;
     let topics = Topics::create(4, &[Duration::from_secs(6)]).await;
-    let config = config(&topics, NO_CIRCUIT);
+    let config = no_circuit(&topics);
     let _first = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 40;
