@@ -204,10 +204,10 @@ async fn a_held_request_holds_the_committed_offset() {
     })
     .await;
     // Later records are done; the commit must stay at the held one for a while.
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(committed(&group, &topic, 0), Some(held), "the offset passed an undecided record");
-    }
+    holds_for("the offset stays at the undecided (held) record", Duration::from_secs(2), || {
+        committed(&group, &topic, 0) == Some(held)
+    })
+    .await;
     receiver.release();
     eventually("offset moves on once the held record answers", Duration::from_secs(20), || {
         (committed(&group, &topic, 0) == Some(offsets[9] + 1)).then_some(())
@@ -376,13 +376,9 @@ async fn a_failed_route_produce_holds_the_offset() {
     })
     .await;
     let (group, topic) = (topics.group.clone(), topics.events.clone());
-    for _ in 0..10 {
-        let committed = committed(&group, &topic, 0);
-        assert!(
-            committed.is_none_or(|c| c <= stuck_offset),
-            "the offset moved to {committed:?}, past the undecided record at {stuck_offset}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    holds_for("the offset stays at or before the undecided record", Duration::from_secs(2), || {
+        committed(&group, &topic, 0).is_none_or(|c| c <= stuck_offset)
+    })
+    .await;
     assert!(read_topic(&tier, 1, Duration::from_secs(1)).await.is_empty());
 }

@@ -1,7 +1,8 @@
 //! Test harness: a real Kafka broker (from `KAFKA_BOOTSTRAP`), real local HTTP receivers, real relay processes.
 //!
 //! Every test makes its own topics and groups (random names), so tests run
-//! side by side. Waits are on conditions with deadlines, never fixed sleeps.
+//! side by side. Waits are on conditions with deadlines, never fixed sleeps; "nothing
+//! more happens" is a condition checked for the whole of a duration ([`holds_for`]).
 
 #![allow(dead_code)]
 
@@ -62,6 +63,19 @@ where
             return value;
         }
         assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Checks that `check` stays true for the whole of `duration`, polling every 100 ms; panics with
+/// `what` the first time it is false. For "nothing more happens" assertions, instead of a sleep.
+pub async fn holds_for(what: &str, duration: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    loop {
+        assert!(check(), "stopped holding after {:?} of {duration:?}: {what}", started.elapsed());
+        if started.elapsed() >= duration {
+            return;
+        }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
