@@ -199,29 +199,32 @@ async fn a_real_prometheus_scrapes_the_relay() {
         .spawn()
         .expect("prometheus (Debian package `prometheus`, installed by scripts/test-deps.sh)");
     let query = |q: &str| format!("http://127.0.0.1:{prom_port}/api/v1/query?query={q}");
+    // Wait for a successful scrape of the relay, then check what Prometheus stored from it.
+    eventually_async("Prometheus has scraped the relay", Duration::from_secs(60), || async {
+        (prometheus_value(&query("up{job=\"hookrelay\"}")).await? == "1").then_some(())
+    })
+    .await;
     let checks = [
-        ("up{job=\"hookrelay\"}", "1"),
         ("hookrelay_ready", "1"),
         ("hookrelay_build_info", "1"),
         ("sum(hookrelay_deliveries_total{outcome=\"delivered\"})", "1"),
     ];
-    let result = eventually_async("Prometheus has scraped the key series", Duration::from_secs(60), || async {
-        let mut seen = Vec::new();
-        for (q, want) in checks {
-            let text = reqwest::get(query(q)).await.ok()?.text().await.ok()?;
-            let body: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let value = body["data"]["result"][0]["value"][1].as_str()?.to_string();
-            if value != want {
-                return None;
-            }
-            seen.push((q, value));
-        }
-        Some(seen)
-    })
-    .await;
+    let mut stored = Vec::new();
+    for (q, want) in checks {
+        stored.push((q, want, prometheus_value(&query(q)).await));
+    }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
-    assert_eq!(result.len(), checks.len());
+    for (q, want, got) in stored {
+        assert_eq!(got.as_deref(), Some(want), "Prometheus's value of {q}");
+    }
+}
+
+/// The value of the first sample of an instant query's result, if the query answered one.
+async fn prometheus_value(url: &str) -> Option<String> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(body["data"]["result"][0]["value"][1].as_str()?.to_string())
 }
 
 /// In-flight work past `shutdown.grace` is abandoned: the relay exits on time,

@@ -1,6 +1,6 @@
 //! The retry ladder: due times, Retry-After, deadlines, permanent failures, attempt caps, the circuit breaker, tier rebalances.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -23,13 +23,18 @@ fn record_timing(errors: &[i64]) {
     }
 }
 
+/// The event id (the value's `id`) of a tier or dead record.
+fn event_id(record: &Record) -> String {
+    let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    value["id"].as_str().expect("an event with an id").to_string()
+}
+
 /// The tier records of each event id (from the value's `id`), in attempt order.
 async fn tier_records(topics: &Topics, per_tier: &[usize]) -> HashMap<String, Vec<Record>> {
     let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
     for ((topic, _), count) in topics.tiers.iter().zip(per_tier) {
         for record in read_topic(topic, *count, Duration::from_secs(20)).await {
-            let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-            by_id.entry(value["id"].as_str().unwrap().to_string()).or_default().push(record);
+            by_id.entry(event_id(&record)).or_default().push(record);
         }
     }
     for records in by_id.values_mut() {
@@ -187,22 +192,29 @@ async fn an_open_circuit_defers_without_requests_and_recovers() {
         produce(&producer, &topics.events, None, None, value.as_bytes()).await;
     }
     // Three failures open the circuit; the other seven are deferred without a request.
-    let deferred = eventually_async("seven records deferred", Duration::from_secs(20), || async {
+    eventually_async("seven records deferred", Duration::from_secs(20), || async {
         let text = relay.metrics().await;
         metric(&text, "hookrelay_deliveries_total{endpoint=\"flaky\",outcome=\"deferred\"}").filter(|&d| d >= 7.0)
     })
     .await;
-    assert!(deferred >= 7.0);
     assert_eq!(receiver.count(), 3, "no request while the circuit is open");
     let text = relay.metrics().await;
     assert_eq!(metric(&text, "hookrelay_circuit_state{endpoint=\"flaky\"}"), Some(2.0), "open");
+    // The first tier holds each event once (a deferral from a tier goes to the next one):
+    // the three attempts and a deferral of each of the seven events that got no request.
     let tier = read_topic(&topics.tiers[0].0, n, Duration::from_secs(10)).await;
+    assert_eq!(tier.len(), n);
     let deferred_records: Vec<_> =
         tier.iter().filter(|r| r.header("hookrelay-last-error").is_some_and(|e| e.starts_with("deferred"))).collect();
-    assert!(deferred_records.len() >= 7, "deferred records on the first tier");
     for r in &deferred_records {
         assert_eq!(r.header("hookrelay-attempt"), Some("0"), "a deferral is not an attempt");
     }
+    let deferred_ids: HashSet<String> = deferred_records.iter().map(|r| event_id(r)).collect();
+    let requested: HashSet<String> = receiver.received().iter().map(|r| r.header("webhook-id").to_string()).collect();
+    let never_requested: HashSet<String> =
+        (0..n).map(|i| format!("cb-{i}")).filter(|id| !requested.contains(id)).collect();
+    assert_eq!(deferred_records.len(), 7, "one deferral per event the open circuit kept from the receiver");
+    assert_eq!(deferred_ids, never_requested, "the deferred events are exactly the ones that got no request");
     // The receiver recovers: after the cool-down one probe closes the circuit and everything is delivered.
     receiver.set(|b| b.status = 200);
     eventually("all delivered after recovery", Duration::from_secs(40), || {
