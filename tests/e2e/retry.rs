@@ -81,14 +81,27 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
             let due = routed.header_i64("hookrelay-due-ms");
             let error = request.at_ms - due;
             assert!(error >= 0, "{id}: attempted {}ms before it was due", -error);
-            assert!(error < 1000, "{id}: attempted {error}ms after it was due");
+            // Lateness depends on the machine (the measured spread is printed and recorded below);
+            // this bound is generous for a busy 2-core CI box and still well short of a whole tier's delay.
+            assert!(error < 2000, "{id}: attempted {error}ms after it was due");
             errors.push(error);
         }
-        // The schedule: tier 0 waits 1 s, tier 1 waits 2 s (+ at most 10 % jitter).
-        let gap1 = routed[0].header_i64("hookrelay-due-ms") - requests[0].at_ms;
-        let gap2 = routed[1].header_i64("hookrelay-due-ms") - requests[1].at_ms;
-        assert!((900..=1200).contains(&gap1), "{id}: tier 0 delay {gap1}ms");
-        assert!((1900..=2300).contains(&gap2), "{id}: tier 1 delay {gap2}ms");
+        // The schedule: tier 0 waits 1 s, tier 1 waits 2 s (+ at most 10 % jitter), counted from the
+        // routing decision, which falls between the failed request and the tier record's timestamp.
+        // Bounding by those two keeps the check free of the machine's speed.
+        for (tier, (failed, routed)) in requests.iter().zip(routed).enumerate() {
+            let (delay, due) = (TIERS[tier].as_millis() as i64, routed.header_i64("hookrelay-due-ms"));
+            assert!(
+                due - failed.at_ms >= delay,
+                "{id}: due {}ms after the failure, tier {tier} waits {delay}ms",
+                due - failed.at_ms
+            );
+            assert!(
+                due - routed.timestamp_ms <= delay + delay / 10,
+                "{id}: due {}ms after it was routed, tier {tier} waits {delay}ms + at most 10 % jitter",
+                due - routed.timestamp_ms
+            );
+        }
     }
     errors.sort_unstable();
     println!("re-attempt timing error (ms): min {} max {} of {}", errors[0], errors[errors.len() - 1], errors.len());
