@@ -6,10 +6,6 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn config(topics: &Topics, extra: &str) -> String {
-    format!("{}\n[delivery]\nallow_private_networks = true\n{extra}\n", topics.toml())
-}
-
 fn percentile(values: &mut [i64], p: f64) -> i64 {
     values.sort_unstable();
     values[((values.len() as f64 - 1.0) * p).round() as usize]
@@ -29,7 +25,7 @@ async fn bench_throughput_and_latency() {
     }
     // Backlog drain: all events are on the topic before the relay starts.
     let started = Instant::now();
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     eventually("backlog delivered", Duration::from_secs(300), || (receiver.count() >= n as usize).then_some(())).await;
     let took = started.elapsed();
     println!(
@@ -70,7 +66,7 @@ async fn bench_slow_endpoint_beside_a_fast_one() {
     let slow = Receiver::start(Behaviour { delay: Duration::from_millis(200), ..Behaviour::default() }).await;
     let fast = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(6, &[Duration::from_secs(60)]).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let producer = producer();
     let n = 2_000;
     let started = Instant::now();
@@ -95,7 +91,7 @@ async fn bench_dead_endpoint_behind_the_circuit() {
     // A receiver that always answers 503: without the circuit every event would cost a request.
     let down = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(6, &[Duration::from_secs(60)]).await;
-    let relay = Relay::start(&config(&topics, ""), &[]).await;
+    let relay = Relay::start(&Config::new(&topics), &[]).await;
     let producer = producer();
     let n = 2_000;
     for i in 0..n {
@@ -123,7 +119,7 @@ async fn bench_kill_9_loses_nothing() {
     // 100 ms per request at 64 concurrent: about 640/s, so the kill lands mid-stream.
     let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() }).await;
     let topics = Topics::create(6, &[Duration::from_secs(60)]).await;
-    let config = config(&topics, "");
+    let config = Config::new(&topics);
     let mut relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 5_000;
@@ -174,7 +170,7 @@ async fn bench_broker_restart_loses_nothing() {
         let value = format!(r#"{{"url":"{}","payload":{i},"id":"br-{i}"}}"#, receiver.url("/x"));
         produce(&producer, &topics.events, None, None, value.as_bytes()).await;
     }
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     eventually("some delivered", Duration::from_secs(60), || (receiver.count() >= n / 5).then_some(())).await;
     let at_restart = receiver.count();
     let started = Instant::now();

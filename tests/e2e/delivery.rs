@@ -8,16 +8,9 @@ use crate::harness::*;
 const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
 
-fn base_config(topics: &Topics) -> String {
-    config_with(topics, "")
-}
-
-/// The test config, with extra `[delivery]` keys.
-fn config_with(topics: &Topics, delivery: &str) -> String {
-    format!(
-        "{}\n[delivery]\nallow_private_networks = true\nsigning_secrets = [\"{SECRET_A}\"]\n{delivery}\n[notify]\nwindow = \"1s\"\n",
-        topics.toml()
-    )
+/// The test config: inline URLs signed with `SECRET_A`.
+fn config(topics: &Topics) -> Config {
+    Config::new(topics).set("delivery.signing_secrets", vec![SECRET_A])
 }
 
 /// Verifies a received request with the official `standardwebhooks` crate.
@@ -34,11 +27,10 @@ fn verify(secret: &str, request: &Received) -> Result<(), String> {
 async fn many_events_over_several_partitions_arrive_signed() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(4, &[Duration::from_secs(3600)]).await;
-    let config = format!(
-        "{}\n[endpoints.two]\nurl = \"{}\"\nsecrets = [\"{SECRET_A}\", \"{SECRET_B}\"]\nheaders = {{ \"x-tenant\" = \"acme\" }}\n",
-        base_config(&topics),
-        receiver.url("/two")
-    );
+    let config = config(&topics)
+        .endpoint("two", &receiver.url("/two"))
+        .set("endpoints.two.secrets", vec![SECRET_A, SECRET_B])
+        .set("endpoints.two.headers", table([("x-tenant", "acme".into())]));
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let total: usize = 200;
@@ -97,7 +89,7 @@ async fn many_events_over_several_partitions_arrive_signed() {
 async fn invalid_records_go_to_the_dead_topic_and_do_not_stall_the_partition() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = config_with(&topics, "max_payload_bytes = 100");
+    let config = config(&topics).set("delivery.max_payload_bytes", 100);
     let url = receiver.url("/ok");
     let big = "x".repeat(200);
     let cases: Vec<(String, &str)> = vec![
@@ -156,7 +148,7 @@ async fn invalid_records_go_to_the_dead_topic_and_do_not_stall_the_partition() {
 async fn a_503_goes_to_the_first_tier_unchanged() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &[Duration::from_secs(3600), Duration::from_secs(7200)]).await;
-    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let _relay = Relay::start(&config(&topics), &[]).await;
     let producer = producer();
     let value = format!(r#"{{"url":"{}","payload":{{"a": 1}}, "id": "evt-503"}}"#, receiver.url("/x"));
     let before = now_ms();
@@ -174,10 +166,14 @@ async fn a_503_goes_to_the_first_tier_unchanged() {
     assert_eq!(r.header_i64("hookrelay-origin-offset"), offset);
     let first = r.header_i64("hookrelay-first-attempt-ms");
     assert!(first >= before && first <= now_ms());
+    // Due one tier delay (+ at most 10 % jitter) after the routing decision, which falls between
+    // the first attempt and the tier record's timestamp: bounds that do not depend on the machine's speed.
     let due = r.header_i64("hookrelay-due-ms");
+    assert!(due >= first + 3_600_000, "due {due} is at least one tier delay after the attempt at {first}");
     assert!(
-        due >= first + 3_600_000 && due <= first + 3_600_000 + 360_000 + 1000,
-        "due {due} is one tier delay (+ ≤10 % jitter) after {first}"
+        due <= r.timestamp_ms + 3_600_000 + 360_000,
+        "due {due} is at most one tier delay + 10 % jitter after routing at {}",
+        r.timestamp_ms
     );
     assert_eq!(r.header_i64("hookrelay-deadline-ms"), first + 24 * 3_600_000, "default deadline: first attempt + 24h");
     assert!(r.header("hookrelay-reason").is_none());
@@ -193,7 +189,7 @@ async fn a_503_goes_to_the_first_tier_unchanged() {
 async fn a_held_request_holds_the_committed_offset() {
     let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let _relay = Relay::start(&base_config(&topics), &[]).await;
+    let _relay = Relay::start(&config(&topics), &[]).await;
     let producer = producer();
     let mut offsets = Vec::new();
     for i in 0..10 {
@@ -212,10 +208,10 @@ async fn a_held_request_holds_the_committed_offset() {
     })
     .await;
     // Later records are done; the commit must stay at the held one for a while.
-    for _ in 0..10 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        assert_eq!(committed(&group, &topic, 0), Some(held), "the offset passed an undecided record");
-    }
+    holds_for("the offset stays at the undecided (held) record", Duration::from_secs(2), || {
+        committed(&group, &topic, 0) == Some(held)
+    })
+    .await;
     receiver.release();
     eventually("offset moves on once the held record answers", Duration::from_secs(20), || {
         (committed(&group, &topic, 0) == Some(offsets[9] + 1)).then_some(())
@@ -227,7 +223,7 @@ async fn a_held_request_holds_the_committed_offset() {
 async fn private_targets_are_refused_when_the_guard_is_on() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = base_config(&topics).replace("allow_private_networks = true", "allow_private_networks = false");
+    let config = config(&topics).set("delivery.allow_private_networks", false);
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let port = receiver.addr.port();
@@ -287,9 +283,9 @@ fn bad_config_exits_64_with_one_clear_line() {
 async fn the_send_command_reaches_a_local_receiver() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = base_config(&topics);
+    let config = config(&topics);
     let relay = Relay::start(&config, &[]).await;
-    let (_dir, path, _) = write_config(&config);
+    let (_dir, path, _) = write_config(&config.to_string());
     let output = std::process::Command::new(binary())
         .arg("--config")
         .arg(&path)
@@ -316,38 +312,42 @@ async fn the_send_command_reaches_a_local_receiver() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_endpoint_does_not_take_every_slot() {
     // Ten slow records ahead of the fast ones: without the endpoint limit in
-    // the partition loop they would hold all 4 slots for 3 s.
-    let slow = Receiver::start(Behaviour { delay: Duration::from_secs(3), ..Behaviour::default() }).await;
+    // the partition loop they would hold all 4 slots until the slow endpoint answers.
+    // The slow endpoint answers nothing until released, so "the fast ones did not wait"
+    // is an order of events (all fast delivered before any slow answer), not a stopwatch.
+    let slow = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
     let fast = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = format!(
-        "{}\n[endpoints.slow]\nurl = \"{}\"\nmax_in_flight = 2\n",
-        config_with(&topics, "max_in_flight_per_partition = 4"),
-        slow.url("/slow")
-    );
+    // A held request must not time out (and free its slot) while the fast ones are awaited (60 s below).
+    let config = config(&topics)
+        .set("delivery.max_in_flight_per_partition", 4)
+        .endpoint("slow", &slow.url("/slow"))
+        .set("endpoints.slow.max_in_flight", 2)
+        .set("endpoints.slow.timeout", "120s");
     let _relay = Relay::start(&config, &[]).await;
     let producer = producer();
     for i in 0..10 {
-        let value = format!(r#"{{"endpoint":"slow","payload":{i},"id":"slow-{i}"}}"#);
+        let value = format!(r#"{{"endpoint":"slow","payload":{{"HOLD":{i}}},"id":"slow-{i}"}}"#);
         produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
     }
-    let started = std::time::Instant::now();
+    // The slow records are in flight (and held) before the fast ones exist, so they are truly ahead.
+    eventually("the slow endpoint holds its first requests", Duration::from_secs(30), || {
+        (slow.count() >= 1).then_some(())
+    })
+    .await;
     for i in 0..10 {
         let value = format!(r#"{{"url":"{}","payload":{i},"id":"fast-{i}"}}"#, fast.url("/fast"));
         produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
     }
-    eventually("the fast endpoint's records delivered", Duration::from_secs(30), || {
+    eventually("the fast records delivered while every slow request is held", Duration::from_secs(60), || {
         (fast.delivered_ids().len() == 10).then_some(())
     })
     .await;
-    let fast_done = started.elapsed();
-    let slow_done = slow.received().iter().filter(|r| r.status == 200).count();
-    assert!(
-        fast_done < Duration::from_millis(1500),
-        "fast records waited {fast_done:?} behind a slow endpoint ({slow_done} slow ones done)"
-    );
-    assert!(slow.count() <= 4, "the slow endpoint never had more than its limit (2) in flight at once");
-    eventually("the slow ones finish too", Duration::from_secs(30), || {
+    // Held requests never finish, so every request the slow receiver got is still in flight.
+    let in_flight = slow.count();
+    assert!(in_flight <= 2, "{in_flight} slow requests in flight at once, the endpoint's limit is 2");
+    slow.release();
+    eventually("the slow ones finish once released", Duration::from_secs(30), || {
         (slow.delivered_ids().len() == 10).then_some(())
     })
     .await;
@@ -365,10 +365,7 @@ async fn a_failed_route_produce_holds_the_offset() {
     let new = rdkafka::admin::NewTopic::new(&tier, 1, rdkafka::admin::TopicReplication::Fixed(1))
         .set("max.message.bytes", "100");
     admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()).await.unwrap()[0].as_ref().unwrap();
-    let config = format!(
-        "{}\n[[retry.tiers]]\ntopic = \"{tier}\"\ndelay = \"1h\"\n[delivery]\nallow_private_networks = true\n",
-        topics.toml()
-    );
+    let config = Config::new(&topics).tier(&tier, Duration::from_secs(3600));
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let padding = "p".repeat(200);
@@ -388,13 +385,9 @@ async fn a_failed_route_produce_holds_the_offset() {
     })
     .await;
     let (group, topic) = (topics.group.clone(), topics.events.clone());
-    for _ in 0..10 {
-        let committed = committed(&group, &topic, 0);
-        assert!(
-            committed.is_none_or(|c| c <= stuck_offset),
-            "the offset moved to {committed:?}, past the undecided record at {stuck_offset}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    holds_for("the offset stays at or before the undecided record", Duration::from_secs(2), || {
+        committed(&group, &topic, 0).is_none_or(|c| c <= stuck_offset)
+    })
+    .await;
     assert!(read_topic(&tier, 1, Duration::from_secs(1)).await.is_empty());
 }

@@ -1,7 +1,8 @@
 //! Test harness: a real Kafka broker (from `KAFKA_BOOTSTRAP`), real local HTTP receivers, real relay processes.
 //!
 //! Every test makes its own topics and groups (random names), so tests run
-//! side by side. Waits are on conditions with deadlines, never fixed sleeps.
+//! side by side. Waits are on conditions with deadlines, never fixed sleeps; "nothing
+//! more happens" is a condition checked for the whole of a duration ([`holds_for`]).
 
 #![allow(dead_code)]
 
@@ -66,6 +67,107 @@ where
     }
 }
 
+/// Checks that `check` stays true for the whole of `duration`, polling every 100 ms; panics with
+/// `what` the first time it is false. For "nothing more happens" assertions, instead of a sleep.
+pub async fn holds_for(what: &str, duration: Duration, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    loop {
+        assert!(check(), "stopped holding after {:?} of {duration:?}: {what}", started.elapsed());
+        if started.elapsed() >= duration {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------- config
+
+/// A relay config edited as TOML tables, not as text: every edit lands at its
+/// dotted path or panics, so no edit can silently do nothing.
+#[derive(Debug, Clone)]
+pub struct Config {
+    table: toml::Table,
+}
+
+impl Config {
+    /// The base of every test: `topics` and their tiers, the local broker, quick
+    /// commits and statistics, private targets allowed (the receivers are on
+    /// 127.0.0.1) and a 1 s notification window.
+    pub fn new(topics: &Topics) -> Config {
+        let mut config = Config { table: toml::Table::new() }
+            .set("kafka.brokers", bootstrap())
+            .set("kafka.group_id", topics.group.as_str())
+            .set("kafka.commit_interval", "200ms")
+            .set("kafka.statistics_interval", "1s")
+            .set("topics.events", vec![topics.events.as_str()])
+            .set("topics.dead", topics.dead.as_str())
+            .set("delivery.allow_private_networks", true)
+            .set("notify.window", "1s");
+        for (topic, delay) in &topics.tiers {
+            config = config.tier(topic, *delay);
+        }
+        config
+    }
+
+    /// Sets the value at a dotted path (`"kafka.group_protocol"`), making missing tables on the way.
+    /// Panics when a parent on the path is there but is not a table.
+    pub fn set(mut self, path: &str, value: impl Into<toml::Value>) -> Config {
+        let (parent, key) = self.parent(path);
+        parent.insert(key.to_string(), value.into());
+        self
+    }
+
+    /// Appends `table` to the array of tables at `path` (`"retry.tiers"`, `"notify.sinks"`).
+    /// Panics when something other than an array of tables is there.
+    pub fn push(mut self, path: &str, table: toml::Table) -> Config {
+        let (parent, key) = self.parent(path);
+        match parent.entry(key).or_insert_with(|| toml::Value::Array(Vec::new())) {
+            toml::Value::Array(array) if array.iter().all(toml::Value::is_table) => {
+                array.push(toml::Value::Table(table))
+            }
+            other => panic!("config: cannot push to {path}: not an array of tables but {other:?}"),
+        }
+        self
+    }
+
+    /// Appends a retry tier.
+    pub fn tier(self, topic: &str, delay: Duration) -> Config {
+        self.push("retry.tiers", table([("topic", topic.into()), ("delay", format!("{}ms", delay.as_millis()).into())]))
+    }
+
+    /// Adds `[endpoints.<name>]` with `url`; further keys with `set("endpoints.<name>.<key>", ...)`.
+    pub fn endpoint(self, name: &str, url: &str) -> Config {
+        self.set(&format!("endpoints.{name}.url"), url)
+    }
+
+    /// The table that holds the last key of `path`, and that key.
+    fn parent<'a>(&mut self, path: &'a str) -> (&mut toml::Table, &'a str) {
+        let mut keys: Vec<&str> = path.split('.').collect();
+        let last = keys.pop().unwrap();
+        assert!(!last.is_empty() && keys.iter().all(|k| !k.is_empty()), "config: bad path {path:?}");
+        let mut table = &mut self.table;
+        for (i, key) in keys.iter().enumerate() {
+            let value = table.entry(key.to_string()).or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            table = match value {
+                toml::Value::Table(t) => t,
+                other => panic!("config: cannot set {path}: {} is not a table but {other:?}", keys[..=i].join(".")),
+            };
+        }
+        (table, last)
+    }
+}
+
+impl std::fmt::Display for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&toml::to_string(&self.table).expect("config serializes"))
+    }
+}
+
+/// A TOML table from key-value pairs: `table([("kind", "http".into()), ("url", url.into())])`.
+pub fn table<'a>(entries: impl IntoIterator<Item = (&'a str, toml::Value)>) -> toml::Table {
+    entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
+
 // ---------------------------------------------------------------- Kafka
 
 /// The topics of one test: events, tiers, dead.
@@ -91,22 +193,6 @@ impl Topics {
         names.extend(topics.tiers.iter().map(|(t, _)| t.clone()));
         create_topics(&names, partitions).await;
         topics
-    }
-
-    /// The config lines for these topics and tiers.
-    pub fn toml(&self) -> String {
-        let mut out = format!(
-            "[kafka]\nbrokers = \"{}\"\ngroup_id = \"{}\"\ncommit_interval = \"200ms\"\nstatistics_interval = \"1s\"\n\
-             [topics]\nevents = [\"{}\"]\ndead = \"{}\"\n",
-            bootstrap(),
-            self.group,
-            self.events,
-            self.dead
-        );
-        for (topic, delay) in &self.tiers {
-            out.push_str(&format!("[[retry.tiers]]\ntopic = \"{topic}\"\ndelay = \"{}ms\"\n", delay.as_millis()));
-        }
-        out
     }
 }
 
@@ -426,15 +512,15 @@ pub fn write_config(config: &str) -> (tempfile::TempDir, std::path::PathBuf, Soc
 
 impl Relay {
     /// Starts `hookrelay run` with `config` and waits until /ready answers 200.
-    pub async fn start(config: &str, args: &[&str]) -> Relay {
+    pub async fn start(config: &Config, args: &[&str]) -> Relay {
         let relay = Relay::spawn(config, args);
         relay.wait_ready(Duration::from_secs(60)).await;
         relay
     }
 
     /// Starts without waiting.
-    pub fn spawn(config: &str, args: &[&str]) -> Relay {
-        let (dir, path, admin) = write_config(config);
+    pub fn spawn(config: &Config, args: &[&str]) -> Relay {
+        let (dir, path, admin) = write_config(&config.to_string());
         let log = dir.path().join("relay.log");
         let child = Command::new(binary())
             .arg("--config")
@@ -507,4 +593,34 @@ pub fn metric(text: &str, name_and_labels: &str) -> Option<f64> {
     text.lines()
         .filter(|l| !l.starts_with('#'))
         .find_map(|l| l.strip_prefix(name_and_labels)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+#[test]
+fn config_edits_land_where_they_say_or_panic() {
+    let topics = Topics {
+        events: "e".into(),
+        tiers: vec![("t0".into(), Duration::from_secs(1))],
+        dead: "d".into(),
+        group: "g".into(),
+    };
+    let config = Config::new(&topics)
+        .set("kafka.group_protocol", "consumer")
+        .endpoint("a", "http://x")
+        .set("endpoints.a.headers", table([("x-tenant", "acme".into())]))
+        .tier("t1", Duration::from_secs(2));
+    let parsed: toml::Table = config.to_string().parse().expect("the config is TOML");
+    assert_eq!(parsed["kafka"]["group_protocol"].as_str(), Some("consumer"));
+    assert_eq!(parsed["kafka"]["group_id"].as_str(), Some("g"));
+    assert_eq!(parsed["endpoints"]["a"]["url"].as_str(), Some("http://x"));
+    assert_eq!(parsed["endpoints"]["a"]["headers"]["x-tenant"].as_str(), Some("acme"));
+    let tiers = parsed["retry"]["tiers"].as_array().unwrap();
+    assert_eq!(tiers.iter().map(|t| t["delay"].as_str().unwrap()).collect::<Vec<_>>(), ["1000ms", "2000ms"]);
+
+    // An edit under something that is not a table panics rather than doing nothing.
+    let under_a_value = std::panic::catch_unwind(|| Config::new(&topics).set("kafka.brokers.port", 1));
+    assert!(under_a_value.is_err(), "set under a string value");
+    let under_an_array = std::panic::catch_unwind(|| Config::new(&topics).set("retry.tiers.delay", "1s"));
+    assert!(under_an_array.is_err(), "set under an array of tables");
+    let push_to_a_value = std::panic::catch_unwind(|| Config::new(&topics).push("kafka.brokers", toml::Table::new()));
+    assert!(push_to_a_value.is_err(), "push to a string value");
 }

@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 
 use crate::harness::*;
 
-fn config(topics: &Topics, extra: &str) -> String {
-    format!(
-        "{}\n[delivery]\nallow_private_networks = true\n[notify]\nwindow = \"1s\"\n[shutdown]\ngrace = \"10s\"\n{extra}\n",
-        topics.toml()
-    )
+/// The test config: a 10 s shutdown grace.
+fn config(topics: &Topics) -> Config {
+    Config::new(topics).set("shutdown.grace", "10s")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -19,7 +17,7 @@ async fn metrics_live_and_ready_show_what_happened() {
     let failing = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let gone = Receiver::start(Behaviour { status: 410, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &[Duration::from_secs(3600)]).await;
-    let relay = Relay::start(&config(&topics, ""), &[]).await;
+    let relay = Relay::start(&config(&topics), &[]).await;
     let base = format!("http://{}", relay.admin);
     assert_eq!(reqwest::get(format!("{base}/live")).await.unwrap().status(), 200);
     assert_eq!(reqwest::get(format!("{base}/ready")).await.unwrap().status(), 200);
@@ -68,7 +66,7 @@ async fn metrics_live_and_ready_show_what_happened() {
 async fn sigterm_and_rebalance_mid_stream_lose_nothing() {
     let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
     let topics = Topics::create(6, &[Duration::from_secs(1)]).await;
-    let config = config(&topics, "");
+    let config = config(&topics);
     let mut first = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 600;
@@ -118,13 +116,13 @@ fn sasl_bootstrap() -> String {
     std::env::var("KAFKA_SASL_BOOTSTRAP").unwrap_or_else(|_| "127.0.0.1:9094".into())
 }
 
-fn sasl_config(topics: &Topics, mechanism: &str, password: &str) -> String {
-    let sasl =
-        format!("[kafka.sasl]\nmechanism = \"{mechanism}\"\nusername = \"hookrelay\"\npassword = \"{password}\"");
-    config(topics, &sasl).replace(
-        &format!("brokers = \"{}\"", bootstrap()),
-        &format!("brokers = \"{}\"\nsecurity_protocol = \"sasl_plaintext\"", sasl_bootstrap()),
-    )
+fn sasl_config(topics: &Topics, mechanism: &str, password: &str) -> Config {
+    config(topics)
+        .set("kafka.brokers", sasl_bootstrap())
+        .set("kafka.security_protocol", "sasl_plaintext")
+        .set("kafka.sasl.mechanism", mechanism)
+        .set("kafka.sasl.username", "hookrelay")
+        .set("kafka.sasl.password", password)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -143,7 +141,7 @@ async fn sasl_logins_work_and_a_wrong_password_fails_fast() {
         drop(relay);
 
         let bad = sasl_config(&topics, mechanism, "wrong");
-        let (_dir, path, _) = write_config(&bad);
+        let (_dir, path, _) = write_config(&bad.to_string());
         let started = Instant::now();
         let output =
             Command::new(binary()).arg("--config").arg(&path).arg("run").stdin(Stdio::null()).output().unwrap();
@@ -160,7 +158,7 @@ async fn sasl_logins_work_and_a_wrong_password_fails_fast() {
 async fn the_kip848_consumer_protocol_works() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(3, &[Duration::from_secs(1)]).await;
-    let config = config(&topics, "").replace("[topics]", "group_protocol = \"consumer\"\n[topics]");
+    let config = config(&topics).set("kafka.group_protocol", "consumer");
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     for i in 0..60 {
@@ -176,7 +174,7 @@ async fn the_kip848_consumer_protocol_works() {
 async fn a_real_prometheus_scrapes_the_relay() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let relay = Relay::start(&config(&topics, ""), &[]).await;
+    let relay = Relay::start(&config(&topics), &[]).await;
     let value = format!(r#"{{"url":"{}","payload":1,"id":"prom-1"}}"#, receiver.url("/x"));
     produce(&producer(), &topics.events, None, None, value.as_bytes()).await;
     eventually("delivered", Duration::from_secs(20), || (receiver.count() == 1).then_some(())).await;
@@ -201,29 +199,32 @@ async fn a_real_prometheus_scrapes_the_relay() {
         .spawn()
         .expect("prometheus (Debian package `prometheus`, installed by scripts/test-deps.sh)");
     let query = |q: &str| format!("http://127.0.0.1:{prom_port}/api/v1/query?query={q}");
+    // Wait for a successful scrape of the relay, then check what Prometheus stored from it.
+    eventually_async("Prometheus has scraped the relay", Duration::from_secs(60), || async {
+        (prometheus_value(&query("up{job=\"hookrelay\"}")).await? == "1").then_some(())
+    })
+    .await;
     let checks = [
-        ("up{job=\"hookrelay\"}", "1"),
         ("hookrelay_ready", "1"),
         ("hookrelay_build_info", "1"),
         ("sum(hookrelay_deliveries_total{outcome=\"delivered\"})", "1"),
     ];
-    let result = eventually_async("Prometheus has scraped the key series", Duration::from_secs(60), || async {
-        let mut seen = Vec::new();
-        for (q, want) in checks {
-            let text = reqwest::get(query(q)).await.ok()?.text().await.ok()?;
-            let body: serde_json::Value = serde_json::from_str(&text).ok()?;
-            let value = body["data"]["result"][0]["value"][1].as_str()?.to_string();
-            if value != want {
-                return None;
-            }
-            seen.push((q, value));
-        }
-        Some(seen)
-    })
-    .await;
+    let mut stored = Vec::new();
+    for (q, want) in checks {
+        stored.push((q, want, prometheus_value(&query(q)).await));
+    }
     let _ = prometheus.kill();
     let _ = prometheus.wait();
-    assert_eq!(result.len(), checks.len());
+    for (q, want, got) in stored {
+        assert_eq!(got.as_deref(), Some(want), "Prometheus's value of {q}");
+    }
+}
+
+/// The value of the first sample of an instant query's result, if the query answered one.
+async fn prometheus_value(url: &str) -> Option<String> {
+    let text = reqwest::get(url).await.ok()?.text().await.ok()?;
+    let body: serde_json::Value = serde_json::from_str(&text).ok()?;
+    Some(body["data"]["result"][0]["value"][1].as_str()?.to_string())
 }
 
 /// In-flight work past `shutdown.grace` is abandoned: the relay exits on time,
@@ -232,7 +233,7 @@ async fn a_real_prometheus_scrapes_the_relay() {
 async fn sigterm_abandons_work_past_the_grace_and_it_comes_back() {
     let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = config(&topics, "").replace("grace = \"10s\"", "grace = \"2s\"");
+    let config = config(&topics).set("shutdown.grace", "2s");
     let mut relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let mut offsets = Vec::new();

@@ -1,6 +1,6 @@
 //! The retry ladder: due times, Retry-After, deadlines, permanent failures, attempt caps, the circuit breaker, tier rebalances.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::time::Duration;
 
@@ -8,10 +8,9 @@ use crate::harness::*;
 
 const TIERS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
 
-const NO_CIRCUIT: &str = "[circuit]\nenabled = false";
-
-fn config(topics: &Topics, extra: &str) -> String {
-    format!("{}\n[delivery]\nallow_private_networks = true\n{extra}\n[notify]\nwindow = \"1s\"\n", topics.toml())
+/// The config for tests where every event fails against one endpoint: the circuit breaker kept out.
+fn no_circuit(topics: &Topics) -> Config {
+    Config::new(topics).set("circuit.enabled", false)
 }
 
 /// Appends measured re-attempt timing errors (ms) to target/reattempt-timing.txt for the report.
@@ -24,13 +23,18 @@ fn record_timing(errors: &[i64]) {
     }
 }
 
+/// The event id (the value's `id`) of a tier or dead record.
+fn event_id(record: &Record) -> String {
+    let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
+    value["id"].as_str().expect("an event with an id").to_string()
+}
+
 /// The tier records of each event id (from the value's `id`), in attempt order.
 async fn tier_records(topics: &Topics, per_tier: &[usize]) -> HashMap<String, Vec<Record>> {
     let mut by_id: HashMap<String, Vec<Record>> = HashMap::new();
     for ((topic, _), count) in topics.tiers.iter().zip(per_tier) {
         for record in read_topic(topic, *count, Duration::from_secs(20)).await {
-            let value: serde_json::Value = serde_json::from_slice(&record.value).unwrap();
-            by_id.entry(value["id"].as_str().unwrap().to_string()).or_default().push(record);
+            by_id.entry(event_id(&record)).or_default().push(record);
         }
     }
     for records in by_id.values_mut() {
@@ -44,7 +48,7 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
     let receiver = Receiver::start(Behaviour { fail_first: 2, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &TIERS).await;
     // Every event fails against one endpoint: keep the circuit breaker out of this test.
-    let _relay = Relay::start(&config(&topics, NO_CIRCUIT), &[]).await;
+    let _relay = Relay::start(&no_circuit(&topics), &[]).await;
     let producer = producer();
     let n = 10;
     for i in 0..n {
@@ -77,14 +81,27 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
             let due = routed.header_i64("hookrelay-due-ms");
             let error = request.at_ms - due;
             assert!(error >= 0, "{id}: attempted {}ms before it was due", -error);
-            assert!(error < 1000, "{id}: attempted {error}ms after it was due");
+            // Lateness depends on the machine (the measured spread is printed and recorded below);
+            // this bound is generous for a busy 2-core CI box and still well short of a whole tier's delay.
+            assert!(error < 2000, "{id}: attempted {error}ms after it was due");
             errors.push(error);
         }
-        // The schedule: tier 0 waits 1 s, tier 1 waits 2 s (+ at most 10 % jitter).
-        let gap1 = routed[0].header_i64("hookrelay-due-ms") - requests[0].at_ms;
-        let gap2 = routed[1].header_i64("hookrelay-due-ms") - requests[1].at_ms;
-        assert!((900..=1200).contains(&gap1), "{id}: tier 0 delay {gap1}ms");
-        assert!((1900..=2300).contains(&gap2), "{id}: tier 1 delay {gap2}ms");
+        // The schedule: tier 0 waits 1 s, tier 1 waits 2 s (+ at most 10 % jitter), counted from the
+        // routing decision, which falls between the failed request and the tier record's timestamp.
+        // Bounding by those two keeps the check free of the machine's speed.
+        for (tier, (failed, routed)) in requests.iter().zip(routed).enumerate() {
+            let (delay, due) = (TIERS[tier].as_millis() as i64, routed.header_i64("hookrelay-due-ms"));
+            assert!(
+                due - failed.at_ms >= delay,
+                "{id}: due {}ms after the failure, tier {tier} waits {delay}ms",
+                due - failed.at_ms
+            );
+            assert!(
+                due - routed.timestamp_ms <= delay + delay / 10,
+                "{id}: due {}ms after it was routed, tier {tier} waits {delay}ms + at most 10 % jitter",
+                due - routed.timestamp_ms
+            );
+        }
     }
     errors.sort_unstable();
     println!("re-attempt timing error (ms): min {} max {} of {}", errors[0], errors[errors.len() - 1], errors.len());
@@ -101,7 +118,7 @@ async fn retry_after_skips_to_the_first_tier_that_long() {
     })
     .await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let value = format!(r#"{{"url":"{}","payload":1,"id":"ra-1"}}"#, receiver.url("/x"));
     produce(&producer(), &topics.events, None, None, value.as_bytes()).await;
     eventually("delivered on the second attempt", Duration::from_secs(20), || (receiver.count() == 2).then_some(()))
@@ -120,7 +137,7 @@ async fn retry_after_skips_to_the_first_tier_that_long() {
 async fn an_always_failing_endpoint_expires_at_its_deadline() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let deadline_ms = now_ms() + 5_500;
     let retry_until = time_rfc3339(deadline_ms);
     let value = format!(r#"{{"url":"{}","payload":1,"id":"exp-1","retry_until":"{retry_until}"}}"#, receiver.url("/x"));
@@ -151,7 +168,7 @@ async fn a_410_is_dead_at_once_and_max_attempts_is_honoured() {
     let gone = Receiver::start(Behaviour { status: 410, ..Behaviour::default() }).await;
     let down = Receiver::start(Behaviour { status: 500, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &TIERS).await;
-    let _relay = Relay::start(&config(&topics, ""), &[]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
     let producer = producer();
     let v1 = format!(r#"{{"url":"{}","payload":1,"id":"gone-1"}}"#, gone.url("/x"));
     let v2 = format!(r#"{{"url":"{}","payload":2,"id":"cap-1","max_attempts":2}}"#, down.url("/x"));
@@ -175,11 +192,12 @@ async fn a_410_is_dead_at_once_and_max_attempts_is_honoured() {
 async fn an_open_circuit_defers_without_requests_and_recovers() {
     let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(1), Duration::from_secs(2)]).await;
-    let extra = format!(
-        "[circuit]\nfailure_threshold = 3\ncool_down = \"4s\"\n[endpoints.flaky]\nurl = \"{}\"\nmax_in_flight = 1\n",
-        receiver.url("/flaky")
-    );
-    let relay = Relay::start(&config(&topics, "").replace("[notify]", &format!("{extra}\n[notify]")), &[]).await;
+    let config = Config::new(&topics)
+        .set("circuit.failure_threshold", 3)
+        .set("circuit.cool_down", "4s")
+        .endpoint("flaky", &receiver.url("/flaky"))
+        .set("endpoints.flaky.max_in_flight", 1);
+    let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 10;
     for i in 0..n {
@@ -187,22 +205,29 @@ async fn an_open_circuit_defers_without_requests_and_recovers() {
         produce(&producer, &topics.events, None, None, value.as_bytes()).await;
     }
     // Three failures open the circuit; the other seven are deferred without a request.
-    let deferred = eventually_async("seven records deferred", Duration::from_secs(20), || async {
+    eventually_async("seven records deferred", Duration::from_secs(20), || async {
         let text = relay.metrics().await;
         metric(&text, "hookrelay_deliveries_total{endpoint=\"flaky\",outcome=\"deferred\"}").filter(|&d| d >= 7.0)
     })
     .await;
-    assert!(deferred >= 7.0);
     assert_eq!(receiver.count(), 3, "no request while the circuit is open");
     let text = relay.metrics().await;
     assert_eq!(metric(&text, "hookrelay_circuit_state{endpoint=\"flaky\"}"), Some(2.0), "open");
+    // The first tier holds each event once (a deferral from a tier goes to the next one):
+    // the three attempts and a deferral of each of the seven events that got no request.
     let tier = read_topic(&topics.tiers[0].0, n, Duration::from_secs(10)).await;
+    assert_eq!(tier.len(), n);
     let deferred_records: Vec<_> =
         tier.iter().filter(|r| r.header("hookrelay-last-error").is_some_and(|e| e.starts_with("deferred"))).collect();
-    assert!(deferred_records.len() >= 7, "deferred records on the first tier");
     for r in &deferred_records {
         assert_eq!(r.header("hookrelay-attempt"), Some("0"), "a deferral is not an attempt");
     }
+    let deferred_ids: HashSet<String> = deferred_records.iter().map(|r| event_id(r)).collect();
+    let requested: HashSet<String> = receiver.received().iter().map(|r| r.header("webhook-id").to_string()).collect();
+    let never_requested: HashSet<String> =
+        (0..n).map(|i| format!("cb-{i}")).filter(|id| !requested.contains(id)).collect();
+    assert_eq!(deferred_records.len(), 7, "one deferral per event the open circuit kept from the receiver");
+    assert_eq!(deferred_ids, never_requested, "the deferred events are exactly the ones that got no request");
     // The receiver recovers: after the cool-down one probe closes the circuit and everything is delivered.
     receiver.set(|b| b.status = 200);
     eventually("all delivered after recovery", Duration::from_secs(40), || {
@@ -220,7 +245,7 @@ async fn an_open_circuit_defers_without_requests_and_recovers() {
 async fn a_consumer_joining_a_paused_tier_loses_nothing_and_is_never_early() {
     let receiver = Receiver::start(Behaviour { fail_first: 1, ..Behaviour::default() }).await;
     let topics = Topics::create(4, &[Duration::from_secs(6)]).await;
-    let config = config(&topics, NO_CIRCUIT);
+    let config = no_circuit(&topics);
     let _first = Relay::start(&config, &[]).await;
     let producer = producer();
     let n = 40;

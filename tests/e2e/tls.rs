@@ -19,17 +19,12 @@ fn ssl_ca() -> PathBuf {
 }
 
 /// A relay config that reads the test's topics through the SSL listener, trusting `ca`.
-fn ssl_config(topics: &Topics, ca: &Path) -> String {
-    format!(
-        "{}\n[delivery]\nallow_private_networks = true\n[notify]\nwindow = \"1s\"\n[shutdown]\ngrace = \"10s\"\n\
-         [kafka.tls]\nca_location = \"{}\"\n",
-        topics.toml(),
-        ca.display()
-    )
-    .replace(
-        &format!("brokers = \"{}\"", bootstrap()),
-        &format!("brokers = \"{}\"\nsecurity_protocol = \"ssl\"", ssl_bootstrap()),
-    )
+fn ssl_config(topics: &Topics, ca: &Path) -> Config {
+    Config::new(topics)
+        .set("kafka.brokers", ssl_bootstrap())
+        .set("kafka.security_protocol", "ssl")
+        .set("kafka.tls.ca_location", ca.display().to_string())
+        .set("shutdown.grace", "10s")
 }
 
 /// Makes a self-signed CA that signed nothing, in `dir`; returns its certificate.
@@ -68,7 +63,7 @@ async fn tls_to_the_brokers_works_and_a_wrong_ca_fails_fast() {
 
     let dir = tempfile::tempdir().unwrap();
     let bad = ssl_config(&topics, &stranger_ca(dir.path()));
-    let (_dir, path, _) = write_config(&bad);
+    let (_dir, path, _) = write_config(&bad.to_string());
     let started = Instant::now();
     let output = Command::new(binary()).arg("--config").arg(&path).arg("run").stdin(Stdio::null()).output().unwrap();
     let took = started.elapsed();
