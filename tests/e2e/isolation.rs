@@ -12,11 +12,10 @@ async fn a_saturated_endpoint_overflows_to_the_tier_and_the_others_flow() {
     let fast = Receiver::start(Behaviour::default()).await;
     // One partition: every record shares one read-ahead, the worst case for head-of-line blocking.
     let topics = Topics::create(1, &[Duration::from_secs(60)]).await;
-    let config = format!(
-        "{}\n[delivery]\nallow_private_networks = true\nmax_in_flight_per_endpoint = 2\n\
-         max_waiting_per_endpoint = 8\nmax_read_ahead_per_partition = 64\n",
-        topics.toml()
-    );
+    let config = Config::new(&topics)
+        .set("delivery.max_in_flight_per_endpoint", 2)
+        .set("delivery.max_waiting_per_endpoint", 8)
+        .set("delivery.max_read_ahead_per_partition", 64);
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let (n_slow, n_fast) = (100, 100);
@@ -62,7 +61,7 @@ async fn the_concurrency_limit_grows_for_a_fast_receiver_and_shrinks_for_an_over
     let fast = Receiver::start(Behaviour::default()).await;
     let overloaded = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let topics = Topics::create(2, &[Duration::from_secs(60)]).await;
-    let config = format!("{}\n[delivery]\nallow_private_networks = true\n", topics.toml());
+    let config = Config::new(&topics);
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     for i in 0..200 {
