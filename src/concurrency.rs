@@ -12,7 +12,7 @@
 //! (events and tiers) shares it.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -37,19 +37,34 @@ const SMOOTHING: f64 = 0.1;
 /// that became slower for good is judged against its new normal.
 const MIN_RTT_DRIFT: f64 = 1.001;
 
-/// A limit that the loop reads while the limiter changes it.
+/// An endpoint's limit and smoothed round trip, which the loop reads while the limiter changes them.
 #[derive(Debug, Clone, Default)]
-pub struct LiveLimit(Arc<AtomicUsize>);
+pub struct LiveLimit(Arc<(AtomicUsize, AtomicU64)>);
 
 impl LiveLimit {
     pub fn fixed(limit: usize) -> LiveLimit {
-        LiveLimit(Arc::new(AtomicUsize::new(limit)))
+        LiveLimit(Arc::new((AtomicUsize::new(limit), AtomicU64::new(0))))
+    }
+    /// A limit whose endpoint answered in `rtt` (tables of the scheduler).
+    pub fn measured(limit: usize, rtt: Duration) -> LiveLimit {
+        let live = LiveLimit::fixed(limit);
+        live.set_rtt(rtt);
+        live
     }
     pub fn get(&self) -> usize {
-        self.0.load(Ordering::Relaxed)
+        self.0 .0.load(Ordering::Relaxed)
     }
     fn set(&self, limit: usize) {
-        self.0.store(limit, Ordering::Relaxed);
+        self.0 .0.store(limit, Ordering::Relaxed);
+    }
+    fn set_rtt(&self, rtt: Duration) {
+        self.0 .1.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+    }
+    /// How long the `ahead`-th record waiting for this endpoint will wait (ms),
+    /// by Little's law: `ahead × round trip / limit`. `None` before the first answer.
+    pub fn expected_wait_ms(&self, ahead: usize) -> Option<i64> {
+        let rtt_us = self.0 .1.load(Ordering::Relaxed);
+        (rtt_us > 0).then(|| (ahead as u64 * rtt_us / self.get().max(1) as u64 / 1000) as i64)
     }
 }
 
@@ -214,6 +229,9 @@ impl Permit {
         let before = aimd.limit();
         aimd.observe(signal, Instant::now());
         let after = aimd.limit();
+        if let Some(rtt) = aimd.smoothed_rtt {
+            self.endpoint.live.set_rtt(Duration::from_secs_f64(rtt));
+        }
         if after != before {
             self.endpoint.live.set(after);
             metrics::concurrency_limit(&self.key, after, aimd.ceiling as usize);

@@ -57,9 +57,11 @@ pub struct Waiting<R> {
     pub record: R,
 }
 
-/// How long a record past an endpoint's waiting bound waits before it is
-/// deferred. A fast receiver at its limit drains its queue in milliseconds, so
-/// its records never overflow; one that cannot keep up leaves them waiting.
+/// A record past its endpoint's waiting bound is deferred when it would wait
+/// this long: by the endpoint's round trip and limit (Little's law), or, before
+/// the endpoint ever answered, once it has waited this long. A fast receiver at
+/// its limit drains a full read-ahead in milliseconds, so its records never
+/// overflow; one that cannot keep up would leave them waiting.
 pub const OVERFLOW_AFTER_MS: i64 = 1_000;
 
 /// One endpoint may hold at most 1/ENDPOINT_SHARE of a partition's in-flight slots.
@@ -196,12 +198,17 @@ pub fn schedule<R>(
             if endpoint_load(key) + starting >= slot.limit.get() || here >= share {
                 let ahead = queued.entry(key).or_default();
                 *ahead += 1;
-                let overflows_at = waiting.read_ms + OVERFLOW_AFTER_MS;
-                if *ahead > limits.waiting_per_endpoint && overflows_at <= now_ms {
+                let past_bound = *ahead > limits.waiting_per_endpoint;
+                let overflows_at = match slot.limit.expected_wait_ms(*ahead) {
+                    Some(wait) if wait >= OVERFLOW_AFTER_MS => now_ms,
+                    Some(_) => i64::MAX,
+                    None => waiting.read_ms + OVERFLOW_AFTER_MS,
+                };
+                if past_bound && overflows_at <= now_ms {
                     defer.push(i);
                     take.push(i);
                 } else {
-                    if *ahead > limits.waiting_per_endpoint {
+                    if past_bound && overflows_at < i64::MAX {
                         overflow_at = Some(overflow_at.map_or(overflows_at, |at| at.min(overflows_at)));
                     }
                     due_left = true;
@@ -340,6 +347,26 @@ mod tests {
         let d = schedule(&young, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "a record is overflow only once it waited OVERFLOW_AFTER_MS");
         assert_eq!(d.wake_ms, Some(NOW + 500 + 8), "woken when the first one past the bound has waited long enough");
+    }
+
+    #[test]
+    fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
+        let limits = Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8 };
+        let slot = |key: &str, rtt_ms| EndpointSlot {
+            key: Arc::from(key),
+            limit: LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)),
+        };
+        let fast = Ticket { due_ms: None, endpoint: Some(slot("fast", 1)) };
+        let p = partition(vec![fast; 40]);
+        let d = schedule(&p, NOW, limits, 100, |_| 2);
+        assert!(d.defer.is_empty(), "40 records at 1 ms and 2 at a time wait 20 ms at most, however long ago read");
+        let slow = Ticket { due_ms: None, endpoint: Some(slot("slow", 2_000)) };
+        let mut p = partition(vec![slow; 12]);
+        for w in p.backlog.iter_mut() {
+            w.read_ms = NOW;
+        }
+        let d = schedule(&p, NOW, limits, 100, |_| 2);
+        assert_eq!(d.defer, vec![8, 9, 10, 11], "the 9th would wait 9 s: deferred at once, however young");
     }
 
     #[test]

@@ -496,8 +496,12 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The relay binary under test: this build's, or `E2E_RELAY_BIN` (a release build, say; not `HOOKRELAY_*`, which the relay reads as config).
 pub fn binary() -> &'static str {
-    env!("CARGO_BIN_EXE_hookrelay")
+    static BINARY: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        std::env::var("E2E_RELAY_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_hookrelay").to_string())
+    });
+    &BINARY
 }
 
 /// Writes `config` (plus an admin listener) to a file and returns (dir, path, admin address).
