@@ -68,6 +68,14 @@ impl LiveLimit {
     }
 }
 
+impl LiveLimit {
+    /// Tells endpoints apart without hashing their names: every record of one
+    /// endpoint carries the same live limit (see [`Limiter::live`]).
+    pub fn id(&self) -> usize {
+        Arc::as_ptr(&self.0) as usize
+    }
+}
+
 impl PartialEq for LiveLimit {
     fn eq(&self, other: &LiveLimit) -> bool {
         self.get() == other.get()

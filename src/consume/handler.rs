@@ -43,6 +43,34 @@ pub struct EndpointSlot {
     pub limit: LiveLimit,
 }
 
+impl EndpointSlot {
+    /// The endpoint's identity for the loop's counts (cheap: no hashing of its name).
+    pub fn id(&self) -> usize {
+        self.limit.id()
+    }
+}
+
+/// Counts keyed by [`EndpointSlot::id`], hashed by one multiplication.
+pub type IdMap<V> = std::collections::HashMap<usize, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// The hasher of [`IdMap`]: ids are addresses, distinct already; a multiply spreads them.
+#[derive(Default)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_usize(&mut self, n: usize) {
+        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
 /// What the loop needs to know to schedule a record, read once when it is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ticket {

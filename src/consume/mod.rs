@@ -33,7 +33,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::client::{Client, KafkaConsumer, Polled};
-pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket, Work};
+pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
 use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
 use crate::clock::now_ms;
 use crate::config::Config;
@@ -101,8 +101,8 @@ struct Loop<H: Handler> {
     done_tx: mpsc::Sender<Completion>,
     done_rx: mpsc::Receiver<Completion>,
     revoke: Option<PendingRevoke>,
-    /// Records in flight per endpoint, in this consumer.
-    endpoint_in_flight: HashMap<Arc<str>, usize>,
+    /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
+    endpoint_in_flight: IdMap<usize>,
 }
 
 impl<H: Handler> Loop<H> {
@@ -121,7 +121,7 @@ impl<H: Handler> Loop<H> {
             done_tx,
             done_rx,
             revoke: None,
-            endpoint_in_flight: HashMap::new(),
+            endpoint_in_flight: IdMap::default(),
         }
     }
 
@@ -225,7 +225,7 @@ impl<H: Handler> Loop<H> {
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), ticket, record });
+        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), ticket, record: Box::new(record) });
         self.pump(&key);
     }
 
@@ -238,7 +238,7 @@ impl<H: Handler> Loop<H> {
         };
         let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
         let Some(partition) = self.partitions.get_mut(key) else { return };
-        let load = |endpoint: &str| self.endpoint_in_flight.get(endpoint).copied().unwrap_or(0);
+        let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
         let dispatch = schedule(partition, now_ms(), limits, free, load);
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
         for (index, waiting) in taken {
@@ -248,8 +248,8 @@ impl<H: Handler> Loop<H> {
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             if let Some(slot) = &endpoint {
-                *self.endpoint_in_flight.entry(slot.key.clone()).or_default() += 1;
-                partition.count(&slot.key, true);
+                *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
+                partition.count(slot, true);
             }
             let completion = Completion {
                 key: key.clone(),
@@ -258,7 +258,7 @@ impl<H: Handler> Loop<H> {
                 offset: waiting.offset,
                 done: Done::Abandoned,
             };
-            let work = self.handler.clone().handle(waiting.record, work, self.abandon.child_token());
+            let work = self.handler.clone().handle(*waiting.record, work, self.abandon.child_token());
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
@@ -294,11 +294,11 @@ impl<H: Handler> Loop<H> {
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
-            if let Some(n) = self.endpoint_in_flight.get_mut(&slot.key) {
+            if let Some(n) = self.endpoint_in_flight.get_mut(&slot.id()) {
                 endpoint_was_full = *n >= slot.limit.get();
                 *n -= 1;
                 if *n == 0 {
-                    self.endpoint_in_flight.remove(&slot.key);
+                    self.endpoint_in_flight.remove(&slot.id());
                 }
             }
         }
@@ -310,7 +310,7 @@ impl<H: Handler> Loop<H> {
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
-            partition.count(&slot.key, false);
+            partition.count(slot, false);
         }
         self.in_flight -= 1;
         if done.done == Done::Decided {

@@ -8,10 +8,9 @@
 //! tiers), a slot is free (per-partition and per-consumer in-flight limits)
 //! and their endpoint has room. Draining takes no new work and never resumes.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
+use std::collections::VecDeque;
 
-use super::handler::Ticket;
+use super::handler::{EndpointSlot, IdMap, Ticket};
 use crate::offsets::OffsetTracker;
 
 /// How long before a paused head is due its partition resumes fetching.
@@ -54,7 +53,9 @@ pub struct Waiting<R> {
     /// When the loop read it (ms).
     pub read_ms: i64,
     pub ticket: Ticket,
-    pub record: R,
+    /// Boxed, so the scheduler's scan of the backlog stays within a few cache
+    /// lines per record whatever the handler keeps (a decoded event is large).
+    pub record: Box<R>,
 }
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
@@ -74,8 +75,8 @@ pub struct Partition<R> {
     pub tracker: OffsetTracker,
     pub in_flight: usize,
     pub backlog: VecDeque<Waiting<R>>,
-    /// Records in flight per endpoint, in this partition.
-    pub endpoint_in_flight: HashMap<Arc<str>, usize>,
+    /// Records in flight per endpoint ([`EndpointSlot::id`]), in this partition.
+    pub endpoint_in_flight: IdMap<usize>,
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
@@ -89,7 +90,7 @@ impl<R> Partition<R> {
             tracker: OffsetTracker::default(),
             in_flight: 0,
             backlog: VecDeque::new(),
-            endpoint_in_flight: HashMap::new(),
+            endpoint_in_flight: IdMap::default(),
             paused: None,
             wake_ms: None,
         }
@@ -102,13 +103,14 @@ impl<R> Partition<R> {
     }
 
     /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
-    pub fn count(&mut self, endpoint: &Arc<str>, started: bool) {
+    pub fn count(&mut self, endpoint: &EndpointSlot, started: bool) {
+        let id = endpoint.id();
         if started {
-            *self.endpoint_in_flight.entry(endpoint.clone()).or_default() += 1;
-        } else if let Some(n) = self.endpoint_in_flight.get_mut(endpoint) {
+            *self.endpoint_in_flight.entry(id).or_default() += 1;
+        } else if let Some(n) = self.endpoint_in_flight.get_mut(&id) {
             *n -= 1;
             if *n == 0 {
-                self.endpoint_in_flight.remove(endpoint);
+                self.endpoint_in_flight.remove(&id);
             }
         }
     }
@@ -166,17 +168,33 @@ pub fn schedule<R>(
     now_ms: i64,
     limits: Limits,
     free: usize,
-    endpoint_load: impl Fn(&str) -> usize,
+    endpoint_load: impl Fn(&EndpointSlot) -> usize,
 ) -> Dispatch {
     let consuming = partition.lifecycle == Lifecycle::Consuming;
     let mut take = Vec::new();
     let mut defer = Vec::new();
-    let mut started: HashMap<&str, usize> = HashMap::new();
-    let mut queued: HashMap<&str, usize> = HashMap::new();
+    let mut started: IdMap<usize> = IdMap::default();
+    let mut queued: IdMap<usize> = IdMap::default();
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
     // However fast its limit grew, one endpoint holds at most half of a
     // partition's slots: a slow but steady receiver cannot take them all.
     let share = (limits.in_flight_per_partition / ENDPOINT_SHARE).max(1);
+    let full = |left: usize| match partition.paused {
+        // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
+        Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
+        _ => left >= limits.read_ahead,
+    };
+    if consuming && room == 0 {
+        // Nothing can start until a slot frees, and its completion pumps again:
+        // no scan. (A busy partition is pumped on every record read; scanning
+        // its backlog each time was the loop's largest cost in a profile.)
+        let pause = match partition.paused {
+            _ if full(partition.backlog.len()) => Some(PauseReason::Capacity),
+            Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
+            _ => None,
+        };
+        return Dispatch { take: Vec::new(), defer: Vec::new(), pause, wake_ms: partition.wake_ms };
+    }
     let mut due_left = false;
     // When a waiting record becomes overflow, if one is still young.
     let mut overflow_at: Option<i64> = None;
@@ -188,21 +206,24 @@ pub fn schedule<R>(
             continue;
         }
         if take.len() >= room {
+            // Every slot is taken: what is left waits for a completion, which
+            // pumps again, so the rest of the backlog need not be looked at.
             due_left = true;
-            continue;
+            break;
         }
         if let Some(slot) = &waiting.ticket.endpoint {
-            let key = &*slot.key;
-            let starting = started.get(key).copied().unwrap_or(0);
-            let here = partition.endpoint_in_flight.get(key).copied().unwrap_or(0) + starting;
-            if endpoint_load(key) + starting >= slot.limit.get() || here >= share {
-                let ahead = queued.entry(key).or_default();
+            let id = slot.id();
+            let starting = started.get(&id).copied().unwrap_or(0);
+            let here = partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
+            if endpoint_load(slot) + starting >= slot.limit.get() || here >= share {
+                let ahead = queued.entry(id).or_default();
                 *ahead += 1;
                 let past_bound = *ahead > limits.waiting_per_endpoint;
-                let overflows_at = match slot.limit.expected_wait_ms(*ahead) {
-                    Some(wait) if wait >= OVERFLOW_AFTER_MS => now_ms,
-                    Some(_) => i64::MAX,
-                    None => waiting.read_ms + OVERFLOW_AFTER_MS,
+                let overflows_at = match past_bound.then(|| slot.limit.expected_wait_ms(*ahead)) {
+                    None => i64::MAX,
+                    Some(Some(wait)) if wait >= OVERFLOW_AFTER_MS => now_ms,
+                    Some(Some(_)) => i64::MAX,
+                    Some(None) => waiting.read_ms + OVERFLOW_AFTER_MS,
                 };
                 if past_bound && overflows_at <= now_ms {
                     defer.push(i);
@@ -215,21 +236,16 @@ pub fn schedule<R>(
                 }
                 continue;
             }
-            *started.entry(key).or_default() += 1;
+            *started.entry(id).or_default() += 1;
         }
         take.push(i);
     }
     let next_due = partition.backlog.iter().filter_map(|w| w.ticket.due_ms).filter(|&due| due > now_ms).min();
     let waiting_for_time = !due_left && next_due.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
     let left = partition.backlog.len() - take.len();
-    let full = match partition.paused {
-        // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
-        Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
-        _ => left >= limits.read_ahead,
-    };
     let pause = match () {
         _ if !consuming => None,
-        _ if full => Some(PauseReason::Capacity),
+        _ if full(left) => Some(PauseReason::Capacity),
         _ if waiting_for_time => Some(PauseReason::NotDue),
         _ => None,
     };
@@ -243,6 +259,10 @@ pub fn schedule<R>(
 
 #[cfg(test)]
 mod tests {
+    use std::cell::RefCell;
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
     use super::*;
     use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
@@ -251,8 +271,7 @@ mod tests {
     const LIMITS: Limits = Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8 };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
-        let slot = |(key, limit): (&str, usize)| EndpointSlot { key: Arc::from(key), limit: LiveLimit::fixed(limit) };
-        Ticket { due_ms, endpoint: endpoint.map(slot) }
+        Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))) }
     }
 
     fn partition(tickets: Vec<Ticket>) -> Partition<()> {
@@ -262,14 +281,28 @@ mod tests {
                 offset: offset as i64,
                 read_ms: NOW - OVERFLOW_AFTER_MS,
                 ticket,
-                record: (),
+                record: Box::new(()),
             });
         }
         p
     }
 
-    fn idle(_: &str) -> usize {
+    thread_local! {
+        static LIVE: RefCell<HashMap<String, LiveLimit>> = RefCell::default();
+    }
+
+    /// One live limit per endpoint name, as the limiter hands out (the loop tells endpoints apart by it).
+    fn slot(key: &str, limit: LiveLimit) -> EndpointSlot {
+        let limit = LIVE.with(|l| l.borrow_mut().entry(format!("{key}/{}", limit.get())).or_insert(limit).clone());
+        EndpointSlot { key: Arc::from(key), limit }
+    }
+
+    fn idle(_: &EndpointSlot) -> usize {
         0
+    }
+
+    fn named(name: &'static str, n: usize) -> impl Fn(&EndpointSlot) -> usize {
+        move |s| if &*s.key == name { n } else { 0 }
     }
 
     #[test]
@@ -299,7 +332,7 @@ mod tests {
             ticket(None, Some(("fast", 10))),
             ticket(None, Some(("slow", 2))),
         ]);
-        let d = schedule(&p, NOW, LIMITS, 100, |e| if e == "slow" { 1 } else { 0 });
+        let d = schedule(&p, NOW, LIMITS, 100, named("slow", 1));
         assert_eq!(d.take, vec![0, 2], "one slot left for slow, fast goes");
         assert_eq!(d.pause, None);
     }
@@ -331,7 +364,7 @@ mod tests {
         let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
         tickets.push(ticket(None, Some(("fast", 10))));
         let p = partition(tickets);
-        let d = schedule(&p, NOW, limits, 100, |e| if e == "slow" { 2 } else { 0 });
+        let d = schedule(&p, NOW, limits, 100, named("slow", 2));
         assert_eq!(d.defer, vec![8, 9, 10, 11], "8 slow records wait, the 4 after them are deferred");
         assert_eq!(d.take, vec![8, 9, 10, 11, 12], "the fast record goes, and the deferrals");
         assert_eq!(d.pause, None);
@@ -352,15 +385,12 @@ mod tests {
     #[test]
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
         let limits = Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8 };
-        let slot = |key: &str, rtt_ms| EndpointSlot {
-            key: Arc::from(key),
-            limit: LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)),
-        };
-        let fast = Ticket { due_ms: None, endpoint: Some(slot("fast", 1)) };
+        let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
+        let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)) };
         let p = partition(vec![fast; 40]);
         let d = schedule(&p, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "40 records at 1 ms and 2 at a time wait 20 ms at most, however long ago read");
-        let slow = Ticket { due_ms: None, endpoint: Some(slot("slow", 2_000)) };
+        let slow = Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)) };
         let mut p = partition(vec![slow; 12]);
         for w in p.backlog.iter_mut() {
             w.read_ms = NOW;
@@ -376,14 +406,28 @@ mod tests {
         tickets.push(ticket(None, Some(("other", 1000))));
         let mut p = partition(tickets);
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
-        let key: Arc<str> = Arc::from("steady");
+        let key = p.backlog[0].ticket.endpoint.clone().unwrap();
         for _ in 0..3 {
             p.count(&key, true);
         }
         p.in_flight = 3;
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
         p.count(&key, false);
-        assert_eq!(p.endpoint_in_flight.get(&key), Some(&2));
+        assert_eq!(p.endpoint_in_flight.get(&key.id()), Some(&2));
+    }
+
+    #[test]
+    fn without_a_free_slot_nothing_goes_and_the_pause_state_holds() {
+        let mut p = partition(vec![Ticket::default(); 6]);
+        p.in_flight = LIMITS.in_flight_per_partition;
+        let d = schedule(&p, NOW, LIMITS, 100, idle);
+        assert_eq!((d.take.len(), d.pause), (0, Some(PauseReason::Capacity)), "6 waiting: the read-ahead is full");
+        let mut waiting = partition(vec![ticket(Some(NOW + 60_000), None)]);
+        waiting.in_flight = 1;
+        waiting.paused = Some(PauseReason::NotDue);
+        waiting.wake_ms = Some(NOW + 59_000);
+        let d = schedule(&waiting, NOW, LIMITS, 0, idle);
+        assert_eq!((d.pause, d.wake_ms), (Some(PauseReason::NotDue), Some(NOW + 59_000)), "nothing changes");
     }
 
     #[test]
