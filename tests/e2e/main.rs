@@ -8,5 +8,6 @@ mod notify;
 mod operate;
 mod replay;
 mod retry;
+mod security;
 mod smtp;
 mod tls;

@@ -15,7 +15,8 @@ const TIERS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Du
 fn config(topics: &Topics, billing_url: &str) -> String {
     format!(
         "{}\n[delivery]\nallow_private_networks = true\n[circuit]\nenabled = false\n\
-         [endpoints.billing]\nurl = \"{billing_url}\"\n[notify]\nwindow = \"1s\"\n",
+         [endpoints.billing]\nurl = \"{billing_url}\"\n[notify]\nwindow = \"1s\"\n\
+         [replay]\nkey = \"e2e-replay-key-0123456789\"\n",
         topics.toml()
     )
 }
