@@ -4,8 +4,10 @@
 mod bench;
 mod delivery;
 mod harness;
+mod mtls;
 mod notify;
 mod operate;
+mod refused;
 mod replay;
 mod retry;
 mod security;
