@@ -17,6 +17,12 @@
 #   KAFKA_SASL_PASSWORD=hookrelay-secret
 #   KAFKA_SSL_BOOTSTRAP=127.0.0.1:9095    SSL (server certificate only, no client auth)
 #   KAFKA_SSL_CA=<run dir>/ca.crt         the throwaway CA that signed the broker certificate
+#   KAFKA_MTLS_BOOTSTRAP=127.0.0.1:9096   SSL with ssl.client.auth=required (mutual TLS)
+#   KAFKA_CLIENT_CERT=<run dir>/client.crt  a client certificate signed by the same CA
+#   KAFKA_CLIENT_KEY=<run dir>/client.key   its key (unencrypted PEM)
+#   KAFKA_SASL_REAUTH_BOOTSTRAP=127.0.0.1:9097  SASL_PLAINTEXT (SCRAM) with connections.max.reauth.ms=2000,
+#                                         so a deleted user is refused within seconds (exit-code tests)
+#   KAFKA_TOOLS_CLASSPATH=<jars dir>/*    the broker's jars, for its admin tools (kafka.admin.ConfigCommand)
 # so `scripts/kafka.sh up >> "$GITHUB_ENV"` or `eval "$(scripts/kafka.sh up)"` work.
 #
 # Environment:
@@ -26,6 +32,8 @@
 #   KAFKA_CONTROLLER_PORT  KRaft controller port (default 9093)
 #   KAFKA_SASL_PORT        SASL_PLAINTEXT port  (default 9094)
 #   KAFKA_SSL_PORT         SSL port             (default 9095)
+#   KAFKA_MTLS_PORT        mutual-TLS SSL port  (default 9096)
+#   KAFKA_SASL_REAUTH_PORT SASL_PLAINTEXT port with short re-authentication (default 9097)
 #   KAFKA_VERSION          override the Kafka version pinned in scripts/kafka/pom.xml
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker (default 120)
 #   KAFKA_HEAP_OPTS        JVM heap (default "-Xms512m -Xmx1g")
@@ -34,7 +42,8 @@
 # TLS: a fresh `up` makes (with openssl) a throwaway CA (ca.key, ca.crt) and a
 # broker key and certificate signed by it (SAN IP:127.0.0.1, DNS:localhost,
 # broker.pem = key + chain) in the run dir; the SSL listener reads broker.pem
-# as a PEM keystore. Test-only keys: never reuse them.
+# as a PEM keystore. The same CA signs a client certificate (client.key,
+# client.crt) that the mutual-TLS listener requires. Test-only keys: never reuse them.
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,6 +61,8 @@ PORT="${KAFKA_PORT:-9092}"
 CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 SASL_PORT="${KAFKA_SASL_PORT:-9094}"
 SSL_PORT="${KAFKA_SSL_PORT:-9095}"
+MTLS_PORT="${KAFKA_MTLS_PORT:-9096}"
+SASL_REAUTH_PORT="${KAFKA_SASL_REAUTH_PORT:-9097}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
@@ -67,6 +78,8 @@ TLS_CA_KEY="$RUN_DIR/ca.key"
 TLS_BROKER_CERT="$RUN_DIR/broker.crt"
 TLS_BROKER_KEY="$RUN_DIR/broker.key"
 TLS_BROKER_PEM="$RUN_DIR/broker.pem"
+TLS_CLIENT_CERT="$RUN_DIR/client.crt"
+TLS_CLIENT_KEY="$RUN_DIR/client.key"
 TLS_DAYS=3650
 
 log() { printf 'kafka.sh: %s\n' "$*" >&2; }
@@ -95,6 +108,17 @@ print_env() {
   else
     log "this broker has no SSL listener on $HOST:$SSL_PORT (started by an older kafka.sh?); '$0 down' then 'up' adds it"
   fi
+  if grep -q "^listeners=.*,MTLS://$HOST:$MTLS_PORT" "$RUN_DIR/server.properties" 2>/dev/null && [[ -s "$TLS_CLIENT_CERT" ]]; then
+    echo "KAFKA_MTLS_BOOTSTRAP=$HOST:$MTLS_PORT"
+    echo "KAFKA_CLIENT_CERT=$TLS_CLIENT_CERT"
+    echo "KAFKA_CLIENT_KEY=$TLS_CLIENT_KEY"
+  else
+    log "this broker has no mutual-TLS listener on $HOST:$MTLS_PORT (started by an older kafka.sh?); '$0 down' then 'up' adds it"
+  fi
+  if grep -q "^listeners=.*,SASL_REAUTH://$HOST:$SASL_REAUTH_PORT" "$RUN_DIR/server.properties" 2>/dev/null; then
+    echo "KAFKA_SASL_REAUTH_BOOTSTRAP=$HOST:$SASL_REAUTH_PORT"
+  fi
+  echo "KAFKA_TOOLS_CLASSPATH=$LIBS_DIR/*"
 }
 
 # --- locking: serialise up/down of the same run dir -------------------------
@@ -207,7 +231,7 @@ fresh_run_dir() {
 # --- TLS material ---------------------------------------------------------------
 # A throwaway CA and a broker certificate it signs, made once per run dir.
 ensure_tls() {
-  if [[ -s "$TLS_CA_CERT" && -s "$TLS_BROKER_PEM" ]]; then return 0; fi
+  if [[ -s "$TLS_CA_CERT" && -s "$TLS_BROKER_PEM" && -s "$TLS_CLIENT_CERT" ]]; then return 0; fi
   command -v openssl >/dev/null 2>&1 || die "openssl is needed to make the test broker's TLS certificate"
   local tmp="$RUN_DIR/tls.tmp.$$" out="$RUN_DIR/tls.out"
   rm -rf "$tmp"
@@ -217,6 +241,10 @@ ensure_tls() {
     'keyUsage=critical,digitalSignature' \
     'extendedKeyUsage=serverAuth' \
     "subjectAltName=IP:$HOST,DNS:localhost" >"$tmp/broker.ext"
+  printf '%s\n' \
+    'basicConstraints=critical,CA:FALSE' \
+    'keyUsage=critical,digitalSignature' \
+    'extendedKeyUsage=clientAuth' >"$tmp/client.ext"
   if ! (
     set -e
     umask 077
@@ -230,9 +258,14 @@ ensure_tls() {
     openssl x509 -req -in broker.csr -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
       -days "$TLS_DAYS" -sha256 -extfile broker.ext -out broker.crt
     openssl verify -CAfile ca.crt broker.crt
+    openssl req -new -nodes -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 \
+      -keyout client.key -out client.csr -subj "/O=hookrelay tests/CN=hookrelay-client"
+    openssl x509 -req -in client.csr -CA ca.crt -CAkey ca.key -set_serial "0x$(openssl rand -hex 16)" \
+      -days "$TLS_DAYS" -sha256 -extfile client.ext -out client.crt
+    openssl verify -CAfile ca.crt client.crt
     # The PEM keystore: an unencrypted PKCS#8 key, then the chain (leaf first).
     cat broker.key broker.crt ca.crt >broker.pem
-    chmod 644 ca.crt broker.crt
+    chmod 644 ca.crt broker.crt client.crt
   ) >"$out" 2>&1; then
     cat "$out" >&2
     rm -rf "$tmp"
@@ -242,6 +275,8 @@ ensure_tls() {
   mv "$tmp/broker.key" "$TLS_BROKER_KEY"
   mv "$tmp/broker.crt" "$TLS_BROKER_CERT"
   mv "$tmp/broker.pem" "$TLS_BROKER_PEM"
+  mv "$tmp/client.key" "$TLS_CLIENT_KEY"
+  mv "$tmp/client.crt" "$TLS_CLIENT_CERT"
   mv "$tmp/ca.crt" "$TLS_CA_CERT" # last: its presence marks the set complete
   rm -rf "$tmp" "$out"
 }
@@ -255,9 +290,9 @@ node.id=1
 controller.quorum.bootstrap.servers=$HOST:$CONTROLLER_PORT
 controller.listener.names=CONTROLLER
 
-listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT
-advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT
-listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL
+listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT,MTLS://$HOST:$MTLS_PORT,SASL_REAUTH://$HOST:$SASL_REAUTH_PORT
+advertised.listeners=PLAINTEXT://$HOST:$PORT,CONTROLLER://$HOST:$CONTROLLER_PORT,SASL_PLAINTEXT://$HOST:$SASL_PORT,SSL://$HOST:$SSL_PORT,MTLS://$HOST:$MTLS_PORT,SASL_REAUTH://$HOST:$SASL_REAUTH_PORT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_PLAINTEXT:SASL_PLAINTEXT,SSL:SSL,MTLS:SSL,SASL_REAUTH:SASL_PLAINTEXT
 inter.broker.listener.name=PLAINTEXT
 
 sasl.enabled.mechanisms=PLAIN,SCRAM-SHA-256,SCRAM-SHA-512
@@ -270,6 +305,21 @@ listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config=org.apache.kafka.com
 listener.name.ssl.ssl.keystore.type=PEM
 listener.name.ssl.ssl.keystore.location=$TLS_BROKER_PEM
 listener.name.ssl.ssl.client.auth=none
+
+# MTLS: the same server certificate, and a client certificate signed by the test CA is required.
+listener.name.mtls.ssl.keystore.type=PEM
+listener.name.mtls.ssl.keystore.location=$TLS_BROKER_PEM
+listener.name.mtls.ssl.truststore.type=PEM
+listener.name.mtls.ssl.truststore.location=$TLS_CA_CERT
+listener.name.mtls.ssl.client.auth=required
+
+# SASL_REAUTH: SCRAM only, sessions re-authenticated every 2 s, so a user
+# deleted mid-run is refused within seconds (mid-run exit-code tests; a
+# listener of its own, so the other SASL tests see no re-authentication).
+listener.name.sasl_reauth.sasl.enabled.mechanisms=SCRAM-SHA-256,SCRAM-SHA-512
+listener.name.sasl_reauth.scram-sha-256.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_reauth.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required;
+listener.name.sasl_reauth.connections.max.reauth.ms=2000
 
 log.dirs=$RUN_DIR/data
 num.partitions=1
@@ -374,11 +424,11 @@ cmd_up() {
   rm -f "$PID_FILE"
 
   local p
-  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT" "$SSL_PORT"; do
+  for p in "$PORT" "$CONTROLLER_PORT" "$SASL_PORT" "$SSL_PORT" "$MTLS_PORT" "$SASL_REAUTH_PORT"; do
     if port_in_use "$p"; then
       log "port $HOST:$p is already in use by a process not started by this script:"
       describe_port_owner "$p"
-      die "free the port or choose others with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT / KAFKA_SSL_PORT"
+      die "free the port or choose others with KAFKA_PORT / KAFKA_CONTROLLER_PORT / KAFKA_SASL_PORT / KAFKA_SSL_PORT / KAFKA_MTLS_PORT / KAFKA_SASL_REAUTH_PORT"
     fi
   done
 

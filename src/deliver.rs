@@ -72,7 +72,7 @@ impl Deliverer {
         }
         match request.body(event.body.clone()).send().await {
             Ok(response) => read_response(response).await,
-            Err(error) => attempt_error(&error),
+            Err(error) => attempt_error(error, &event.endpoint_key),
         }
     }
 }
@@ -92,8 +92,13 @@ async fn read_response(mut response: reqwest::Response) -> Attempt {
     Attempt::Response { status, retry_after, body: String::from_utf8_lossy(&body).into_owned() }
 }
 
-fn attempt_error(error: &reqwest::Error) -> Attempt {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+/// The error text of a failed request. reqwest's own text ends with the
+/// full URL, query tokens included: it is dropped and the endpoint (name or
+/// host) is named instead, as this text reaches `hookrelay-last-error`, logs
+/// and notifications.
+fn attempt_error(error: reqwest::Error, endpoint: &str) -> Attempt {
+    let error = error.without_url();
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&error);
     let mut chain = Vec::new();
     while let Some(e) = source {
         if let Some(forbidden) = e.downcast_ref::<Forbidden>() {
@@ -106,6 +111,9 @@ fn attempt_error(error: &reqwest::Error) -> Attempt {
         return Attempt::Timeout;
     }
     chain.dedup();
+    if let Some(first) = chain.first_mut() {
+        first.push_str(&format!(" to {endpoint}"));
+    }
     Attempt::Transport(chain.join(": "))
 }
 

@@ -88,8 +88,8 @@ impl Endpoints {
             .endpoints
             .iter()
             .filter_map(|(name, e): (&String, &EndpointConfig)| {
-                let url = parse_target_url(&e.url).ok()?;
-                let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v).ok()).collect();
+                let url = parse_target_url(e.url.expose()).ok()?;
+                let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
                 Some((name.clone(), NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers }))
             })
             .collect();

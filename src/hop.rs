@@ -1,9 +1,15 @@
 //! The relay's headers on Kafka records: their names, the hop state read from them, the headers written on
 //! tier, dead and replayed records, and the dead-letter reader shared by the failure handler and `replay`.
+//!
+//! Trust boundary: the tier and dead topics are written by the relay only, so
+//! their relay headers are believed. An event topic is written by producers,
+//! so its relay headers are not ([`trusted_on_event_topic`]): only the ones
+//! `replay` writes, and only under a valid seal ([`crate::seal`]).
 
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
 
 use crate::outcome::DeadReason;
+use crate::seal::ReplayKey;
 
 /// Names of the headers the relay writes on tier and dead records.
 pub mod header {
@@ -25,9 +31,22 @@ pub mod header {
     pub const EVENT_MS: &str = "hookrelay-event-ms";
     /// Not in SPEC's list: set by `replay` to `<topic>/<partition>/<offset>` of the dead record.
     pub const REPLAYED_FROM: &str = "hookrelay-replayed-from";
+    /// Not in SPEC's list: set by `replay` (with `replay.key`), the seal over
+    /// [`super::SEALED`] and the value.
+    pub const REPLAY_SIGNATURE: &str = "hookrelay-replay-signature";
     /// Every header the relay owns starts with this.
     pub const PREFIX: &str = "hookrelay-";
 }
+
+/// The headers `replay` writes and seals, in the order they are sealed.
+pub const SEALED: [&str; 6] = [
+    header::ORIGIN_TOPIC,
+    header::ORIGIN_PARTITION,
+    header::ORIGIN_OFFSET,
+    header::DEADLINE_MS,
+    header::EVENT_MS,
+    header::REPLAYED_FROM,
+];
 
 /// The longest `hookrelay-last-error` written (SPEC: at most 1 KiB).
 const MAX_ERROR_BYTES: usize = 1024;
@@ -145,15 +164,56 @@ impl RelayHeaders<'_> {
 }
 
 /// The headers of a replayed record: the original non-relay ones, the origin,
-/// a fresh deadline, no attempt count, and where it was replayed from.
-pub fn replay_headers(original: &[(String, Vec<u8>)], hop: &Hop, dead: &Coordinates, deadline_ms: i64) -> OwnedHeaders {
-    let mut out = Writer(foreign(original, 6));
+/// a fresh deadline, no attempt count, and where it was replayed from; with a
+/// `key`, the seal over those and `value`, without which the relay ignores them.
+pub fn replay_headers(
+    original: &[(String, Vec<u8>)],
+    hop: &Hop,
+    dead: &Coordinates,
+    deadline_ms: i64,
+    value: &[u8],
+    key: Option<&ReplayKey>,
+) -> OwnedHeaders {
     // The end-to-end latency of a replayed delivery still counts from the original event.
-    out.put_some(header::EVENT_MS, hop.event_ms);
-    out.put_origin(&hop.origin);
-    out.put(header::DEADLINE_MS, deadline_ms);
-    out.put(header::REPLAYED_FROM, format_args!("{}/{}/{}", dead.topic, dead.partition, dead.offset));
+    let event_ms = hop.event_ms.map(|ms| ms.to_string()).unwrap_or_default();
+    let fields = [
+        hop.origin.topic.clone(),
+        hop.origin.partition.to_string(),
+        hop.origin.offset.to_string(),
+        deadline_ms.to_string(),
+        event_ms,
+        format!("{}/{}/{}", dead.topic, dead.partition, dead.offset),
+    ];
+    let mut out = Writer(foreign(original, SEALED.len() + 1));
+    for (name, field) in SEALED.iter().zip(&fields).filter(|(_, field)| !field.is_empty()) {
+        out.put(name, field);
+    }
+    if let Some(key) = key {
+        let sealed: Vec<(&str, &[u8])> = SEALED.iter().zip(&fields).map(|(n, f)| (*n, f.as_bytes())).collect();
+        out.put(header::REPLAY_SIGNATURE, key.seal(&sealed, value));
+    }
     out.0
+}
+
+/// The headers of an event-topic record the relay may believe: every foreign
+/// one, and of its own only those `replay` wrote, when their seal holds under
+/// `key`. Also says how many relay headers were ignored (a producer's forgery,
+/// or a replay without a key).
+pub fn trusted_on_event_topic(
+    headers: &[(String, Vec<u8>)],
+    value: &[u8],
+    key: Option<&ReplayKey>,
+) -> (Vec<(String, Vec<u8>)>, usize) {
+    let sealed = key.is_some_and(|key| {
+        let fields: Vec<(&str, &[u8])> =
+            SEALED.iter().map(|name| (*name, last_header(headers, name).unwrap_or_default().as_bytes())).collect();
+        last_header(headers, header::REPLAY_SIGNATURE).is_some_and(|seal| key.verify(&fields, value, seal))
+    });
+    let believed = |name: &str| !name.starts_with(header::PREFIX) || (sealed && SEALED.contains(&name));
+    let (kept, ignored): (Vec<_>, Vec<_>) = headers.iter().cloned().partition(|(name, _)| believed(name));
+    // The seal itself is not "ignored": it did its job.
+    let ignored = ignored.iter().filter(|(name, _)| !(sealed && name == header::REPLAY_SIGNATURE)).count();
+    (kept, ignored)
 }
 
 /// The headers that are not the relay's, kept as they came.
@@ -352,7 +412,7 @@ mod tests {
         assert_eq!((dead.hop.attempts, dead.hop.event_ms, dead.at_ms), (4, Some(1_000), Some(9_000)));
         assert_eq!(dead.here, Coordinates { topic: "webhooks.dead".into(), partition: 0, offset: 7 });
 
-        let replayed = pairs(&replay_headers(&dead.headers, &dead.hop, &dead.here, 50_000));
+        let replayed = pairs(&replay_headers(&dead.headers, &dead.hop, &dead.here, 50_000, value, None));
         let get = |k: &str| values(&replayed, k);
         assert_eq!(get("x-trace"), vec!["1"], "foreign headers are kept");
         assert!(get(header::ATTEMPT).is_empty() && get(header::REASON).is_empty(), "the count starts again");
@@ -360,6 +420,67 @@ mod tests {
         assert_eq!(get(header::ORIGIN_OFFSET), vec!["41"]);
         assert_eq!(get(header::REPLAYED_FROM), vec!["webhooks.dead/0/7"]);
         assert_eq!(get(header::EVENT_MS), vec!["1000"]);
+        assert!(get(header::REPLAY_SIGNATURE).is_empty(), "no key, no seal");
+    }
+
+    fn owned(headers: &OwnedHeaders) -> Vec<(String, Vec<u8>)> {
+        headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+    }
+
+    #[test]
+    fn a_producer_cannot_set_the_relay_state_on_an_event_topic() {
+        let here = Coordinates { topic: "webhooks.events".into(), partition: 0, offset: 5 };
+        let h = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
+        let forged = vec![
+            h("traceparent", "00-abc"),
+            h(header::ATTEMPT, "99"),
+            h(header::DEADLINE_MS, "1"),
+            h(header::ORIGIN_TOPIC, "webhooks.events"),
+            h(header::ORIGIN_PARTITION, "0"),
+            h(header::ORIGIN_OFFSET, "1"),
+            h(header::REPLAY_SIGNATURE, "Zm9yZ2Vk"),
+        ];
+        let key = ReplayKey::new("0123456789abcdef-replay");
+        for key in [None, Some(&key)] {
+            let (kept, ignored) = trusted_on_event_topic(&forged, b"{}", key);
+            assert_eq!(kept, vec![h("traceparent", "00-abc")]);
+            assert_eq!(ignored, 6);
+            let hop = Hop::read(&kept, here.clone(), Some(7));
+            assert_eq!((hop.attempts, hop.deadline_ms), (0, None));
+            assert_eq!(hop.origin.default_id(), "webhooks.events-0-5", "its own id, not offset 1's");
+        }
+    }
+
+    #[test]
+    fn a_sealed_replay_keeps_its_origin_and_deadline() {
+        let key = ReplayKey::new("0123456789abcdef-replay");
+        let hop = Hop::read(&[], Coordinates { topic: "orders".into(), partition: 3, offset: 41 }, Some(1_000));
+        let dead = Coordinates { topic: "webhooks.dead".into(), partition: 0, offset: 7 };
+        let value = br#"{"url":"https://a.example/","payload":1}"#;
+        let original = vec![("x-trace".to_string(), b"1".to_vec())];
+        let replayed = owned(&replay_headers(&original, &hop, &dead, 50_000, value, Some(&key)));
+        let here = Coordinates { topic: "orders".into(), partition: 1, offset: 900 };
+
+        let (kept, ignored) = trusted_on_event_topic(&replayed, value, Some(&key));
+        assert_eq!(ignored, 0);
+        let read = Hop::read(&kept, here.clone(), Some(60_000));
+        assert_eq!(read.origin.default_id(), "orders-3-41", "the id survives the replay");
+        assert_eq!((read.deadline_ms, read.event_ms, read.attempts), (Some(50_000), Some(1_000), 0));
+
+        // The same headers on another value, under another key, or without a key are not believed.
+        for (value, key) in [
+            (&b"{}"[..], Some(&key)),
+            (&value[..], Some(&ReplayKey::new("another key, 16+ bytes"))),
+            (&value[..], None),
+        ] {
+            let (kept, ignored) = trusted_on_event_topic(&replayed, value, key);
+            assert_eq!(ignored, SEALED.len() + 1);
+            assert_eq!(Hop::read(&kept, here.clone(), None).origin.default_id(), "orders-1-900");
+        }
+        // Changing one sealed header breaks the seal.
+        let mut moved = replayed.clone();
+        moved.push((header::ORIGIN_OFFSET.to_string(), b"40".to_vec()));
+        assert_eq!(Hop::read(&trusted_on_event_topic(&moved, value, Some(&key)).0, here, None).origin.offset, 900);
     }
 
     #[test]

@@ -40,7 +40,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// Applies `kafka.properties` last, so operators can tune anything.
 fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
-    for (key, value) in &kafka.properties {
+    for (key, value) in kafka.properties.expose() {
         c.set(key, value);
     }
     c
@@ -116,6 +116,16 @@ impl Refusal {
             _ => None,
         }
     }
+
+    /// A transport error that is the broker refusing our TLS handshake: with
+    /// TLS 1.3 a broker that requires a client certificate sends its alert
+    /// ("alert certificate required", "alert bad certificate") after the
+    /// client thinks the handshake is done, so librdkafka reports a failed
+    /// receive, not an SSL error. Its text is the only sign.
+    fn of_transport(code: RDKafkaErrorCode, reason: &str) -> Option<Refusal> {
+        let transport = matches!(code, RDKafkaErrorCode::BrokerTransportFailure);
+        (transport && reason.contains("SSL routines") && reason.contains(" alert ")).then_some(Refusal::Tls)
+    }
 }
 
 /// Remembers the errors librdkafka reports while the connection is checked.
@@ -130,7 +140,9 @@ struct CheckContext {
 
 impl ClientContext for CheckContext {
     fn error(&self, error: KafkaError, reason: &str) {
-        if let Some(refusal @ (Refusal::Tls | Refusal::Access)) = error.rdkafka_error_code().and_then(Refusal::of) {
+        let code = error.rdkafka_error_code();
+        let refusal = code.and_then(|code| Refusal::of(code).or_else(|| Refusal::of_transport(code, reason)));
+        if let Some(refusal @ (Refusal::Tls | Refusal::Access)) = refusal {
             self.refused.lock().expect("lock poisoned").get_or_insert_with(|| (refusal, reason.to_string()));
         }
         *self.error.lock().expect("lock poisoned") = Some(reason.to_string());
@@ -220,5 +232,16 @@ mod tests {
         assert_eq!(refused, Some((Refusal::Tls, "SSL handshake failed: certificate verify failed".to_string())));
         let latest = context.error.lock().unwrap().clone();
         assert_eq!(latest.as_deref(), Some("a later handshake"));
+    }
+
+    #[test]
+    fn a_broker_that_wants_a_client_certificate_is_a_tls_refusal() {
+        let context = CheckContext::default();
+        context.error(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), "Connection refused");
+        let alert = "ssl://127.0.0.1:9096/bootstrap: Receive failed: error:0A000412:SSL routines::sslv3 alert bad \
+                     certificate: SSL alert number 42 (after 0ms in state APIVERSION_QUERY)";
+        context.error(KafkaError::Global(RDKafkaErrorCode::BrokerTransportFailure), alert);
+        let refused = context.refused.lock().unwrap().clone();
+        assert_eq!(refused, Some((Refusal::Tls, alert.to_string())));
     }
 }

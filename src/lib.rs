@@ -31,7 +31,8 @@
 //! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
 //!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
-//!   [`sign`] (Standard Webhooks signatures), [`clock`] (ms since the epoch, RFC 3339).
+//!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
+//!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339).
 
 pub mod admin;
 pub mod app;
@@ -52,6 +53,7 @@ pub mod readiness;
 pub mod relay;
 pub mod replay;
 pub mod route;
+pub mod seal;
 pub mod shutdown;
 pub mod sign;
 pub mod target;

@@ -45,6 +45,8 @@ pub struct Metrics {
     pub endpoint_overflow: IntCounterVec,
     /// endpoint, bound (limit | ceiling)
     pub endpoint_concurrency: IntGaugeVec,
+    /// topic
+    pub relay_headers_ignored: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -150,6 +152,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Adaptive concurrency per endpoint: the current limit and its ceiling.",
             &["endpoint", "bound"],
         ),
+        relay_headers_ignored: counter(
+            &r,
+            "hookrelay_relay_headers_ignored_total",
+            "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
+            &["topic"],
+        ),
         registry: r,
     }
 });
@@ -168,6 +176,21 @@ pub fn render() -> String {
 
 // Events that are both logged and counted: one function each, so the log
 // fields and the metric labels cannot drift apart.
+
+/// The most of an error text put in one log field: a receiver's body or a
+/// long error chain must not flood the logs.
+pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
+
+/// An error text cut to [`MAX_LOGGED_ERROR_BYTES`] on a character boundary.
+fn capped(error: Option<&str>) -> Option<&str> {
+    error.map(|e| crate::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
+}
+
+/// A displayable error as a capped log field.
+fn capped_display(error: &dyn std::fmt::Display) -> String {
+    let text = error.to_string();
+    crate::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
+}
 
 /// One HTTP attempt finished (whatever its result).
 pub fn attempt_finished(endpoint: &str, seconds: f64) {
@@ -207,6 +230,7 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     if why == Retry::Overflow {
         m.endpoint_overflow.with_label_values(&[endpoint]).inc();
     }
+    let error = capped(error);
     let deferred = why != Retry::Failed;
     let overflow = why == Retry::Overflow;
     tracing::info!(endpoint, id, attempt, tier, deferred, overflow, error, "routed to retry tier");
@@ -217,13 +241,27 @@ pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: DeadReason, e
     let m = get();
     m.deliveries.with_label_values(&[endpoint, "dead"]).inc();
     m.dead_letters.with_label_values(&[reason.as_str()]).inc();
+    let error = capped(error);
     tracing::warn!(endpoint, id, attempt, reason = reason.as_str(), error, "routed to dead topic");
 }
 
 /// A produce to a tier or the dead topic failed; it is retried.
 pub fn produce_failed(topic: &str, error: &dyn std::fmt::Display, retry_in: Duration) {
     get().produce_failures.with_label_values(&[topic]).inc();
-    tracing::warn!(topic, %error, retry_in_ms = retry_in.as_millis() as u64, "produce failed, retrying");
+    let error = capped_display(error);
+    tracing::warn!(topic, error, retry_in_ms = retry_in.as_millis() as u64, "produce failed, retrying");
+}
+
+/// An event-topic record carried relay headers the relay does not believe.
+pub fn relay_headers_ignored(record: &crate::hop::Coordinates, headers: usize) {
+    get().relay_headers_ignored.with_label_values(&[&record.topic]).inc();
+    tracing::debug!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        headers,
+        "relay headers on an event topic ignored"
+    );
 }
 
 /// An endpoint's circuit changed (or was seen for the first time).
@@ -248,7 +286,7 @@ pub fn dead_letter_handled(dead: &DeadLetter) {
         endpoint = dead.endpoint,
         id = dead.id,
         reason,
-        error = dead.last_error,
+        error = capped(dead.last_error.as_deref()),
         status = dead.last_status,
         attempt = dead.hop.attempts,
         topic = dead.here.topic,
@@ -273,22 +311,17 @@ pub enum Notified {
 /// One try to send a notification through a sink.
 pub fn notification(sink: &str, endpoint: &str, result: Notified, error: Option<&dyn std::fmt::Display>) {
     let counter = &get().notifications;
+    let error = error.map(capped_display);
     match result {
         Notified::Sent => counter.with_label_values(&[sink, "sent"]).inc(),
         Notified::Failed { retry_in } => {
             counter.with_label_values(&[sink, "failed"]).inc();
-            tracing::warn!(
-                sink,
-                endpoint,
-                error = error.map(tracing::field::display),
-                retry_in_s = retry_in.as_secs(),
-                "notification failed, retrying"
-            );
+            tracing::warn!(sink, endpoint, error, retry_in_s = retry_in.as_secs(), "notification failed, retrying");
         }
         Notified::GaveUp => {
             counter.with_label_values(&[sink, "failed"]).inc();
             counter.with_label_values(&[sink, "gave_up"]).inc();
-            tracing::error!(sink, endpoint, error = error.map(tracing::field::display), "notification given up");
+            tracing::error!(sink, endpoint, error, "notification given up");
         }
     }
 }
@@ -313,5 +346,20 @@ pub fn consumer_gauges<const N: usize>(role: &str, in_flight: usize, paused: [(&
     m.in_flight.with_label_values(&[role]).set(in_flight as i64);
     for (reason, count) in paused {
         m.paused_partitions.with_label_values(&[role, reason]).set(count as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logged_errors_are_capped_on_a_char_boundary() {
+        let long = "é".repeat(1000);
+        let cut = capped(Some(&long)).unwrap();
+        assert_eq!(cut.len(), MAX_LOGGED_ERROR_BYTES);
+        assert!(cut.chars().all(|c| c == 'é'));
+        assert_eq!(capped_display(&"x".repeat(5000)).len(), MAX_LOGGED_ERROR_BYTES);
+        assert_eq!(capped(Some("short")), Some("short"));
     }
 }

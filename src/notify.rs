@@ -29,6 +29,9 @@ use crate::outcome::DeadReason;
 /// Event ids listed in one notification, at most.
 const MAX_IDS: usize = 20;
 
+/// The most of the last error (a receiver's text) quoted in the one-line summary, in characters.
+const MAX_EXCERPT_CHARS: usize = 300;
+
 /// One message about the dead records of one endpoint within a window.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Notification {
@@ -64,7 +67,7 @@ impl Group {
         let noun = if self.count == 1 { "webhook" } else { "webhooks" };
         let mut text = format!("{} {noun} to {endpoint} failed ({reasons})", self.count);
         if let Some(error) = &self.last_error {
-            text.push_str(&format!(", last error: {error}"));
+            text.push_str(&format!(", last error: {}", one_line(error, MAX_EXCERPT_CHARS)));
         }
         text.push_str(&format!(", between {} and {}", rfc3339(self.first_ms), rfc3339(self.last_ms)));
         Notification {
@@ -167,8 +170,9 @@ impl Handler for FailureHandler {
 /// A sink could not be set up, or one message could not be sent.
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
+    /// Without its URL: a sink URL is a credential (a Slack webhook's path is its key).
     #[error("http: {0}")]
-    Http(#[from] reqwest::Error),
+    Http(reqwest::Error),
     #[error("HTTP {0}")]
     Status(u16),
     #[error("smtp: {0}")]
@@ -177,6 +181,12 @@ pub enum SinkError {
     Email(String),
     #[error("cannot encode the message: {0}")]
     Encode(#[from] serde_json::Error),
+}
+
+impl From<reqwest::Error> for SinkError {
+    fn from(error: reqwest::Error) -> SinkError {
+        SinkError::Http(error.without_url())
+    }
 }
 
 /// A configured destination of notifications.
@@ -194,7 +204,7 @@ impl Sink {
                     .timeout(Duration::from_secs(10))
                     .user_agent(crate::deliver::USER_AGENT)
                     .build()?,
-                url: url.clone(),
+                url: url.expose().to_string(),
                 format: *format,
                 headers: headers.iter().map(|(k, v)| (k.clone(), v.expose().to_string())).collect(),
             },
@@ -252,7 +262,7 @@ impl Sink {
             Sink::Http { client, url, format, headers } => {
                 let body = match format {
                     HttpFormat::Json => serde_json::to_vec(n),
-                    HttpFormat::Slack => serde_json::to_vec(&serde_json::json!({ "text": n.text })),
+                    HttpFormat::Slack => serde_json::to_vec(&serde_json::json!({ "text": slack_escape(&n.text) })),
                 }?;
                 let mut request = client.post(url).header("content-type", "application/json").body(body);
                 for (k, v) in headers {
@@ -296,7 +306,8 @@ fn email_body(n: &Notification) -> String {
     }
     body.push_str(&format!("First: {}\nLast: {}\n", n.first_failed_at, n.last_failed_at));
     if let Some(error) = &n.last_error {
-        body.push_str(&format!("Last error: {error}\n"));
+        // One line, so a receiver's text cannot pose as the relay's own lines.
+        body.push_str(&format!("Last error: {}\n", one_line(error, crate::metrics::MAX_LOGGED_ERROR_BYTES)));
     }
     if !n.event_ids.is_empty() {
         body.push_str(&format!("Event ids: {}\n", n.event_ids.join(", ")));
@@ -305,9 +316,44 @@ fn email_body(n: &Notification) -> String {
     body
 }
 
+/// Receiver text made inert for a one-line message: control characters
+/// (line breaks included) become spaces, and it is cut to `max_chars` with `…`.
+fn one_line(text: &str, max_chars: usize) -> String {
+    let mut out: String = text.chars().take(max_chars).map(|c| if c.is_control() { ' ' } else { c }).collect();
+    if text.chars().nth(max_chars).is_some() {
+        out.push('…');
+    }
+    out
+}
+
+/// Escapes Slack's control characters, so receiver text quoted in a message
+/// cannot ping a channel (`<!channel>`) or post a link (`<url|label>`).
+/// <https://api.slack.com/reference/surfaces/formatting#escaping>
+fn slack_escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn receiver_text_in_a_notification_is_inert() {
+        let body =
+            format!("HTTP 500: <!channel> <https://evil.example|click> & more\nRe-drive: run this{}", "x".repeat(2000));
+        let group = Group { count: 1, last_error: Some(body), ..Group::default() };
+        let n = group.notification("billing");
+        let slack = slack_escape(&n.text);
+        assert!(slack.contains("&lt;!channel&gt; &lt;https://evil.example|click&gt; &amp; more"), "{slack}");
+        assert!(!slack.contains('<') && !slack.contains('>'), "{slack}");
+        let excerpt = n.text.split("last error: ").nth(1).unwrap().split(", between").next().unwrap();
+        assert_eq!(excerpt.chars().count(), MAX_EXCERPT_CHARS + 1, "capped, with an ellipsis: {excerpt}");
+        assert!(!n.text.contains('\n'), "one line");
+        let email = email_body(&n);
+        let line = email.lines().find(|l| l.starts_with("Last error: ")).unwrap();
+        assert!(line.contains("more Re-drive: run this"), "the receiver's line break is gone: {line}");
+        assert!(!email.lines().any(|l| l.starts_with("Re-drive: run this")));
+    }
 
     #[test]
     fn a_group_reads_as_one_message() {

@@ -15,10 +15,11 @@ use crate::config::Config;
 use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
-use crate::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
+use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{plan, Ladder, Original, PlanInput, Router};
+use crate::seal::ReplayKey;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -31,6 +32,8 @@ pub struct Shared {
     pub permanent_statuses: Vec<u16>,
     pub max_age_ms: i64,
     pub max_attempts: u32,
+    /// Checks the seal of `replay`'s headers on event topics.
+    pub replay_key: Option<ReplayKey>,
 }
 
 /// The relay could not set up its clients.
@@ -54,6 +57,7 @@ impl Shared {
             permanent_statuses: config.delivery.permanent_statuses.clone(),
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
+            replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
         }))
     }
 }
@@ -130,7 +134,21 @@ impl Handler for Relay {
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Prepared) {
         let s = &*self.shared;
         let headers = headers_of(&record);
-        let hop = Hop::read(&headers, Coordinates::of(&record), record.timestamp().to_millis());
+        let here = Coordinates::of(&record);
+        let timestamp_ms = record.timestamp().to_millis();
+        let hop = match self.source {
+            // Producers write the event topics: their relay headers would set
+            // the deadline, the attempt count or the origin (and so the id).
+            Source::Events => {
+                let value = record.payload().unwrap_or_default();
+                let (trusted, ignored) = trusted_on_event_topic(&headers, value, s.replay_key.as_ref());
+                if ignored > 0 {
+                    metrics::relay_headers_ignored(&here, ignored);
+                }
+                Hop::read(&trusted, here, timestamp_ms)
+            }
+            Source::Tier(_) => Hop::read(&headers, here, timestamp_ms),
+        };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
         let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());

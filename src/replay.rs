@@ -14,6 +14,7 @@ use crate::clock::{now_ms, parse_rfc3339_ms};
 use crate::config::Config;
 use crate::hop::{replay_headers, DeadLetter};
 use crate::outcome::DeadReason;
+use crate::seal::ReplayKey;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -125,6 +126,14 @@ pub async fn replay(
     let mut summary = Summary::default();
     let mut pending = Vec::new();
     let deadline_ms = now_ms() + config.retry.max_age.as_millis() as i64;
+    let key = config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose()));
+    if key.is_none() && !dry_run {
+        progress(
+            "note: replay.key is not set, so the relay will not believe the replayed records' origin and deadline: \
+             events without an id get new default ids (receivers will not de-duplicate them against the first \
+             delivery) and their deadline starts again from retry_until or retry.max_age",
+        );
+    }
     while !remaining.is_empty() {
         let polled = tokio::task::block_in_place(|| consumer.poll(TIMEOUT).map(|r| r.map(|m| m.detach())));
         let record = match polled {
@@ -168,7 +177,8 @@ pub async fn replay(
         if dry_run {
             continue;
         }
-        let fresh = replay_headers(&headers, &hop, &here, deadline_ms);
+        let fresh =
+            replay_headers(&headers, &hop, &here, deadline_ms, record.payload().unwrap_or_default(), key.as_ref());
         let mut out = FutureRecord::<[u8], [u8]>::to(target).headers(fresh);
         if let Some(key) = record.key() {
             out = out.key(key);

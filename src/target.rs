@@ -20,9 +20,10 @@ const RESERVED_HEADERS: &[&str] = &[
     "user-agent",
 ];
 
-/// A target URL that is refused, with the reason.
+/// A target URL that is refused, with the reason. It is shown redacted
+/// ([`redact_url`]): the text reaches `hookrelay-last-error`, logs and stderr.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{url:?}: {problem}")]
+#[error("{:?}: {problem}", redact_url(url))]
 pub struct BadUrl {
     url: String,
     problem: String,
@@ -47,6 +48,42 @@ pub fn parse_target_url(text: &str) -> Result<url::Url, BadUrl> {
         return Err(bad("credentials in the URL are not allowed, use headers".into()));
     }
     Ok(url)
+}
+
+/// `url` as it may be shown: userinfo and query values replaced by
+/// `<redacted>`, the fragment dropped; an unparsable text is wholly redacted
+/// (no telling which part of it is a credential).
+pub fn redact_url(text: &str) -> String {
+    const REDACTED: &str = "<redacted>";
+    let Ok(url) = url::Url::parse(text) else {
+        return REDACTED.to_string();
+    };
+    let Some(host) = url.host_str() else {
+        return REDACTED.to_string();
+    };
+    let mut out = format!("{}://", url.scheme());
+    if !url.username().is_empty() || url.password().is_some() {
+        out.push_str(REDACTED);
+        out.push('@');
+    }
+    out.push_str(host);
+    if let Some(port) = url.port() {
+        out.push_str(&format!(":{port}"));
+    }
+    out.push_str(url.path());
+    if let Some(query) = url.query() {
+        let pairs: Vec<String> = query
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((name, _)) => format!("{name}={REDACTED}"),
+                // A bare `?abcdef` may itself be the token.
+                None => REDACTED.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&pairs.join("&"));
+    }
+    out
 }
 
 /// Checks one extra request header: a valid name and value, not reserved.
@@ -129,6 +166,9 @@ static NON_GLOBAL: LazyLock<Vec<Range>> = LazyLock::new(|| {
         v4(240, 0, 0, 0, 4, "reserved"),
         v6([0, 0, 0, 0, 0, 0, 0, 0], 128, "unspecified"),
         v6([0, 0, 0, 0, 0, 0, 0, 1], 128, "loopback"),
+        v6([0, 0, 0, 0, 0, 0, 0, 0], 96, "IPv4-compatible (deprecated)"),
+        v6([0, 0, 0, 0, 0xffff, 0, 0, 0], 96, "SIIT IPv4-translated"),
+        v6([0x64, 0xff9b, 1, 0, 0, 0, 0, 0], 48, "local-use NAT64"),
         v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "discard-only"),
         v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23, "IETF protocol assignments"),
         v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation"),
@@ -141,28 +181,74 @@ static NON_GLOBAL: LazyLock<Vec<Range>> = LazyLock::new(|| {
 
 /// Ok when `ip` is a global unicast address; otherwise says which range it is in.
 pub fn check_address(ip: IpAddr) -> Result<(), Forbidden> {
-    // IPv4-mapped and NAT64 (64:ff9b::/96) addresses carry an IPv4 address:
-    // judge that one, so ::ffff:127.0.0.1 is loopback.
-    let ip = match ip {
-        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-            Some(v4) => IpAddr::V4(v4),
-            None if v6.segments()[..6] == [0x64, 0xff9b, 0, 0, 0, 0] => {
-                let [.., a, b, c, d] = v6.octets();
-                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
-            }
-            None => ip,
-        },
-        v4 => v4,
-    };
-    match NON_GLOBAL.iter().find(|range| range.net.contains(&ip)) {
-        Some(range) => Err(Forbidden(format!("{ip} ({} address)", range.name))),
+    // A transition address carries an IPv4 address that a gateway or relay on
+    // the path would reach: judge that one, so ::ffff:127.0.0.1 is loopback
+    // and 2002:7f00:1:: is a 6to4 way to 127.0.0.1.
+    if let IpAddr::V6(v6) = ip {
+        if let Some((v4, how)) = embedded_ipv4(v6) {
+            return match non_global(IpAddr::V4(v4)) {
+                Some(name) => Err(Forbidden(format!("{ip} ({how} of {v4}, {name} address)"))),
+                None => Ok(()),
+            };
+        }
+    }
+    match non_global(ip) {
+        Some(name) => Err(Forbidden(format!("{ip} ({name} address)"))),
         None => Ok(()),
     }
+}
+
+fn non_global(ip: IpAddr) -> Option<&'static str> {
+    NON_GLOBAL.iter().find(|range| range.net.contains(&ip)).map(|range| range.name)
+}
+
+/// The IPv4 address an IPv6 transition address leads to, and the mechanism's
+/// name: IPv4-mapped (`::ffff:0:0/96`), well-known NAT64 (`64:ff9b::/96`,
+/// RFC 6052), 6to4 (`2002::/16`, RFC 3056: bits 16..48) and Teredo
+/// (`2001::/32`, RFC 4380: the client's address is the last 32 bits, inverted).
+fn embedded_ipv4(ip: Ipv6Addr) -> Option<(Ipv4Addr, &'static str)> {
+    let s = ip.segments();
+    let o = ip.octets();
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return Some((v4, "IPv4-mapped"));
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return Some((Ipv4Addr::new(o[12], o[13], o[14], o[15]), "NAT64"));
+    }
+    if s[0] == 0x2002 {
+        return Some((Ipv4Addr::new(o[2], o[3], o[4], o[5]), "6to4"));
+    }
+    if s[..2] == [0x2001, 0] {
+        let client = u32::from_be_bytes([o[12], o[13], o[14], o[15]]) ^ 0xffff_ffff;
+        let client = Ipv4Addr::from(client);
+        // A Teredo address with a global client still falls in 2001::/23
+        // (IETF protocol assignments), refused below: no exception is made.
+        if non_global(IpAddr::V4(client)).is_some() {
+            return Some((client, "Teredo"));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_credentials() {
+        let cases = [
+            ("https://a.example/hook", "https://a.example/hook"),
+            ("http://a.example:8080/h?token=s3cret&v=2#frag", "http://a.example:8080/h?token=<redacted>&v=<redacted>"),
+            ("https://user:s3cret@a.example/", "https://<redacted>@a.example/"),
+            ("https://a.example/?s3cret", "https://a.example/?<redacted>"),
+            ("not a url s3cret", "<redacted>"),
+        ];
+        for (url, shown) in cases {
+            assert_eq!(redact_url(url), shown);
+        }
+        let refused = parse_target_url("https://user:s3cret@a.example/?token=s3cret").unwrap_err().to_string();
+        assert!(!refused.contains("s3cret") && refused.contains("credentials"), "{refused}");
+    }
 
     #[test]
     fn non_global_addresses_are_refused() {
@@ -188,6 +274,29 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "2001:db8::1",
+            // IPv4-compatible (deprecated), any embedded address.
+            "::127.0.0.1",
+            "::8.8.8.8",
+            // SIIT IPv4-translated, any embedded address.
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:8.8.8.8",
+            // Local-use NAT64, any embedded address.
+            "64:ff9b:1::7f00:1",
+            "64:ff9b:1:ffff::808:808",
+            // Well-known NAT64 of a non-global address.
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::c0a8:101",
+            // 6to4 of a non-global address.
+            "2002:7f00:1::1",
+            "2002:a00:1::",
+            "2002:a9fe:a9fe:1234::1",
+            "2002:c0a8:101::",
+            // Teredo with a non-global client (last 32 bits inverted):
+            // 0x80ffffFE ^ 0xffffffff = 127.0.0.1, 0xf5fffffe = 10.0.0.1.
+            "2001:0:4136:e378:8000:63bf:80ff:fffe",
+            "2001::f5ff:fffe",
+            // Teredo with a global client (8.8.8.8): 2001::/23 (IETF protocol assignments).
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7",
         ];
         for ip in refused {
             assert!(check_address(ip.parse().unwrap()).is_err(), "{ip} should be refused");
@@ -200,6 +309,8 @@ mod tests {
             "2606:4700::1111",
             "::ffff:1.1.1.1",
             "64:ff9b::808:808",
+            // 6to4 of a global address (8.8.8.8).
+            "2002:808:808::1",
         ];
         for ip in allowed {
             assert!(check_address(ip.parse().unwrap()).is_ok(), "{ip} should be allowed");
@@ -210,5 +321,11 @@ mod tests {
     fn the_refusal_names_the_range() {
         let why = check_address("169.254.169.254".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(why, "forbidden target: 169.254.169.254 (link-local address)");
+        let why = check_address("2002:7f00:1::1".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(why, "forbidden target: 2002:7f00:1::1 (6to4 of 127.0.0.1, loopback address)");
+        let why = check_address("2001::f5ff:fffe".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(why, "forbidden target: 2001::f5ff:fffe (Teredo of 10.0.0.1, private address)");
+        let why = check_address("::ffff:127.0.0.1".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(why, "forbidden target: ::ffff:127.0.0.1 (IPv4-mapped of 127.0.0.1, loopback address)");
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::{Secret, SecretUrl};
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,17 +122,18 @@ impl Default for CircuitConfig {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct EndpointConfig {
-    /// Target URL, http or https.
-    pub url: String,
+    /// Target URL, http or https. Query values are shown redacted.
+    pub url: SecretUrl,
     /// `whsec_` secrets; several = several signatures (rotation without downtime).
     #[serde(default)]
     pub secrets: Vec<Secret>,
     /// Attempt timeout for this endpoint. Default: `delivery.timeout`.
     #[serde(default, with = "humantime_serde")]
     pub timeout: Option<Duration>,
-    /// Headers added to every request to this endpoint.
+    /// Headers added to every request to this endpoint. Values are shown
+    /// redacted: a reader cannot tell which are credentials.
     #[serde(default)]
-    pub headers: BTreeMap<String, String>,
+    pub headers: BTreeMap<String, Secret>,
     /// Concurrent requests to this endpoint. Default: `delivery.max_in_flight_per_endpoint`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,

@@ -1,12 +1,11 @@
 //! `[kafka]`: how to reach the brokers (bootstrap, group, TLS, SASL, pass-through properties).
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::{Properties, Secret};
 
 /// How to reach the brokers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -33,8 +32,9 @@ pub struct KafkaConfig {
     /// Consumer group protocol: `classic` (cooperative-sticky assignor, default)
     /// or `consumer` (KIP-848, Kafka 4.x brokers).
     pub group_protocol: GroupProtocol,
-    /// Any other librdkafka property, passed through unchanged and applied last.
-    pub properties: BTreeMap<String, String>,
+    /// Any other librdkafka property, passed through unchanged and applied
+    /// last. Values of credential-like names are shown redacted.
+    pub properties: Properties,
 }
 
 impl Default for KafkaConfig {
@@ -48,7 +48,7 @@ impl Default for KafkaConfig {
             commit_interval: Duration::from_secs(1),
             statistics_interval: Duration::from_secs(5),
             group_protocol: GroupProtocol::Classic,
-            properties: BTreeMap::new(),
+            properties: Properties::default(),
         }
     }
 }

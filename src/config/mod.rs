@@ -2,11 +2,11 @@
 //!
 //! Every field documents its unit and default. Unknown keys are rejected
 //! everywhere (`deny_unknown_fields`), so a typo is an error rather than a
-//! silently ignored setting. Secrets are wrapped in [`Secret`], which never
-//! prints its value (`Debug`, `Display` and serialization all redact).
+//! silently ignored setting. Secret values have secret types (module
+//! `secret`: [`Secret`], [`SecretUrl`], [`Properties`]), which never print
+//! them in clear (`Debug` and serialization both redact).
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -18,11 +18,13 @@ use serde::{Deserialize, Serialize};
 pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, RetryConfig, TierConfig};
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
+pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
 use crate::sign::SigningKey;
 
 mod delivery;
 mod kafka;
 mod notify;
+mod secret;
 
 /// The file read when `--config` is not given, if it exists.
 pub const DEFAULT_CONFIG_FILE: &str = "hookrelay.toml";
@@ -60,6 +62,7 @@ pub struct Config {
     /// Named endpoints, referenced by events with `"endpoint": "<name>"`.
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub notify: NotifyConfig,
+    pub replay: ReplayConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -97,6 +100,17 @@ impl Default for TopicsConfig {
     }
 }
 
+/// `hookrelay replay`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReplayConfig {
+    /// Key of the seal `replay` puts on the relay headers it writes (origin,
+    /// deadline), at least 16 bytes; the relay believes relay headers on an
+    /// event topic only under this seal, so the relay and `replay` need the
+    /// same key. Unset: replayed events get a new default id and deadline.
+    pub key: Option<Secret>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
@@ -121,33 +135,6 @@ pub struct ShutdownConfig {
 impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { grace: Duration::from_secs(20) }
-    }
-}
-
-/// A secret string: never printed, logged or serialized in clear.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    pub fn new(value: impl Into<String>) -> Self {
-        Secret(value.into())
-    }
-    /// The clear value; call only where it is used (signing, login).
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("\"<redacted>\"")
-    }
-}
-
-impl Serialize for Secret {
-    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str("<redacted>")
     }
 }
 
@@ -255,7 +242,7 @@ impl Config {
         }
         for (name, endpoint) in &self.endpoints {
             let key = |field: &str| format!("endpoints.{name}.{field}");
-            crate::target::parse_target_url(&endpoint.url).map_err(|e| invalid(key("url"), e.to_string()))?;
+            crate::target::parse_target_url(endpoint.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
             for (i, secret) in endpoint.secrets.iter().enumerate() {
                 SigningKey::parse(secret.expose())
                     .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
@@ -267,7 +254,8 @@ impl Config {
                 return Err(invalid(key("max_in_flight"), "must be more than 0"));
             }
             for (header, value) in &endpoint.headers {
-                crate::target::check_header(header, value).map_err(|e| invalid(key("headers"), e.to_string()))?;
+                crate::target::check_header(header, value.expose())
+                    .map_err(|e| invalid(key("headers"), e.to_string()))?;
             }
         }
         if self.circuit.enabled && self.circuit.failure_threshold == 0 {
@@ -280,7 +268,7 @@ impl Config {
             let key = format!("notify.sinks[{i}]");
             match sink {
                 SinkConfig::Http { url, .. } => {
-                    let parsed = url::Url::parse(url).map_err(|e| invalid(&key, format!("url: {e}")))?;
+                    let parsed = url::Url::parse(url.expose()).map_err(|e| invalid(&key, format!("url: {e}")))?;
                     if !matches!(parsed.scheme(), "http" | "https") {
                         return Err(invalid(key, "url must be http or https"));
                     }
@@ -300,6 +288,9 @@ impl Config {
                 }
                 SinkConfig::Log => {}
             }
+        }
+        if self.replay.key.as_ref().is_some_and(|k| k.expose().len() < crate::seal::MIN_KEY_BYTES) {
+            return Err(invalid("replay.key", format!("must be at least {} bytes", crate::seal::MIN_KEY_BYTES)));
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be more than 0"));
@@ -387,6 +378,7 @@ mod tests {
             ("[topics]\ndead = \"dead letters\"\n", "topics"),
             ("[kafka]\nsecurity_protocol = \"sasl_ssl\"\n", "kafka.sasl"),
             ("[retry]\njitter = 0.5\n", "retry.jitter"),
+            ("[replay]\nkey = \"short\"\n", "replay.key"),
         ];
         for (text, key) in cases {
             let err = Config::from_toml(text).unwrap_err().to_string();
@@ -406,6 +398,46 @@ mod tests {
         assert!(!shown.contains("c2VjcmV0"), "{shown}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    /// The issue's config: every secret it printed in clear, by kind.
+    #[test]
+    fn secrets_are_redacted_by_kind() {
+        let config = Config::from_toml(
+            r#"
+            [kafka.properties]
+            "sasl.password" = "s3cret-1"
+            "ssl.key.password" = "s3cret-2"
+            "sasl.jaas.config" = "s3cret-3"
+            "sasl.oauthbearer.client.secret" = "s3cret-4"
+            "linger.ms" = "20"
+            [endpoints.billing]
+            url = "https://billing.example.com/hooks?token=s3cret-5&v=1"
+            headers = { authorization = "Bearer s3cret-6", x-tenant = "s3cret-7" }
+            [[notify.sinks]]
+            kind = "http"
+            format = "slack"
+            url = "https://hooks.slack.com/services/T0/B0/s3cret-8"
+            headers = { authorization = "s3cret-9" }
+            [[notify.sinks]]
+            kind = "email"
+            host = "smtp.example.com"
+            username = "ops"
+            password = "s3cret-10"
+            from = "relay@example.com"
+            to = ["ops@example.com"]
+            "#,
+        )
+        .unwrap();
+        for shown in [config.to_redacted_toml(), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("linger.ms") && shown.contains("\"20\""), "other properties are shown: {shown}");
+            assert!(shown.contains("https://billing.example.com/hooks?token=<redacted>&v=<redacted>"), "{shown}");
+        }
+        let err = Config::from_toml("[endpoints.x]\nurl = \"https://u:s3cret@a.example/?token=s3cret\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("endpoints.x.url") && !err.contains("s3cret"), "{err}");
     }
 
     #[test]

@@ -36,7 +36,8 @@ impl Default for NotifyConfig {
 pub enum SinkConfig {
     /// JSON POST to an operator URL.
     Http {
-        url: String,
+        /// The whole URL is a credential (a Slack webhook's path is its key).
+        url: Secret,
         /// `json` (default) or `slack` (`{"text": ...}`).
         #[serde(default)]
         format: HttpFormat,

@@ -12,9 +12,12 @@ use crate::harness::*;
 
 const TIERS: [Duration; 3] = [Duration::from_secs(1), Duration::from_secs(2), Duration::from_secs(3)];
 
-/// The test config: a `billing` endpoint at `billing_url`, no circuit breaker.
+/// The test config: a `billing` endpoint at `billing_url`, no circuit breaker, a replay key.
 fn config(topics: &Topics, billing_url: &str) -> Config {
-    Config::new(topics).set("circuit.enabled", false).endpoint("billing", billing_url)
+    Config::new(topics)
+        .set("circuit.enabled", false)
+        .endpoint("billing", billing_url)
+        .set("replay.key", "e2e-replay-key-0123456789")
 }
 
 /// Runs `hookrelay --config <config> replay <args>` to the end.
