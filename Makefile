@@ -30,7 +30,9 @@ kafka-down:
 
 # The example config targets https://billing.example.com; for a local receiver
 # the private-network guard is lifted here (and only here).
-run: build
+run:
+	@scripts/prereqs.sh run
+	$(CARGO) build --locked
 	@scripts/run.sh $(CONFIG)
 
 test:

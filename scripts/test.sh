@@ -3,6 +3,8 @@
 # unless KAFKA_BOOTSTRAP is set, and always stops what it started.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+# Say everything a fresh machine lacks before starting anything.
+scripts/prereqs.sh test
 
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then

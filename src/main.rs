@@ -84,7 +84,20 @@ enum TopicsCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // --help and --version: their normal output on stdout, exit 0.
+        Err(error) if !error.use_stderr() => {
+            let _ = error.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => {
+            eprintln!("hookrelay: {}", usage_line(error.kind(), &error.to_string()));
+            return ExitCode::from(EX_USAGE);
+        }
+    };
+    // Before the config, so that its debug lines (ignored variables) can show.
+    init_logs();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -92,7 +105,6 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_USAGE);
         }
     };
-    init_logs();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -125,7 +137,16 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 (None, Some(name)) => topics::Target::Endpoint(name),
                 (None, None) => unreachable!("clap requires one of --url and --endpoint"),
             };
-            println!("{}", topics::send(&config, target, &payload, id.as_deref(), key.as_deref()).await?);
+            let value = match topics::event_value(&config, target, &payload, id.as_deref()) {
+                Ok(value) => value,
+                Err(error) => {
+                    eprintln!("hookrelay: {error}");
+                    return Ok(ExitCode::from(EX_USAGE));
+                }
+            };
+            // Without it a down broker shows as a produce timeout (exit 1 after 30 s).
+            app::preflight(&config).await?;
+            println!("{}", topics::send(&config, &value, key.as_deref()).await?);
         }
         Command::Replay { since, until, reason, endpoint, dry_run } => {
             let now = hookrelay::clock::now_ms();
@@ -167,6 +188,19 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// clap's argument errors span several lines (usage, tips, help); the CLI
+/// contract is one line on stderr. Keeps the error, drops usage and hints.
+fn usage_line(kind: clap::error::ErrorKind, rendered: &str) -> String {
+    use clap::error::ErrorKind::{DisplayHelpOnMissingArgumentOrSubcommand, MissingSubcommand};
+    if matches!(kind, DisplayHelpOnMissingArgumentOrSubcommand | MissingSubcommand) {
+        // clap rendered the help or a list of commands: keep its usage line.
+        let usage = rendered.lines().find_map(|l| l.trim().strip_prefix("Usage: ")).unwrap_or("hookrelay <COMMAND>");
+        return format!("a command is missing: {usage} (--help lists them)");
+    }
+    let first = rendered.split("\n\n").map(str::trim).find(|p| !p.is_empty()).unwrap_or("invalid arguments");
+    first.strip_prefix("error: ").unwrap_or(first).split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
 /// JSON logs when stderr is not a terminal (containers), human-readable otherwise.
 /// The filter comes from `HOOKRELAY_LOG` (default `info`).
 fn init_logs() {
@@ -177,5 +211,35 @@ fn init_logs() {
         builder.init();
     } else {
         builder.json().init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each clap error becomes one line that still says what is wrong.
+    #[test]
+    fn argument_errors_are_one_line() {
+        let cases: [(&[&str], &str); 7] = [
+            (&["hookrelay", "send", "--payload", "1"], "required arguments were not provided: --url <URL>"),
+            (&["hookrelay", "rn"], "unrecognized subcommand 'rn'"),
+            (&["hookrelay", "run", "--role", "x"], "invalid value 'x' for '--role <ROLE>': unknown role \"x\""),
+            (&["hookrelay", "run", "--bogus"], "unexpected argument '--bogus' found"),
+            (&["hookrelay"], "a command is missing: hookrelay [OPTIONS] <COMMAND>"),
+            (&["hookrelay", "topics"], "a command is missing: hookrelay topics [OPTIONS] <COMMAND>"),
+            (&["hookrelay", "--config", "x.toml"], "a command is missing: hookrelay"),
+        ];
+        for (args, expected) in cases {
+            let error = Cli::try_parse_from(args).err().expect("an error");
+            assert!(error.use_stderr(), "{args:?}");
+            let line = usage_line(error.kind(), &error.to_string());
+            assert!(!line.contains('\n'), "{args:?}: {line:?}");
+            assert!(line.contains(expected), "{args:?}: {line:?} lacks {expected:?}");
+        }
+        for args in [&["hookrelay", "--help"][..], &["hookrelay", "--version"], &["hookrelay", "run", "--help"]] {
+            let error = Cli::try_parse_from(args).err().expect("help is an error to clap");
+            assert!(!error.use_stderr(), "{args:?} prints to stdout and exits 0");
+        }
     }
 }

@@ -162,16 +162,19 @@ pub async fn replay(
             continue;
         }
         summary.matched += 1;
-        let DeadLetter { here, hop, id, endpoint, reason, headers, .. } = dead_letter;
+        let DeadLetter { here, hop, id, endpoint, reason, headers, last_status, last_error, .. } = dead_letter;
         let target =
             if config.topics.events.contains(&hop.origin.topic) { &hop.origin.topic } else { &config.topics.events[0] };
+        // Reason, status and error: what an operator checks before moving anything.
         let line = format!(
-            "{} {}/{}/{} id={id} endpoint={endpoint} reason={} -> {target}",
+            "{} {}/{}/{} id={id} endpoint={endpoint} reason={} status={} error={:?} -> {target}",
             if dry_run { "would replay" } else { "replay" },
             here.topic,
             here.partition,
             here.offset,
             reason.map_or("", DeadReason::as_str),
+            last_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
+            last_error.as_deref().unwrap_or(""),
         );
         progress(&line);
         if dry_run {

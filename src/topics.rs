@@ -20,8 +20,6 @@ pub enum TopicsError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("cannot create topic {0}: {1}")]
     Create(String, RDKafkaErrorCode),
-    #[error("--payload is not JSON: {0}")]
-    Payload(#[from] serde_json::Error),
     #[error("cannot produce to {0}: {1}")]
     Produce(String, rdkafka::error::KafkaError),
 }
@@ -88,15 +86,19 @@ pub enum Target {
     Endpoint(String),
 }
 
-/// Produces one event to the first event topic; returns where it landed.
-pub async fn send(
-    config: &Config,
-    target: Target,
-    payload: &str,
-    id: Option<&str>,
-    key: Option<&str>,
-) -> Result<String, TopicsError> {
-    let payload: serde_json::Value = serde_json::from_str(payload)?;
+/// Why `send`'s arguments make no valid event; the CLI exits 64 before it contacts Kafka.
+#[derive(Debug, thiserror::Error)]
+pub enum SendUsage {
+    #[error("--payload is not JSON: {0}")]
+    Payload(serde_json::Error),
+    /// The relay would dead-letter it as `invalid_event`: refuse it here instead.
+    #[error("the event would be invalid: {0}")]
+    Invalid(#[from] crate::event::InvalidEvent),
+}
+
+/// The record value `send` produces, checked as the relay will decode it.
+pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&str>) -> Result<Vec<u8>, SendUsage> {
+    let payload: serde_json::Value = serde_json::from_str(payload).map_err(SendUsage::Payload)?;
     let mut event = serde_json::json!({ "payload": payload });
     match target {
         Target::Url(url) => event["url"] = url.into(),
@@ -105,10 +107,16 @@ pub async fn send(
     if let Some(id) = id {
         event["id"] = id.into();
     }
-    let value = serde_json::to_vec(&event)?;
+    let value = event.to_string().into_bytes();
+    crate::event::Endpoints::new(config).decode(&value, || "send".to_string())?;
+    Ok(value)
+}
+
+/// Produces one event value (from [`event_value`]) to the first event topic; returns where it landed.
+pub async fn send(config: &Config, value: &[u8], key: Option<&str>) -> Result<String, TopicsError> {
     let topic = &config.topics.events[0];
     let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
-    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(&value);
+    let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
     if let Some(key) = key {
         record = record.key(key);
     }
@@ -117,4 +125,29 @@ pub async fn send(
         .await
         .map_err(|(e, _)| TopicsError::Produce(topic.clone(), e))?;
     Ok(format!("sent to {topic} partition {} offset {}", delivery.partition, delivery.offset))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn send_refuses_what_the_relay_would_dead_letter() {
+        let config = Config::from_toml("[endpoints.billing]\nurl = \"https://billing.example.com/hooks\"\n").unwrap();
+        let url = || Target::Url("https://example.com/hook".into());
+        let cases: [(Target, &str, Option<&str>, Option<&str>); 5] = [
+            (url(), "{\"a\":1}", None, None),
+            (Target::Endpoint("billing".into()), "1", Some("id-1"), None),
+            (url(), "{not json", None, Some("--payload is not JSON")),
+            (Target::Endpoint("nope".into()), "1", None, Some("unknown endpoint \"nope\"")),
+            (Target::Url("ftp://example.com/".into()), "1", None, Some("bad url")),
+        ];
+        for (target, payload, id, refused) in cases {
+            match (event_value(&config, target, payload, id), refused) {
+                (Ok(value), None) => assert!(serde_json::from_slice::<serde_json::Value>(&value).is_ok()),
+                (Err(e), Some(expected)) => assert!(e.to_string().contains(expected), "{e} lacks {expected:?}"),
+                (result, expected) => panic!("{payload}: got {result:?}, expected refusal {expected:?}"),
+            }
+        }
+    }
 }

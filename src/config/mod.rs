@@ -151,7 +151,14 @@ impl Config {
             }
             None => {}
         }
-        figment = figment.merge(Env::prefixed(ENV_PREFIX).split("__").ignore(ENV_NOT_KEYS));
+        let env = Env::prefixed(ENV_PREFIX).filter(|name| {
+            let link = is_kubernetes_service_link(name.as_str());
+            if link {
+                tracing::debug!(variable = %format!("{ENV_PREFIX}{name}"), "ignored: set by Kubernetes for a Service");
+            }
+            !link
+        });
+        figment = figment.merge(env.split("__").ignore(ENV_NOT_KEYS));
         let config: Config = figment.extract().map_err(|e| ConfigError::Parse(one_line(&e)))?;
         config.validate()?;
         Ok(config)
@@ -304,6 +311,30 @@ impl Config {
     }
 }
 
+/// Whether `name` (an env var after the `HOOKRELAY_` prefix) is one Kubernetes
+/// injects into every pod of a namespace that has a Service named `hookrelay`
+/// (unless the pod sets `enableServiceLinks: false`): `SERVICE_HOST`,
+/// `SERVICE_PORT`, `SERVICE_PORT_<port name>`, `PORT`, `PORT_<n>_<TCP|UDP|SCTP>`
+/// and that followed by `_PROTO`, `_PORT` or `_ADDR`. They are not config keys;
+/// refusing them (as every other unknown key is refused) would crash-loop the pod.
+fn is_kubernetes_service_link(name: &str) -> bool {
+    let name = name.to_ascii_uppercase();
+    let word = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if name == "SERVICE_HOST" || name == "SERVICE_PORT" || name == "PORT" {
+        return true;
+    }
+    if let Some(port_name) = name.strip_prefix("SERVICE_PORT_") {
+        return word(port_name);
+    }
+    let Some(rest) = name.strip_prefix("PORT_") else { return false };
+    let Some((number, rest)) = rest.split_once('_') else { return false };
+    if number.is_empty() || !number.bytes().all(|b| b.is_ascii_digit()) {
+        return false;
+    }
+    let (protocol, suffix) = rest.split_once('_').unwrap_or((rest, ""));
+    matches!(protocol, "TCP" | "UDP" | "SCTP") && matches!(suffix, "" | "PROTO" | "PORT" | "ADDR")
+}
+
 /// Figment errors can span lines; the CLI contract is one line.
 fn one_line(error: &figment::Error) -> String {
     error.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
@@ -341,6 +372,60 @@ mod tests {
         assert!(config.endpoints.contains_key("billing"));
         assert_eq!(config.retry.tiers.len(), 3);
         assert_eq!(config.notify.sinks.len(), 1);
+    }
+
+    /// Every key path of `value`; the elements of an array of tables share their array's path.
+    fn key_paths(value: &serde_json::Value, prefix: &str, out: &mut std::collections::BTreeSet<String>) {
+        let tables = |items: &Vec<serde_json::Value>| !items.is_empty() && items.iter().all(|v| v.is_object());
+        match value {
+            serde_json::Value::Object(map) if !map.is_empty() => {
+                for (key, value) in map {
+                    key_paths(value, &format!("{prefix}.{key}"), out);
+                }
+            }
+            serde_json::Value::Array(items) if tables(items) => {
+                for item in items {
+                    key_paths(item, prefix, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+
+    /// The example is the reference: with its commented-out keys switched on,
+    /// it names every key the config has (a new key must be added to it).
+    #[test]
+    fn the_shipped_example_shows_every_key() {
+        let text = include_str!("../../hookrelay.example.toml");
+        let is_toml = |rest: &str| {
+            let header = rest.starts_with('[') && rest.split('#').next().unwrap_or("").trim_end().ends_with(']');
+            header || rest.split_once(" = ").is_some_and(|(key, _)| !key.contains(' '))
+        };
+        let uncommented: String = text
+            .lines()
+            .map(|line| match line.strip_prefix("# ") {
+                Some(rest) if is_toml(rest) => rest,
+                _ => line,
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let written: toml::Value = toml::from_str(&uncommented).expect("the uncommented example is TOML");
+        // Extract without validate(): the example's options exclude each other (plaintext vs TLS).
+        let config: Config = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(&uncommented))
+            .extract()
+            .expect("every key of the example is a config key");
+        let (mut shown, mut all) = (Default::default(), Default::default());
+        key_paths(&serde_json::to_value(&written).unwrap(), "", &mut shown);
+        key_paths(&serde_json::to_value(&config).unwrap(), "", &mut all);
+        let missing: Vec<_> = all.difference(&shown).collect();
+        assert!(missing.is_empty(), "keys missing from hookrelay.example.toml: {missing:?}");
+        let has = |kind: fn(&SinkConfig) -> bool| config.notify.sinks.iter().any(kind);
+        assert!(has(|s| matches!(s, SinkConfig::Http { .. })), "an http sink");
+        assert!(has(|s| matches!(s, SinkConfig::Email { .. })), "an email sink");
+        assert!(has(|s| matches!(s, SinkConfig::Log)), "a log sink");
     }
 
     #[test]
@@ -438,6 +523,70 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("endpoints.x.url") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn kubernetes_service_links_are_recognised_and_nothing_else() {
+        let links = [
+            "SERVICE_HOST",
+            "SERVICE_PORT",
+            "SERVICE_PORT_METRICS",
+            "SERVICE_PORT_ADMIN_HTTP",
+            "PORT",
+            "PORT_9464_TCP",
+            "PORT_9464_TCP_PROTO",
+            "PORT_9464_TCP_PORT",
+            "PORT_9464_TCP_ADDR",
+            "PORT_53_UDP_ADDR",
+            "port_9464_tcp_addr",
+        ];
+        for name in links {
+            assert!(is_kubernetes_service_link(name), "{name}");
+        }
+        let keys = [
+            "KAFKA__BROKERS",
+            "KAFKA_BROKERS",
+            "SERVICE_HOSTS",
+            "SERVICE_PORT_",
+            "SERVICE_PORT_A__B.C",
+            "PORT_",
+            "PORT_X_TCP",
+            "PORT_9464",
+            "PORT_9464_HTTP",
+            "PORT_9464_TCP_HOST",
+            "ADMIN__LISTEN",
+        ];
+        for name in keys {
+            assert!(!is_kubernetes_service_link(name), "{name}");
+        }
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn a_kubernetes_service_named_hookrelay_does_not_break_the_config() {
+        figment::Jail::expect_with(|jail| {
+            let injected = [
+                ("HOOKRELAY_SERVICE_HOST", "10.96.0.12"),
+                ("HOOKRELAY_SERVICE_PORT", "9464"),
+                ("HOOKRELAY_SERVICE_PORT_METRICS", "9464"),
+                ("HOOKRELAY_PORT", "tcp://10.96.0.12:9464"),
+                ("HOOKRELAY_PORT_9464_TCP", "tcp://10.96.0.12:9464"),
+                ("HOOKRELAY_PORT_9464_TCP_PROTO", "tcp"),
+                ("HOOKRELAY_PORT_9464_TCP_PORT", "9464"),
+                ("HOOKRELAY_PORT_9464_TCP_ADDR", "10.96.0.12"),
+            ];
+            for (name, value) in injected {
+                jail.set_env(name, value);
+            }
+            jail.set_env("HOOKRELAY_KAFKA__BROKERS", "env:9092");
+            let config = Config::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.brokers, "env:9092", "real keys still apply");
+            // Any other unknown key is still refused.
+            jail.set_env("HOOKRELAY_SERVICE_HOSTNAME", "x");
+            let err = Config::load(None).unwrap_err().to_string();
+            assert!(err.contains("service_hostname"), "{err}");
+            Ok(())
+        });
     }
 
     #[test]

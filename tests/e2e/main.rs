@@ -3,6 +3,7 @@
 
 mod bench;
 mod delivery;
+mod exit_codes;
 mod harness;
 mod isolation;
 mod mtls;

@@ -129,6 +129,8 @@ async fn replay_redelivers_dead_records_once_the_receiver_is_fixed() {
         assert!(would.iter().any(|l| l.contains(&format!(" id={id} "))), "{id} not listed: {lines:?}");
     }
     assert!(would.iter().all(|l| l.contains("reason=rejected") && l.ends_with(&format!("-> {}", topics.events))));
+    let why = "reason=rejected status=410 error=\"HTTP 410: answer 410\" ->";
+    assert!(would.iter().all(|l| l.contains(why)), "each line shows status and last error: {lines:?}");
     assert_eq!(lines.last().unwrap(), "dry run: would replay 4 of 4 scanned, moved nothing");
     // A dry run moves nothing: no delivery follows it, and the topics are as they were.
     holds_for("no delivery after a dry run", Duration::from_secs(3), || receiver.count() == 4).await;
