@@ -6,6 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::consume::budget::Budget;
 use crate::consume::{self, ConsumeError, Role, Spec};
 use crate::readiness::Readiness;
 use crate::relay::{Relay, Shared, Source};
@@ -107,11 +108,13 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             readiness.drain();
         });
     }
+    let budget = Arc::new(Budget::new(config.delivery.max_buffered_bytes.as_u64() as usize));
     let mut tasks = tokio::task::JoinSet::new();
     for (spec, source) in specs {
         let handler = Arc::new(Relay::new(shared.clone(), source));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
-        tasks.spawn(async move { consume::run(&config, spec, handler, stop, readiness).await });
+        let budget = budget.clone();
+        tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
     }
     if roles.dead {
         let handler = Arc::new(crate::notify::FailureHandler::new(&config)?);
@@ -120,7 +123,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             ..spec(Role::Dead, dead_group(group), vec![config.topics.dead.clone()])
         };
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
-        tasks.spawn(async move { consume::run(&config, spec, handler, stop, readiness).await });
+        let budget = budget.clone();
+        tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
     }
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {

@@ -17,6 +17,7 @@ use crate::outcome::DeadReason;
 pub struct Metrics {
     pub registry: Registry,
     pub ready: IntGauge,
+    pub buffered_bytes: IntGauge,
     /// endpoint, outcome (delivered | retry | deferred | dead)
     pub deliveries: IntCounterVec,
     /// endpoint
@@ -79,8 +80,15 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     let attempt_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let e2e_buckets =
         vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0];
+    let buffered_bytes = IntGauge::new(
+        "hookrelay_buffered_bytes",
+        "Bytes of records read and not yet decided (bounded by delivery.max_buffered_bytes).",
+    )
+    .expect("valid metric");
+    r.register(Box::new(buffered_bytes.clone())).expect("metric registered once");
     Metrics {
         ready,
+        buffered_bytes,
         deliveries: counter(
             &r,
             "hookrelay_deliveries_total",
@@ -333,6 +341,11 @@ pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
     let gauge = &get().endpoint_concurrency;
     gauge.with_label_values(&[endpoint, "limit"]).set(limit as i64);
     gauge.with_label_values(&[endpoint, "ceiling"]).set(ceiling as i64);
+}
+
+/// Bytes of records read and not yet decided, in the whole process.
+pub fn buffered_bytes(bytes: usize) {
+    get().buffered_bytes.set(bytes as i64);
 }
 
 /// Consumer lag of one partition, from librdkafka statistics.

@@ -75,6 +75,10 @@ pub struct DeliveryConfig {
     /// Records read ahead per partition while they wait for their due time,
     /// their endpoint or a slot; reaching it pauses the partition. Default 256.
     pub max_read_ahead_per_partition: usize,
+    /// Bytes of records read and not yet decided (read-ahead plus in flight),
+    /// per process: past it every partition pauses until it is below 90 %.
+    /// An integer or a size (`"128MiB"`). Default 128 MiB.
+    pub max_buffered_bytes: bytesize::ByteSize,
     /// Records of one endpoint that may wait in one partition for a free slot
     /// of that endpoint; the overflow is deferred to the next tier (no attempt
     /// counted, deadline kept), so a receiver that cannot keep up does not
@@ -94,6 +98,7 @@ impl Default for DeliveryConfig {
             max_in_flight_per_partition: 128,
             max_in_flight_per_endpoint: 1024,
             max_read_ahead_per_partition: 256,
+            max_buffered_bytes: bytesize::ByteSize::mib(128),
             max_waiting_per_endpoint: 32,
         }
     }

@@ -235,6 +235,10 @@ impl Config {
             ("delivery.max_read_ahead_per_partition", self.delivery.max_read_ahead_per_partition),
             ("delivery.max_payload_bytes", self.delivery.max_payload_bytes),
         ];
+        // A record larger than the whole budget could never be read.
+        if self.delivery.max_buffered_bytes.as_u64() < 2 * self.delivery.max_payload_bytes as u64 {
+            return Err(invalid("delivery.max_buffered_bytes", "must be at least twice delivery.max_payload_bytes"));
+        }
         for (key, value) in limits {
             if value == 0 {
                 return Err(invalid(key, "must be more than 0"));

@@ -15,6 +15,7 @@
 //! records. Pausing stops the fetch; librdkafka resumes from the position after
 //! the last record it handed out, which sits in the backlog, so nothing is skipped.
 
+pub mod budget;
 mod client;
 pub mod handler;
 pub mod partition;
@@ -32,6 +33,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::budget::{Budget, RECORD_OVERHEAD};
 use self::client::{Client, KafkaConsumer, Polled};
 pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
 use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
@@ -57,12 +59,13 @@ pub enum ConsumeError {
 pub async fn run<H: Handler>(
     config: &Config,
     spec: Spec,
+    budget: Arc<Budget>,
     handler: Arc<H>,
     shutdown: CancellationToken,
     readiness: Readiness,
 ) -> Result<(), ConsumeError> {
     let (client, rx) = Client::start(config, &spec, readiness)?;
-    let mut state = Loop::new(spec, client.consumer(), handler);
+    let mut state = Loop::new(spec, client.consumer(), budget, handler);
     let result = state.run(rx, shutdown).await;
     let brokers = config.kafka.brokers.clone();
     drop(state);
@@ -75,6 +78,8 @@ struct Completion {
     key: (Arc<str>, i32),
     /// The endpoint slot the record held.
     endpoint: Option<EndpointSlot>,
+    /// Its share of the memory budget.
+    bytes: usize,
     generation: u64,
     offset: i64,
     done: Done,
@@ -92,6 +97,7 @@ struct Loop<H: Handler> {
     spec: Spec,
     consumer: Arc<KafkaConsumer>,
     handler: Arc<H>,
+    budget: Arc<Budget>,
     partitions: HashMap<(Arc<str>, i32), Partition<H::Record>>,
     in_flight: usize,
     generation: u64,
@@ -106,13 +112,14 @@ struct Loop<H: Handler> {
 }
 
 impl<H: Handler> Loop<H> {
-    fn new(spec: Spec, consumer: Arc<KafkaConsumer>, handler: Arc<H>) -> Loop<H> {
+    fn new(spec: Spec, consumer: Arc<KafkaConsumer>, budget: Arc<Budget>, handler: Arc<H>) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
         Loop {
             spec,
             consumer,
             handler,
+            budget,
             partitions: HashMap::new(),
             in_flight: 0,
             generation: 0,
@@ -149,7 +156,13 @@ impl<H: Handler> Loop<H> {
                     }
                     None => break,
                 },
-                _ = tick.tick() => self.publish_gauges(),
+                _ = tick.tick() => {
+                    self.publish_gauges();
+                    // The budget is the process's: other consumers' completions free it too.
+                    if self.partitions.values().any(|p| p.paused == Some(PauseReason::Capacity)) {
+                        self.pump_all();
+                    }
+                }
             }
             self.check_revoke();
         }
@@ -165,7 +178,7 @@ impl<H: Handler> Loop<H> {
         }
         for partition in self.partitions.values_mut() {
             // No new work and no resume from here on; waiting records are read again after a restart.
-            partition.stop();
+            self.budget.give_back(partition.stop());
             partition.paused = None;
         }
         let deadline = Instant::now() + self.spec.grace;
@@ -220,12 +233,14 @@ impl<H: Handler> Loop<H> {
             return; // not ours any more: the next owner reads it again
         }
         let offset = record.offset();
+        let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
+        self.budget.take(bytes);
         let (ticket, record) = self.handler.prepare(record);
         tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), ticket, record: Box::new(record) });
+        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Box::new(record) });
         self.pump(&key);
     }
 
@@ -235,9 +250,12 @@ impl<H: Handler> Loop<H> {
             in_flight_per_partition: self.spec.max_in_flight_per_partition,
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
+            memory_spent: false,
         };
         let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
         let Some(partition) = self.partitions.get_mut(key) else { return };
+        let limits =
+            Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
         let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
         let dispatch = schedule(partition, now_ms(), limits, free, load);
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
@@ -254,6 +272,7 @@ impl<H: Handler> Loop<H> {
             let completion = Completion {
                 key: key.clone(),
                 endpoint,
+                bytes: waiting.bytes,
                 generation: partition.generation,
                 offset: waiting.offset,
                 done: Done::Abandoned,
@@ -291,6 +310,7 @@ impl<H: Handler> Loop<H> {
     }
 
     fn complete(&mut self, done: Completion) {
+        self.budget.give_back(done.bytes);
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
@@ -340,7 +360,7 @@ impl<H: Handler> Loop<H> {
             if let Some(p) = self.partitions.get_mut(&key) {
                 // Waiting records and due timers go with the partition: the next
                 // owner reads them again from the committed offset.
-                p.stop();
+                self.budget.give_back(p.stop());
                 if p.paused.take().is_some() {
                     paused.add_partition(&key.0, key.1);
                 }
@@ -398,6 +418,7 @@ impl<H: Handler> Loop<H> {
         let role = self.spec.role.as_str();
         let paused = |reason| self.partitions.values().filter(|p| p.paused == Some(reason)).count();
         metrics::consumer_gauges(role, self.in_flight, PauseReason::ALL.map(|r| (r.as_str(), paused(r))));
+        metrics::buffered_bytes(self.budget.used());
     }
 }
 

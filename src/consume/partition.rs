@@ -52,6 +52,8 @@ pub struct Waiting<R> {
     pub offset: i64,
     /// When the loop read it (ms).
     pub read_ms: i64,
+    /// Its share of the process's memory budget.
+    pub bytes: usize,
     pub ticket: Ticket,
     /// Boxed, so the scheduler's scan of the backlog stays within a few cache
     /// lines per record whatever the handler keeps (a decoded event is large).
@@ -96,10 +98,11 @@ impl<R> Partition<R> {
         }
     }
 
-    /// No new work from here on; waiting records are read again by whoever consumes next.
-    pub fn stop(&mut self) {
+    /// No new work from here on; waiting records are read again by whoever
+    /// consumes next. Returns the bytes the dropped records held.
+    pub fn stop(&mut self) -> usize {
         self.lifecycle = Lifecycle::Draining;
-        self.backlog.clear();
+        self.backlog.drain(..).map(|w| w.bytes).sum()
     }
 
     /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
@@ -132,6 +135,8 @@ pub struct Limits {
     pub read_ahead: usize,
     /// Due records of one endpoint that may wait for its slots; the rest is deferred.
     pub waiting_per_endpoint: usize,
+    /// The process's memory budget is spent (`delivery.max_buffered_bytes`).
+    pub memory_spent: bool,
 }
 
 /// What to do with a partition now.
@@ -179,10 +184,13 @@ pub fn schedule<R>(
     // However fast its limit grew, one endpoint holds at most half of a
     // partition's slots: a slow but steady receiver cannot take them all.
     let share = (limits.in_flight_per_partition / ENDPOINT_SHARE).max(1);
-    let full = |left: usize| match partition.paused {
-        // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
-        Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
-        _ => left >= limits.read_ahead,
+    let full = |left: usize| {
+        limits.memory_spent
+            || match partition.paused {
+                // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
+                Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
+                _ => left >= limits.read_ahead,
+            }
     };
     if consuming && room == 0 {
         // Nothing can start until a slot frees, and its completion pumps again:
@@ -268,7 +276,8 @@ mod tests {
     use crate::consume::handler::EndpointSlot;
 
     const NOW: i64 = 1_000_000;
-    const LIMITS: Limits = Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8 };
+    const LIMITS: Limits =
+        Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8, memory_spent: false };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))) }
@@ -280,6 +289,7 @@ mod tests {
             p.backlog.push_back(Waiting {
                 offset: offset as i64,
                 read_ms: NOW - OVERFLOW_AFTER_MS,
+                bytes: 0,
                 ticket,
                 record: Box::new(()),
             });
@@ -360,7 +370,8 @@ mod tests {
 
     #[test]
     fn past_the_waiting_bound_an_endpoint_overflows_to_deferral() {
-        let limits = Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8 };
+        let limits =
+            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
         tickets.push(ticket(None, Some(("fast", 10))));
         let p = partition(tickets);
@@ -384,7 +395,8 @@ mod tests {
 
     #[test]
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
-        let limits = Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8 };
+        let limits =
+            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
         let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)) };
         let p = partition(vec![fast; 40]);
@@ -401,7 +413,8 @@ mod tests {
 
     #[test]
     fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
-        let limits = Limits { in_flight_per_partition: 8, read_ahead: 100, waiting_per_endpoint: 8 };
+        let limits =
+            Limits { in_flight_per_partition: 8, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
         tickets.push(ticket(None, Some(("other", 1000))));
         let mut p = partition(tickets);
@@ -428,6 +441,15 @@ mod tests {
         waiting.wake_ms = Some(NOW + 59_000);
         let d = schedule(&waiting, NOW, LIMITS, 0, idle);
         assert_eq!((d.pause, d.wake_ms), (Some(PauseReason::NotDue), Some(NOW + 59_000)), "nothing changes");
+    }
+
+    #[test]
+    fn a_spent_memory_budget_pauses_for_capacity() {
+        let p = partition(vec![Ticket::default(); 2]);
+        let spent = Limits { memory_spent: true, ..LIMITS };
+        let d = schedule(&p, NOW, spent, 100, idle);
+        assert_eq!(d.pause, Some(PauseReason::Capacity));
+        assert_eq!(d.take, vec![0, 1], "what is read is still worked on");
     }
 
     #[test]

@@ -94,3 +94,37 @@ async fn the_concurrency_limit_grows_for_a_fast_receiver_and_shrinks_for_an_over
     let shrunk = metric(&text, &limit(&overloaded, "limit")).expect("limit of the overloaded receiver");
     assert!(shrunk < 16.0, "503s shrink it below its start: {shrunk}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spent_memory_budget_pauses_reading_and_nothing_is_lost() {
+    let held = Receiver::start(Behaviour { hold_marker: Some("held".into()), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(2)]).await;
+    // 64 KiB of records read and not decided, at most: about 70 of these ~700 B records.
+    let config = Config::new(&topics)
+        .set("delivery.max_payload_bytes", 4096)
+        .set("delivery.max_buffered_bytes", "64KiB")
+        .set("delivery.timeout", "60s");
+    let relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let n = 1_000;
+    let padding = "p".repeat(400);
+    for i in 0..n {
+        let value = format!(r#"{{"url":"{}","payload":"held {padding}","id":"m-{i}"}}"#, held.url("/h"));
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    let paused = r#"hookrelay_paused_partitions{reason="capacity",role="events"}"#;
+    let text = eventually_async("the partition paused for capacity", Duration::from_secs(30), || async {
+        let text = relay.metrics().await;
+        (metric(&text, paused) == Some(1.0)).then_some(text)
+    })
+    .await;
+    let buffered = metric(&text, "hookrelay_buffered_bytes").expect("the gauge");
+    // The budget, plus what was already on its way from the poll thread (a channel of 256 records).
+    assert!(buffered <= (64 * 1024 + 256 * 1024) as f64, "bounded: {buffered} bytes");
+    assert!(held.count() < n, "reading stopped: {} requests of {n}", held.count());
+    held.release();
+    eventually("every record delivered once the receiver answers", Duration::from_secs(90), || {
+        (held.delivered_ids().len() == n).then_some(())
+    })
+    .await;
+}
