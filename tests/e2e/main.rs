@@ -9,4 +9,5 @@ mod operate;
 mod replay;
 mod retry;
 mod smtp;
+mod stuck;
 mod tls;
