@@ -1,8 +1,9 @@
 //! The relay's headers on Kafka records: their names, the hop state read from them, the headers written on
 //! tier, dead and replayed records, and the dead-letter reader shared by the failure handler and `replay`.
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 
+use crate::headers::{self, RecordHeaders};
 use crate::outcome::DeadReason;
 
 /// Names of the headers the relay writes on tier and dead records.
@@ -70,17 +71,12 @@ pub struct Hop {
     pub last_error: Option<String>,
 }
 
-/// The last value of a header (a repeated header's last value wins), if it is UTF-8.
-pub fn last_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
-    headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
 impl Hop {
     /// Reads the hop state. `here` is where the record was read, used as the
     /// origin when the record has no origin headers (an event's first hop).
     /// `timestamp_ms` is the record's own timestamp.
-    pub fn read(headers: &[(String, Vec<u8>)], here: Coordinates, timestamp_ms: Option<i64>) -> Hop {
-        let get = |name: &str| last_header(headers, name).map(str::trim);
+    pub fn read(headers: &RecordHeaders, here: Coordinates, timestamp_ms: Option<i64>) -> Hop {
+        let get = |name: &str| headers.last(name).map(str::trim);
         let num = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
         let origin = match (get(header::ORIGIN_TOPIC), num(header::ORIGIN_PARTITION), num(header::ORIGIN_OFFSET)) {
             (Some(topic), Some(partition), Some(offset)) if !topic.is_empty() => {
@@ -123,7 +119,7 @@ pub struct RelayHeaders<'a> {
 
 impl RelayHeaders<'_> {
     /// The original non-relay headers, then the relay's (overwritten, never appended).
-    pub fn write(&self, original: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    pub fn write(&self, original: &RecordHeaders) -> OwnedHeaders {
         let hop = self.hop;
         let mut out = Writer(foreign(original, 12));
         out.put(header::ATTEMPT, hop.attempts);
@@ -146,7 +142,7 @@ impl RelayHeaders<'_> {
 
 /// The headers of a replayed record: the original non-relay ones, the origin,
 /// a fresh deadline, no attempt count, and where it was replayed from.
-pub fn replay_headers(original: &[(String, Vec<u8>)], hop: &Hop, dead: &Coordinates, deadline_ms: i64) -> OwnedHeaders {
+pub fn replay_headers(original: &RecordHeaders, hop: &Hop, dead: &Coordinates, deadline_ms: i64) -> OwnedHeaders {
     let mut out = Writer(foreign(original, 6));
     // The end-to-end latency of a replayed delivery still counts from the original event.
     out.put_some(header::EVENT_MS, hop.event_ms);
@@ -156,11 +152,11 @@ pub fn replay_headers(original: &[(String, Vec<u8>)], hop: &Hop, dead: &Coordina
     out.0
 }
 
-/// The headers that are not the relay's, kept as they came.
-fn foreign(original: &[(String, Vec<u8>)], room: usize) -> OwnedHeaders {
+/// The headers that are not the relay's, kept byte for byte as they came (keys that are not UTF-8 included).
+fn foreign(original: &RecordHeaders, room: usize) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(original.len() + room);
-    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)) {
-        out = out.insert(Header { key, value: Some(value) });
+    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX.as_bytes())) {
+        out = headers::add(out, key, value);
     }
     out
 }
@@ -197,12 +193,9 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// A record's headers as owned pairs (values that are null become empty).
-pub fn headers_of(record: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
-    record
-        .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-        .unwrap_or_default()
+/// A record's headers, read without assuming UTF-8 keys (rdkafka's accessors panic on others).
+pub fn headers_of(record: &OwnedMessage) -> RecordHeaders {
+    record.headers().map(|headers| RecordHeaders::read(headers.as_borrowed())).unwrap_or_default()
 }
 
 /// What the failure handler and `replay` read off a record of the dead topic.
@@ -223,7 +216,7 @@ pub struct DeadLetter {
     /// When it was written to the dead topic (ms), if the record says.
     pub at_ms: Option<i64>,
     /// Its headers, for re-producing it.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: RecordHeaders,
 }
 
 impl DeadLetter {
@@ -232,7 +225,7 @@ impl DeadLetter {
         let here = Coordinates::of(record);
         let at_ms = record.timestamp().to_millis();
         let hop = Hop::read(&headers, here.clone(), at_ms);
-        let get = |name: &str| last_header(&headers, name).map(String::from);
+        let get = |name: &str| headers.last(name).map(String::from);
         DeadLetter {
             id: crate::event::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
             endpoint: get(header::ENDPOINT).unwrap_or_else(|| "unknown".into()),
@@ -254,22 +247,21 @@ mod tests {
     #[test]
     fn hop_state_comes_from_headers_or_starts_fresh() {
         let here = Coordinates { topic: "webhooks.events".into(), partition: 2, offset: 9 };
-        let fresh = Hop::read(&[], here.clone(), Some(1000));
+        let fresh = Hop::read(&RecordHeaders::default(), here.clone(), Some(1000));
         assert_eq!(fresh.attempts, 0);
         assert_eq!(fresh.origin, here);
         assert_eq!(fresh.event_ms, Some(1000));
-        let h = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
-        let headers = vec![
-            h(header::ATTEMPT, "1"),
-            h(header::ATTEMPT, "2"),
-            h(header::ORIGIN_TOPIC, "orders"),
-            h(header::ORIGIN_PARTITION, "4"),
-            h(header::ORIGIN_OFFSET, "77"),
-            h(header::DUE_MS, "5000"),
-            h(header::DEADLINE_MS, "9000"),
-            h(header::FIRST_ATTEMPT_MS, "100"),
-            h(header::EVENT_MS, "50"),
-        ];
+        let headers = RecordHeaders::from_pairs([
+            (header::ATTEMPT, "1"),
+            (header::ATTEMPT, "2"),
+            (header::ORIGIN_TOPIC, "orders"),
+            (header::ORIGIN_PARTITION, "4"),
+            (header::ORIGIN_OFFSET, "77"),
+            (header::DUE_MS, "5000"),
+            (header::DEADLINE_MS, "9000"),
+            (header::FIRST_ATTEMPT_MS, "100"),
+            (header::EVENT_MS, "50"),
+        ]);
         let hop = Hop::read(&headers, here, Some(4000));
         assert_eq!(hop.attempts, 2, "the last value of a repeated header wins");
         assert_eq!(hop.origin.default_id(), "orders-4-77");
@@ -280,7 +272,10 @@ mod tests {
     }
 
     fn pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {
-        headers.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap()).into_owned())).collect()
+        let read = RecordHeaders::read(headers.as_borrowed());
+        read.iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v.unwrap()).into_owned()))
+            .collect()
     }
 
     fn values<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a str> {
@@ -289,12 +284,15 @@ mod tests {
 
     #[test]
     fn relay_headers_replace_old_ones_and_keep_the_rest() {
-        let hop = Hop::read(&[], Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
-        let original = vec![
-            ("traceparent".to_string(), b"00-abc".to_vec()),
-            (header::ATTEMPT.to_string(), b"7".to_vec()),
-            (header::REASON.to_string(), b"old".to_vec()),
-        ];
+        let hop =
+            Hop::read(&RecordHeaders::default(), Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
+        let mut odd = OwnedHeaders::new();
+        odd = headers::add(odd, b"traceparent", Some(b"00-abc"));
+        odd = headers::add(odd, b"\xffnot-utf8", Some(b"\x00\xfe"));
+        odd = headers::add(odd, header::ATTEMPT.as_bytes(), Some(b"7"));
+        odd = headers::add(odd, b"hookrelay-\xff", Some(b"x"));
+        odd = headers::add(odd, header::REASON.as_bytes(), Some(b"old"));
+        let original = RecordHeaders::read(odd.as_borrowed());
         let long = "e".repeat(3000);
         let relay = RelayHeaders {
             hop: &hop,
@@ -303,7 +301,24 @@ mod tests {
             last_error: Some(&long),
             endpoint: "billing",
         };
-        let tier = pairs(&relay.write(&original));
+        let written = relay.write(&original);
+        let raw: Vec<_> = RecordHeaders::read(written.as_borrowed())
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            raw[..2],
+            [
+                (b"traceparent".to_vec(), Some(b"00-abc".to_vec())),
+                (b"\xffnot-utf8".to_vec(), Some(b"\x00\xfe".to_vec()))
+            ],
+            "foreign headers first, byte for byte; old relay headers dropped"
+        );
+        assert!(
+            !raw.iter().any(|(k, _)| k == b"hookrelay-\xff"),
+            "an odd key in the relay's namespace is the relay's: dropped"
+        );
+        let tier = pairs(&written);
         let get = |k: &str| values(&tier, k);
         assert_eq!(get("traceparent"), vec!["00-abc"]);
         assert_eq!(get(header::ATTEMPT), vec!["0"]);
@@ -324,7 +339,7 @@ mod tests {
     #[test]
     fn a_dead_letter_reads_back_what_the_relay_wrote() {
         let origin = Coordinates { topic: "orders".into(), partition: 3, offset: 41 };
-        let mut hop = Hop::read(&[], origin, Some(1_000));
+        let mut hop = Hop::read(&RecordHeaders::default(), origin, Some(1_000));
         hop.attempts = 4;
         let relay = RelayHeaders {
             hop: &hop,
@@ -333,7 +348,7 @@ mod tests {
             last_error: Some("HTTP 500: boom"),
             endpoint: "billing",
         };
-        let headers = relay.write(&[("x-trace".to_string(), b"1".to_vec())]);
+        let headers = relay.write(&RecordHeaders::from_pairs([("x-trace", "1")]));
         let value = br#"{"endpoint":"billing","payload":1}"#;
         let record = OwnedMessage::new(
             Some(value.to_vec()),

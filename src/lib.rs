@@ -31,7 +31,8 @@
 //! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
 //!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
-//!   [`sign`] (Standard Webhooks signatures), [`clock`] (ms since the epoch, RFC 3339).
+//!   [`sign`] (Standard Webhooks signatures), [`clock`] (ms since the epoch, RFC 3339), [`headers`]
+//!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module).
 
 pub mod admin;
 pub mod app;
@@ -41,6 +42,7 @@ pub mod config;
 pub mod consume;
 pub mod deliver;
 pub mod event;
+pub mod headers;
 pub mod hop;
 pub mod kafka;
 pub mod metrics;

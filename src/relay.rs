@@ -16,10 +16,11 @@ use crate::config::Config;
 use crate::consume::{Done, EndpointSlot, Handler, Ticket};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
+use crate::headers::RecordHeaders;
 use crate::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
 use crate::outcome::{classify, DeadReason, Outcome, Route};
-use crate::route::{plan, Ladder, Original, PlanInput, Router};
+use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router};
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -107,7 +108,7 @@ impl Relay {
 /// A record read by a relay consumer, decoded once when it was accepted.
 pub struct Prepared {
     record: OwnedMessage,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: RecordHeaders,
     hop: Hop,
     event: Result<Event, InvalidEvent>,
 }
@@ -126,7 +127,9 @@ impl Handler for Relay {
         let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
         let ticket = Ticket {
             due_ms: match self.source {
-                Source::Tier(_) => hop.due_ms,
+                // Never later than the tier's delay after the record was written:
+                // a far due time must not hold the partition (it laps instead).
+                Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
                 Source::Events => None,
             },
             endpoint: event
@@ -137,18 +140,44 @@ impl Handler for Relay {
         (ticket, Prepared { record, headers, hop, event })
     }
 
-    fn handle(self: Arc<Self>, record: Prepared, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-        async move { self.process(record, cancel).await }.boxed()
+    fn handle(self: Arc<Self>, record: Arc<Prepared>, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+        async move { self.process(&record, cancel).await }.boxed()
+    }
+
+    /// A record whose handling panicked goes to the dead topic as it came,
+    /// with the hop state it was read with and the panic's message.
+    fn recover(
+        self: Arc<Self>,
+        prepared: Arc<Prepared>,
+        why: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done> {
+        async move {
+            let Prepared { record, headers, hop, event } = &*prepared;
+            let original = Original { key: record.key(), value: record.payload(), headers };
+            let error = format!("internal error: {why}");
+            let endpoint = event.as_ref().map_or("invalid", |e| &*e.endpoint_key);
+            let relay = |destination| RelayHeaders {
+                hop,
+                destination,
+                last_status: hop.last_status,
+                last_error: Some(&error),
+                endpoint,
+            };
+            self.send_dead(&original, DeadReason::InternalError, relay, &cancel).await
+        }
+        .boxed()
     }
 }
 
 impl Relay {
     /// One record, from decode to an acknowledged route. Every early return is
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
-    async fn process(&self, prepared: Prepared, cancel: CancellationToken) -> Done {
+    async fn process(&self, prepared: &Prepared, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, mut hop, event } = prepared;
-        let original = Original { key: record.key(), value: record.payload(), headers: &headers };
+        let Prepared { record, headers, hop, event } = prepared;
+        let mut hop = hop.clone();
+        let original = Original { key: record.key(), value: record.payload(), headers };
         let event = match event {
             Ok(event) => event,
             Err(invalid) => {
@@ -170,44 +199,18 @@ impl Relay {
         let first = *hop.first_attempt_ms.get_or_insert(now);
         let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
         let endpoint = event.endpoint_key.clone();
-        let circuit_changed = |change: Option<Transition>| {
-            if let Some(change) = change {
-                metrics::circuit_changed(&endpoint, change, s.circuits.cool_down());
-            }
+        // A tier lets a record go after at most its delay (see `prepare`); one
+        // whose own due time is still ahead laps the last tier, unattempted.
+        let lap = match self.source {
+            Source::Tier(_) => not_yet(hop.due_ms, now_ms(), deadline),
+            Source::Events => None,
         };
-
-        // The circuit is asked once the endpoint's permit is held, so records
-        // queued behind a failing endpoint see the circuit it opened.
-        let semaphore = s.limits.semaphore(&endpoint);
-        let permit = tokio::select! {
-            permit = semaphore.acquire() => permit.expect("semaphores are never closed"),
-            _ = cancel.cancelled() => return Done::Abandoned,
-        };
-        let (admission, change) = s.circuits.admit(&endpoint, Instant::now());
-        circuit_changed(change);
-        let outcome = if admission == Admission::Defer {
-            drop(permit);
-            Outcome::Deferred
-        } else {
-            let started = Instant::now();
-            let attempt = tokio::select! {
-                attempt = s.deliverer.attempt(&event, SystemTime::now()) => attempt,
-                _ = cancel.cancelled() => {
-                    if admission == Admission::Probe {
-                        s.circuits.probe_abandoned(&endpoint, Instant::now());
-                    }
-                    return Done::Abandoned;
-                }
-            };
-            drop(permit);
-            metrics::attempt_finished(&endpoint, started.elapsed().as_secs_f64());
-            hop.attempts += 1;
-            let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
-            // Only retryable failures count against the circuit: a 410 is the
-            // receiver answering, so it is up.
-            let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
-            circuit_changed(s.circuits.report(&endpoint, admission, verdict, Instant::now()));
-            outcome
+        let outcome = match lap {
+            Some(due_ms) => Outcome::NotYet { due_ms },
+            None => match self.attempt(event, &mut hop, &cancel).await {
+                Some(outcome) => outcome,
+                None => return Done::Abandoned,
+            },
         };
 
         let input = PlanInput {
@@ -229,6 +232,7 @@ impl Relay {
             }
             // No attempt was made: keep the last real status for the operators.
             Outcome::Deferred => (hop.last_status, Some(format!("deferred: circuit open for {endpoint}"))),
+            Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
         let relay = |destination| RelayHeaders {
             hop: &hop,
@@ -250,12 +254,59 @@ impl Relay {
                 if s.router.produce(topic, &original, built, &cancel).await.is_err() {
                     return Done::Abandoned;
                 }
-                let why = if outcome == Outcome::Deferred { Retry::Deferred } else { Retry::Failed };
+                let why = match outcome {
+                    Outcome::Deferred => Retry::Deferred,
+                    Outcome::NotYet { .. } => Retry::NotYet,
+                    _ => Retry::Failed,
+                };
                 metrics::retry_routed(&endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
                 Done::Decided
             }
             Route::Dead { reason } => self.send_dead(&original, reason, relay, &cancel).await,
         }
+    }
+
+    /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
+    /// unless it defers. `None`: cancelled (shutdown or revoke) on the way.
+    async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
+        let s = &*self.shared;
+        let endpoint = &event.endpoint_key;
+        let circuit_changed = |change: Option<Transition>| {
+            if let Some(change) = change {
+                metrics::circuit_changed(endpoint, change, s.circuits.cool_down());
+            }
+        };
+        // The circuit is asked once the endpoint's permit is held, so records
+        // queued behind a failing endpoint see the circuit it opened.
+        let semaphore = s.limits.semaphore(endpoint);
+        let permit = tokio::select! {
+            permit = semaphore.acquire() => permit.expect("semaphores are never closed"),
+            _ = cancel.cancelled() => return None,
+        };
+        let (admission, change) = s.circuits.admit(endpoint, Instant::now());
+        circuit_changed(change);
+        if admission == Admission::Defer {
+            return Some(Outcome::Deferred);
+        }
+        let started = Instant::now();
+        let attempt = tokio::select! {
+            attempt = s.deliverer.attempt(event, SystemTime::now()) => attempt,
+            _ = cancel.cancelled() => {
+                if admission == Admission::Probe {
+                    s.circuits.probe_abandoned(endpoint, Instant::now());
+                }
+                return None;
+            }
+        };
+        drop(permit);
+        metrics::attempt_finished(endpoint, started.elapsed().as_secs_f64());
+        hop.attempts += 1;
+        let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+        // Only retryable failures count against the circuit: a 410 is the
+        // receiver answering, so it is up.
+        let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
+        circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
+        Some(outcome)
     }
 
     async fn send_dead<'a>(

@@ -253,7 +253,8 @@ impl<H: Handler> Loop<H> {
                 offset: waiting.offset,
                 done: Done::Abandoned,
             };
-            let work = self.handler.clone().handle(waiting.record, self.abandon.child_token());
+            let cancel = self.abandon.child_token();
+            let work = handler::guarded(self.handler.clone(), self.spec.role, waiting.record, cancel);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
