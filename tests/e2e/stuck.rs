@@ -168,3 +168,43 @@ async fn a_long_retry_after_does_not_block_the_tier_partition() {
         assert_eq!(lap.header_i64("hookrelay-due-ms"), laps[0].header_i64("hookrelay-due-ms"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_past_its_grace_cancels_its_work() {
+    // Both requests are held; when released they fail, so each attempt that is
+    // still running writes a tier record.
+    let receiver =
+        Receiver::start(Behaviour { status: 503, hold_marker: Some("hold".into()), ..Behaviour::default() }).await;
+    let topics = Topics::create(2, &[Duration::from_secs(3600)]).await;
+    let config = config(&topics, "[shutdown]\ngrace = \"1s\"");
+    let first = Relay::start(&config, &[]).await;
+    let producer = producer();
+    for partition in 0..2 {
+        let value = format!(r#"{{"url":"{}","payload":"hold","id":"held-{partition}"}}"#, receiver.url("/x"));
+        produce(&producer, &topics.events, Some(partition), None, value.as_bytes()).await;
+    }
+    eventually("both held by the first relay", Duration::from_secs(30), || (receiver.count() == 2).then_some(())).await;
+    // A second relay joins: one partition moves to it, its record still in flight
+    // in the first relay past the 1 s grace, and the new owner attempts it again.
+    let second = Relay::start(&config, &[]).await;
+    eventually("the moved record attempted by the new owner", Duration::from_secs(60), || {
+        (receiver.count() == 3).then_some(())
+    })
+    .await;
+    let moved = receiver.received()[2].header("webhook-id").to_string();
+    receiver.release();
+    // Each event fails once per live attempt: one tier record each, not two.
+    let tier = read_topic(&topics.tiers[0].0, 4, Duration::from_secs(15)).await;
+    let mut ids: Vec<String> = tier
+        .iter()
+        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.value).unwrap()["id"].as_str().unwrap().to_string())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["held-0", "held-1"], "{moved} was cancelled in the first relay, not routed twice");
+    assert!(
+        first.log_text().contains("cancelled its in-flight records"),
+        "the first relay says it cancelled:\n{}",
+        first.log_text()
+    );
+    drop(second);
+}
