@@ -167,6 +167,13 @@ async fn a_long_retry_after_does_not_block_the_tier_partition() {
         assert_eq!(lap.header("hookrelay-attempt"), Some("1"));
         assert_eq!(lap.header_i64("hookrelay-due-ms"), laps[0].header_i64("hookrelay-due-ms"));
     }
+    let near_last = others.received().iter().filter(|r| r.status == 200).map(|r| r.at_ms).max().unwrap();
+    println!(
+        "near records delivered by +{} ms, far re-attempted at +{} ms (asked +20000), {} laps",
+        near_last - far_requests[0].at_ms,
+        far_requests[1].at_ms - far_requests[0].at_ms,
+        laps.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
