@@ -154,7 +154,11 @@ impl Endpoints {
             None => None,
         };
         let id = match envelope.id {
-            Some(id) if id.is_empty() || id.len() > 256 => return Err(field("id", "must be 1 to 256 characters")),
+            // It is sent as the `webhook-id` header on every attempt: an id that
+            // cannot be a header value would fail every attempt until expiry.
+            Some(id) if !valid_id(&id) => {
+                return Err(field("id", "must be 1 to 256 bytes of visible ASCII (0x21-0x7E)"))
+            }
             Some(id) => id,
             None => default_id(),
         };
@@ -170,6 +174,11 @@ impl Endpoints {
             max_attempts: envelope.max_attempts,
         })
     }
+}
+
+/// SPEC: an `id` is 1-256 bytes of visible ASCII (0x21-0x7E).
+fn valid_id(id: &str) -> bool {
+    (1..=256).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
 fn field(field: &'static str, problem: impl Into<String>) -> InvalidEvent {
@@ -260,6 +269,7 @@ mod tests {
     #[test]
     fn invalid_events_say_why() {
         type Expect = fn(&InvalidEvent) -> bool;
+        let bad_id: Expect = |e| matches!(e, InvalidEvent::Field { field: "id", .. });
         let cases: &[(&str, Expect)] = &[
             ("not json", |e| matches!(e, InvalidEvent::NotJson(_))),
             ("[1,2]", |e| matches!(e, InvalidEvent::NotObject)),
@@ -291,11 +301,26 @@ mod tests {
                 matches!(e, InvalidEvent::Field { field: "timeout_ms", .. })
             }),
             (r#"{"url":"https://u:p@a/x","payload":1}"#, |e| matches!(e, InvalidEvent::Url(_))),
+            (r#"{"url":"https://a/x","payload":1,"id":""}"#, bad_id),
+            (r#"{"url":"https://a/x","payload":1,"id":"evt\u0001"}"#, bad_id),
+            (r#"{"url":"https://a/x","payload":1,"id":"line\nbreak"}"#, bad_id),
+            (r#"{"url":"https://a/x","payload":1,"id":"a b"}"#, bad_id),
+            (r#"{"url":"https://a/x","payload":1,"id":"del\u007f"}"#, bad_id),
+            (r#"{"url":"https://a/x","payload":1,"id":"caf\u00e9"}"#, bad_id),
         ];
         for (value, expected) in cases {
             let err = decode(value).expect_err(value);
             assert!(expected(&err), "{value} gave {err:?}");
         }
+    }
+
+    #[test]
+    fn an_id_of_visible_ascii_up_to_256_bytes_is_valid() {
+        let with_id =
+            |id: &str| decode(&format!(r#"{{"url":"https://a/x","payload":1,"id":{}}}"#, serde_json::json!(id)));
+        let edges = format!("!{}~", "a".repeat(254));
+        assert_eq!(with_id(&edges).unwrap().id, edges, "256 bytes, 0x21 and 0x7E included");
+        assert!(matches!(with_id(&"a".repeat(257)), Err(InvalidEvent::Field { field: "id", .. })));
     }
 
     #[test]

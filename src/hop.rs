@@ -6,8 +6,9 @@
 //! so its relay headers are not ([`trusted_on_event_topic`]): only the ones
 //! `replay` writes, and only under a valid seal ([`crate::seal`]).
 
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 
+use crate::headers::{self, RecordHeaders};
 use crate::outcome::DeadReason;
 use crate::seal::ReplayKey;
 
@@ -89,17 +90,12 @@ pub struct Hop {
     pub last_error: Option<String>,
 }
 
-/// The last value of a header (a repeated header's last value wins), if it is UTF-8.
-pub fn last_header<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a str> {
-    headers.iter().rev().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok())
-}
-
 impl Hop {
     /// Reads the hop state. `here` is where the record was read, used as the
     /// origin when the record has no origin headers (an event's first hop).
     /// `timestamp_ms` is the record's own timestamp.
-    pub fn read(headers: &[(String, Vec<u8>)], here: Coordinates, timestamp_ms: Option<i64>) -> Hop {
-        let get = |name: &str| last_header(headers, name).map(str::trim);
+    pub fn read(headers: &RecordHeaders, here: Coordinates, timestamp_ms: Option<i64>) -> Hop {
+        let get = |name: &str| headers.last(name).map(str::trim);
         let num = |name: &str| get(name).and_then(|v| v.parse::<i64>().ok());
         let origin = match (get(header::ORIGIN_TOPIC), num(header::ORIGIN_PARTITION), num(header::ORIGIN_OFFSET)) {
             (Some(topic), Some(partition), Some(offset)) if !topic.is_empty() => {
@@ -142,7 +138,7 @@ pub struct RelayHeaders<'a> {
 
 impl RelayHeaders<'_> {
     /// The original non-relay headers, then the relay's (overwritten, never appended).
-    pub fn write(&self, original: &[(String, Vec<u8>)]) -> OwnedHeaders {
+    pub fn write(&self, original: &RecordHeaders) -> OwnedHeaders {
         let hop = self.hop;
         let mut out = Writer(foreign(original, 12));
         out.put(header::ATTEMPT, hop.attempts);
@@ -167,7 +163,7 @@ impl RelayHeaders<'_> {
 /// a fresh deadline, no attempt count, and where it was replayed from; with a
 /// `key`, the seal over those and `value`, without which the relay ignores them.
 pub fn replay_headers(
-    original: &[(String, Vec<u8>)],
+    original: &RecordHeaders,
     hop: &Hop,
     dead: &Coordinates,
     deadline_ms: i64,
@@ -200,27 +196,29 @@ pub fn replay_headers(
 /// `key`. Also says how many relay headers were ignored (a producer's forgery,
 /// or a replay without a key).
 pub fn trusted_on_event_topic(
-    headers: &[(String, Vec<u8>)],
+    headers: &RecordHeaders,
     value: &[u8],
     key: Option<&ReplayKey>,
-) -> (Vec<(String, Vec<u8>)>, usize) {
+) -> (RecordHeaders, usize) {
     let sealed = key.is_some_and(|key| {
         let fields: Vec<(&str, &[u8])> =
-            SEALED.iter().map(|name| (*name, last_header(headers, name).unwrap_or_default().as_bytes())).collect();
-        last_header(headers, header::REPLAY_SIGNATURE).is_some_and(|seal| key.verify(&fields, value, seal))
+            SEALED.iter().map(|name| (*name, headers.last(name).unwrap_or_default().as_bytes())).collect();
+        headers.last(header::REPLAY_SIGNATURE).is_some_and(|seal| key.verify(&fields, value, seal))
     });
-    let believed = |name: &str| !name.starts_with(header::PREFIX) || (sealed && SEALED.contains(&name));
-    let (kept, ignored): (Vec<_>, Vec<_>) = headers.iter().cloned().partition(|(name, _)| believed(name));
+    let prefix = header::PREFIX.as_bytes();
+    let believed = |name: &[u8]| !name.starts_with(prefix) || (sealed && SEALED.iter().any(|s| s.as_bytes() == name));
+    let (kept, ignored) = headers.split(believed);
     // The seal itself is not "ignored": it did its job.
-    let ignored = ignored.iter().filter(|(name, _)| !(sealed && name == header::REPLAY_SIGNATURE)).count();
+    let seal = header::REPLAY_SIGNATURE.as_bytes();
+    let ignored = ignored.iter().filter(|(name, _)| !(sealed && *name == seal)).count();
     (kept, ignored)
 }
 
-/// The headers that are not the relay's, kept as they came.
-fn foreign(original: &[(String, Vec<u8>)], room: usize) -> OwnedHeaders {
+/// The headers that are not the relay's, kept byte for byte as they came (keys that are not UTF-8 included).
+fn foreign(original: &RecordHeaders, room: usize) -> OwnedHeaders {
     let mut out = OwnedHeaders::new_with_capacity(original.len() + room);
-    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX)) {
-        out = out.insert(Header { key, value: Some(value) });
+    for (key, value) in original.iter().filter(|(k, _)| !k.starts_with(header::PREFIX.as_bytes())) {
+        out = headers::add(out, key, value);
     }
     out
 }
@@ -257,12 +255,9 @@ pub fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// A record's headers as owned pairs (values that are null become empty).
-pub fn headers_of(record: &OwnedMessage) -> Vec<(String, Vec<u8>)> {
-    record
-        .headers()
-        .map(|headers| headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect())
-        .unwrap_or_default()
+/// A record's headers, read without assuming UTF-8 keys (rdkafka's accessors panic on others).
+pub fn headers_of(record: &OwnedMessage) -> RecordHeaders {
+    record.headers().map(|headers| RecordHeaders::read(headers.as_borrowed())).unwrap_or_default()
 }
 
 /// What the failure handler and `replay` read off a record of the dead topic.
@@ -283,7 +278,7 @@ pub struct DeadLetter {
     /// When it was written to the dead topic (ms), if the record says.
     pub at_ms: Option<i64>,
     /// Its headers, for re-producing it.
-    pub headers: Vec<(String, Vec<u8>)>,
+    pub headers: RecordHeaders,
 }
 
 impl DeadLetter {
@@ -292,7 +287,7 @@ impl DeadLetter {
         let here = Coordinates::of(record);
         let at_ms = record.timestamp().to_millis();
         let hop = Hop::read(&headers, here.clone(), at_ms);
-        let get = |name: &str| last_header(&headers, name).map(String::from);
+        let get = |name: &str| headers.last(name).map(String::from);
         DeadLetter {
             id: crate::event::event_id(record.payload()).unwrap_or_else(|| hop.origin.default_id()),
             endpoint: get(header::ENDPOINT).unwrap_or_else(|| "unknown".into()),
@@ -314,22 +309,21 @@ mod tests {
     #[test]
     fn hop_state_comes_from_headers_or_starts_fresh() {
         let here = Coordinates { topic: "webhooks.events".into(), partition: 2, offset: 9 };
-        let fresh = Hop::read(&[], here.clone(), Some(1000));
+        let fresh = Hop::read(&RecordHeaders::default(), here.clone(), Some(1000));
         assert_eq!(fresh.attempts, 0);
         assert_eq!(fresh.origin, here);
         assert_eq!(fresh.event_ms, Some(1000));
-        let h = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
-        let headers = vec![
-            h(header::ATTEMPT, "1"),
-            h(header::ATTEMPT, "2"),
-            h(header::ORIGIN_TOPIC, "orders"),
-            h(header::ORIGIN_PARTITION, "4"),
-            h(header::ORIGIN_OFFSET, "77"),
-            h(header::DUE_MS, "5000"),
-            h(header::DEADLINE_MS, "9000"),
-            h(header::FIRST_ATTEMPT_MS, "100"),
-            h(header::EVENT_MS, "50"),
-        ];
+        let headers = RecordHeaders::from_pairs([
+            (header::ATTEMPT, "1"),
+            (header::ATTEMPT, "2"),
+            (header::ORIGIN_TOPIC, "orders"),
+            (header::ORIGIN_PARTITION, "4"),
+            (header::ORIGIN_OFFSET, "77"),
+            (header::DUE_MS, "5000"),
+            (header::DEADLINE_MS, "9000"),
+            (header::FIRST_ATTEMPT_MS, "100"),
+            (header::EVENT_MS, "50"),
+        ]);
         let hop = Hop::read(&headers, here, Some(4000));
         assert_eq!(hop.attempts, 2, "the last value of a repeated header wins");
         assert_eq!(hop.origin.default_id(), "orders-4-77");
@@ -340,7 +334,10 @@ mod tests {
     }
 
     fn pairs(headers: &OwnedHeaders) -> Vec<(String, String)> {
-        headers.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap()).into_owned())).collect()
+        let read = RecordHeaders::read(headers.as_borrowed());
+        read.iter()
+            .map(|(k, v)| (String::from_utf8_lossy(k).into_owned(), String::from_utf8_lossy(v.unwrap()).into_owned()))
+            .collect()
     }
 
     fn values<'a>(pairs: &'a [(String, String)], name: &str) -> Vec<&'a str> {
@@ -349,12 +346,15 @@ mod tests {
 
     #[test]
     fn relay_headers_replace_old_ones_and_keep_the_rest() {
-        let hop = Hop::read(&[], Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
-        let original = vec![
-            ("traceparent".to_string(), b"00-abc".to_vec()),
-            (header::ATTEMPT.to_string(), b"7".to_vec()),
-            (header::REASON.to_string(), b"old".to_vec()),
-        ];
+        let hop =
+            Hop::read(&RecordHeaders::default(), Coordinates { topic: "t".into(), partition: 1, offset: 2 }, Some(5));
+        let mut odd = OwnedHeaders::new();
+        odd = headers::add(odd, b"traceparent", Some(b"00-abc"));
+        odd = headers::add(odd, b"\xffnot-utf8", Some(b"\x00\xfe"));
+        odd = headers::add(odd, header::ATTEMPT.as_bytes(), Some(b"7"));
+        odd = headers::add(odd, b"hookrelay-\xff", Some(b"x"));
+        odd = headers::add(odd, header::REASON.as_bytes(), Some(b"old"));
+        let original = RecordHeaders::read(odd.as_borrowed());
         let long = "e".repeat(3000);
         let relay = RelayHeaders {
             hop: &hop,
@@ -363,7 +363,24 @@ mod tests {
             last_error: Some(&long),
             endpoint: "billing",
         };
-        let tier = pairs(&relay.write(&original));
+        let written = relay.write(&original);
+        let raw: Vec<_> = RecordHeaders::read(written.as_borrowed())
+            .iter()
+            .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+            .collect();
+        assert_eq!(
+            raw[..2],
+            [
+                (b"traceparent".to_vec(), Some(b"00-abc".to_vec())),
+                (b"\xffnot-utf8".to_vec(), Some(b"\x00\xfe".to_vec()))
+            ],
+            "foreign headers first, byte for byte; old relay headers dropped"
+        );
+        assert!(
+            !raw.iter().any(|(k, _)| k == b"hookrelay-\xff"),
+            "an odd key in the relay's namespace is the relay's: dropped"
+        );
+        let tier = pairs(&written);
         let get = |k: &str| values(&tier, k);
         assert_eq!(get("traceparent"), vec!["00-abc"]);
         assert_eq!(get(header::ATTEMPT), vec!["0"]);
@@ -384,7 +401,7 @@ mod tests {
     #[test]
     fn a_dead_letter_reads_back_what_the_relay_wrote() {
         let origin = Coordinates { topic: "orders".into(), partition: 3, offset: 41 };
-        let mut hop = Hop::read(&[], origin, Some(1_000));
+        let mut hop = Hop::read(&RecordHeaders::default(), origin, Some(1_000));
         hop.attempts = 4;
         let relay = RelayHeaders {
             hop: &hop,
@@ -393,7 +410,7 @@ mod tests {
             last_error: Some("HTTP 500: boom"),
             endpoint: "billing",
         };
-        let headers = relay.write(&[("x-trace".to_string(), b"1".to_vec())]);
+        let headers = relay.write(&RecordHeaders::from_pairs([("x-trace", "1")]));
         let value = br#"{"endpoint":"billing","payload":1}"#;
         let record = OwnedMessage::new(
             Some(value.to_vec()),
@@ -423,27 +440,26 @@ mod tests {
         assert!(get(header::REPLAY_SIGNATURE).is_empty(), "no key, no seal");
     }
 
-    fn owned(headers: &OwnedHeaders) -> Vec<(String, Vec<u8>)> {
-        headers.iter().map(|h| (h.key.to_string(), h.value.unwrap_or_default().to_vec())).collect()
+    fn owned(headers: &OwnedHeaders) -> RecordHeaders {
+        RecordHeaders::read(headers.as_borrowed())
     }
 
     #[test]
     fn a_producer_cannot_set_the_relay_state_on_an_event_topic() {
         let here = Coordinates { topic: "webhooks.events".into(), partition: 0, offset: 5 };
-        let h = |k: &str, v: &str| (k.to_string(), v.as_bytes().to_vec());
-        let forged = vec![
-            h("traceparent", "00-abc"),
-            h(header::ATTEMPT, "99"),
-            h(header::DEADLINE_MS, "1"),
-            h(header::ORIGIN_TOPIC, "webhooks.events"),
-            h(header::ORIGIN_PARTITION, "0"),
-            h(header::ORIGIN_OFFSET, "1"),
-            h(header::REPLAY_SIGNATURE, "Zm9yZ2Vk"),
-        ];
+        let forged = RecordHeaders::from_pairs([
+            ("traceparent", "00-abc"),
+            (header::ATTEMPT, "99"),
+            (header::DEADLINE_MS, "1"),
+            (header::ORIGIN_TOPIC, "webhooks.events"),
+            (header::ORIGIN_PARTITION, "0"),
+            (header::ORIGIN_OFFSET, "1"),
+            (header::REPLAY_SIGNATURE, "Zm9yZ2Vk"),
+        ]);
         let key = ReplayKey::new("0123456789abcdef-replay");
         for key in [None, Some(&key)] {
             let (kept, ignored) = trusted_on_event_topic(&forged, b"{}", key);
-            assert_eq!(kept, vec![h("traceparent", "00-abc")]);
+            assert_eq!(kept, RecordHeaders::from_pairs([("traceparent", "00-abc")]));
             assert_eq!(ignored, 6);
             let hop = Hop::read(&kept, here.clone(), Some(7));
             assert_eq!((hop.attempts, hop.deadline_ms), (0, None));
@@ -454,10 +470,11 @@ mod tests {
     #[test]
     fn a_sealed_replay_keeps_its_origin_and_deadline() {
         let key = ReplayKey::new("0123456789abcdef-replay");
-        let hop = Hop::read(&[], Coordinates { topic: "orders".into(), partition: 3, offset: 41 }, Some(1_000));
+        let origin = Coordinates { topic: "orders".into(), partition: 3, offset: 41 };
+        let hop = Hop::read(&RecordHeaders::default(), origin, Some(1_000));
         let dead = Coordinates { topic: "webhooks.dead".into(), partition: 0, offset: 7 };
         let value = br#"{"url":"https://a.example/","payload":1}"#;
-        let original = vec![("x-trace".to_string(), b"1".to_vec())];
+        let original = RecordHeaders::from_pairs([("x-trace", "1")]);
         let replayed = owned(&replay_headers(&original, &hop, &dead, 50_000, value, Some(&key)));
         let here = Coordinates { topic: "orders".into(), partition: 1, offset: 900 };
 
@@ -478,8 +495,12 @@ mod tests {
             assert_eq!(Hop::read(&kept, here.clone(), None).origin.default_id(), "orders-1-900");
         }
         // Changing one sealed header breaks the seal.
-        let mut moved = replayed.clone();
-        moved.push((header::ORIGIN_OFFSET.to_string(), b"40".to_vec()));
+        let moved = RecordHeaders::from_pairs(
+            replayed
+                .iter()
+                .map(|(k, v)| (k.to_vec(), v.unwrap_or_default().to_vec()))
+                .chain([(header::ORIGIN_OFFSET.as_bytes().to_vec(), b"40".to_vec())]),
+        );
         assert_eq!(Hop::read(&trusted_on_event_topic(&moved, value, Some(&key)).0, here, None).origin.offset, 900);
     }
 

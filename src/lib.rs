@@ -32,7 +32,8 @@
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
 //!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
-//!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339).
+//!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`headers`]
+//!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module).
 
 pub mod admin;
 pub mod app;
@@ -43,6 +44,7 @@ pub mod config;
 pub mod consume;
 pub mod deliver;
 pub mod event;
+pub mod headers;
 pub mod hop;
 pub mod kafka;
 pub mod metrics;

@@ -48,6 +48,8 @@ pub struct Metrics {
     pub endpoint_concurrency: IntGaugeVec,
     /// topic
     pub relay_headers_ignored: IntCounterVec,
+    /// role
+    pub handler_panics: IntCounterVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -166,6 +168,19 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
             &["topic"],
         ),
+        handler_panics: {
+            let panics = counter(
+                &r,
+                "hookrelay_handler_panics_total",
+                "Records whose handler panicked (a bug); each was set aside, not held.",
+                &["role"],
+            );
+            // From start-up, so that the first panic shows in increase().
+            for role in ["events", "retry", "dead"] {
+                panics.with_label_values(&[role]).reset();
+            }
+            panics
+        },
         registry: r,
     }
 });
@@ -224,6 +239,8 @@ pub enum Retry {
     Deferred,
     /// No attempt: the endpoint had too many records waiting in the partition.
     Overflow,
+    /// No attempt: its own due time is later than its tier holds it; it laps the last tier.
+    NotYet,
 }
 
 /// A record was routed to a retry tier.
@@ -232,6 +249,12 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     let outcome = match why {
         Retry::Failed => "retry",
         Retry::Deferred | Retry::Overflow => "deferred",
+        Retry::NotYet => {
+            // Not a delivery outcome: the record is waiting, as it was.
+            m.retries_routed.with_label_values(&[tier]).inc();
+            tracing::debug!(endpoint, id, attempt, tier, "not due yet, lapping the last tier");
+            return;
+        }
     };
     m.deliveries.with_label_values(&[endpoint, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
@@ -284,6 +307,12 @@ pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) 
         }
         _ => {}
     }
+}
+
+/// A record's handler panicked; the record is set aside (dead letter, or logged in the dead role).
+pub fn handler_panicked(role: &str, why: &str) {
+    get().handler_panics.with_label_values(&[role]).inc();
+    tracing::error!(role, why, "handler panicked; setting the record aside");
 }
 
 /// The failure handler read a dead record.

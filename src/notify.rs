@@ -153,7 +153,12 @@ impl Handler for FailureHandler {
     }
 
     /// The dead topic has no endpoint limits, so `Work::Defer` never comes here.
-    fn handle(self: Arc<Self>, dead: DeadLetter, _work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+    fn handle(
+        self: Arc<Self>,
+        dead: Arc<DeadLetter>,
+        _work: Work,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done> {
         async move {
             metrics::dead_letter_handled(&dead);
             let notified = self.add(&dead);
@@ -164,6 +169,21 @@ impl Handler for FailureHandler {
             }
         }
         .boxed()
+    }
+
+    /// A dead record whose handling panicked is not produced anywhere again:
+    /// the panic was counted, the record is logged and decided.
+    fn recover(self: Arc<Self>, dead: Arc<DeadLetter>, why: String, _: CancellationToken) -> BoxFuture<'static, Done> {
+        let here = &dead.here;
+        tracing::error!(
+            id = dead.id,
+            topic = here.topic,
+            partition = here.partition,
+            offset = here.offset,
+            why,
+            "dead letter not notified: its handler panicked"
+        );
+        futures::future::ready(Done::Decided).boxed()
     }
 }
 

@@ -31,6 +31,9 @@ pub enum Outcome {
     Retryable { status: Option<u16>, error: String, retry_after: Option<Duration> },
     /// The circuit for the endpoint is open: no attempt was made.
     Deferred,
+    /// Read from a tier before its own due time (a tier holds a record for at
+    /// most its delay): no attempt; it laps the last tier until `due_ms`.
+    NotYet { due_ms: i64 },
     /// Never retried: a permanent status or a forbidden target.
     Final { reason: FinalReason, status: Option<u16>, error: String },
 }
@@ -63,15 +66,21 @@ pub enum DeadReason {
     Expired,
     MaxAttempts,
     ForbiddenTarget,
+    /// Larger than a tier or the producer takes.
+    TooLarge,
+    /// The handler failed in a way it could not classify (a panic).
+    InternalError,
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 5] = [
+    pub const ALL: [DeadReason; 7] = [
         DeadReason::InvalidEvent,
         DeadReason::Rejected,
         DeadReason::Expired,
         DeadReason::MaxAttempts,
         DeadReason::ForbiddenTarget,
+        DeadReason::TooLarge,
+        DeadReason::InternalError,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +90,8 @@ impl DeadReason {
             DeadReason::Expired => "expired",
             DeadReason::MaxAttempts => "max_attempts",
             DeadReason::ForbiddenTarget => "forbidden_target",
+            DeadReason::TooLarge => "too_large",
+            DeadReason::InternalError => "internal_error",
         }
     }
 

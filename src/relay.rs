@@ -15,10 +15,11 @@ use crate::config::Config;
 use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
+use crate::headers::RecordHeaders;
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
-use crate::route::{plan, Ladder, Original, PlanInput, Router};
+use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router};
 use crate::seal::ReplayKey;
 
 /// What every relay consumer (events and each tier) shares.
@@ -121,7 +122,7 @@ impl Deferral {
 /// A record read by a relay consumer, decoded once when it was accepted.
 pub struct Prepared {
     record: OwnedMessage,
-    headers: Vec<(String, Vec<u8>)>,
+    headers: RecordHeaders,
     hop: Hop,
     event: Result<Event, InvalidEvent>,
 }
@@ -154,7 +155,9 @@ impl Handler for Relay {
         let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
         let ticket = Ticket {
             due_ms: match self.source {
-                Source::Tier(_) => hop.due_ms,
+                // Never later than the tier's delay after the record was written:
+                // a far due time must not hold the partition (it laps instead).
+                Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
                 Source::Events => None,
             },
             endpoint: event
@@ -165,18 +168,49 @@ impl Handler for Relay {
         (ticket, Prepared { record, headers, hop, event })
     }
 
-    fn handle(self: Arc<Self>, record: Prepared, work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-        async move { self.process(record, work, cancel).await }.boxed()
+    fn handle(
+        self: Arc<Self>,
+        record: Arc<Prepared>,
+        work: Work,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done> {
+        async move { self.process(&record, work, cancel).await }.boxed()
+    }
+
+    /// A record whose handling panicked goes to the dead topic as it came,
+    /// with the hop state it was read with and the panic's message.
+    fn recover(
+        self: Arc<Self>,
+        prepared: Arc<Prepared>,
+        why: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done> {
+        async move {
+            let Prepared { record, headers, hop, event } = &*prepared;
+            let original = Original { key: record.key(), value: record.payload(), headers };
+            let error = format!("internal error: {why}");
+            let endpoint = event.as_ref().map_or("invalid", |e| &*e.endpoint_key);
+            let relay = |destination| RelayHeaders {
+                hop,
+                destination,
+                last_status: hop.last_status,
+                last_error: Some(&error),
+                endpoint,
+            };
+            self.send_dead(&original, DeadReason::InternalError, relay, &cancel).await
+        }
+        .boxed()
     }
 }
 
 impl Relay {
     /// One record, from decode to an acknowledged route. Every early return is
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
-    async fn process(&self, prepared: Prepared, work: Work, cancel: CancellationToken) -> Done {
+    async fn process(&self, prepared: &Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, mut hop, event } = prepared;
-        let original = Original { key: record.key(), value: record.payload(), headers: &headers };
+        let Prepared { record, headers, hop, event } = prepared;
+        let mut hop = hop.clone();
+        let original = Original { key: record.key(), value: record.payload(), headers };
         let event = match event {
             Ok(event) => event,
             Err(invalid) => {
@@ -197,50 +231,24 @@ impl Relay {
         let now = now_ms();
         let first = *hop.first_attempt_ms.get_or_insert(now);
         let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
-        let endpoint = event.endpoint_key.clone();
-        let circuit_changed = |change: Option<Transition>| {
-            if let Some(change) = change {
-                metrics::circuit_changed(&endpoint, change, s.circuits.cool_down());
-            }
+        // A tier lets a record go after at most its delay (see `prepare`); one
+        // whose own due time is still ahead laps the last tier, unattempted.
+        let lap = match self.source {
+            Source::Tier(_) => not_yet(hop.due_ms, now_ms(), deadline),
+            Source::Events => None,
         };
-
         if work == Work::Defer {
-            return self.route(&original, &hop, &event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel).await;
+            return self.route(&original, &hop, event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel).await;
         }
-        // The circuit is asked once the endpoint's permit is held, so records
-        // queued behind a failing endpoint see the circuit it opened.
-        let permit = tokio::select! {
-            permit = s.limiter.acquire(&endpoint) => permit,
-            _ = cancel.cancelled() => return Done::Abandoned,
-        };
-        let (admission, change) = s.circuits.admit(&endpoint, Instant::now());
-        circuit_changed(change);
-        let outcome = if admission == Admission::Defer {
-            permit.finish(Signal::None);
-            Outcome::Deferred
-        } else {
-            let attempt = tokio::select! {
-                attempt = s.deliverer.attempt(&event, SystemTime::now()) => attempt,
-                _ = cancel.cancelled() => {
-                    if admission == Admission::Probe {
-                        s.circuits.probe_abandoned(&endpoint, Instant::now());
-                    }
-                    return Done::Abandoned;
-                }
-            };
-            let took = permit.elapsed();
-            permit.finish(signal(&attempt, took));
-            metrics::attempt_finished(&endpoint, took.as_secs_f64());
-            hop.attempts += 1;
-            let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
-            // Only retryable failures count against the circuit: a 410 is the
-            // receiver answering, so it is up.
-            let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
-            circuit_changed(s.circuits.report(&endpoint, admission, verdict, Instant::now()));
-            outcome
+        let outcome = match lap {
+            Some(due_ms) => Outcome::NotYet { due_ms },
+            None => match self.attempt(event, &mut hop, &cancel).await {
+                Some(outcome) => outcome,
+                None => return Done::Abandoned,
+            },
         };
 
-        self.route(&original, &hop, &event, outcome, Deferral::Circuit, deadline, &cancel).await
+        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, &cancel).await
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them
@@ -277,6 +285,7 @@ impl Relay {
             }
             // No attempt was made: keep the last real status for the operators.
             Outcome::Deferred => (hop.last_status, Some(deferral.describe(endpoint))),
+            Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
         let relay =
             |destination| RelayHeaders { hop, destination, last_status, last_error: last_error.as_deref(), endpoint };
@@ -296,6 +305,7 @@ impl Relay {
                 let why = match (&outcome, deferral) {
                     (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
                     (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
+                    (Outcome::NotYet { .. }, _) => Retry::NotYet,
                     _ => Retry::Failed,
                 };
                 metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
@@ -303,6 +313,49 @@ impl Relay {
             }
             Route::Dead { reason } => self.send_dead(original, reason, relay, cancel).await,
         }
+    }
+
+    /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
+    /// unless it defers. `None`: cancelled (shutdown or revoke) on the way.
+    async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
+        let s = &*self.shared;
+        let endpoint = &event.endpoint_key;
+        let circuit_changed = |change: Option<Transition>| {
+            if let Some(change) = change {
+                metrics::circuit_changed(endpoint, change, s.circuits.cool_down());
+            }
+        };
+        // The circuit is asked once the endpoint's permit is held, so records
+        // queued behind a failing endpoint see the circuit it opened.
+        let permit = tokio::select! {
+            permit = s.limiter.acquire(endpoint) => permit,
+            _ = cancel.cancelled() => return None,
+        };
+        let (admission, change) = s.circuits.admit(endpoint, Instant::now());
+        circuit_changed(change);
+        if admission == Admission::Defer {
+            permit.finish(Signal::None);
+            return Some(Outcome::Deferred);
+        }
+        let attempt = tokio::select! {
+            attempt = s.deliverer.attempt(event, SystemTime::now()) => attempt,
+            _ = cancel.cancelled() => {
+                if admission == Admission::Probe {
+                    s.circuits.probe_abandoned(endpoint, Instant::now());
+                }
+                return None;
+            }
+        };
+        let took = permit.elapsed();
+        permit.finish(signal(&attempt, took));
+        metrics::attempt_finished(endpoint, took.as_secs_f64());
+        hop.attempts += 1;
+        let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+        // Only retryable failures count against the circuit: a 410 is the
+        // receiver answering, so it is up.
+        let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
+        circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
+        Some(outcome)
     }
 
     async fn send_dead<'a>(

@@ -14,6 +14,7 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
+use crate::headers::RecordHeaders;
 use crate::metrics;
 use crate::outcome::{DeadReason, FinalReason, Outcome, Route};
 
@@ -40,6 +41,27 @@ impl Ladder {
     fn first_at_least(&self, wait_ms: i64) -> usize {
         self.delays_ms.iter().position(|&d| d >= wait_ms).unwrap_or(self.last())
     }
+
+    /// When a record read from tier `index` is worked on: at its due time, but
+    /// no later than the tier's delay plus the largest jitter after the record
+    /// was written (`written_ms`, its timestamp), so that no record holds a tier
+    /// partition longer than that, whatever its due time says. A missing or
+    /// unreadable due time counts as that bound. `None`: now.
+    pub fn ready_at(&self, index: usize, written_ms: Option<i64>, due_ms: Option<i64>) -> Option<i64> {
+        let delay = self.delays_ms[index.min(self.last())];
+        let bound = written_ms.map(|t| t + delay + (delay as f64 * self.jitter) as i64);
+        match (due_ms, bound) {
+            (Some(due), Some(bound)) => Some(due.min(bound)),
+            (due, bound) => due.or(bound),
+        }
+    }
+}
+
+/// A tier record worked on before its own due time (see [`Ladder::ready_at`])
+/// is not attempted yet: `Some(due)` to lap the last tier with. A due time past
+/// the deadline is garbage: the record is attempted now, as if it were due.
+pub fn not_yet(due_ms: Option<i64>, now_ms: i64, deadline_ms: i64) -> Option<i64> {
+    due_ms.filter(|&due| due > now_ms && due <= deadline_ms)
 }
 
 /// Everything `plan` needs besides the outcome.
@@ -61,11 +83,17 @@ pub struct PlanInput {
 ///
 /// - attempt n (n >= 1) failed: tier n-1, the last tier repeating;
 /// - deferred by an open circuit: the tier after the one it came from (no attempt counted);
-/// - `Retry-After`: the first tier whose delay is at least that long, and never earlier than asked;
+/// - `Retry-After`: the first tier whose delay is at least that long, and never earlier than asked
+///   (longer than the last tier: the last tier, whose consumer laps it until due);
+/// - not yet due (a lap): the last tier again with the same due time, no attempt counted;
 /// - a next due time past the deadline: dead, `expired`; attempts used up: dead, `max_attempts`.
 pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
     let (index, retry_after) = match outcome {
         Outcome::Delivered { .. } => return Route::Delivered,
+        Outcome::NotYet { due_ms } if *due_ms > input.deadline_ms => {
+            return Route::Dead { reason: DeadReason::Expired }
+        }
+        Outcome::NotYet { due_ms } => return Route::Tier { index: ladder.last(), due_ms: *due_ms },
         Outcome::Final { reason: FinalReason::Rejected, .. } => return Route::Dead { reason: DeadReason::Rejected },
         Outcome::Final { reason: FinalReason::ForbiddenTarget, .. } => {
             return Route::Dead { reason: DeadReason::ForbiddenTarget }
@@ -96,7 +124,7 @@ pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
 pub struct Original<'a> {
     pub key: Option<&'a [u8]>,
     pub value: Option<&'a [u8]>,
-    pub headers: &'a [(String, Vec<u8>)],
+    pub headers: &'a RecordHeaders,
 }
 
 /// Produces tier and dead records; only an acknowledged produce returns Ok.
@@ -207,6 +235,14 @@ mod tests {
             (Outcome::Deferred, input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
             (Outcome::Deferred, input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
             (Outcome::Deferred, input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(2)), Route::Tier { index: 2, due_ms: 70_000 }),
+            (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(0)), Route::Tier { index: 2, due_ms: 70_000 }),
+            (
+                Outcome::NotYet { due_ms: 70_000 },
+                PlanInput { max_attempts: 1, ..input(1, Some(2)) },
+                Route::Tier { index: 2, due_ms: 70_000 },
+            ),
+            (Outcome::NotYet { due_ms: 100_001 }, input(1, Some(2)), Route::Dead { reason: DeadReason::Expired }),
             (
                 retryable(None),
                 PlanInput { deadline_ms: 10_999, ..input(1, None) },
@@ -253,7 +289,45 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_tier_holds_a_record_at_most_its_delay_and_a_far_due_time_laps() {
+        let l = ladder();
+        // Tier 1 waits 2 s, jitter up to 10 %: a record written at 10 s is worked on by 12.2 s at the latest.
+        assert_eq!(l.ready_at(1, Some(10_000), Some(11_500)), Some(11_500), "due within the bound");
+        assert_eq!(l.ready_at(1, Some(10_000), Some(86_400_000)), Some(12_200), "a far due time is capped");
+        assert_eq!(l.ready_at(1, Some(10_000), None), Some(12_200), "an unreadable due time is the bound");
+        assert_eq!(l.ready_at(1, None, Some(5_000)), Some(5_000), "no timestamp: the due time");
+        assert_eq!(l.ready_at(1, None, None), None);
+        // At 12.2 s: a due time still ahead (within the deadline) laps; one past the deadline is garbage.
+        assert_eq!(not_yet(Some(86_400_000), 12_200, 100_000_000), Some(86_400_000));
+        assert_eq!(not_yet(Some(86_400_000), 12_200, 50_000), None, "past the deadline: attempt now");
+        assert_eq!(not_yet(Some(12_000), 12_200, 50_000), None, "due");
+        assert_eq!(not_yet(None, 12_200, 50_000), None);
+    }
+
     proptest! {
+        /// Whatever its due time, a record is worked on no later than its tier's
+        /// delay plus jitter after it was written, and never after its due time.
+        #[test]
+        fn a_tier_never_holds_a_record_past_its_delay(
+            index in 0usize..3,
+            written in 0i64..1_000_000,
+            due in proptest::option::of(-1_000_000i64..i64::MAX / 2),
+        ) {
+            let l = ladder();
+            let ready = l.ready_at(index, Some(written), due).unwrap();
+            let delay = l.delays_ms[index];
+            prop_assert!(ready <= written + delay + delay / 10);
+            prop_assert!(due.is_none_or(|due| ready <= due));
+            if let Some(lap) = not_yet(due, ready, i64::MAX) {
+                prop_assert_eq!(Some(lap), due, "a lap keeps the due time");
+                prop_assert_eq!(
+                    plan(&l, &Outcome::NotYet { due_ms: lap }, PlanInput { now_ms: ready, deadline_ms: i64::MAX, ..input(1, Some(index)) }),
+                    Route::Tier { index: 2, due_ms: lap }
+                );
+            }
+        }
+
         /// Jitter only adds, and at most 10 % of the tier's delay; a route never
         /// lands before the tier's delay, nor past the deadline.
         #[test]

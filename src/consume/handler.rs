@@ -1,13 +1,16 @@
 //! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`].
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
+use futures::FutureExt;
 use rdkafka::message::OwnedMessage;
 use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::LiveLimit;
+use crate::metrics;
 
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,15 +96,58 @@ pub enum Work {
 /// Works on one record at a time; many run concurrently.
 pub trait Handler: Send + Sync + 'static {
     /// A record as the handler keeps it between being read and being worked on.
-    type Record: Send + 'static;
+    type Record: Send + Sync + 'static;
 
     /// Reads what the handler needs from a record, once, when the loop accepts
     /// it: the loop keeps the result, so nothing is parsed or copied twice.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
 
     /// Works on the record until its outcome is decided, or `cancel` fires.
-    fn handle(self: Arc<Self>, record: Self::Record, work: Work, cancel: CancellationToken)
-        -> BoxFuture<'static, Done>;
+    fn handle(
+        self: Arc<Self>,
+        record: Arc<Self::Record>,
+        work: Work,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done>;
+
+    /// Decides a record whose `handle` panicked (`why` is the panic's message).
+    /// A panic is a bug, never a reason to hold the partition: the record is
+    /// set aside (dead letter `internal_error`, or logged in the dead role).
+    fn recover(
+        self: Arc<Self>,
+        record: Arc<Self::Record>,
+        why: String,
+        cancel: CancellationToken,
+    ) -> BoxFuture<'static, Done>;
+}
+
+/// Runs `handle`, and `recover` if it panicked, so every task reports a [`Done`]:
+/// a panic neither leaks its in-flight slot nor pins its partition's offset.
+/// A `recover` that panics too leaves the record undecided (read again after a restart).
+pub async fn guarded<H: Handler>(
+    handler: Arc<H>,
+    role: Role,
+    record: H::Record,
+    work: Work,
+    cancel: CancellationToken,
+) -> Done {
+    let record = Arc::new(record);
+    // The call is inside the guarded future too: a panic before its first await is caught as well.
+    let work = async { handler.clone().handle(record.clone(), work, cancel.clone()).await };
+    let why = match AssertUnwindSafe(work).catch_unwind().await {
+        Ok(done) => return done,
+        Err(panic) => panic_message(&*panic),
+    };
+    metrics::handler_panicked(role.as_str(), &why);
+    AssertUnwindSafe(handler.recover(record, why, cancel)).catch_unwind().await.unwrap_or(Done::Abandoned)
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    match (panic.downcast_ref::<&str>(), panic.downcast_ref::<String>()) {
+        (Some(text), _) => (*text).to_string(),
+        (_, Some(text)) => text.clone(),
+        _ => "a panic without a message".to_string(),
+    }
 }
 
 /// One consumer: its group, topics and limits.
@@ -117,4 +163,62 @@ pub struct Spec {
     /// Due records of one endpoint waiting in one partition before the overflow is deferred.
     pub max_waiting_per_endpoint: usize,
     pub grace: Duration,
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Panics on odd records; remembers what `recover` was given.
+    #[derive(Default)]
+    struct Fragile {
+        recovered: Mutex<Vec<(u32, String)>>,
+        panic_in_recover: bool,
+    }
+
+    impl Handler for Fragile {
+        type Record = u32;
+
+        fn prepare(&self, _: OwnedMessage) -> (Ticket, u32) {
+            unreachable!("not used by these tests")
+        }
+
+        fn handle(self: Arc<Self>, record: Arc<u32>, _: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+            let _ = cancel;
+            async move {
+                tokio::task::yield_now().await;
+                assert!(*record % 2 == 0, "odd record {record}");
+                Done::Decided
+            }
+            .boxed()
+        }
+
+        fn recover(self: Arc<Self>, record: Arc<u32>, why: String, _: CancellationToken) -> BoxFuture<'static, Done> {
+            async move {
+                assert!(!self.panic_in_recover, "recover fails too");
+                self.recovered.lock().unwrap().push((*record, why));
+                Done::Decided
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_still_reports_done_and_its_record_is_recovered() {
+        let handler = Arc::new(Fragile::default());
+        let cancel = CancellationToken::new();
+        assert_eq!(guarded(handler.clone(), Role::Events, 2, Work::Attempt, cancel.clone()).await, Done::Decided);
+        assert!(handler.recovered.lock().unwrap().is_empty(), "no panic, no recovery");
+        assert_eq!(guarded(handler.clone(), Role::Retry, 3, Work::Attempt, cancel.clone()).await, Done::Decided);
+        assert_eq!(*handler.recovered.lock().unwrap(), vec![(3, "odd record 3".to_string())]);
+
+        let broken = Arc::new(Fragile { panic_in_recover: true, ..Fragile::default() });
+        assert_eq!(
+            guarded(broken, Role::Dead, 5, Work::Attempt, cancel).await,
+            Done::Abandoned,
+            "a panic in recover is caught too"
+        );
+    }
 }

@@ -213,7 +213,10 @@ impl<H: Handler> Loop<H> {
         for (topic, partition) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
-            self.partitions.insert((Arc::<str>::from(topic), partition), Partition::new(self.generation));
+            let fresh = Partition::new(self.generation, self.abandon.child_token());
+            if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
+                old.cancel.cancel();
+            }
         }
         // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
         if let Err(error) = self.consumer.resume(&tpl) {
@@ -224,10 +227,11 @@ impl<H: Handler> Loop<H> {
     fn accept(&mut self, record: OwnedMessage) {
         let key = (Arc::<str>::from(record.topic()), record.partition());
         let generation = &mut self.generation;
+        let abandon = &self.abandon;
         // A record can only come from an assigned partition; be robust anyway.
         let partition = self.partitions.entry(key.clone()).or_insert_with(|| {
             *generation += 1;
-            Partition::new(*generation)
+            Partition::new(*generation, abandon.child_token())
         });
         if partition.lifecycle != Lifecycle::Consuming {
             return; // not ours any more: the next owner reads it again
@@ -277,7 +281,8 @@ impl<H: Handler> Loop<H> {
                 offset: waiting.offset,
                 done: Done::Abandoned,
             };
-            let work = self.handler.clone().handle(*waiting.record, work, self.abandon.child_token());
+            let cancel = partition.cancel.child_token();
+            let work = handler::guarded(self.handler.clone(), self.spec.role, *waiting.record, work, cancel);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
@@ -391,12 +396,14 @@ impl<H: Handler> Loop<H> {
         let Some(revoke) = self.revoke.take() else { return };
         for key in &revoke.partitions {
             if let Some(p) = self.partitions.remove(key) {
+                // Whatever still runs for it stops now: the next owner works on these records.
+                p.cancel.cancel();
                 if timed_out && p.in_flight > 0 {
                     tracing::warn!(
                         topic = &*key.0,
                         partition = key.1,
                         in_flight = p.in_flight,
-                        "revoke grace over; records will be read again by the new owner"
+                        "revoke grace over; cancelled its in-flight records, the new owner reads them again"
                     );
                     self.in_flight -= p.in_flight;
                 }

@@ -10,6 +10,8 @@
 
 use std::collections::VecDeque;
 
+use tokio_util::sync::CancellationToken;
+
 use super::handler::{EndpointSlot, IdMap, Ticket};
 use crate::offsets::OffsetTracker;
 
@@ -82,12 +84,16 @@ pub struct Partition<R> {
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
+    /// Cancels this partition's handlers once it is let go: work abandoned
+    /// past a revoke's grace must stop, or it would race the next owner.
+    pub cancel: CancellationToken,
 }
 
 impl<R> Partition<R> {
-    pub fn new(generation: u64) -> Partition<R> {
+    pub fn new(generation: u64, cancel: CancellationToken) -> Partition<R> {
         Partition {
             generation,
+            cancel,
             lifecycle: Lifecycle::Consuming,
             tracker: OffsetTracker::default(),
             in_flight: 0,
@@ -284,7 +290,7 @@ mod tests {
     }
 
     fn partition(tickets: Vec<Ticket>) -> Partition<()> {
-        let mut p = Partition::new(1);
+        let mut p = Partition::new(1, CancellationToken::new());
         for (offset, ticket) in tickets.into_iter().enumerate() {
             p.backlog.push_back(Waiting {
                 offset: offset as i64,

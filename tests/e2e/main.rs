@@ -14,4 +14,5 @@ mod replay;
 mod retry;
 mod security;
 mod smtp;
+mod stuck;
 mod tls;
