@@ -6,6 +6,7 @@
 //!   and rebalance events in order down one channel to the loop.
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
+//! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
 //!   Offsets are stored (and then committed by librdkafka's background commit,
 //!   on revoke and on close) only at the highest contiguous decided offset of
@@ -19,6 +20,7 @@ pub mod budget;
 mod client;
 pub mod handler;
 pub mod partition;
+mod revoke;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ use self::budget::{Budget, RECORD_OVERHEAD};
 use self::client::{Client, KafkaConsumer, Polled};
 pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
 use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
+use self::revoke::PendingRevoke;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::kafka::Unavailable;
@@ -83,13 +86,6 @@ struct Completion {
     generation: u64,
     offset: i64,
     done: Done,
-}
-
-/// A revoke the poll thread is waiting on.
-struct PendingRevoke {
-    partitions: Vec<(Arc<str>, i32)>,
-    ack: std::sync::mpsc::Sender<()>,
-    deadline: Instant,
 }
 
 /// The async side: owns partition state, dispatches work, stores offsets.
@@ -168,44 +164,6 @@ impl<H: Handler> Loop<H> {
         }
         self.drain().await;
         refused.map_or(Ok(()), Err)
-    }
-
-    /// Stop fetching, give in-flight work the grace period, abandon the rest, store what is decided.
-    async fn drain(&mut self) {
-        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight, "draining");
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
-        }
-        for partition in self.partitions.values_mut() {
-            // No new work and no resume from here on; waiting records are read again after a restart.
-            self.budget.give_back(partition.stop());
-            partition.paused = None;
-        }
-        let deadline = Instant::now() + self.spec.grace;
-        while self.in_flight > 0 {
-            tokio::select! {
-                Some(done) = self.done_rx.recv() => self.complete(done),
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        if self.in_flight > 0 {
-            tracing::warn!(
-                role = self.spec.role.as_str(),
-                abandoned = self.in_flight,
-                "grace period over, abandoning in-flight records"
-            );
-            self.abandon.cancel();
-            self.tasks.close();
-            // Abandoned handlers return promptly; their records stay undecided.
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
-            while let Ok(done) = self.done_rx.try_recv() {
-                self.complete(done);
-            }
-        }
-        if let Some(revoke) = self.revoke.take() {
-            let _ = revoke.ack.send(());
-        }
-        self.publish_gauges();
     }
 
     fn assign(&mut self, assigned: Vec<(String, i32)>) {
@@ -355,61 +313,6 @@ impl<H: Handler> Loop<H> {
         } else {
             self.pump(&done.key.clone());
         }
-    }
-
-    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
-        let mut keys = Vec::new();
-        let mut paused = TopicPartitionList::new();
-        for (topic, partition) in revoked {
-            let key = (Arc::<str>::from(topic), partition);
-            if let Some(p) = self.partitions.get_mut(&key) {
-                // Waiting records and due timers go with the partition: the next
-                // owner reads them again from the committed offset.
-                self.budget.give_back(p.stop());
-                if p.paused.take().is_some() {
-                    paused.add_partition(&key.0, key.1);
-                }
-            }
-            keys.push(key);
-        }
-        if paused.count() > 0 {
-            if let Err(error) = self.consumer.resume(&paused) {
-                tracing::debug!(%error, "resume of revoked partitions failed");
-            }
-        }
-        self.revoke = Some(PendingRevoke { partitions: keys, ack, deadline: Instant::now() + self.spec.grace });
-    }
-
-    fn check_revoke(&mut self) {
-        let drained = self
-            .revoke
-            .as_ref()
-            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(|p| p.in_flight == 0)));
-        if drained {
-            self.finish_revoke(false);
-        }
-    }
-
-    /// Lets go of the revoked partitions: their decided offsets are stored already,
-    /// the callback commits them once acknowledged.
-    fn finish_revoke(&mut self, timed_out: bool) {
-        let Some(revoke) = self.revoke.take() else { return };
-        for key in &revoke.partitions {
-            if let Some(p) = self.partitions.remove(key) {
-                // Whatever still runs for it stops now: the next owner works on these records.
-                p.cancel.cancel();
-                if timed_out && p.in_flight > 0 {
-                    tracing::warn!(
-                        topic = &*key.0,
-                        partition = key.1,
-                        in_flight = p.in_flight,
-                        "revoke grace over; cancelled its in-flight records, the new owner reads them again"
-                    );
-                    self.in_flight -= p.in_flight;
-                }
-            }
-        }
-        let _ = revoke.ack.send(());
     }
 
     /// When the loop must look at a partition again for time's sake: the
