@@ -58,6 +58,9 @@ pub enum ConsumeError {
     Thread(#[from] std::io::Error),
 }
 
+/// Messages read from the poll thread's channel in one wake-up of the loop, at most.
+const READ_BATCH: usize = 64;
+
 /// Runs one consumer until `shutdown` fires and the drain is over.
 pub async fn run<H: Handler>(
     config: &Config,
@@ -142,15 +145,38 @@ impl<H: Handler> Loop<H> {
                 _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
-                polled = rx.recv() => match polled {
-                    Some(Polled::Message(record)) => self.accept(record),
-                    Some(Polled::Assigned(assigned)) => self.assign(assigned),
-                    Some(Polled::Revoked(revoked, ack)) => self.start_revoke(revoked, ack),
-                    Some(Polled::Refused(why)) => {
-                        refused = Some(why);
+                polled = rx.recv() => {
+                    // What is already waiting is read in one go, and each partition it
+                    // touched is scheduled once: not once per record.
+                    let mut next = polled;
+                    let mut touched = Vec::new();
+                    for read in 0..READ_BATCH {
+                        if read > 0 {
+                            // Only what is there already; taken only when it will be handled.
+                            match rx.try_recv() {
+                                Ok(polled) => next = Some(polled),
+                                Err(_) => break,
+                            }
+                        }
+                        match next.take() {
+                            Some(Polled::Message(record)) => touched.extend(self.accept(record)),
+                            Some(Polled::Assigned(assigned)) => self.assign(assigned),
+                            Some(Polled::Revoked(revoked, ack)) => self.start_revoke(revoked, ack),
+                            Some(Polled::Refused(why)) => refused = Some(why),
+                            None => break,
+                        }
+                        if refused.is_some() {
+                            break;
+                        }
+                    }
+                    touched.sort();
+                    touched.dedup();
+                    for key in touched {
+                        self.pump(&key);
+                    }
+                    if refused.is_some() || (rx.is_closed() && rx.is_empty()) {
                         break;
                     }
-                    None => break,
                 },
                 _ = tick.tick() => {
                     self.publish_gauges();
@@ -182,7 +208,8 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn accept(&mut self, record: OwnedMessage) {
+    /// Takes a record into its partition's backlog; returns the partition to schedule.
+    fn accept(&mut self, record: OwnedMessage) -> Option<(Arc<str>, i32)> {
         let key = (Arc::<str>::from(record.topic()), record.partition());
         let generation = &mut self.generation;
         let abandon = &self.abandon;
@@ -192,7 +219,7 @@ impl<H: Handler> Loop<H> {
             Partition::new(*generation, abandon.child_token())
         });
         if partition.lifecycle != Lifecycle::Consuming {
-            return; // not ours any more: the next owner reads it again
+            return None; // not ours any more: the next owner reads it again
         }
         let offset = record.offset();
         let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
@@ -203,7 +230,7 @@ impl<H: Handler> Loop<H> {
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
         partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Box::new(record) });
-        self.pump(&key);
+        Some(key)
     }
 
     /// Hands the records `schedule` chose to handlers, then applies its pause state.
