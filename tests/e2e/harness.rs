@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
+use rdkafka::message::{Header, Message, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, Offset, TopicPartitionList};
@@ -253,7 +253,10 @@ pub struct Record {
     pub offset: i64,
     pub key: Option<Vec<u8>>,
     pub value: Vec<u8>,
+    /// Header keys and values as text (lossy where they are not UTF-8).
     pub headers: Vec<(String, String)>,
+    /// The same headers byte for byte (`None` = a null value).
+    pub raw_headers: Vec<(Vec<u8>, Option<Vec<u8>>)>,
     pub timestamp_ms: i64,
 }
 
@@ -286,24 +289,22 @@ pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Rec
         let mut out = Vec::new();
         while out.len() < count && Instant::now() < deadline {
             if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
+                // Read as bytes (rdkafka's own accessor panics on a key that is not UTF-8).
+                let raw: Vec<(Vec<u8>, Option<Vec<u8>>)> = m
+                    .headers()
+                    .map(hookrelay::headers::RecordHeaders::read)
+                    .unwrap_or_default()
+                    .iter()
+                    .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))
+                    .collect();
+                let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
                 out.push(Record {
                     partition: m.partition(),
                     offset: m.offset(),
                     key: m.key().map(<[u8]>::to_vec),
                     value: m.payload().unwrap_or_default().to_vec(),
-                    headers: m
-                        .headers()
-                        .map(|h| {
-                            h.iter()
-                                .map(|h| {
-                                    (
-                                        h.key.to_string(),
-                                        String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned(),
-                                    )
-                                })
-                                .collect()
-                        })
-                        .unwrap_or_default(),
+                    headers: raw.iter().map(|(k, v)| (text(k), text(v.as_deref().unwrap_or_default()))).collect(),
+                    raw_headers: raw,
                     timestamp_ms: m.timestamp().to_millis().unwrap_or(0),
                 });
             }

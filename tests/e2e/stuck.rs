@@ -50,34 +50,6 @@ async fn produce_with_odd_header(producer: &rdkafka::producer::FutureProducer, t
     producer.send(record, Duration::from_secs(10)).await.expect("produce");
 }
 
-/// The raw headers of the first `count` records of `topic` (the harness reader assumes UTF-8 keys).
-async fn raw_headers(topic: &str, count: usize) -> Vec<Vec<(Vec<u8>, Option<Vec<u8>>)>> {
-    use rdkafka::consumer::{BaseConsumer, Consumer};
-    use rdkafka::message::Message;
-    let topic = topic.to_string();
-    tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = rdkafka::ClientConfig::new()
-            .set("bootstrap.servers", bootstrap())
-            .set("group.id", unique("raw-reader"))
-            .set("enable.auto.commit", "false")
-            .set("auto.offset.reset", "earliest")
-            .create()
-            .expect("reader");
-        consumer.subscribe(&[&topic]).expect("subscribe");
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let mut out = Vec::new();
-        while out.len() < count && std::time::Instant::now() < deadline {
-            if let Some(Ok(m)) = consumer.poll(Duration::from_millis(100)) {
-                let headers = m.headers().map(hookrelay::headers::RecordHeaders::read).unwrap_or_default();
-                out.push(headers.iter().map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec))).collect());
-            }
-        }
-        out
-    })
-    .await
-    .expect("reader thread")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_header_key_that_is_not_utf8_is_kept_byte_for_byte_and_never_stalls() {
     // The first attempt of each event fails: the odd record crosses a tier consumer too.
@@ -104,12 +76,14 @@ async fn a_header_key_that_is_not_utf8_is_kept_byte_for_byte_and_never_stalls() 
     })
     .await;
     let odd = (ODD_KEY.to_vec(), Some(b"\x00\xff value".to_vec()));
-    let tier = raw_headers(&topics.tiers[0].0, 2).await;
+    let tier: Vec<_> =
+        read_topic(&topics.tiers[0].0, 2, Duration::from_secs(30)).await.into_iter().map(|r| r.raw_headers).collect();
     assert_eq!(tier.len(), 2);
     assert_eq!(tier[0][0], odd, "the odd header is kept byte for byte on the tier record");
     assert_eq!(tier[0][1], (b"traceparent".to_vec(), Some(b"00-abc".to_vec())));
     assert!(!tier[1].contains(&odd), "the plain record has none");
-    let dead = raw_headers(&topics.dead, 1).await;
+    let dead: Vec<_> =
+        read_topic(&topics.dead, 1, Duration::from_secs(30)).await.into_iter().map(|r| r.raw_headers).collect();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0][0], odd, "and on the dead record");
     assert!(dead[0].contains(&(b"hookrelay-reason".to_vec(), Some(b"invalid_event".to_vec()))));
