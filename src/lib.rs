@@ -15,12 +15,14 @@
 //! - [`app`]: wires the roles of `hookrelay run` together; [`admin`]: `/metrics`, `/live`, `/ready`;
 //!   [`readiness`]: the latch behind `/ready`; [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`consume`]: the consumer every role runs: `client` (librdkafka callbacks, poll thread),
-//!   `handler` (the contract with the work on a record), `partition` (state and the pure scheduler),
-//!   and the loop itself.
+//!   `handler` (the contract with the work on a record, panics caught), `partition` (state and the
+//!   pure scheduler), `budget` (the process's memory budget in bytes), `revoke` (letting partitions
+//!   go within the grace), and the loop itself.
 //! - [`relay`]: the handler of event and tier records, from decode to route.
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
+//! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start).
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard); no retry logic.
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records.
 //! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
@@ -28,7 +30,8 @@
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
 //! - [`kafka`]: librdkafka settings shared by every client, and what counts as a refusal.
-//! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`), `validate()`.
+//! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`),
+//!   the redacting secret types (`secret`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
 //!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
