@@ -2,7 +2,7 @@
 //! records to a [`Handler`], stores decided offsets, and drains on revoke and shutdown.
 //!
 //! # Shape
-//! - [`client`]: librdkafka callbacks and the poll thread, which sends messages
+//! - `client`: librdkafka callbacks and the poll thread, which sends messages
 //!   and rebalance events in order down one channel to the loop.
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
