@@ -95,11 +95,11 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         },
         Scenario {
             name: "S5",
-            what: "backlog caught up (1,000,000 at --scale 5), one instant endpoint, RSS over time",
-            events: n(200_000.0),
+            what: "1,000,000-event backlog caught up, one instant endpoint, RSS over time",
+            events: n(1_000_000.0),
             endpoints: instant.clone(),
             backlog: true,
-            deadline: deadline * 2,
+            deadline: deadline * 3,
             ..base.clone()
         },
         Scenario { name: "S6", what: "S1 over HTTPS (the bench's own CA)", tls: true, ..s1 },
