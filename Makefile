@@ -4,6 +4,8 @@ CARGO ?= cargo
 CONFIG ?= hookrelay.example.toml
 # Set KAFKA_BOOTSTRAP to use your own broker; otherwise a local one is started.
 KAFKA_BOOTSTRAP ?=
+# make bench BENCH_ARGS="--scenario S0,S2 --scale 0.2"
+BENCH_ARGS ?=
 
 .PHONY: help build release run test unit lint fmt bench kafka-up kafka-down deploy-check clean
 
@@ -12,7 +14,7 @@ help:
 	@echo "make test         local Kafka + every test (unit, end-to-end, deploy checks) + stop"
 	@echo "make unit         unit tests only (no broker)"
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
-	@echo "make bench        throughput and latency drills against local Kafka, printed as a report"
+	@echo "make bench        the benchmark (S0..S8: null pipeline vs hookrelay, many endpoints), table + .bench/*.json"
 	@echo "make kafka-up     start the local broker (127.0.0.1:9092; SASL on :9094)"
 	@echo "make kafka-down   stop it"
 
@@ -49,7 +51,7 @@ fmt:
 	$(CARGO) fmt --all
 
 bench:
-	@scripts/bench.sh
+	@scripts/bench.sh $(BENCH_ARGS)
 
 deploy-check:
 	@scripts/check-deploy.sh

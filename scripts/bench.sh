@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# make bench: the drills in tests/e2e/bench.rs, release build, against a local
-# broker (started here unless KAFKA_BOOTSTRAP is set). Prints one BENCH line each.
+# make bench: the benchmark driver (bench/main.rs, scenarios S0..S8), release
+# build, against a local broker (started here unless KAFKA_BOOTSTRAP is set).
+# Arguments go to the driver: scripts/bench.sh --scenario S0,S2 --scale 0.2
+# (make bench BENCH_ARGS="--scenario S0"). Prints a table; JSON in .bench/.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=""
@@ -10,5 +12,5 @@ if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
     started=1
 fi
 trap '[[ -n "$started" ]] && scripts/kafka.sh down' EXIT
-cargo test --locked --release --test e2e -- --ignored --nocapture --test-threads 1 bench:: 2>&1 \
-    | tee target/bench.log | grep -oE "BENCH.*|test result.*|panicked.*"
+mkdir -p .bench
+cargo run --locked --release --example bench -- "$@" 2>&1 | tee .bench/bench.log

@@ -1,0 +1,220 @@
+//! Runs one scenario: topics, sink, events, the null pipeline and/or hookrelay,
+//! measurements while they work, then the ledger and clean-up.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::kafka::{self, Batch, DeadWatch, Topics};
+use crate::ledger::{self, Ledger};
+use crate::procs::{self, Managed, ProcStats};
+use crate::scenario::{self, Scenario};
+use crate::sink::{Seen, Sink};
+
+pub struct Env {
+    pub bootstrap: String,
+    pub out_dir: PathBuf,
+    /// Events/s for scenarios produced while the relay runs; None = as fast as possible.
+    pub rate: Option<f64>,
+    pub broker_pid: Option<String>,
+}
+
+/// What one process (null pipeline or hookrelay) did in a scenario.
+pub struct Phase {
+    pub label: &'static str,
+    pub seen: Seen,
+    pub wall_s: f64,
+    pub timed_out: bool,
+    pub process: ProcStats,
+    pub broker_cpu_s: Option<f64>,
+    pub driver_cpu_s: f64,
+    /// (seconds since start, RSS MiB), sampled every second.
+    pub rss: Vec<(f64, f64)>,
+    pub ledger: Ledger,
+}
+
+pub struct Outcome {
+    pub scenario: Scenario,
+    pub produced: u64,
+    pub produce_s: f64,
+    pub phases: Vec<Phase>,
+}
+
+fn self_cpu() -> f64 {
+    procs::stats("self").map_or(0.0, |s| s.cpu_s)
+}
+
+fn broker_cpu(env: &Env) -> Option<f64> {
+    procs::stats(env.broker_pid.as_deref()?).map(|s| s.cpu_s)
+}
+
+pub async fn run(s: &Scenario, env: &Env) -> anyhow::Result<Outcome> {
+    let base = format!("bench-{}-{:x}-{}", std::process::id(), rand::random::<u32>(), s.name.to_lowercase());
+    let topics = Topics::named(&base);
+    kafka::create_topics(&env.bootstrap, &topics.all(), s.partitions).await?;
+    let result = run_on(s, env, &topics).await;
+    kafka::delete_topics(&env.bootstrap, &topics.all()).await;
+    result
+}
+
+async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outcome> {
+    let dir = tempfile::tempdir()?;
+    let (acceptor, ca) = if s.tls {
+        let (ca, identity) = procs::make_tls(dir.path())?;
+        (Some(tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity)?)), Some(ca))
+    } else {
+        (None, None)
+    };
+    let sink = Sink::start(&s.endpoints, acceptor).await?;
+    let batch = Batch {
+        bootstrap: env.bootstrap.clone(),
+        topic: topics.events.clone(),
+        partitions: s.partitions,
+        count: s.events,
+        payload_bytes: s.payload_bytes,
+        urls: sink.urls.clone(),
+        rate: if s.backlog { None } else { env.rate },
+    };
+    let mut outcome = Outcome { scenario: s.clone(), produced: 0, produce_s: 0.0, phases: Vec::new() };
+    let mut producing = None;
+    if s.backlog {
+        let (ok, failed, took) = tokio::task::spawn_blocking(move || kafka::produce(&batch)).await??;
+        anyhow::ensure!(failed == 0, "{failed} events not acknowledged by the broker");
+        (outcome.produced, outcome.produce_s) = (ok, took);
+    } else {
+        producing = Some(batch);
+    }
+
+    if s.null_baseline {
+        let group = format!("{}.null", topics.group);
+        let log = env.out_dir.join(format!("{}-null.log", s.name));
+        let (broker0, driver0) = (broker_cpu(env), self_cpu());
+        sink.start_clock();
+        let started = Instant::now();
+        let mut null =
+            procs::spawn_null(&env.bootstrap, &topics.events, &group, s.deadline + Duration::from_secs(30), &log)?;
+        let mut rss = Vec::new();
+        let timed_out = wait(&sink, &mut null, None, outcome.produced, started, s.deadline, &mut rss).await?;
+        let phase = finish("null", null, started, timed_out, rss, broker0, driver0, env).await;
+        let pending = pending_in(&env.bootstrap, &topics.events, &group, &[])?;
+        let seen = sink.take();
+        let ledger = ledger::close(outcome.produced, &seen.ids, seen.duplicates, &[], &pending);
+        outcome.phases.push(Phase { seen, ledger, ..phase });
+    }
+
+    let log = env.out_dir.join(format!("{}-hookrelay.log", s.name));
+    let config = scenario::relay_config(s, &env.bootstrap, topics);
+    if s.backlog {
+        sink.start_clock();
+    }
+    let (mut relay, admin) = procs::spawn_relay(&config, dir.path(), &log, ca.as_deref())?;
+    procs::wait_ready(&mut relay, admin, Duration::from_secs(90)).await?;
+    let dead_watch = DeadWatch::start(&env.bootstrap, &topics.dead)?;
+    let (broker0, driver0) = (broker_cpu(env), self_cpu());
+    let started = Instant::now();
+    let mut rss = Vec::new();
+    let timed_out = if let Some(batch) = producing {
+        // Watch the relay while producing, so an early exit is seen and RSS sampled.
+        let (ok, failed, took) = {
+            let producer = tokio::task::spawn_blocking(move || kafka::produce(&batch));
+            let watch = wait(&sink, &mut relay, Some(&dead_watch), u64::MAX, started, s.deadline, &mut rss);
+            tokio::select! {
+                produced = producer => produced??,
+                result = watch => {
+                    result?;
+                    anyhow::bail!("the deadline passed before all events were produced (lower --rate or raise --deadline-secs)");
+                }
+            }
+        };
+        anyhow::ensure!(failed == 0, "{failed} events not acknowledged by the broker");
+        (outcome.produced, outcome.produce_s) = (ok, took);
+        let left = s.deadline.saturating_sub(started.elapsed());
+        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced, Instant::now(), left, &mut rss).await?
+    } else {
+        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced, started, s.deadline, &mut rss).await?
+    };
+    drop(dead_watch);
+    let phase = finish("hookrelay", relay, started, timed_out, rss, broker0, driver0, env).await;
+    let tiers: Vec<String> = topics.tiers.iter().map(|(t, _)| t.clone()).collect();
+    let pending = pending_in(&env.bootstrap, &topics.events, &topics.group, &tiers)?;
+    let dead: Vec<(u64, Option<String>)> = kafka::read_ids(&env.bootstrap, &topics.dead, &HashMap::new())?
+        .into_iter()
+        .filter_map(|r| Some((r.id?, r.reason)))
+        .collect();
+    let seen = sink.take();
+    let ledger = ledger::close(outcome.produced, &seen.ids, seen.duplicates, &dead, &pending);
+    outcome.phases.push(Phase { seen, ledger, ..phase });
+    Ok(outcome)
+}
+
+/// Waits until every produced event is delivered or dead, the deadline passes
+/// (true is returned), or the process exits (an error). Samples RSS every second.
+async fn wait(
+    sink: &Sink,
+    process: &mut Managed,
+    dead: Option<&DeadWatch>,
+    produced: u64,
+    started: Instant,
+    deadline: Duration,
+    rss: &mut Vec<(f64, f64)>,
+) -> anyhow::Result<bool> {
+    let mut next_sample = Instant::now();
+    loop {
+        if Instant::now() >= next_sample {
+            if let Some(stats) = process.stats() {
+                rss.push((started.elapsed().as_secs_f64(), stats.rss_mib));
+            }
+            next_sample += Duration::from_secs(1);
+        }
+        let dead_only = dead.map_or(0, |d| d.ids.lock().unwrap().iter().filter(|id| !sink.delivered(**id)).count());
+        if (sink.unique() + dead_only) as u64 >= produced {
+            return Ok(false);
+        }
+        anyhow::ensure!(!process.exited(), "{} exited during the run", process.name);
+        if started.elapsed() >= deadline {
+            return Ok(true);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Reads the process's figures while it is alive, then stops it.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    label: &'static str,
+    mut process: Managed,
+    started: Instant,
+    timed_out: bool,
+    rss: Vec<(f64, f64)>,
+    broker0: Option<f64>,
+    driver0: f64,
+    env: &Env,
+) -> Phase {
+    let wall_s = started.elapsed().as_secs_f64();
+    let stats = process.stats().unwrap_or_default();
+    let broker_cpu_s = broker_cpu(env).zip(broker0).map(|(now, then)| now - then);
+    let driver_cpu_s = self_cpu() - driver0;
+    tokio::task::spawn_blocking(move || process.stop()).await.ok();
+    Phase {
+        label,
+        seen: Seen::default(),
+        wall_s,
+        timed_out,
+        process: stats,
+        broker_cpu_s,
+        driver_cpu_s,
+        rss,
+        ledger: Ledger::default(),
+    }
+}
+
+/// Ids still waiting: in the tier topics, or past the group's committed offsets on the events topic.
+fn pending_in(bootstrap: &str, events: &str, group: &str, tiers: &[String]) -> anyhow::Result<HashSet<u64>> {
+    let committed = kafka::committed(bootstrap, group, events)?;
+    let mut ids: HashSet<u64> =
+        kafka::read_ids(bootstrap, events, &committed)?.into_iter().filter_map(|r| r.id).collect();
+    for tier in tiers {
+        ids.extend(kafka::read_ids(bootstrap, tier, &HashMap::new())?.into_iter().filter_map(|r| r.id));
+    }
+    Ok(ids)
+}
