@@ -22,7 +22,9 @@
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard); no retry logic.
-//! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records.
+//! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records;
+//!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
+//!   held by a failing produce (gauges, `/ready`).
 //! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
@@ -43,6 +45,7 @@ pub mod config;
 pub mod consume;
 pub mod deliver;
 pub mod event;
+pub mod held;
 pub mod hop;
 pub mod kafka;
 pub mod metrics;
@@ -56,5 +59,6 @@ pub mod route;
 pub mod seal;
 pub mod shutdown;
 pub mod sign;
+pub mod sizes;
 pub mod target;
 pub mod topics;

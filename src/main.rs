@@ -118,6 +118,9 @@ fn main() -> ExitCode {
             eprintln!("hookrelay: {error:#}");
             if error.downcast_ref::<app::Unavailable>().is_some() {
                 ExitCode::from(EX_UNAVAILABLE)
+            } else if error.downcast_ref::<hookrelay::sizes::TooSmall>().is_some() {
+                // A topic too small for what the event topics take is a configuration error.
+                ExitCode::from(EX_USAGE)
             } else {
                 ExitCode::FAILURE
             }

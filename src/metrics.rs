@@ -47,6 +47,10 @@ pub struct Metrics {
     pub endpoint_concurrency: IntGaugeVec,
     /// topic
     pub relay_headers_ignored: IntCounterVec,
+    /// topic (tiers and dead)
+    pub route_held_seconds: IntGaugeVec,
+    /// topic (tiers and dead)
+    pub route_held_records: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -137,7 +141,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         produce_failures: counter(
             &r,
             "hookrelay_produce_failures_total",
-            "Failed produce attempts (retried).",
+            "Failed produce attempts to a tier or the dead topic (size errors are dead-lettered, others retried).",
             &["topic"],
         ),
         endpoint_overflow: counter(
@@ -156,6 +160,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hookrelay_relay_headers_ignored_total",
             "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
+            &["topic"],
+        ),
+        route_held_seconds: gauge(
+            &r,
+            "hookrelay_route_held_seconds",
+            "Age of the oldest route to this topic held by a failing produce (its offset is not committed); 0 when none.",
+            &["topic"],
+        ),
+        route_held_records: gauge(
+            &r,
+            "hookrelay_route_held_records",
+            "Records whose route to this topic is held by a failing produce.",
             &["topic"],
         ),
         registry: r,
@@ -250,6 +266,25 @@ pub fn produce_failed(topic: &str, error: &dyn std::fmt::Display, retry_in: Dura
     get().produce_failures.with_label_values(&[topic]).inc();
     let error = capped_display(error);
     tracing::warn!(topic, error, retry_in_ms = retry_in.as_millis() as u64, "produce failed, retrying");
+}
+
+/// A record could not be written to `topic` because of its size: it is dead-lettered instead.
+pub fn produce_too_large(topic: &str, id: &str, error: &str) {
+    get().produce_failures.with_label_values(&[topic]).inc();
+    tracing::warn!(topic, id, error = capped(Some(error)), "record too large for topic, dead-lettered as too_large");
+}
+
+/// The producer failed fatally (librdkafka's fatal error); the process exits to restart.
+pub fn producer_fatal(topic: &str, why: &str) {
+    get().produce_failures.with_label_values(&[topic]).inc();
+    tracing::error!(topic, error = capped(Some(why)), "fatal producer error, stopping");
+}
+
+/// How routes to one topic are held by a failing produce (updated every second).
+pub fn route_held(topic: &str, records: usize, oldest: Duration) {
+    let m = get();
+    m.route_held_records.with_label_values(&[topic]).set(records as i64);
+    m.route_held_seconds.with_label_values(&[topic]).set(oldest.as_secs() as i64);
 }
 
 /// An event-topic record carried relay headers the relay does not believe.

@@ -63,15 +63,18 @@ pub enum DeadReason {
     Expired,
     MaxAttempts,
     ForbiddenTarget,
+    /// Larger than the producer or a tier topic takes: it could never be routed.
+    TooLarge,
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 5] = [
+    pub const ALL: [DeadReason; 6] = [
         DeadReason::InvalidEvent,
         DeadReason::Rejected,
         DeadReason::Expired,
         DeadReason::MaxAttempts,
         DeadReason::ForbiddenTarget,
+        DeadReason::TooLarge,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -81,6 +84,7 @@ impl DeadReason {
             DeadReason::Expired => "expired",
             DeadReason::MaxAttempts => "max_attempts",
             DeadReason::ForbiddenTarget => "forbidden_target",
+            DeadReason::TooLarge => "too_large",
         }
     }
 

@@ -13,5 +13,6 @@ mod refused;
 mod replay;
 mod retry;
 mod security;
+mod sizes;
 mod smtp;
 mod tls;
