@@ -6,7 +6,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consume::{self, ConsumeError, Role, Spec};
+use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
 use crate::held::Held;
 use crate::readiness::Readiness;
 use crate::relay::{Relay, Shared, Source};
@@ -96,6 +96,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         }
     }
     let consumers = specs.len() + usize::from(roles.dead);
+    init_series(&config, roles);
     let held = Arc::new(Held::default());
     let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
@@ -152,6 +153,19 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let _ = admin.await;
     tracing::info!("stopped");
     result
+}
+
+/// Every series an alert or the dashboard reads, at 0 from start-up.
+fn init_series(config: &Config, roles: Roles) {
+    let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
+    crate::metrics::init_series(&crate::metrics::Known {
+        tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
+        dead_topic: &config.topics.dead,
+        endpoints: config.endpoints.keys().map(String::as_str).collect(),
+        sinks: if roles.dead { config.notify.sinks.iter().map(|s| s.kind()).collect() } else { Vec::new() },
+        roles: run.iter().filter(|(on, _)| *on).map(|(_, role)| role.as_str()).collect(),
+        pause_reasons: &PauseReason::ALL.map(PauseReason::as_str),
+    });
 }
 
 /// Keeps the held-route gauges current, and turns a fatal producer error into

@@ -34,7 +34,8 @@ use tokio_util::task::TaskTracker;
 
 use self::client::{Client, KafkaConsumer, Polled};
 pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
-use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
+pub use self::partition::PauseReason;
+use self::partition::{schedule, Lifecycle, Limits, Partition, Waiting};
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::kafka::Unavailable;

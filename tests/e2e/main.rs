@@ -13,6 +13,7 @@ mod refused;
 mod replay;
 mod retry;
 mod security;
+mod series;
 mod sizes;
 mod smtp;
 mod tls;
