@@ -97,6 +97,10 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let consumers = specs.len() + usize::from(roles.dead);
     init_series(&config, roles);
+    crate::labels::init(crate::labels::EndpointLabels::new(
+        config.endpoints.keys().cloned(),
+        config.delivery.max_endpoint_labels,
+    ));
     let held = Arc::new(Held::default());
     let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
@@ -116,6 +120,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_router(shared.router.clone(), held, config.kafka.brokers.clone(), stop.clone()));
+    tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
     for (spec, source) in specs {
         let handler = Arc::new(Relay::new(shared.clone(), source));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
@@ -190,6 +195,26 @@ async fn watch_router(
             why = router.fatal_error() => {
                 let why = format!("fatal producer error: {why}");
                 return Err(ConsumeError::Refused(Unavailable { brokers, why }));
+            }
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// (inline URLs can name any number of hosts), once a minute.
+async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                for endpoint in shared.circuits.evict_idle(now) {
+                    crate::metrics::endpoint_evicted(&endpoint, true);
+                }
+                for endpoint in shared.limiter.evict_idle(now) {
+                    crate::metrics::endpoint_evicted(&endpoint, false);
+                }
             }
             _ = stop.cancelled() => return Ok(()),
         }

@@ -25,7 +25,8 @@
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records;
 //!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
 //!   held by a failing produce (gauges, `/ready`).
-//! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
+//! - [`metrics`]: every metric name and label, and each event that is both logged and counted;
+//!   [`labels`]: the bounded `endpoint` label.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
@@ -48,6 +49,7 @@ pub mod event;
 pub mod held;
 pub mod hop;
 pub mod kafka;
+pub mod labels;
 pub mod metrics;
 pub mod notify;
 pub mod offsets;

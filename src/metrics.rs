@@ -1,7 +1,10 @@
 //! The one place where metric names, help texts and labels live.
 //!
-//! Label values are bounded: endpoint names or URL hosts (never URLs or ids),
-//! topic names, reasons, roles and sink kinds.
+//! Label values are bounded: endpoint names or URL hosts, at most
+//! `delivery.max_endpoint_labels` hosts then `other` ([`crate::labels`]; never
+//! URLs or ids), topic names, reasons, roles and sink kinds. Every function
+//! here that takes an endpoint labels it through [`labels::endpoint`] and logs
+//! the real one.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use prometheus::{
 
 use crate::circuit::{CircuitState, Transition};
 use crate::hop::DeadLetter;
+use crate::labels;
 use crate::outcome::DeadReason;
 
 pub struct Metrics {
@@ -257,15 +261,15 @@ fn capped_display(error: &dyn std::fmt::Display) -> String {
 
 /// One HTTP attempt finished (whatever its result).
 pub fn attempt_finished(endpoint: &str, seconds: f64) {
-    get().attempt_duration.with_label_values(&[endpoint]).observe(seconds);
+    get().attempt_duration.with_label_values(&[labels::endpoint(endpoint)]).observe(seconds);
 }
 
 /// A record was delivered (2xx).
 pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>) {
-    let m = get();
-    m.deliveries.with_label_values(&[endpoint, "delivered"]).inc();
+    let (m, label) = (get(), labels::endpoint(endpoint));
+    m.deliveries.with_label_values(&[label, "delivered"]).inc();
     if let Some(ms) = latency_ms {
-        m.end_to_end_latency.with_label_values(&[endpoint]).observe(ms.max(0) as f64 / 1000.0);
+        m.end_to_end_latency.with_label_values(&[label]).observe(ms.max(0) as f64 / 1000.0);
     }
     tracing::debug!(endpoint, id, attempt, latency_ms, "delivered");
 }
@@ -283,15 +287,15 @@ pub enum Retry {
 
 /// A record was routed to a retry tier.
 pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Retry, error: Option<&str>) {
-    let m = get();
+    let (m, label) = (get(), labels::endpoint(endpoint));
     let outcome = match why {
         Retry::Failed => "retry",
         Retry::Deferred | Retry::Overflow => "deferred",
     };
-    m.deliveries.with_label_values(&[endpoint, outcome]).inc();
+    m.deliveries.with_label_values(&[label, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
     if why == Retry::Overflow {
-        m.endpoint_overflow.with_label_values(&[endpoint]).inc();
+        m.endpoint_overflow.with_label_values(&[label]).inc();
     }
     let error = capped(error);
     let deferred = why != Retry::Failed;
@@ -302,7 +306,7 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
 /// A record was routed to the dead topic.
 pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: DeadReason, error: Option<&str>) {
     let m = get();
-    m.deliveries.with_label_values(&[endpoint, "dead"]).inc();
+    m.deliveries.with_label_values(&[labels::endpoint(endpoint), "dead"]).inc();
     m.dead_letters.with_label_values(&[reason.as_str()]).inc();
     let error = capped(error);
     tracing::warn!(endpoint, id, attempt, reason = reason.as_str(), error, "routed to dead topic");
@@ -348,7 +352,7 @@ pub fn relay_headers_ignored(record: &crate::hop::Coordinates, headers: usize) {
 
 /// An endpoint's circuit changed (or was seen for the first time).
 pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) {
-    get().circuit_state.with_label_values(&[endpoint]).set(change.to.gauge());
+    get().circuit_state.with_label_values(&[labels::endpoint(endpoint)]).set(change.to.gauge());
     match (change.from, change.to) {
         (from, CircuitState::Open) if from != Some(CircuitState::Open) => {
             tracing::warn!(endpoint, cool_down_ms = cool_down.as_millis() as u64, "circuit opened")
@@ -363,7 +367,7 @@ pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) 
 /// The failure handler read a dead record.
 pub fn dead_letter_handled(dead: &DeadLetter) {
     let reason = dead.reason.map_or("unknown", DeadReason::as_str);
-    get().dead_letters_handled.with_label_values(&[&dead.endpoint, reason]).inc();
+    get().dead_letters_handled.with_label_values(&[labels::endpoint(&dead.endpoint), reason]).inc();
     tracing::warn!(
         endpoint = dead.endpoint,
         id = dead.id,
@@ -412,9 +416,24 @@ pub fn notification(sink: &str, endpoint: &str, result: Notified, error: Option<
 
 /// An endpoint's adaptive concurrency limit changed (or the endpoint is new).
 pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
-    let gauge = &get().endpoint_concurrency;
-    gauge.with_label_values(&[endpoint, "limit"]).set(limit as i64);
-    gauge.with_label_values(&[endpoint, "ceiling"]).set(ceiling as i64);
+    let (gauge, label) = (&get().endpoint_concurrency, labels::endpoint(endpoint));
+    gauge.with_label_values(&[label, "limit"]).set(limit as i64);
+    gauge.with_label_values(&[label, "ceiling"]).set(ceiling as i64);
+}
+
+/// An idle endpoint's circuit (`circuit`) or concurrency limit was evicted:
+/// its gauge goes too, unless its label is shared (`other`).
+pub fn endpoint_evicted(endpoint: &str, circuit: bool) {
+    if labels::get().owns(endpoint) {
+        let m = get();
+        if circuit {
+            let _ = m.circuit_state.remove_label_values(&[endpoint]);
+        } else {
+            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
+            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
+        }
+    }
+    tracing::debug!(endpoint, circuit, "idle endpoint state evicted");
 }
 
 /// Consumer lag of one partition, from librdkafka statistics.

@@ -5,6 +5,7 @@ mod bench;
 mod delivery;
 mod exit_codes;
 mod harness;
+mod hosts;
 mod isolation;
 mod mtls;
 mod notify;
