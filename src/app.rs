@@ -163,7 +163,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 /// Every series an alert or the dashboard reads, at 0 from start-up.
 fn init_series(config: &Config, roles: Roles) {
     let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
-    crate::metrics::init_series(&crate::metrics::Known {
+    crate::series::init(&crate::series::Known {
         tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
         dead_topic: &config.topics.dead,
         endpoints: config.endpoints.keys().map(String::as_str).collect(),

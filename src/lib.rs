@@ -26,7 +26,7 @@
 //!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
 //!   held by a failing produce (gauges, `/ready`).
 //! - [`metrics`]: every metric name and label, and each event that is both logged and counted;
-//!   [`labels`]: the bounded `endpoint` label.
+//!   [`labels`]: the bounded `endpoint` label; [`series`]: the alerted series, at 0 from start-up.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
@@ -59,6 +59,7 @@ pub mod relay;
 pub mod replay;
 pub mod route;
 pub mod seal;
+pub mod series;
 pub mod shutdown;
 pub mod sign;
 pub mod sizes;
