@@ -58,7 +58,7 @@ enum Command {
         /// Dead before (RFC 3339 or a duration ago).
         #[arg(long)]
         until: Option<String>,
-        /// Only this reason (invalid_event, rejected, expired, max_attempts, forbidden_target).
+        /// Only this reason (invalid_event, rejected, expired, max_attempts, forbidden_target, too_large).
         #[arg(long)]
         reason: Option<String>,
         /// Only this endpoint (name, or URL host).
