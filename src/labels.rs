@@ -45,6 +45,11 @@ impl EndpointLabels {
         OTHER
     }
 
+    /// Whether `key` is a configured endpoint's name.
+    pub fn is_configured(&self, key: &str) -> bool {
+        self.configured.contains(key)
+    }
+
     /// Whether `key` has a label of its own (its series are not shared).
     pub fn owns(&self, key: &str) -> bool {
         self.of(key) == key && key != OTHER
@@ -83,6 +88,7 @@ mod tests {
         assert_eq!(seen, ["a.example", "billing", "b.example", OTHER, "a.example", "invalid", OTHER, "b.example"]);
         assert!(labels.owns("a.example") && labels.owns("billing"));
         assert!(!labels.owns("c.example") && !labels.owns(OTHER));
+        assert!(labels.is_configured("billing") && !labels.is_configured("a.example"));
         let none = EndpointLabels::new([], 0);
         assert_eq!(none.of("a.example"), OTHER);
         assert_eq!(none.of("unknown"), "unknown");

@@ -379,7 +379,10 @@ pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
 pub fn endpoint_evicted(endpoint: &str, circuit: bool) {
     if labels::get().owns(endpoint) {
         let m = get();
-        if circuit {
+        if circuit && labels::get().is_configured(endpoint) {
+            // A configured endpoint's series stays, as it was at start-up (closed).
+            m.circuit_state.with_label_values(&[endpoint]).set(CircuitState::Closed.gauge());
+        } else if circuit {
             let _ = m.circuit_state.remove_label_values(&[endpoint]);
         } else {
             let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);

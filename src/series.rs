@@ -42,6 +42,13 @@ pub fn init(known: &Known<'_>) {
             m.deliveries.with_label_values(&[endpoint, outcome]).inc_by(0);
         }
         m.circuit_state.with_label_values(&[endpoint]).set(CircuitState::Closed.gauge());
+        m.endpoint_overflow.with_label_values(&[endpoint]).inc_by(0);
+        // Histograms: the child exists (zero buckets) once asked for.
+        let _ =
+            (m.attempt_duration.with_label_values(&[endpoint]), m.end_to_end_latency.with_label_values(&[endpoint]));
+        for reason in DeadReason::ALL {
+            m.dead_letters_handled.with_label_values(&[endpoint, reason.as_str()]).inc_by(0);
+        }
     }
     for sink in &known.sinks {
         for outcome in ["sent", "failed", "gave_up"] {
