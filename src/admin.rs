@@ -9,7 +9,7 @@ use axum::Router;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics;
-use crate::readiness::Readiness;
+use crate::readiness::{NotReady, Readiness};
 
 /// The admin address cannot be bound (in use, say).
 #[derive(Debug, thiserror::Error)]
@@ -40,9 +40,15 @@ pub async fn serve(
 }
 
 fn ready(readiness: &Readiness) -> impl IntoResponse {
-    if readiness.is_ready() {
-        (StatusCode::OK, "ready")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting to join the consumer group")
+    match readiness.check(std::time::Instant::now()) {
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(NotReady::Joining) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting to join the consumer group".to_string())
+        }
+        Err(NotReady::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down".to_string()),
+        Err(NotReady::Held(for_)) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: a route has been held by a failing produce for {}s", for_.as_secs()),
+        ),
     }
 }

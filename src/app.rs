@@ -7,9 +7,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consume::budget::Budget;
-use crate::consume::{self, ConsumeError, Role, Spec};
+use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
+use crate::held::Held;
 use crate::readiness::Readiness;
 use crate::relay::{Relay, Shared, Source};
+use crate::route::Router;
 
 /// How long start-up waits for the brokers before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
@@ -70,6 +72,9 @@ pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
 /// Runs the chosen roles until SIGTERM/SIGINT (or a fatal error) and the drain is over.
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     preflight(&config).await?;
+    // A tier or dead topic that takes less than the event topics refuses the start (exit 64).
+    let message_max_bytes = crate::sizes::producer_limit(&crate::sizes::read(&config).await)?;
+    tracing::debug!(message_max_bytes, "producer record size limit");
     let mut specs: Vec<(Spec, Source)> = Vec::new();
     let spec = |role, group_id: String, topics: Vec<String>| Spec {
         role,
@@ -92,12 +97,18 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         }
     }
     let consumers = specs.len() + usize::from(roles.dead);
-    let readiness = Readiness::new(consumers);
+    init_series(&config, roles);
+    crate::labels::init(crate::labels::EndpointLabels::new(
+        config.endpoints.keys().cloned(),
+        config.delivery.max_endpoint_labels,
+    ));
+    let held = Arc::new(Held::default());
+    let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
     let admin_stop = CancellationToken::new();
     let admin = crate::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
-    let shared = Shared::new(&config)?;
+    let shared = Shared::new(&config, message_max_bytes, held.clone())?;
     // A fatal error in one consumer stops them all.
     let stop = shutdown.child_token();
     {
@@ -110,6 +121,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let budget = Arc::new(Budget::new(config.delivery.max_buffered_bytes.as_u64() as usize));
     let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(watch_router(shared.router.clone(), held, config.kafka.brokers.clone(), stop.clone()));
+    tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
     for (spec, source) in specs {
         let handler = Arc::new(Relay::new(shared.clone(), source));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
@@ -149,6 +162,67 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let _ = admin.await;
     tracing::info!("stopped");
     result
+}
+
+/// Every series an alert or the dashboard reads, at 0 from start-up.
+fn init_series(config: &Config, roles: Roles) {
+    let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
+    crate::series::init(&crate::series::Known {
+        tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
+        dead_topic: &config.topics.dead,
+        endpoints: config.endpoints.keys().map(String::as_str).collect(),
+        sinks: if roles.dead { config.notify.sinks.iter().map(|s| s.kind()).collect() } else { Vec::new() },
+        roles: run.iter().filter(|(on, _)| *on).map(|(_, role)| role.as_str()).collect(),
+        pause_reasons: &PauseReason::ALL.map(PauseReason::as_str),
+    });
+}
+
+/// Keeps the held-route gauges current, and turns a fatal producer error into
+/// a refusal (exit 69) so the pod restarts with a fresh producer.
+async fn watch_router(
+    router: Router,
+    held: Arc<Held>,
+    brokers: String,
+    stop: CancellationToken,
+) -> Result<(), ConsumeError> {
+    let topics: Vec<String> = router.tier_topics().iter().chain([&router.dead_topic().to_string()]).cloned().collect();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                for topic in &topics {
+                    let holding = held.holding(topic, now);
+                    crate::metrics::route_held(topic, holding.records, holding.oldest);
+                }
+            }
+            why = router.fatal_error() => {
+                let why = format!("fatal producer error: {why}");
+                return Err(ConsumeError::Refused(Unavailable { brokers, why }));
+            }
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
+}
+
+/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// (inline URLs can name any number of hosts), once a minute.
+async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                let now = std::time::Instant::now();
+                for endpoint in shared.circuits.evict_idle(now) {
+                    crate::metrics::endpoint_evicted(&endpoint, true);
+                }
+                for endpoint in shared.limiter.evict_idle(now) {
+                    crate::metrics::endpoint_evicted(&endpoint, false);
+                }
+            }
+            _ = stop.cancelled() => return Ok(()),
+        }
+    }
 }
 
 /// The consumer group of a tier: `<group_id>.<tier topic>`.

@@ -83,12 +83,20 @@ fn transition(before: Option<State>, after: State) -> Option<Transition> {
     (from != Some(to)).then_some(Transition { from, to })
 }
 
+/// How long an endpoint's circuit is kept after its last use: inline URLs can
+/// name any number of hosts, and a host not seen for this long starts afresh
+/// (closed) when it comes back.
+pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
+
 /// The breakers of all endpoints. Cheap to clone (shared).
 #[derive(Clone)]
 pub struct Circuits {
     config: CircuitConfig,
-    states: Arc<Mutex<HashMap<Arc<str>, State>>>,
+    states: Arc<Mutex<States>>,
 }
+
+/// Each endpoint's state and when it was last admitted or reported.
+type States = HashMap<Arc<str>, (State, Instant)>;
 
 impl Circuits {
     pub fn new(config: CircuitConfig) -> Circuits {
@@ -105,8 +113,9 @@ impl Circuits {
             return (Admission::Attempt, None);
         }
         let mut states = self.states.lock().expect("circuit lock poisoned");
-        let before = states.get(endpoint).copied();
-        let state = states.entry(endpoint.clone()).or_insert(State::Closed { failures: 0 });
+        let before = states.get(endpoint).map(|(state, _)| *state);
+        let (state, used) = states.entry(endpoint.clone()).or_insert((State::Closed { failures: 0 }, now));
+        *used = now;
         let admission = match *state {
             State::Closed { .. } => Admission::Attempt,
             State::Open { until } if now >= until => {
@@ -130,7 +139,8 @@ impl Circuits {
             return None;
         }
         let mut states = self.states.lock().expect("circuit lock poisoned");
-        let state = states.entry(endpoint.clone()).or_insert(State::Closed { failures: 0 });
+        let (state, used) = states.entry(endpoint.clone()).or_insert((State::Closed { failures: 0 }, now));
+        *used = now;
         let open = State::Open { until: now + self.config.cool_down };
         let before = *state;
         *state = match (before, admission, verdict) {
@@ -148,9 +158,29 @@ impl Circuits {
     /// The probe was abandoned (shutdown): let the next record probe at once.
     pub fn probe_abandoned(&self, endpoint: &Arc<str>, now: Instant) {
         let mut states = self.states.lock().expect("circuit lock poisoned");
-        if let Some(state @ State::HalfOpen) = states.get_mut(endpoint) {
+        if let Some((state @ State::HalfOpen, _)) = states.get_mut(endpoint) {
             *state = State::Open { until: now };
         }
+    }
+
+    /// Forgets the endpoints not used for [`IDLE_EVICTION`] whose circuit is
+    /// settled: closed, or open past its cool-down (the next record would
+    /// probe anyway). A half-open circuit waits for its probe. Returns them.
+    pub fn evict_idle(&self, now: Instant) -> Vec<Arc<str>> {
+        let mut evicted = Vec::new();
+        self.states.lock().expect("circuit lock poisoned").retain(|endpoint, (state, used)| {
+            let settled = match *state {
+                State::Closed { .. } => true,
+                State::Open { until } => now >= until,
+                State::HalfOpen => false,
+            };
+            let keep = !settled || now.saturating_duration_since(*used) < IDLE_EVICTION;
+            if !keep {
+                evicted.push(endpoint.clone());
+            }
+            keep
+        });
+        evicted
     }
 }
 
@@ -222,6 +252,34 @@ mod tests {
         assert_eq!(half, Some(Transition { from: Some(CircuitState::Open), to: CircuitState::HalfOpen }));
         let closed = c.report(&e, Admission::Probe, Verdict::Up, later);
         assert_eq!(closed, Some(Transition { from: Some(CircuitState::HalfOpen), to: CircuitState::Closed }));
+    }
+
+    #[test]
+    fn idle_settled_circuits_are_evicted_and_start_afresh() {
+        let c = circuits();
+        let (idle, open, probing, busy): (Arc<str>, Arc<str>, Arc<str>, Arc<str>) =
+            ("idle".into(), "open".into(), "probing".into(), "busy".into());
+        let t0 = Instant::now();
+        c.admit(&idle, t0);
+        c.report(&idle, Admission::Attempt, Verdict::Failed, t0);
+        for e in [&open, &probing] {
+            for _ in 0..3 {
+                c.report(e, Admission::Attempt, Verdict::Failed, t0);
+            }
+        }
+        assert_eq!(c.admit(&probing, t0 + Duration::from_secs(10)).0, Admission::Probe);
+        let late = t0 + IDLE_EVICTION + Duration::from_secs(10);
+        c.admit(&busy, late - Duration::from_secs(1));
+        assert!(c.evict_idle(late - IDLE_EVICTION).is_empty(), "nothing idle long enough yet");
+        let mut evicted = c.evict_idle(late);
+        evicted.sort();
+        assert_eq!(evicted, vec![idle.clone(), open.clone()], "a probe in flight and a recent use are kept");
+        assert_eq!(
+            c.admit(&open, late),
+            (Admission::Attempt, Some(Transition { from: None, to: CircuitState::Closed })),
+            "an evicted endpoint that comes back starts closed"
+        );
+        assert_eq!(c.admit(&probing, late).0, Admission::Defer, "the probe still decides");
     }
 
     #[test]

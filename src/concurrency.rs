@@ -154,12 +154,19 @@ impl Aimd {
     }
 }
 
+/// How long an endpoint's limit is kept after its last use with nothing in
+/// flight: inline URLs can name any number of hosts. One that comes back
+/// starts again from [`INITIAL`], with a new [`LiveLimit`].
+pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
+
 /// One endpoint: its limit, the requests in flight, and who waits for a slot.
 struct Endpoint {
     aimd: Mutex<Aimd>,
     live: LiveLimit,
     in_flight: AtomicUsize,
     freed: Notify,
+    /// When a record last asked for this endpoint.
+    used: Mutex<Instant>,
 }
 
 /// The limits of every endpoint of the process.
@@ -188,9 +195,30 @@ impl Limiter {
                     aimd: Mutex::new(aimd),
                     in_flight: AtomicUsize::new(0),
                     freed: Notify::new(),
+                    used: Mutex::new(Instant::now()),
                 })
             })
             .clone()
+            .touched()
+    }
+
+    /// Forgets the endpoints not used for [`IDLE_EVICTION`] that nothing
+    /// holds: no permit, no acquire, and no record whose slot carries their
+    /// [`LiveLimit`] (the loop's scheduler tells endpoints apart by its
+    /// address, so a record holding an old one keeps counting against it).
+    /// Returns them.
+    pub fn evict_idle(&self, now: Instant) -> Vec<Arc<str>> {
+        let mut evicted = Vec::new();
+        self.endpoints.lock().expect("limiter lock poisoned").retain(|key, endpoint| {
+            let held = Arc::strong_count(endpoint) > 1 || Arc::strong_count(&endpoint.live.0) > 1;
+            let used = *endpoint.used.lock().expect("limit lock poisoned");
+            let keep = held || now.saturating_duration_since(used) < IDLE_EVICTION;
+            if !keep {
+                evicted.push(key.clone());
+            }
+            keep
+        });
+        evicted
     }
 
     /// The endpoint's current limit, as the loop reads it.
@@ -215,6 +243,13 @@ impl Limiter {
             }
             return Permit { endpoint, key: key.clone(), started: Instant::now() };
         }
+    }
+}
+
+impl Endpoint {
+    fn touched(self: Arc<Endpoint>) -> Arc<Endpoint> {
+        *self.used.lock().expect("limit lock poisoned") = Instant::now();
+        self
     }
 }
 
@@ -259,6 +294,25 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn idle_endpoints_are_evicted_once_nothing_holds_them() {
+        let limiter = Limiter::new(64, HashMap::new());
+        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a.example".into(), "b.example".into(), "c.example".into());
+        let slot = limiter.live(&a);
+        let permit = futures::executor::block_on(limiter.acquire(&b));
+        limiter.live(&c);
+        let late = Instant::now() + IDLE_EVICTION + Duration::from_secs(1);
+        assert!(limiter.evict_idle(Instant::now()).is_empty(), "nothing idle yet");
+        assert_eq!(limiter.evict_idle(late), vec![c.clone()], "a record's slot and a permit hold theirs");
+        permit.finish(Signal::None);
+        assert_eq!(limiter.evict_idle(late), vec![b.clone()]);
+        // Once the last record let go of it; a host that comes back starts afresh.
+        drop(slot);
+        assert_eq!(limiter.evict_idle(late), vec![a.clone()]);
+        let fresh = limiter.live(&a);
+        assert_eq!(fresh.get(), INITIAL);
+    }
 
     #[test]
     fn a_fast_receiver_doubles_per_round_trip_up_to_the_ceiling() {

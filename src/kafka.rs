@@ -80,9 +80,21 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
 
 /// An idempotent producer with `acks=all`: an acknowledged record is durable and written once.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    with_properties(producer_base(kafka), kafka)
+}
+
+/// The router's producer: as [`producer_config`], taking records of up to
+/// `message_max_bytes` (see [`crate::sizes`]); `kafka.properties` still wins.
+pub fn sized_producer_config(kafka: &KafkaConfig, message_max_bytes: usize) -> ClientConfig {
+    let mut c = producer_base(kafka);
+    c.set("message.max.bytes", message_max_bytes.to_string());
+    with_properties(c, kafka)
+}
+
+fn producer_base(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = client_config(kafka);
     c.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("compression.type", "lz4");
-    with_properties(c, kafka)
+    c
 }
 
 /// An admin or metadata client.
@@ -222,6 +234,9 @@ mod tests {
         assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
         assert_eq!(c.get("linger.ms"), Some("20"), "pass-through properties apply last");
         assert_eq!(c.get("acks"), Some("all"));
+        let sized = sized_producer_config(&config.kafka, 2_000_000);
+        assert_eq!(sized.get("message.max.bytes"), Some("2000000"));
+        assert_eq!(sized.get("linger.ms"), Some("20"));
         let consumer = consumer_config(&config.kafka, "g");
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));

@@ -24,8 +24,11 @@
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
 //! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start).
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard); no retry logic.
-//! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records.
-//! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
+//! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records;
+//!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
+//!   held by a failing produce (gauges, `/ready`).
+//! - [`metrics`]: every metric name and label, and each event that is both logged and counted;
+//!   [`labels`]: the bounded `endpoint` label; [`series`]: the alerted series, at 0 from start-up.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
@@ -48,8 +51,10 @@ pub mod consume;
 pub mod deliver;
 pub mod event;
 pub mod headers;
+pub mod held;
 pub mod hop;
 pub mod kafka;
+pub mod labels;
 pub mod metrics;
 pub mod notify;
 pub mod offsets;
@@ -59,7 +64,9 @@ pub mod relay;
 pub mod replay;
 pub mod route;
 pub mod seal;
+pub mod series;
 pub mod shutdown;
 pub mod sign;
+pub mod sizes;
 pub mod target;
 pub mod topics;

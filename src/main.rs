@@ -58,7 +58,7 @@ enum Command {
         /// Dead before (RFC 3339 or a duration ago).
         #[arg(long)]
         until: Option<String>,
-        /// Only this reason (invalid_event, rejected, expired, max_attempts, forbidden_target).
+        /// Only this reason (invalid_event, rejected, expired, max_attempts, forbidden_target, too_large).
         #[arg(long)]
         reason: Option<String>,
         /// Only this endpoint (name, or URL host).
@@ -118,6 +118,9 @@ fn main() -> ExitCode {
             eprintln!("hookrelay: {error:#}");
             if error.downcast_ref::<app::Unavailable>().is_some() {
                 ExitCode::from(EX_UNAVAILABLE)
+            } else if error.downcast_ref::<hookrelay::sizes::TooSmall>().is_some() {
+                // A topic too small for what the event topics take is a configuration error.
+                ExitCode::from(EX_USAGE)
             } else {
                 ExitCode::FAILURE
             }

@@ -1,7 +1,10 @@
 //! The one place where metric names, help texts and labels live.
 //!
-//! Label values are bounded: endpoint names or URL hosts (never URLs or ids),
-//! topic names, reasons, roles and sink kinds.
+//! Label values are bounded: endpoint names or URL hosts, at most
+//! `delivery.max_endpoint_labels` hosts then `other` ([`crate::labels`]; never
+//! URLs or ids), topic names, reasons, roles and sink kinds. Every function
+//! here that takes an endpoint labels it through [`labels::endpoint`] and logs
+//! the real one.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -12,6 +15,7 @@ use prometheus::{
 
 use crate::circuit::{CircuitState, Transition};
 use crate::hop::DeadLetter;
+use crate::labels;
 use crate::outcome::DeadReason;
 
 pub struct Metrics {
@@ -50,6 +54,10 @@ pub struct Metrics {
     pub relay_headers_ignored: IntCounterVec,
     /// role
     pub handler_panics: IntCounterVec,
+    /// topic (tiers and dead)
+    pub route_held_seconds: IntGaugeVec,
+    /// topic (tiers and dead)
+    pub route_held_records: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -147,7 +155,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         produce_failures: counter(
             &r,
             "hookrelay_produce_failures_total",
-            "Failed produce attempts (retried).",
+            "Failed produce attempts to a tier or the dead topic (size errors are dead-lettered, others retried).",
             &["topic"],
         ),
         endpoint_overflow: counter(
@@ -181,6 +189,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             }
             panics
         },
+        route_held_seconds: gauge(
+            &r,
+            "hookrelay_route_held_seconds",
+            "Age of the oldest route to this topic held by a failing produce (its offset is not committed); 0 when none.",
+            &["topic"],
+        ),
+        route_held_records: gauge(
+            &r,
+            "hookrelay_route_held_records",
+            "Records whose route to this topic is held by a failing produce.",
+            &["topic"],
+        ),
         registry: r,
     }
 });
@@ -217,15 +237,15 @@ fn capped_display(error: &dyn std::fmt::Display) -> String {
 
 /// One HTTP attempt finished (whatever its result).
 pub fn attempt_finished(endpoint: &str, seconds: f64) {
-    get().attempt_duration.with_label_values(&[endpoint]).observe(seconds);
+    get().attempt_duration.with_label_values(&[labels::endpoint(endpoint)]).observe(seconds);
 }
 
 /// A record was delivered (2xx).
 pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>) {
-    let m = get();
-    m.deliveries.with_label_values(&[endpoint, "delivered"]).inc();
+    let (m, label) = (get(), labels::endpoint(endpoint));
+    m.deliveries.with_label_values(&[label, "delivered"]).inc();
     if let Some(ms) = latency_ms {
-        m.end_to_end_latency.with_label_values(&[endpoint]).observe(ms.max(0) as f64 / 1000.0);
+        m.end_to_end_latency.with_label_values(&[label]).observe(ms.max(0) as f64 / 1000.0);
     }
     tracing::debug!(endpoint, id, attempt, latency_ms, "delivered");
 }
@@ -245,7 +265,7 @@ pub enum Retry {
 
 /// A record was routed to a retry tier.
 pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Retry, error: Option<&str>) {
-    let m = get();
+    let (m, label) = (get(), labels::endpoint(endpoint));
     let outcome = match why {
         Retry::Failed => "retry",
         Retry::Deferred | Retry::Overflow => "deferred",
@@ -256,10 +276,10 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
             return;
         }
     };
-    m.deliveries.with_label_values(&[endpoint, outcome]).inc();
+    m.deliveries.with_label_values(&[label, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
     if why == Retry::Overflow {
-        m.endpoint_overflow.with_label_values(&[endpoint]).inc();
+        m.endpoint_overflow.with_label_values(&[label]).inc();
     }
     let error = capped(error);
     let deferred = why != Retry::Failed;
@@ -270,7 +290,7 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
 /// A record was routed to the dead topic.
 pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: DeadReason, error: Option<&str>) {
     let m = get();
-    m.deliveries.with_label_values(&[endpoint, "dead"]).inc();
+    m.deliveries.with_label_values(&[labels::endpoint(endpoint), "dead"]).inc();
     m.dead_letters.with_label_values(&[reason.as_str()]).inc();
     let error = capped(error);
     tracing::warn!(endpoint, id, attempt, reason = reason.as_str(), error, "routed to dead topic");
@@ -281,6 +301,25 @@ pub fn produce_failed(topic: &str, error: &dyn std::fmt::Display, retry_in: Dura
     get().produce_failures.with_label_values(&[topic]).inc();
     let error = capped_display(error);
     tracing::warn!(topic, error, retry_in_ms = retry_in.as_millis() as u64, "produce failed, retrying");
+}
+
+/// A record could not be written to `topic` because of its size: it is dead-lettered instead.
+pub fn produce_too_large(topic: &str, id: &str, error: &str) {
+    get().produce_failures.with_label_values(&[topic]).inc();
+    tracing::warn!(topic, id, error = capped(Some(error)), "record too large for topic, dead-lettered as too_large");
+}
+
+/// The producer failed fatally (librdkafka's fatal error); the process exits to restart.
+pub fn producer_fatal(topic: &str, why: &str) {
+    get().produce_failures.with_label_values(&[topic]).inc();
+    tracing::error!(topic, error = capped(Some(why)), "fatal producer error, stopping");
+}
+
+/// How routes to one topic are held by a failing produce (updated every second).
+pub fn route_held(topic: &str, records: usize, oldest: Duration) {
+    let m = get();
+    m.route_held_records.with_label_values(&[topic]).set(records as i64);
+    m.route_held_seconds.with_label_values(&[topic]).set(oldest.as_secs() as i64);
 }
 
 /// An event-topic record carried relay headers the relay does not believe.
@@ -297,7 +336,7 @@ pub fn relay_headers_ignored(record: &crate::hop::Coordinates, headers: usize) {
 
 /// An endpoint's circuit changed (or was seen for the first time).
 pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) {
-    get().circuit_state.with_label_values(&[endpoint]).set(change.to.gauge());
+    get().circuit_state.with_label_values(&[labels::endpoint(endpoint)]).set(change.to.gauge());
     match (change.from, change.to) {
         (from, CircuitState::Open) if from != Some(CircuitState::Open) => {
             tracing::warn!(endpoint, cool_down_ms = cool_down.as_millis() as u64, "circuit opened")
@@ -318,7 +357,7 @@ pub fn handler_panicked(role: &str, why: &str) {
 /// The failure handler read a dead record.
 pub fn dead_letter_handled(dead: &DeadLetter) {
     let reason = dead.reason.map_or("unknown", DeadReason::as_str);
-    get().dead_letters_handled.with_label_values(&[&dead.endpoint, reason]).inc();
+    get().dead_letters_handled.with_label_values(&[labels::endpoint(&dead.endpoint), reason]).inc();
     tracing::warn!(
         endpoint = dead.endpoint,
         id = dead.id,
@@ -367,9 +406,27 @@ pub fn notification(sink: &str, endpoint: &str, result: Notified, error: Option<
 
 /// An endpoint's adaptive concurrency limit changed (or the endpoint is new).
 pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
-    let gauge = &get().endpoint_concurrency;
-    gauge.with_label_values(&[endpoint, "limit"]).set(limit as i64);
-    gauge.with_label_values(&[endpoint, "ceiling"]).set(ceiling as i64);
+    let (gauge, label) = (&get().endpoint_concurrency, labels::endpoint(endpoint));
+    gauge.with_label_values(&[label, "limit"]).set(limit as i64);
+    gauge.with_label_values(&[label, "ceiling"]).set(ceiling as i64);
+}
+
+/// An idle endpoint's circuit (`circuit`) or concurrency limit was evicted:
+/// its gauge goes too, unless its label is shared (`other`).
+pub fn endpoint_evicted(endpoint: &str, circuit: bool) {
+    if labels::get().owns(endpoint) {
+        let m = get();
+        if circuit && labels::get().is_configured(endpoint) {
+            // A configured endpoint's series stays, as it was at start-up (closed).
+            m.circuit_state.with_label_values(&[endpoint]).set(CircuitState::Closed.gauge());
+        } else if circuit {
+            let _ = m.circuit_state.remove_label_values(&[endpoint]);
+        } else {
+            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
+            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
+        }
+    }
+    tracing::debug!(endpoint, circuit, "idle endpoint state evicted");
 }
 
 /// Bytes of records read and not yet decided, in the whole process.

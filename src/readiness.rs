@@ -2,16 +2,29 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use crate::held::Held;
 use crate::metrics;
 
 /// Readiness latch: ready once every consumer of the process joined its
-/// group; not ready again from the moment a drain starts (SIGTERM).
+/// group; not ready again from the moment a drain starts (SIGTERM). Also not
+/// ready while a route has been held by a failing produce for longer than a bound.
 #[derive(Clone, Default)]
 pub struct Readiness {
     expected: usize,
     joined: Arc<AtomicUsize>,
     draining: Arc<AtomicBool>,
+    held: Option<(Arc<Held>, Duration)>,
+}
+
+/// Why `/ready` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotReady {
+    Joining,
+    Draining,
+    /// A route has been held by a failing produce for this long.
+    Held(Duration),
 }
 
 impl Readiness {
@@ -31,8 +44,28 @@ impl Readiness {
         metrics::get().ready.set(0);
     }
 
+    /// Not ready while a route is held longer than `bound` (not latched: ready again once it goes through).
+    pub fn held_bound(self, held: Arc<Held>, bound: Duration) -> Readiness {
+        Readiness { held: Some((held, bound)), ..self }
+    }
+
+    /// Joined and not draining (the `hookrelay_ready` gauge).
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst) && self.joined.load(Ordering::SeqCst) >= self.expected
+    }
+
+    /// What `/ready` answers at `now`.
+    pub fn check(&self, now: Instant) -> Result<(), NotReady> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Err(NotReady::Draining);
+        }
+        if self.joined.load(Ordering::SeqCst) < self.expected {
+            return Err(NotReady::Joining);
+        }
+        match &self.held {
+            Some((held, bound)) if held.longest(now) > *bound => Err(NotReady::Held(held.longest(now))),
+            _ => Ok(()),
+        }
     }
 }
 
@@ -52,5 +85,22 @@ mod tests {
         assert!(!r.is_ready(), "draining is not ready");
         r.joined_one();
         assert!(!r.is_ready(), "and stays so");
+    }
+
+    #[test]
+    fn a_route_held_past_the_bound_is_not_ready_until_it_goes_through() {
+        let held = Arc::new(Held::default());
+        let r = Readiness::new(1).held_bound(held.clone(), Duration::from_secs(300));
+        r.joined_one();
+        let t0 = Instant::now();
+        assert_eq!(r.check(t0), Ok(()));
+        let route = held.hold("tier", t0);
+        assert_eq!(r.check(t0 + Duration::from_secs(300)), Ok(()), "held, but not yet past the bound");
+        let later = t0 + Duration::from_secs(301);
+        assert_eq!(r.check(later), Err(NotReady::Held(Duration::from_secs(301))));
+        drop(route);
+        assert_eq!(r.check(later), Ok(()));
+        r.drain();
+        assert_eq!(r.check(later), Err(NotReady::Draining));
     }
 }

@@ -16,10 +16,11 @@ use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::headers::RecordHeaders;
+use crate::held::Held;
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
-use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router};
+use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
 use crate::seal::ReplayKey;
 
 /// What every relay consumer (events and each tier) shares.
@@ -47,12 +48,13 @@ pub enum SetupError {
 }
 
 impl Shared {
-    pub fn new(config: &Config) -> Result<Arc<Shared>, SetupError> {
+    /// `message_max_bytes` is the producer's limit ([`crate::sizes`]); `held` counts routes held by a failing produce.
+    pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config),
             deliverer: Deliverer::new(config.delivery.allow_private_networks)?,
             circuits: Circuits::new(config.circuit.clone()),
-            router: Router::new(config)?,
+            router: Router::new(config, message_max_bytes, held)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
             limiter: limiter(config),
             permanent_statuses: config.delivery.permanent_statuses.clone(),
@@ -197,7 +199,7 @@ impl Handler for Relay {
                 last_error: Some(&error),
                 endpoint,
             };
-            self.send_dead(&original, DeadReason::InternalError, relay, &cancel).await
+            self.send_dead(&original, relay(Destination::Dead { reason: DeadReason::InternalError }), &cancel).await
         }
         .boxed()
     }
@@ -216,14 +218,14 @@ impl Relay {
             Err(invalid) => {
                 // Bad data is a dead letter, never a crash or a stalled partition.
                 let error = invalid.to_string();
-                let relay = |destination| RelayHeaders {
+                let relay = RelayHeaders {
                     hop: &hop,
-                    destination,
+                    destination: Destination::Dead { reason: DeadReason::InvalidEvent },
                     last_status: None,
                     last_error: Some(&error),
                     endpoint: "invalid",
                 };
-                return self.send_dead(&original, DeadReason::InvalidEvent, relay, &cancel).await;
+                return self.send_dead(&original, relay, &cancel).await;
             }
         };
         // Set on the first hop and carried in headers afterwards; a replay sets
@@ -298,9 +300,18 @@ impl Relay {
             Route::Tier { index, due_ms } => {
                 let topic = s.router.tier_topic(index);
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
-                // Decided only once the broker acknowledged the tier record.
-                if s.router.produce(topic, original, built, cancel).await.is_err() {
-                    return Done::Abandoned;
+                // Decided only once the broker acknowledged the tier record, or
+                // once it is known that the tier can never take it.
+                match s.router.produce(topic, original, built, cancel).await {
+                    Ok(()) => {}
+                    Err(Unrouted::Abandoned) => return Done::Abandoned,
+                    Err(too_large @ Unrouted::TooLarge { .. }) => {
+                        let error = too_large.to_string();
+                        metrics::produce_too_large(topic, &event.id, &error);
+                        let reason = DeadReason::TooLarge;
+                        let dead = RelayHeaders { last_error: Some(&error), ..relay(Destination::Dead { reason }) };
+                        return self.send_dead(original, dead, cancel).await;
+                    }
                 }
                 let why = match (&outcome, deferral) {
                     (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
@@ -311,7 +322,7 @@ impl Relay {
                 metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(original, reason, relay, cancel).await,
+            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
         }
     }
 
@@ -358,24 +369,47 @@ impl Relay {
         Some(outcome)
     }
 
-    async fn send_dead<'a>(
-        &self,
-        original: &Original<'_>,
-        reason: DeadReason,
-        relay: impl FnOnce(Destination) -> RelayHeaders<'a>,
-        cancel: &CancellationToken,
-    ) -> Done {
+    /// Writes the dead record. A dead topic that cannot take the value gets
+    /// the record without it (headers kept, and the loss said in
+    /// `hookrelay-last-error`); one that cannot take even the original headers
+    /// gets the relay's headers alone.
+    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
         let router = &self.shared.router;
-        let relay = relay(Destination::Dead { reason });
-        if router.produce(router.dead_topic(), original, relay.write(original.headers), cancel).await.is_err() {
-            return Done::Abandoned;
+        let topic = router.dead_topic();
+        let Destination::Dead { reason } = relay.destination else { unreachable!("send_dead writes dead records") };
+        let mut produced = router.produce(topic, original, relay.write(original.headers), cancel).await;
+        let mut dropped = None;
+        if let Err(Unrouted::TooLarge { error, .. }) = &produced {
+            let lost = format!("value dropped, too large for the dead topic {topic} ({error})");
+            let last_error = match relay.last_error {
+                Some(before) => format!("{}; {lost}", crate::hop::truncate(before, 512)),
+                None => lost,
+            };
+            let without_value = Original { value: None, ..original.clone() };
+            let relay = RelayHeaders { last_error: Some(&last_error), ..relay.clone() };
+            produced = router.produce(topic, &without_value, relay.write(original.headers), cancel).await;
+            if let Err(Unrouted::TooLarge { .. }) = produced {
+                // Even the headers are too large: keep only the relay's.
+                produced = router.produce(topic, &without_value, relay.write(&RecordHeaders::default()), cancel).await;
+            }
+            dropped = Some(last_error);
+        }
+        match produced {
+            Ok(()) => {}
+            Err(Unrouted::Abandoned) => return Done::Abandoned,
+            Err(Unrouted::TooLarge { error, .. }) => {
+                // Cannot happen above a few KiB of max.message.bytes (start-up refuses a dead
+                // topic smaller than the event topics): hold the record rather than lose it.
+                tracing::error!(topic, error, "dead record too large even without value and headers");
+                return Done::Abandoned;
+            }
         }
         metrics::dead_routed(
             relay.endpoint,
             &relay.hop.origin.default_id(),
             relay.hop.attempts,
             reason,
-            relay.last_error,
+            dropped.as_deref().or(relay.last_error),
         );
         Done::Decided
     }

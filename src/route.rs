@@ -5,7 +5,8 @@
 //! (overwritten, never appended). A produce decides a record's fate only once
 //! the broker acknowledged it (idempotent producer, `acks=all`).
 
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::OwnedHeaders;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::headers::RecordHeaders;
+use crate::held::Held;
 use crate::metrics;
 use crate::outcome::{DeadReason, FinalReason, Outcome, Route};
 
@@ -133,20 +135,60 @@ pub struct Router {
     producer: FutureProducer,
     tier_topics: Vec<String>,
     dead_topic: String,
+    held: Arc<Held>,
+    /// Fires once librdkafka reports a fatal error: the producer is unusable.
+    fatal: CancellationToken,
+    fatal_why: Arc<OnceLock<String>>,
 }
 
-/// The router gave up because the relay is shutting down; the record stays undecided.
-#[derive(Debug, thiserror::Error)]
-#[error("shutting down before the broker acknowledged the record")]
-pub struct Abandoned;
+/// Why a route was not acknowledged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unrouted {
+    /// The relay is shutting down (or the producer failed fatally); the record stays undecided.
+    #[error("shutting down before the broker acknowledged the record")]
+    Abandoned,
+    /// The record is larger than the producer or the topic takes: it never will be written there.
+    #[error("too large for {topic}: {error}")]
+    TooLarge { topic: String, error: String },
+}
+
+/// What a failed produce means for its record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProduceFailure {
+    /// Larger than the producer or topic takes: retrying cannot help; decide it.
+    TooLarge,
+    /// librdkafka's fatal error (the idempotent producer fenced, say): restart the process.
+    Fatal,
+    /// Anything else (missing or unauthorised topic, broker outage): retry, holding the offset.
+    Transient,
+}
+
+/// Classifies a produce error. `fatal` is librdkafka's fatal-error state,
+/// which can lie behind an error with another code. Pure.
+pub fn classify_produce(error: &KafkaError, fatal: bool) -> ProduceFailure {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    match error.rdkafka_error_code() {
+        _ if fatal => ProduceFailure::Fatal,
+        Some(Code::Fatal) => ProduceFailure::Fatal,
+        // The same codes come from librdkafka itself (a record over
+        // message.max.bytes) and from the broker (over the topic's max.message.bytes).
+        Some(Code::MessageSizeTooLarge | Code::MessageBatchTooLarge) => ProduceFailure::TooLarge,
+        _ => ProduceFailure::Transient,
+    }
+}
 
 impl Router {
-    pub fn new(config: &Config) -> Result<Router, KafkaError> {
-        let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
+    /// A router whose producer takes records up to `message_max_bytes` (see [`crate::sizes`]).
+    pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Router, KafkaError> {
+        let producer: FutureProducer =
+            crate::kafka::sized_producer_config(&config.kafka, message_max_bytes).create()?;
         Ok(Router {
             producer,
             tier_topics: config.retry.tiers.iter().map(|t| t.topic.clone()).collect(),
             dead_topic: config.topics.dead.clone(),
+            held,
+            fatal: CancellationToken::new(),
+            fatal_why: Arc::default(),
         })
     }
 
@@ -154,22 +196,35 @@ impl Router {
         &self.tier_topics[index]
     }
 
+    pub fn tier_topics(&self) -> &[String] {
+        &self.tier_topics
+    }
+
     pub fn dead_topic(&self) -> &str {
         &self.dead_topic
+    }
+
+    /// Resolves with librdkafka's words once the producer failed fatally.
+    pub async fn fatal_error(&self) -> String {
+        self.fatal.cancelled().await;
+        self.fatal_why.get().cloned().unwrap_or_default()
     }
 
     /// Writes `original` to `topic` with `headers`, retrying with backoff until
     /// the broker acknowledges it or `cancel` fires. librdkafka already retries
     /// inside `message.timeout.ms`; this loop covers longer outages, during
-    /// which the record stays undecided and its offset is not committed.
+    /// which the record stays undecided, its offset is not committed and the
+    /// route counts as held ([`Held`]). A record too large for the producer or
+    /// the topic is returned as [`Unrouted::TooLarge`], never retried.
     pub async fn produce(
         &self,
         topic: &str,
         original: &Original<'_>,
         headers: OwnedHeaders,
         cancel: &CancellationToken,
-    ) -> Result<(), Abandoned> {
+    ) -> Result<(), Unrouted> {
         let mut backoff = Duration::from_millis(100);
+        let mut held = None;
         loop {
             let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
             if let Some(key) = original.key {
@@ -180,15 +235,32 @@ impl Router {
             }
             let sent = tokio::select! {
                 sent = self.producer.send(record, Timeout::Never) => sent,
-                _ = cancel.cancelled() => return Err(Abandoned),
+                _ = cancel.cancelled() => return Err(Unrouted::Abandoned),
             };
-            match sent {
+            let error = match sent {
                 Ok(_) => return Ok(()),
-                Err((error, _)) => metrics::produce_failed(topic, &error, backoff),
+                Err((error, _)) => error,
+            };
+            let fatal = self.producer.client().fatal_error();
+            match classify_produce(&error, fatal.is_some()) {
+                ProduceFailure::TooLarge => {
+                    return Err(Unrouted::TooLarge { topic: topic.to_string(), error: error.to_string() })
+                }
+                ProduceFailure::Fatal => {
+                    let why = fatal.map_or_else(|| error.to_string(), |(code, why)| format!("{code}: {why}"));
+                    metrics::producer_fatal(topic, &why);
+                    let _ = self.fatal_why.set(why);
+                    self.fatal.cancel();
+                    return Err(Unrouted::Abandoned);
+                }
+                ProduceFailure::Transient => {
+                    held.get_or_insert_with(|| self.held.hold(topic, Instant::now()));
+                    metrics::produce_failed(topic, &error, backoff);
+                }
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = cancel.cancelled() => return Err(Abandoned),
+                _ = cancel.cancelled() => return Err(Unrouted::Abandoned),
             }
             backoff = (backoff * 2).min(Duration::from_secs(10));
         }
@@ -303,6 +375,29 @@ mod tests {
         assert_eq!(not_yet(Some(86_400_000), 12_200, 50_000), None, "past the deadline: attempt now");
         assert_eq!(not_yet(Some(12_000), 12_200, 50_000), None, "due");
         assert_eq!(not_yet(None, 12_200, 50_000), None);
+    }
+
+    #[test]
+    fn only_size_errors_are_decided_and_fatal_errors_restart() {
+        use rdkafka::types::RDKafkaErrorCode as Code;
+        let produced = |code| KafkaError::MessageProduction(code);
+        let table = [
+            (produced(Code::MessageSizeTooLarge), false, ProduceFailure::TooLarge),
+            (produced(Code::MessageBatchTooLarge), false, ProduceFailure::TooLarge),
+            (produced(Code::Fatal), false, ProduceFailure::Fatal),
+            (produced(Code::MessageSizeTooLarge), true, ProduceFailure::Fatal),
+            (produced(Code::OutOfOrderSequenceNumber), true, ProduceFailure::Fatal),
+            (produced(Code::UnknownTopicOrPartition), false, ProduceFailure::Transient),
+            (produced(Code::UnknownTopic), false, ProduceFailure::Transient),
+            (produced(Code::TopicAuthorizationFailed), false, ProduceFailure::Transient),
+            (produced(Code::MessageTimedOut), false, ProduceFailure::Transient),
+            (produced(Code::AllBrokersDown), false, ProduceFailure::Transient),
+            (produced(Code::QueueFull), false, ProduceFailure::Transient),
+            (KafkaError::Canceled, false, ProduceFailure::Transient),
+        ];
+        for (error, fatal, expected) in table {
+            assert_eq!(classify_produce(&error, fatal), expected, "{error:?} fatal={fatal}");
+        }
     }
 
     proptest! {

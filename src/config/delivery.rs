@@ -84,6 +84,11 @@ pub struct DeliveryConfig {
     /// counted, deadline kept), so a receiver that cannot keep up does not
     /// hold the partition for everyone else. At least 8. Default 32.
     pub max_waiting_per_endpoint: usize,
+    /// Inline-URL hosts that get their own `endpoint` metric label, first
+    /// come first served; later hosts share the label `other` (configured
+    /// endpoints always have their own). Logs and headers keep the real
+    /// host. Default 100.
+    pub max_endpoint_labels: usize,
 }
 
 impl Default for DeliveryConfig {
@@ -100,6 +105,7 @@ impl Default for DeliveryConfig {
             max_read_ahead_per_partition: 256,
             max_buffered_bytes: bytesize::ByteSize::mib(128),
             max_waiting_per_endpoint: 32,
+            max_endpoint_labels: 100,
         }
     }
 }

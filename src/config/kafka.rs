@@ -29,6 +29,12 @@ pub struct KafkaConfig {
     /// How often librdkafka statistics (consumer lag) are gathered. Default `5s`.
     #[serde(with = "humantime_serde")]
     pub statistics_interval: Duration,
+    /// How long a route (tier or dead record) may be held by a failing
+    /// produce (missing or unauthorised topic, broker outage) before `/ready`
+    /// answers 503. Default `5m`: longer than a broker restart or a leader
+    /// election, short enough that a rollout stops before it spreads.
+    #[serde(with = "humantime_serde")]
+    pub route_held_not_ready_after: Duration,
     /// Consumer group protocol: `classic` (cooperative-sticky assignor, default)
     /// or `consumer` (KIP-848, Kafka 4.x brokers).
     pub group_protocol: GroupProtocol,
@@ -47,6 +53,7 @@ impl Default for KafkaConfig {
             tls: TlsConfig::default(),
             commit_interval: Duration::from_secs(1),
             statistics_interval: Duration::from_secs(5),
+            route_held_not_ready_after: Duration::from_secs(300),
             group_protocol: GroupProtocol::Classic,
             properties: Properties::default(),
         }

@@ -66,6 +66,17 @@ pub enum SinkConfig {
     Log,
 }
 
+impl SinkConfig {
+    /// The sink's `kind`, as in the config and the `sink` metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::Http { .. } => "http",
+            SinkConfig::Email { .. } => "email",
+            SinkConfig::Log => "log",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum HttpFormat {

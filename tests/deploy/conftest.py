@@ -46,7 +46,7 @@ METRICS = {
     "hookrelay_dead_letters_total": {
         "labels": {"reason"},
         "values": {
-            "reason": {"invalid_event", "rejected", "expired", "max_attempts", "forbidden_target"}
+            "reason": {"invalid_event", "rejected", "expired", "max_attempts", "forbidden_target", "too_large"}
         },
     },
     "hookrelay_in_flight_records": {
@@ -66,10 +66,12 @@ METRICS = {
     "hookrelay_dead_letters_handled_total": {
         "labels": {"endpoint", "reason"},
         "values": {
-            "reason": {"invalid_event", "rejected", "expired", "max_attempts", "forbidden_target"}
+            "reason": {"invalid_event", "rejected", "expired", "max_attempts", "forbidden_target", "too_large"}
         },
     },
     "hookrelay_produce_failures_total": {"labels": {"topic"}},
+    "hookrelay_route_held_seconds": {"labels": {"topic"}},
+    "hookrelay_route_held_records": {"labels": {"topic"}},
 }
 # Labels Prometheus attaches to every scraped series (static config and
 # Prometheus Operator), plus the histogram bucket label.

@@ -358,18 +358,17 @@ async fn a_failed_route_produce_holds_the_offset() {
     let failing = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
     let ok = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(1, &[]).await;
-    // The tier refuses records over 100 bytes: routing the 503 can never be acknowledged.
-    let tier = format!("{}.tiny-tier", topics.events);
-    let admin: rdkafka::admin::AdminClient<rdkafka::client::DefaultClientContext> =
-        rdkafka::ClientConfig::new().set("bootstrap.servers", bootstrap()).create().unwrap();
-    let new = rdkafka::admin::NewTopic::new(&tier, 1, rdkafka::admin::TopicReplication::Fixed(1))
-        .set("max.message.bytes", "100");
-    admin.create_topics(&[new], &rdkafka::admin::AdminOptions::new()).await.unwrap()[0].as_ref().unwrap();
-    let config = Config::new(&topics).tier(&tier, Duration::from_secs(3600));
-    let relay = Relay::start(&config, &[]).await;
+    // The tier does not exist and the producer may not create it: routing the
+    // 503 fails until it is created (a size error would be a dead letter instead).
+    let tier = format!("{}.missing-tier", topics.events);
+    let config =
+        Config::new(&topics).tier(&tier, Duration::from_secs(3600)).set("kafka.route_held_not_ready_after", "2s").set(
+            "kafka.properties",
+            table([("allow.auto.create.topics", "false".into()), ("topic.metadata.propagation.max.ms", "1000".into())]),
+        );
+    let relay = Relay::start(&config, &["--role", "events,dead"]).await;
     let producer = producer();
-    let padding = "p".repeat(200);
-    let stuck = format!(r#"{{"url":"{}","payload":"{padding}","id":"stuck"}}"#, failing.url("/x"));
+    let stuck = format!(r#"{{"url":"{}","payload":"stuck","id":"stuck"}}"#, failing.url("/x"));
     let (_, stuck_offset) = produce(&producer, &topics.events, Some(0), None, stuck.as_bytes()).await;
     for i in 0..5 {
         let value = format!(r#"{{"url":"{}","payload":{i},"id":"after-{i}"}}"#, ok.url("/x"));
@@ -384,10 +383,39 @@ async fn a_failed_route_produce_holds_the_offset() {
         metric(&relay.metrics().await, &label).filter(|&n| n >= 2.0)
     })
     .await;
+    // Held, visibly: the gauges say since when, and /ready turns 503 past the bound.
+    let (records, seconds) = (
+        format!("hookrelay_route_held_records{{topic=\"{tier}\"}}"),
+        format!("hookrelay_route_held_seconds{{topic=\"{tier}\"}}"),
+    );
+    eventually_async("the held route shows in the gauges", Duration::from_secs(20), || async {
+        let text = relay.metrics().await;
+        (metric(&text, &records) == Some(1.0) && metric(&text, &seconds).is_some_and(|s| s >= 3.0)).then_some(())
+    })
+    .await;
+    let ready = format!("http://{}/ready", relay.admin);
+    let answer = reqwest::get(&ready).await.unwrap();
+    assert_eq!(answer.status(), 503);
+    assert!(answer.text().await.unwrap().contains("held"));
     let (group, topic) = (topics.group.clone(), topics.events.clone());
     holds_for("the offset stays at or before the undecided record", Duration::from_secs(2), || {
         committed(&group, &topic, 0).is_none_or(|c| c <= stuck_offset)
     })
     .await;
-    assert!(read_topic(&tier, 1, Duration::from_secs(1)).await.is_empty());
+    // Once the tier exists the route goes through: committed, ready again.
+    create_topics(std::slice::from_ref(&tier), 1).await;
+    eventually("the offset moves past the record once routed", Duration::from_secs(90), || {
+        committed(&group, &topic, 0).filter(|&c| c > stuck_offset + 5)
+    })
+    .await;
+    assert_eq!(read_topic(&tier, 1, Duration::from_secs(10)).await.len(), 1);
+    eventually_async("ready again", Duration::from_secs(10), || async {
+        reqwest::get(&ready).await.ok().filter(|r| r.status().is_success())
+    })
+    .await;
+    // The gauges are refreshed every second.
+    eventually_async("the held gauge back at 0", Duration::from_secs(10), || async {
+        (metric(&relay.metrics().await, &seconds) == Some(0.0)).then_some(())
+    })
+    .await;
 }
