@@ -32,7 +32,8 @@
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
 //!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
-//!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339).
+//!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`trace`] (the W3C
+//!   trace context a record carries to its requests).
 
 pub mod admin;
 pub mod app;
@@ -58,3 +59,4 @@ pub mod shutdown;
 pub mod sign;
 pub mod target;
 pub mod topics;
+pub mod trace;

@@ -20,6 +20,7 @@ use crate::metrics::{self, Retry};
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{plan, Ladder, Original, PlanInput, Router};
 use crate::seal::ReplayKey;
+use crate::trace::TraceContext;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -151,7 +152,12 @@ impl Handler for Relay {
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let mut event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        // The record's trace context goes on every attempt; tier and dead
+        // records carry it on, as they keep every header that is not ours.
+        if let (Ok(event), Some(context)) = (event.as_mut(), TraceContext::of(&headers)) {
+            context.apply(&mut event.headers);
+        }
         let ticket = Ticket {
             due_ms: match self.source {
                 Source::Tier(_) => hop.due_ms,

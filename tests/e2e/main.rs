@@ -15,3 +15,4 @@ mod retry;
 mod security;
 mod smtp;
 mod tls;
+mod trace;
