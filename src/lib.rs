@@ -21,7 +21,7 @@
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
-//! - [`deliver`]: one HTTP attempt (signing, timeout, target guard); no retry logic.
+//! - [`deliver`]: one HTTP attempt (signing, timeout, target guard, the endpoint's own client); no retry logic.
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records.
 //! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
@@ -30,7 +30,7 @@
 //! - [`kafka`]: librdkafka settings shared by every client, and what counts as a refusal.
 //! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
-//!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
+//!   rules, endpoint key, the guard's address ranges), [`egress`] (client certificates, CAs, proxies), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
 //!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`trace`] (the W3C
 //!   trace context a record carries to its requests).
@@ -43,6 +43,7 @@ pub mod concurrency;
 pub mod config;
 pub mod consume;
 pub mod deliver;
+pub mod egress;
 pub mod event;
 pub mod hop;
 pub mod kafka;

@@ -40,8 +40,8 @@ pub struct Shared {
 /// The relay could not set up its clients.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Http(#[from] crate::deliver::ClientError),
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
@@ -50,7 +50,7 @@ impl Shared {
     pub fn new(config: &Config) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config),
-            deliverer: Deliverer::new(config.delivery.allow_private_networks)?,
+            deliverer: Deliverer::new(config)?,
             circuits: Circuits::new(config.circuit.clone()),
             router: Router::new(config)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),

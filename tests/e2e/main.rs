@@ -3,6 +3,7 @@
 
 mod bench;
 mod delivery;
+mod endpoint_tls;
 mod exit_codes;
 mod harness;
 mod isolation;
