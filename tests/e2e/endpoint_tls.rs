@@ -24,7 +24,7 @@ fn openssl(args: &[&str], dir: &Path) {
 
 /// A CA, then `server` (for localhost and 127.0.0.1) and `client` certificates
 /// signed by it, in `dir`: `<name>.crt` and `<name>.key` (PKCS#8).
-fn make_certificates(dir: &Path) {
+pub fn make_certificates(dir: &Path) {
     let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
     let mut ca = vec!["req", "-x509", "-new"];
     ca.extend(ec);
@@ -53,16 +53,16 @@ fn make_certificates(dir: &Path) {
 }
 
 /// A receiver that requires a client certificate signed by the test CA.
-struct MtlsReceiver {
-    port: u16,
+pub struct MtlsReceiver {
+    pub port: u16,
     /// The client certificate subjects of the requests it answered (200).
-    accepted: Arc<Mutex<Vec<String>>>,
+    pub accepted: Arc<Mutex<Vec<String>>>,
     /// Handshakes it refused.
     refused: Arc<AtomicUsize>,
 }
 
 impl MtlsReceiver {
-    fn start(dir: &Path) -> MtlsReceiver {
+    pub fn start(dir: &Path) -> MtlsReceiver {
         let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls_server()).unwrap();
         acceptor.set_private_key_file(dir.join("server.key"), SslFiletype::PEM).unwrap();
         acceptor.set_certificate_chain_file(dir.join("server.crt")).unwrap();
@@ -118,7 +118,7 @@ impl MtlsReceiver {
     }
 }
 
-fn path(dir: &Path, name: &str) -> String {
+pub fn path(dir: &Path, name: &str) -> String {
     dir.join(name).display().to_string()
 }
 
