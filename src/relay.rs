@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
@@ -125,6 +126,8 @@ pub struct Prepared {
     headers: Vec<(String, Vec<u8>)>,
     hop: Hop,
     event: Result<Event, InvalidEvent>,
+    /// Of the record's `traceparent`, for its log lines.
+    trace_id: Option<String>,
 }
 
 impl Handler for Relay {
@@ -155,9 +158,11 @@ impl Handler for Relay {
         let mut event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
         // The record's trace context goes on every attempt; tier and dead
         // records carry it on, as they keep every header that is not ours.
-        if let (Ok(event), Some(context)) = (event.as_mut(), TraceContext::of(&headers)) {
+        let context = TraceContext::of(&headers);
+        if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
             context.apply(&mut event.headers);
         }
+        let trace_id = context.map(|c| c.trace_id().to_string());
         let ticket = Ticket {
             due_ms: match self.source {
                 Source::Tier(_) => hop.due_ms,
@@ -168,11 +173,17 @@ impl Handler for Relay {
                 .ok()
                 .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
         };
-        (ticket, Prepared { record, headers, hop, event })
+        (ticket, Prepared { record, headers, hop, event, trace_id })
     }
 
     fn handle(self: Arc<Self>, record: Prepared, work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-        async move { self.process(record, work, cancel).await }.boxed()
+        // The record's log lines carry its trace id; a record without one
+        // gets no span at all (nothing to pay on the common path).
+        let span = match &record.trace_id {
+            Some(trace_id) => tracing::info_span!("record", trace_id = trace_id.as_str()),
+            None => tracing::Span::none(),
+        };
+        async move { self.process(record, work, cancel).await }.instrument(span).boxed()
     }
 }
 
@@ -181,7 +192,7 @@ impl Relay {
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, prepared: Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, mut hop, event } = prepared;
+        let Prepared { record, headers, mut hop, event, trace_id: _ } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };
         let event = match event {
             Ok(event) => event,

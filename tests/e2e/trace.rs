@@ -20,7 +20,7 @@ async fn the_record_trace_context_reaches_every_attempt_and_the_tier_and_dead_re
     let receiver = Receiver::start(Behaviour { fail_first: 1, ..Behaviour::default() }).await;
     let dead_receiver = Receiver::start(Behaviour { status: 410, ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(1)]).await;
-    let _relay = Relay::start(&Config::new(&topics), &[]).await;
+    let relay = Relay::start(&Config::new(&topics), &[]).await;
     let producer = producer();
     // The event's own JSON headers name another trace: the record header wins.
     let event = |url: String, id: &str| {
@@ -57,4 +57,12 @@ async fn the_record_trace_context_reaches_every_attempt_and_the_tier_and_dead_re
     assert_eq!(dead[0].header("traceparent"), Some(PARENT), "the dead record carries the trace");
     assert_eq!(dead[0].header("tracestate"), Some(STATE));
     assert_eq!(trace_id(dead_receiver.received()[0].header("traceparent")), TRACE_ID);
+
+    // The relay's own log lines about these records carry the trace id.
+    let log = relay.log_text();
+    let line = |what: &str| log.lines().find(|l| l.contains(what) && l.contains("tr-1")).map(str::to_string);
+    for what in ["\"delivered\"", "\"routed to retry tier\""] {
+        let line = line(what).unwrap_or_else(|| panic!("no {what} line for tr-1 in:\n{log}"));
+        assert!(line.contains(&format!("\"trace_id\":\"{TRACE_ID}\"")), "{line}");
+    }
 }
