@@ -23,7 +23,8 @@
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard, the endpoint's own client); no retry logic.
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records.
-//! - [`metrics`]: every metric name and label, and each event that is both logged and counted.
+//! - [`metrics`]: every metric name and label, and each event that is both logged and counted;
+//!   [`otel`]: span export over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
@@ -50,6 +51,7 @@ pub mod kafka;
 pub mod metrics;
 pub mod notify;
 pub mod offsets;
+pub mod otel;
 pub mod outcome;
 pub mod readiness;
 pub mod relay;

@@ -18,6 +18,7 @@ use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
+use crate::otel;
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{plan, Ladder, Original, PlanInput, Router};
 use crate::seal::ReplayKey;
@@ -81,6 +82,16 @@ fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
     }
 }
 
+/// A span inside the record's, or none when the record has none (no
+/// `traceparent` and no export): spans cost nothing on the common path.
+fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
+}
+
 /// Which records a relay consumer reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
@@ -126,8 +137,8 @@ pub struct Prepared {
     headers: Vec<(String, Vec<u8>)>,
     hop: Hop,
     event: Result<Event, InvalidEvent>,
-    /// Of the record's `traceparent`, for its log lines.
-    trace_id: Option<String>,
+    /// The record's `traceparent`/`tracestate`, for its spans.
+    trace: Option<TraceContext>,
 }
 
 impl Handler for Relay {
@@ -162,7 +173,6 @@ impl Handler for Relay {
         if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
             context.apply(&mut event.headers);
         }
-        let trace_id = context.map(|c| c.trace_id().to_string());
         let ticket = Ticket {
             due_ms: match self.source {
                 Source::Tier(_) => hop.due_ms,
@@ -173,14 +183,21 @@ impl Handler for Relay {
                 .ok()
                 .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
         };
-        (ticket, Prepared { record, headers, hop, event, trace_id })
+        (ticket, Prepared { record, headers, hop, event, trace: context })
     }
 
     fn handle(self: Arc<Self>, record: Prepared, work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-        // The record's log lines carry its trace id; a record without one
-        // gets no span at all (nothing to pay on the common path).
-        let span = match &record.trace_id {
-            Some(trace_id) => tracing::info_span!("record", trace_id = trace_id.as_str()),
+        // The record's log lines carry its trace id, and its exported spans
+        // join its trace; without either there is no span at all.
+        let span = match &record.trace {
+            Some(context) => {
+                let span = tracing::info_span!("record", trace_id = context.trace_id());
+                if otel::enabled() {
+                    otel::set_parent(&span, context);
+                }
+                span
+            }
+            None if otel::enabled() => tracing::info_span!("record"),
             None => tracing::Span::none(),
         };
         async move { self.process(record, work, cancel).await }.instrument(span).boxed()
@@ -192,7 +209,7 @@ impl Relay {
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, prepared: Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, mut hop, event, trace_id: _ } = prepared;
+        let Prepared { record, headers, mut hop, event, trace: _ } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers: &headers };
         let event = match event {
             Ok(event) => event,
@@ -222,7 +239,10 @@ impl Relay {
         };
 
         if work == Work::Defer {
-            return self.route(&original, &hop, &event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel).await;
+            return self
+                .route(&original, &hop, &event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel)
+                .instrument(child(|| tracing::info_span!("route")))
+                .await;
         }
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
@@ -237,7 +257,8 @@ impl Relay {
             Outcome::Deferred
         } else {
             let attempt = tokio::select! {
-                attempt = s.deliverer.attempt(&event, SystemTime::now()) => attempt,
+                attempt = s.deliverer.attempt(&event, SystemTime::now())
+                    .instrument(child(|| tracing::info_span!("attempt", endpoint = &*endpoint, attempt = hop.attempts + 1))) => attempt,
                 _ = cancel.cancelled() => {
                     if admission == Admission::Probe {
                         s.circuits.probe_abandoned(&endpoint, Instant::now());
@@ -257,7 +278,9 @@ impl Relay {
             outcome
         };
 
-        self.route(&original, &hop, &event, outcome, Deferral::Circuit, deadline, &cancel).await
+        self.route(&original, &hop, &event, outcome, Deferral::Circuit, deadline, &cancel)
+            .instrument(child(|| tracing::info_span!("route")))
+            .await
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them

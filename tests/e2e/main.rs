@@ -10,6 +10,7 @@ mod isolation;
 mod mtls;
 mod notify;
 mod operate;
+mod otlp;
 mod proxy;
 mod refused;
 mod replay;
