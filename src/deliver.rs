@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
@@ -51,10 +51,10 @@ struct Egress {
 /// file changed in between or the TLS backend refused it).
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("endpoints.{endpoint}: {error}")]
-    Egress { endpoint: String, error: EgressError },
-    #[error("cannot build the HTTP client{for_}: {error}")]
-    Build { for_: String, error: reqwest::Error },
+    #[error("{key}: {error}")]
+    Egress { key: String, error: EgressError },
+    #[error("{key}: cannot build the HTTP client: {error}")]
+    Build { key: String, error: reqwest::Error },
 }
 
 impl Deliverer {
@@ -63,33 +63,26 @@ impl Deliverer {
     pub fn new(config: &Config) -> Result<Deliverer, ClientError> {
         let allow_private = config.delivery.allow_private_networks;
         let default_proxy = config.delivery.proxy.as_ref();
-        let egress_error = |endpoint: &str| {
-            let endpoint = endpoint.to_string();
-            move |error| ClientError::Egress { endpoint, error }
-        };
-        let shared = build(allow_private, default_proxy, None, Vec::new())
-            .map_err(|e| e.map_egress(egress_error("delivery.proxy")))?;
+        let shared = build("delivery", allow_private, default_proxy, None, Vec::new())?;
         let mut endpoints = HashMap::new();
         for (name, endpoint) in &config.endpoints {
-            let own = endpoint.client_cert.is_some() || endpoint.ca.is_some() || endpoint.proxy.is_some();
-            if !own {
+            if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() {
                 continue;
             }
+            let key = format!("endpoints.{name}");
+            let egress_error = |error| ClientError::Egress { key: key.clone(), error };
             let identity = egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
-                .map_err(egress_error(name))?;
-            let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error(name))?;
+                .map_err(egress_error)?;
+            let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error)?;
             let proxy = endpoint.proxy.as_ref().or(default_proxy);
-            let client = build(allow_private, proxy, identity, cas.unwrap_or_default()).map_err(|e| match e {
-                Built::Egress(error) => ClientError::Egress { endpoint: name.clone(), error },
-                Built::Client(error) => ClientError::Build { for_: format!(" of endpoint {name}"), error },
-            })?;
-            endpoints.insert(name.clone(), client);
+            endpoints.insert(name.clone(), build(&key, allow_private, proxy, identity, cas.unwrap_or_default())?);
         }
         Ok(Deliverer { shared, endpoints: Arc::new(endpoints), allow_private })
     }
 
     /// One attempt. `now` is the `webhook-timestamp`.
     pub async fn attempt(&self, event: &Event, now: SystemTime) -> Attempt {
+        let started = Instant::now();
         let egress = match &event.endpoint_name {
             Some(name) => self.endpoints.get(&**name).unwrap_or(&self.shared),
             None => &self.shared,
@@ -111,7 +104,8 @@ impl Deliverer {
         let mut request = egress
             .client
             .post(event.url.clone())
-            .timeout(event.timeout)
+            // The timeout is the whole attempt's, the check before a proxy included.
+            .timeout(event.timeout.saturating_sub(started.elapsed()))
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", event.id.as_str())
             .header("webhook-timestamp", timestamp);
@@ -169,29 +163,16 @@ fn attempt_error(error: reqwest::Error, endpoint: &str) -> Attempt {
     Attempt::Transport(chain.join(": "))
 }
 
-enum Built {
-    Egress(EgressError),
-    Client(reqwest::Error),
-}
-
-impl Built {
-    fn map_egress(self, f: impl FnOnce(EgressError) -> ClientError) -> ClientError {
-        match self {
-            Built::Egress(error) => f(error),
-            Built::Client(error) => ClientError::Build { for_: String::new(), error },
-        }
-    }
-}
-
 /// A client: the guard in its resolver unless private networks are allowed
 /// (through a proxy it only ever resolves the proxy, which is trusted by
 /// configuration: the target is checked by [`check_before_proxy`]).
 fn build(
+    key: &str,
     allow_private: bool,
     proxy: Option<&SecretUrl>,
     identity: Option<reqwest::Identity>,
     cas: Vec<reqwest::Certificate>,
-) -> Result<Egress, Built> {
+) -> Result<Egress, ClientError> {
     let mut builder = reqwest::Client::builder()
         .user_agent(USER_AGENT)
         .redirect(reqwest::redirect::Policy::none())
@@ -202,7 +183,9 @@ fn build(
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64);
     if let Some(proxy) = proxy {
-        builder = builder.proxy(egress::proxy(proxy.expose()).map_err(Built::Egress)?);
+        let proxy = egress::proxy(proxy.expose())
+            .map_err(|error| ClientError::Egress { key: format!("{key}.proxy"), error })?;
+        builder = builder.proxy(proxy);
     } else if !allow_private {
         builder = builder.dns_resolver(Arc::new(GuardedResolver));
     }
@@ -212,7 +195,8 @@ fn build(
     for ca in cas {
         builder = builder.add_root_certificate(ca);
     }
-    Ok(Egress { client: builder.build().map_err(Built::Client)?, proxied: proxy.is_some() })
+    let client = builder.build().map_err(|error| ClientError::Build { key: key.to_string(), error })?;
+    Ok(Egress { client, proxied: proxy.is_some() })
 }
 
 /// Resolves the target's name as the proxy will and refuses it when any of
