@@ -1,17 +1,24 @@
-//! Builds and sends one HTTP attempt: Standard Webhooks headers, timeout, no redirects, target guard. No retry logic.
+//! Builds and sends one HTTP attempt: Standard Webhooks headers, timeout, no redirects, target guard,
+//! the client of the endpoint (client certificate, CA, proxy). No retry logic.
 //!
 //! The target guard works at the resolver: with the guard on, the client's
 //! DNS resolver drops every non-global address before reqwest connects, so
 //! a name that resolves to 10.0.0.1 cannot be smuggled past a check made on
 //! the name alone. IP-literal URLs skip DNS and are checked here directly.
+//! Through a proxy the client only resolves the proxy (trusted by
+//! configuration); the target's name is resolved and checked here before
+//! the request, since the proxy's own lookup is out of reach.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
+use crate::config::{Config, SecretUrl};
+use crate::egress::{self, EgressError};
 use crate::event::Event;
 use crate::outcome::Attempt;
 use crate::sign;
@@ -23,43 +30,82 @@ pub const MAX_RESPONSE_BODY: usize = 64 * 1024;
 /// `user-agent` of every request.
 pub const USER_AGENT: &str = concat!("hookrelay/", env!("CARGO_PKG_VERSION"));
 
-/// Sends attempts through one shared client (connection reuse across records).
+/// Sends attempts: through one shared client (connection reuse across
+/// records), or the own client of an endpoint with TLS settings or a proxy.
 #[derive(Clone)]
 pub struct Deliverer {
-    client: reqwest::Client,
+    shared: Egress,
+    /// Endpoints (by name) with a client certificate, a CA or a proxy of their own.
+    endpoints: Arc<HashMap<String, Egress>>,
     allow_private: bool,
 }
 
+/// One HTTP client and whether it goes through a proxy.
+#[derive(Clone)]
+struct Egress {
+    client: reqwest::Client,
+    proxied: bool,
+}
+
+/// An endpoint's client could not be built (the config was validated, so a
+/// file changed in between or the TLS backend refused it).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{key}: {error}")]
+    Egress { key: String, error: EgressError },
+    #[error("{key}: cannot build the HTTP client: {error}")]
+    Build { key: String, error: reqwest::Error },
+}
+
 impl Deliverer {
-    pub fn new(allow_private_networks: bool) -> Result<Deliverer, reqwest::Error> {
-        let mut builder = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            // A proxy would be "the address connected to" and defeat the guard.
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(64);
-        if !allow_private_networks {
-            builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    /// The shared client (through `delivery.proxy` if set) and one client per
+    /// endpoint that has its own TLS settings or proxy.
+    pub fn new(config: &Config) -> Result<Deliverer, ClientError> {
+        let allow_private = config.delivery.allow_private_networks;
+        let default_proxy = config.delivery.proxy.as_ref();
+        let shared = build("delivery", allow_private, default_proxy, None, Vec::new())?;
+        let mut endpoints = HashMap::new();
+        for (name, endpoint) in &config.endpoints {
+            if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() {
+                continue;
+            }
+            let key = format!("endpoints.{name}");
+            let egress_error = |error| ClientError::Egress { key: key.clone(), error };
+            let identity = egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
+                .map_err(egress_error)?;
+            let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error)?;
+            let proxy = endpoint.proxy.as_ref().or(default_proxy);
+            endpoints.insert(name.clone(), build(&key, allow_private, proxy, identity, cas.unwrap_or_default())?);
         }
-        Ok(Deliverer { client: builder.build()?, allow_private: allow_private_networks })
+        Ok(Deliverer { shared, endpoints: Arc::new(endpoints), allow_private })
     }
 
     /// One attempt. `now` is the `webhook-timestamp`.
     pub async fn attempt(&self, event: &Event, now: SystemTime) -> Attempt {
+        let started = Instant::now();
+        let egress = match &event.endpoint_name {
+            Some(name) => self.endpoints.get(&**name).unwrap_or(&self.shared),
+            None => &self.shared,
+        };
         if !self.allow_private {
             if let Some(ip) = ip_literal(&event.url) {
                 if let Err(why) = check_address(ip) {
                     return Attempt::Forbidden(why.to_string());
                 }
+            } else if egress.proxied {
+                // The proxy resolves the name and connects, out of the
+                // resolver's reach: check the target's addresses here.
+                if let Err(refused) = check_before_proxy(event).await {
+                    return refused;
+                }
             }
         }
         let timestamp = now.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64);
-        let mut request = self
+        let mut request = egress
             .client
             .post(event.url.clone())
-            .timeout(event.timeout)
+            // The timeout is the whole attempt's, the check before a proxy included.
+            .timeout(event.timeout.saturating_sub(started.elapsed()))
             .header(CONTENT_TYPE, "application/json")
             .header("webhook-id", event.id.as_str())
             .header("webhook-timestamp", timestamp);
@@ -115,6 +161,66 @@ fn attempt_error(error: reqwest::Error, endpoint: &str) -> Attempt {
         first.push_str(&format!(" to {endpoint}"));
     }
     Attempt::Transport(chain.join(": "))
+}
+
+/// A client: the guard in its resolver unless private networks are allowed
+/// (through a proxy it only ever resolves the proxy, which is trusted by
+/// configuration: the target is checked by [`check_before_proxy`]).
+fn build(
+    key: &str,
+    allow_private: bool,
+    proxy: Option<&SecretUrl>,
+    identity: Option<reqwest::Identity>,
+    cas: Vec<reqwest::Certificate>,
+) -> Result<Egress, ClientError> {
+    let mut builder = reqwest::Client::builder()
+        .user_agent(USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        // Proxies from the environment would be "the address connected to"
+        // and defeat the guard: only a configured proxy is used.
+        .no_proxy()
+        .tcp_nodelay(true)
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(64);
+    if let Some(proxy) = proxy {
+        let proxy = egress::proxy(proxy.expose())
+            .map_err(|error| ClientError::Egress { key: format!("{key}.proxy"), error })?;
+        builder = builder.proxy(proxy);
+    } else if !allow_private {
+        builder = builder.dns_resolver(Arc::new(GuardedResolver));
+    }
+    if let Some(identity) = identity {
+        builder = builder.identity(identity);
+    }
+    for ca in cas {
+        builder = builder.add_root_certificate(ca);
+    }
+    let client = builder.build().map_err(|error| ClientError::Build { key: key.to_string(), error })?;
+    Ok(Egress { client, proxied: proxy.is_some() })
+}
+
+/// Resolves the target's name as the proxy will and refuses it when any of
+/// its addresses is not global. A rebinding between this lookup and the
+/// proxy's is the proxy's to stop (README, "Egress through a proxy").
+async fn check_before_proxy(event: &Event) -> Result<(), Attempt> {
+    let host = event.url.host_str().unwrap_or_default();
+    let port = event.url.port_or_known_default().unwrap_or(443);
+    let lookup = tokio::time::timeout(event.timeout, tokio::net::lookup_host((host, port)));
+    let addresses: Vec<SocketAddr> = match lookup.await {
+        Err(_) => return Err(Attempt::Timeout),
+        Ok(Err(error)) => {
+            let endpoint = &event.endpoint_key;
+            return Err(Attempt::Transport(format!("cannot resolve the target to check it: {error} to {endpoint}")));
+        }
+        Ok(Ok(addresses)) => addresses.collect(),
+    };
+    if addresses.is_empty() {
+        return Err(Attempt::Transport(format!("the target has no address to {}", event.endpoint_key)));
+    }
+    for address in addresses {
+        check_address(address.ip()).map_err(|why| Attempt::Forbidden(format!("{host} resolves to {why}")))?;
+    }
+    Ok(())
 }
 
 /// Resolves with the system resolver, then keeps only global addresses.

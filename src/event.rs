@@ -49,6 +49,8 @@ pub struct Event {
     pub url: url::Url,
     /// Bounded label for metrics, limits and the circuit: endpoint name or URL host.
     pub endpoint_key: Arc<str>,
+    /// The configured endpoint's name; `None` for an inline `url`.
+    pub endpoint_name: Option<Arc<str>>,
     /// The payload's JSON text exactly as the producer wrote it: the request body.
     pub body: Vec<u8>,
     /// Endpoint headers, then event headers (the event's win).
@@ -120,14 +122,14 @@ impl Endpoints {
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let (url, endpoint_key, keys, endpoint_timeout, mut headers) = match (envelope.url, envelope.endpoint) {
+        let (url, endpoint_key, keys, endpoint_timeout, mut headers) = match (&envelope.url, &envelope.endpoint) {
             (Some(url), None) => {
-                let url = parse_target_url(&url)?;
+                let url = parse_target_url(url)?;
                 let key: Arc<str> = endpoint_key(&url).into();
                 (url, key, self.default_keys.clone(), None, Vec::new())
             }
             (None, Some(name)) => {
-                let endpoint = self.named.get(&name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
                 (
                     endpoint.url.clone(),
                     Arc::from(name.as_str()),
@@ -162,10 +164,12 @@ impl Endpoints {
             Some(id) => id,
             None => default_id(),
         };
+        let endpoint_name = envelope.endpoint.is_some().then(|| endpoint_key.clone());
         Ok(Event {
             id,
             url,
             endpoint_key,
+            endpoint_name,
             body: body.to_vec(),
             headers,
             timeout,

@@ -23,12 +23,13 @@
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
 //! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start).
-//! - [`deliver`]: one HTTP attempt (signing, timeout, target guard); no retry logic.
+//! - [`deliver`]: one HTTP attempt (signing, timeout, target guard, the endpoint's own client); no retry logic.
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records;
 //!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
 //!   held by a failing produce (gauges, `/ready`).
 //! - [`metrics`]: every metric name and label, and each event that is both logged and counted;
-//!   [`labels`]: the bounded `endpoint` label; [`series`]: the alerted series, at 0 from start-up.
+//!   [`labels`]: the bounded `endpoint` label; [`series`]: the alerted series, at 0 from start-up;
+//!   [`otel`]: span export over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //! - [`hop`]: the relay's headers: names, the hop state read from them, the headers written on
 //!   tier, dead and replayed records, the dead-letter reader.
 //! - [`event`]: record value -> `Event` (decode + validate).
@@ -36,10 +37,11 @@
 //! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`),
 //!   the redacting secret types (`secret`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
-//!   rules, endpoint key, the guard's address ranges), [`offsets`] (highest contiguous decided offset),
+//!   rules, endpoint key, the guard's address ranges), [`egress`] (client certificates, CAs, proxies), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
 //!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`headers`]
-//!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module).
+//!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module),
+//!   [`trace`] (the W3C trace context a record carries to its requests).
 
 pub mod admin;
 pub mod app;
@@ -49,6 +51,7 @@ pub mod concurrency;
 pub mod config;
 pub mod consume;
 pub mod deliver;
+pub mod egress;
 pub mod event;
 pub mod headers;
 pub mod held;
@@ -58,6 +61,7 @@ pub mod labels;
 pub mod metrics;
 pub mod notify;
 pub mod offsets;
+pub mod otel;
 pub mod outcome;
 pub mod readiness;
 pub mod relay;
@@ -70,3 +74,4 @@ pub mod sign;
 pub mod sizes;
 pub mod target;
 pub mod topics;
+pub mod trace;

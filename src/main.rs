@@ -97,7 +97,7 @@ fn main() -> ExitCode {
         }
     };
     // Before the config, so that its debug lines (ignored variables) can show.
-    init_logs();
+    let _exporting = init_logs();
     let config = match Config::load(cli.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -205,16 +205,31 @@ fn usage_line(kind: clap::error::ErrorKind, rendered: &str) -> String {
 }
 
 /// JSON logs when stderr is not a terminal (containers), human-readable otherwise.
-/// The filter comes from `HOOKRELAY_LOG` (default `info`).
-fn init_logs() {
+/// The filter comes from `HOOKRELAY_LOG` (default `info`). Spans are exported
+/// over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; the returned guard
+/// flushes them at exit.
+fn init_logs() -> Option<hookrelay::otel::Exporting> {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKRELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let (otel, exporting, otel_error) = match hookrelay::otel::layer() {
+        Ok(Some((layer, exporting))) => (Some(layer), Some(exporting), None),
+        Ok(None) => (None, None, None),
+        Err(error) => (None, None, Some(error)),
+    };
+    let subscriber = tracing_subscriber::registry().with(otel).with(filter);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     if std::io::stderr().is_terminal() {
-        builder.init();
+        subscriber.with(fmt).init();
     } else {
-        builder.json().init();
+        subscriber.with(fmt.json()).init();
     }
+    if let Some(error) = otel_error {
+        // Tracing is an aid: the relay runs on without it.
+        tracing::warn!(%error, "spans are not exported");
+    }
+    exporting
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
@@ -19,9 +20,11 @@ use crate::headers::RecordHeaders;
 use crate::held::Held;
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
+use crate::otel;
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
 use crate::seal::ReplayKey;
+use crate::trace::TraceContext;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -41,8 +44,8 @@ pub struct Shared {
 /// The relay could not set up its clients.
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
-    #[error("cannot build the HTTP client: {0}")]
-    Http(#[from] reqwest::Error),
+    #[error(transparent)]
+    Http(#[from] crate::deliver::ClientError),
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
@@ -52,7 +55,7 @@ impl Shared {
     pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config),
-            deliverer: Deliverer::new(config.delivery.allow_private_networks)?,
+            deliverer: Deliverer::new(config)?,
             circuits: Circuits::new(config.circuit.clone()),
             router: Router::new(config, message_max_bytes, held)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
@@ -79,6 +82,16 @@ fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
         }
         Attempt::Response { .. } => Signal::Answered(took),
         Attempt::Forbidden(_) => Signal::None,
+    }
+}
+
+/// A span inside the record's, or none when the record has none (no
+/// `traceparent` and no export): spans cost nothing on the common path.
+fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
     }
 }
 
@@ -127,6 +140,8 @@ pub struct Prepared {
     headers: RecordHeaders,
     hop: Hop,
     event: Result<Event, InvalidEvent>,
+    /// The record's `traceparent`/`tracestate`, for its spans.
+    trace: Option<TraceContext>,
 }
 
 impl Handler for Relay {
@@ -154,7 +169,13 @@ impl Handler for Relay {
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let mut event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        // The record's trace context goes on every attempt; tier and dead
+        // records carry it on, as they keep every header that is not ours.
+        let context = TraceContext::of(&headers);
+        if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
+            context.apply(&mut event.headers);
+        }
         let ticket = Ticket {
             due_ms: match self.source {
                 // Never later than the tier's delay after the record was written:
@@ -167,7 +188,7 @@ impl Handler for Relay {
                 .ok()
                 .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
         };
-        (ticket, Prepared { record, headers, hop, event })
+        (ticket, Prepared { record, headers, hop, event, trace: context })
     }
 
     fn handle(
@@ -176,9 +197,21 @@ impl Handler for Relay {
         work: Work,
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Done> {
-        async move { self.process(&record, work, cancel).await }.boxed()
+        // The record's log lines carry its trace id, and its exported spans
+        // join its trace; without either there is no span at all.
+        let span = match &record.trace {
+            Some(context) => {
+                let span = tracing::info_span!("record", trace_id = context.trace_id());
+                if otel::enabled() {
+                    otel::set_parent(&span, context);
+                }
+                span
+            }
+            None if otel::enabled() => tracing::info_span!("record"),
+            None => tracing::Span::none(),
+        };
+        async move { self.process(&record, work, cancel).await }.instrument(span).boxed()
     }
-
     /// A record whose handling panicked goes to the dead topic as it came,
     /// with the hop state it was read with and the panic's message.
     fn recover(
@@ -188,7 +221,7 @@ impl Handler for Relay {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Done> {
         async move {
-            let Prepared { record, headers, hop, event } = &*prepared;
+            let Prepared { record, headers, hop, event, .. } = &*prepared;
             let original = Original { key: record.key(), value: record.payload(), headers };
             let error = format!("internal error: {why}");
             let endpoint = event.as_ref().map_or("invalid", |e| &*e.endpoint_key);
@@ -210,7 +243,7 @@ impl Relay {
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, prepared: &Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, hop, event } = prepared;
+        let Prepared { record, headers, hop, event, .. } = prepared;
         let mut hop = hop.clone();
         let original = Original { key: record.key(), value: record.payload(), headers };
         let event = match event {
@@ -240,7 +273,10 @@ impl Relay {
             Source::Events => None,
         };
         if work == Work::Defer {
-            return self.route(&original, &hop, event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel).await;
+            return self
+                .route(&original, &hop, event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel)
+                .instrument(child(|| tracing::info_span!("route")))
+                .await;
         }
         let outcome = match lap {
             Some(due_ms) => Outcome::NotYet { due_ms },
@@ -250,7 +286,9 @@ impl Relay {
             },
         };
 
-        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, &cancel).await
+        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, &cancel)
+            .instrument(child(|| tracing::info_span!("route")))
+            .await
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them
@@ -349,7 +387,8 @@ impl Relay {
             return Some(Outcome::Deferred);
         }
         let attempt = tokio::select! {
-            attempt = s.deliverer.attempt(event, SystemTime::now()) => attempt,
+            attempt = s.deliverer.attempt(event, SystemTime::now())
+                .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
             _ = cancel.cancelled() => {
                 if admission == Admission::Probe {
                     s.circuits.probe_abandoned(endpoint, Instant::now());

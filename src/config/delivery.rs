@@ -1,6 +1,7 @@
 //! `[retry]`, `[delivery]`, `[circuit]` and `[endpoints.*]`: how and how often a webhook is attempted.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,11 @@ pub struct DeliveryConfig {
     /// endpoints always have their own). Logs and headers keep the real
     /// host. Default 100.
     pub max_endpoint_labels: usize,
+    /// Egress proxy (`http://` or `https://`, `user:password@` allowed, shown
+    /// redacted) for every endpoint without a `proxy` of its own and for
+    /// inline URLs. Default: none (direct; proxies from the environment are ignored).
+    #[serde(default)]
+    pub proxy: Option<SecretUrl>,
 }
 
 impl Default for DeliveryConfig {
@@ -106,6 +112,7 @@ impl Default for DeliveryConfig {
             max_buffered_bytes: bytesize::ByteSize::mib(128),
             max_waiting_per_endpoint: 32,
             max_endpoint_labels: 100,
+            proxy: None,
         }
     }
 }
@@ -148,4 +155,17 @@ pub struct EndpointConfig {
     /// Concurrent requests to this endpoint. Default: `delivery.max_in_flight_per_endpoint`.
     #[serde(default)]
     pub max_in_flight: Option<usize>,
+    /// Client certificate (PEM, chain allowed) for receivers that require
+    /// mutual TLS; goes with `client_key`. Default: none.
+    #[serde(default)]
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PKCS#8 PEM, unencrypted). Default: none.
+    #[serde(default)]
+    pub client_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for this endpoint besides the system's. Default: none.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Egress proxy for this endpoint, as `delivery.proxy`. Default: `delivery.proxy`.
+    #[serde(default)]
+    pub proxy: Option<SecretUrl>,
 }

@@ -19,6 +19,7 @@ pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, RetryCon
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
+use crate::egress;
 use crate::sign::SigningKey;
 
 mod delivery;
@@ -247,6 +248,9 @@ impl Config {
         if self.delivery.max_waiting_per_endpoint < 8 {
             return Err(invalid("delivery.max_waiting_per_endpoint", "must be at least 8"));
         }
+        if let Some(proxy) = &self.delivery.proxy {
+            egress::proxy(proxy.expose()).map_err(|e| invalid("delivery.proxy", e.to_string()))?;
+        }
         for (i, secret) in self.delivery.signing_secrets.iter().enumerate() {
             SigningKey::parse(secret.expose())
                 .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;
@@ -267,6 +271,14 @@ impl Config {
             for (header, value) in &endpoint.headers {
                 crate::target::check_header(header, value.expose())
                     .map_err(|e| invalid(key("headers"), e.to_string()))?;
+            }
+            egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
+                .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
+            if let Some(ca) = &endpoint.ca {
+                egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
+            }
+            if let Some(proxy) = &endpoint.proxy {
+                egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
             }
         }
         if self.circuit.enabled && self.circuit.failure_threshold == 0 {
@@ -527,6 +539,43 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.starts_with("endpoints.x.url") && !err.contains("s3cret"), "{err}");
+    }
+
+    #[test]
+    fn endpoint_tls_files_and_proxies_are_checked_at_load() {
+        let endpoint = |extra: &str| format!("[endpoints.x]\nurl = \"https://x.example/\"\n{extra}");
+        let cases = [
+            (
+                "client_cert = \"/nonexistent/c.pem\"\nclient_key = \"/nonexistent/k.pem\"\n",
+                "endpoints.x.client_cert: cannot read /nonexistent/c.pem",
+            ),
+            (
+                "client_cert = \"/nonexistent/c.pem\"\n",
+                "endpoints.x.client_cert: client_cert and client_key go together",
+            ),
+            ("ca = \"/nonexistent/ca.pem\"\n", "endpoints.x.ca: cannot read /nonexistent/ca.pem"),
+            ("proxy = \"socks5://u:s3cret@p:1080\"\n", "endpoints.x.proxy: must be an http:// or https:// URL"),
+        ];
+        for (extra, expected) in cases {
+            let err = Config::from_toml(&endpoint(extra)).unwrap_err().to_string();
+            assert!(err.starts_with(expected), "{extra:?} gave {err:?}");
+            assert!(!err.contains("s3cret") && !err.contains('\n'), "{err}");
+        }
+        let err = Config::from_toml("[delivery]\nproxy = \"p:3128\"\n").unwrap_err().to_string();
+        assert!(err.starts_with("delivery.proxy"), "{err}");
+    }
+
+    #[test]
+    fn proxy_credentials_are_redacted() {
+        let config = Config::from_toml(
+            "[delivery]\nproxy = \"http://egress:s3cret@proxy.internal:3128\"\n\
+             [endpoints.x]\nurl = \"https://x.example/\"\nproxy = \"https://u:s3cret-2@other.internal:8443\"\n",
+        )
+        .unwrap();
+        for shown in [config.to_redacted_toml(), format!("{config:?}")] {
+            assert!(!shown.contains("s3cret"), "{shown}");
+            assert!(shown.contains("proxy.internal:3128") && shown.contains("other.internal:8443"), "{shown}");
+        }
     }
 
     #[test]

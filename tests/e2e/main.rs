@@ -3,6 +3,7 @@
 
 mod bench;
 mod delivery;
+mod endpoint_tls;
 mod exit_codes;
 mod harness;
 mod hosts;
@@ -10,6 +11,8 @@ mod isolation;
 mod mtls;
 mod notify;
 mod operate;
+mod otlp;
+mod proxy;
 mod refused;
 mod replay;
 mod retry;
@@ -19,3 +22,4 @@ mod sizes;
 mod smtp;
 mod stuck;
 mod tls;
+mod trace;
