@@ -27,8 +27,15 @@ pub const INITIAL: usize = 16;
 /// last answers, and by more than [`QUEUEING_SLACK`]) mean the receiver queues.
 const QUEUEING_FACTOR: f64 = 2.0;
 
-/// Below this, slower answers are noise (a scheduler's tick on loopback), not queueing.
-const QUEUEING_SLACK: f64 = 0.010;
+/// Below this, slower answers are not the receiver queueing: on a busy machine
+/// the relay's own wait for a CPU adds tens of milliseconds to a loopback
+/// answer (measured: a 60,000-record backlog to an instant receiver settled at
+/// a limit of about 35 and 3,500/s with 10 ms here, while 512 requests in
+/// flight drained it at 19,500/s).
+const QUEUEING_SLACK: f64 = 0.100;
+
+/// A round trip this long makes an endpoint slow (see [`LiveLimit::is_slow`]).
+const SLOW_RTT_US: u64 = 1_000_000;
 
 /// Weight of the newest answer in the smoothed round trip.
 const SMOOTHING: f64 = 0.1;
@@ -60,6 +67,12 @@ impl LiveLimit {
     fn set_rtt(&self, rtt: Duration) {
         self.0 .1.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
     }
+    /// An endpoint whose answers take a second or more (smoothed): its records
+    /// hold slots long, so together such endpoints get at most a share of them.
+    pub fn is_slow(&self) -> bool {
+        self.0 .1.load(Ordering::Relaxed) >= SLOW_RTT_US
+    }
+
     /// How long the `ahead`-th record waiting for this endpoint will wait (ms),
     /// by Little's law: `ahead × round trip / limit`. `None` before the first answer.
     pub fn expected_wait_ms(&self, ahead: usize) -> Option<i64> {
@@ -355,15 +368,20 @@ mod tests {
         let mut a = Aimd::new(1024);
         let t = Instant::now();
         for _ in 0..16 {
-            a.observe(Signal::Answered(10 * MS), t);
+            a.observe(Signal::Answered(100 * MS), t);
         }
         assert_eq!(a.limit(), 32);
-        a.observe(Signal::Answered(50 * MS), t);
+        a.observe(Signal::Answered(500 * MS), t);
         assert_eq!(a.limit(), 33, "one slow answer is smoothed away");
         for _ in 0..10 {
-            a.observe(Signal::Answered(50 * MS), t);
+            a.observe(Signal::Answered(500 * MS), t);
         }
         assert_eq!(a.limit(), 30, "answers staying five times slower than its best: a tenth off (34 -> 30), once");
+        let mut busy = Aimd::new(1024);
+        for i in 0..100 {
+            busy.observe(Signal::Answered(if i < 10 { MS } else { 40 * MS }), t);
+        }
+        assert_eq!(busy.limit(), 116, "tens of milliseconds on a busy machine are not the receiver queueing");
         let mut noisy = Aimd::new(1024);
         for i in 0..100 {
             noisy.observe(Signal::Answered(Duration::from_micros(if i % 2 == 0 { 300 } else { 2_000 })), t);

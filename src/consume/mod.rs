@@ -87,6 +87,8 @@ struct Completion {
     endpoint: Option<EndpointSlot>,
     /// Its share of the memory budget.
     bytes: usize,
+    /// Its endpoint was slow when it started (see `Partition::count`).
+    slow: bool,
     generation: u64,
     offset: i64,
     done: Done,
@@ -255,14 +257,16 @@ impl<H: Handler> Loop<H> {
             let work = if dispatch.defer.binary_search(index).is_ok() { Work::Defer } else { Work::Attempt };
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
+            let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
-                partition.count(slot, true);
+                partition.count(slot, slow, true);
             }
             let completion = Completion {
                 key: key.clone(),
                 endpoint,
                 bytes: waiting.bytes,
+                slow,
                 generation: partition.generation,
                 offset: waiting.offset,
                 done: Done::Abandoned,
@@ -321,7 +325,7 @@ impl<H: Handler> Loop<H> {
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
-            partition.count(slot, false);
+            partition.count(slot, done.slow, false);
         }
         self.in_flight -= 1;
         if done.done == Done::Decided {

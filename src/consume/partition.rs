@@ -81,6 +81,8 @@ pub struct Partition<R> {
     pub backlog: VecDeque<Waiting<R>>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this partition.
     pub endpoint_in_flight: IdMap<usize>,
+    /// Of those, records of slow endpoints (answers of a second or more).
+    pub slow_in_flight: usize,
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
@@ -99,6 +101,7 @@ impl<R> Partition<R> {
             in_flight: 0,
             backlog: VecDeque::new(),
             endpoint_in_flight: IdMap::default(),
+            slow_in_flight: 0,
             paused: None,
             wake_ms: None,
         }
@@ -112,8 +115,16 @@ impl<R> Partition<R> {
     }
 
     /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
-    pub fn count(&mut self, endpoint: &EndpointSlot, started: bool) {
+    /// `slow` is what [`LiveLimit::is_slow`](crate::concurrency::LiveLimit::is_slow) said when it started.
+    pub fn count(&mut self, endpoint: &EndpointSlot, slow: bool, started: bool) {
         let id = endpoint.id();
+        if slow {
+            if started {
+                self.slow_in_flight += 1;
+            } else {
+                self.slow_in_flight = self.slow_in_flight.saturating_sub(1);
+            }
+        }
         if started {
             *self.endpoint_in_flight.entry(id).or_default() += 1;
         } else if let Some(n) = self.endpoint_in_flight.get_mut(&id) {
@@ -186,6 +197,8 @@ pub fn schedule<R>(
     let mut defer = Vec::new();
     let mut started: IdMap<usize> = IdMap::default();
     let mut queued: IdMap<usize> = IdMap::default();
+    // Slow endpoints together: started in this call, and waiting.
+    let (mut slow_started, mut slow_queued) = (0, 0);
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
     // However fast its limit grew, one endpoint holds at most half of a
     // partition's slots: a slow but steady receiver cannot take them all.
@@ -229,11 +242,20 @@ pub fn schedule<R>(
             let id = slot.id();
             let starting = started.get(&id).copied().unwrap_or(0);
             let here = partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
-            if endpoint_load(slot) + starting >= slot.limit.get() || here >= share {
+            // Slow endpoints together hold at most a share of the partition's slots, and
+            // their records waiting here are bounded together: however many such
+            // endpoints a partition carries, the others keep slots and read-ahead.
+            let slow = slot.limit.is_slow();
+            let slow_full = slow && partition.slow_in_flight + slow_started >= share;
+            if endpoint_load(slot) + starting >= slot.limit.get() || here >= share || slow_full {
                 let ahead = queued.entry(id).or_default();
                 *ahead += 1;
-                let past_bound = *ahead > limits.waiting_per_endpoint;
+                slow_queued += usize::from(slow);
+                let past_bound =
+                    *ahead > limits.waiting_per_endpoint || (slow && slow_queued > limits.waiting_per_endpoint);
                 let overflows_at = match past_bound.then(|| slot.limit.expected_wait_ms(*ahead)) {
+                    // A slow endpoint's record past the bound would wait at least a round trip.
+                    _ if past_bound && slow => now_ms,
                     None => i64::MAX,
                     Some(Some(wait)) if wait >= OVERFLOW_AFTER_MS => now_ms,
                     Some(Some(_)) => i64::MAX,
@@ -251,6 +273,7 @@ pub fn schedule<R>(
                 continue;
             }
             *started.entry(id).or_default() += 1;
+            slow_started += usize::from(slow);
         }
         take.push(i);
     }
@@ -427,11 +450,11 @@ mod tests {
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
         let key = p.backlog[0].ticket.endpoint.clone().unwrap();
         for _ in 0..3 {
-            p.count(&key, true);
+            p.count(&key, false, true);
         }
         p.in_flight = 3;
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
-        p.count(&key, false);
+        p.count(&key, false, false);
         assert_eq!(p.endpoint_in_flight.get(&key.id()), Some(&2));
     }
 
@@ -456,6 +479,27 @@ mod tests {
         let d = schedule(&p, NOW, spent, 100, idle);
         assert_eq!(d.pause, Some(PauseReason::Capacity));
         assert_eq!(d.take, vec![0, 1], "what is read is still worked on");
+    }
+
+    #[test]
+    fn slow_endpoints_together_hold_at_most_half_the_slots_and_overflow_early() {
+        let limits =
+            Limits { in_flight_per_partition: 16, read_ahead: 100, waiting_per_endpoint: 2, memory_spent: false };
+        let two_seconds = std::time::Duration::from_secs(2);
+        let slow =
+            |key: &str| Ticket { due_ms: None, endpoint: Some(slot(key, LiveLimit::measured(100, two_seconds))) };
+        let mut tickets = Vec::new();
+        for key in ["slow-a", "slow-b", "slow-c"] {
+            tickets.extend(std::iter::repeat_n(slow(key), 4));
+        }
+        tickets.push(ticket(None, Some(("fast", 100))));
+        let mut p = partition(tickets);
+        for w in p.backlog.iter_mut() {
+            w.read_ms = NOW;
+        }
+        let d = schedule(&p, NOW, limits, 100, idle);
+        assert_eq!(d.take, vec![0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12], "8 slow of 16 slots, then the fast one");
+        assert_eq!(d.defer, vec![10, 11], "2 slow records may wait; the rest go at once, however young");
     }
 
     #[test]
