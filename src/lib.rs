@@ -16,7 +16,7 @@
 //!   [`readiness`]: the latch behind `/ready`; [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`consume`]: the consumer every role runs: `client` (librdkafka callbacks, poll thread),
 //!   `handler` (the contract with the work on a record), `partition` (state and the pure scheduler),
-//!   and the loop itself.
+//!   `held` (offsets decided after the slot is free), `revoke`, and the loop itself.
 //! - [`relay`]: the handler of event and tier records, from decode to route.
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.

@@ -12,7 +12,7 @@ use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
 use crate::concurrency::{Limiter, Signal};
 use crate::config::Config;
-use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
+use crate::consume::{Decider, Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
@@ -165,7 +165,14 @@ impl Handler for Relay {
         (ticket, Prepared { record, headers, hop, event })
     }
 
-    fn handle(self: Arc<Self>, record: Prepared, work: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
+    /// Never holds: every record is decided or abandoned before its slot is free.
+    fn handle(
+        self: Arc<Self>,
+        record: Prepared,
+        work: Work,
+        cancel: CancellationToken,
+        _: Decider,
+    ) -> BoxFuture<'static, Done> {
         async move { self.process(record, work, cancel).await }.boxed()
     }
 }

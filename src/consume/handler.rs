@@ -1,10 +1,12 @@
-//! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`].
+//! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`],
+//! and [`Decider`]/[`Held`] for a handler that decides a record's offset after it has let go of its slot.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
 use rdkafka::message::OwnedMessage;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::LiveLimit;
@@ -34,6 +36,65 @@ pub enum Done {
     Decided,
     /// Given up at shutdown or revoke: it will be read again.
     Abandoned,
+    /// The handler kept the record's [`Held`] (from [`Decider::hold`]): its slot is
+    /// free now, its offset waits for [`Held::decide`] (or is never passed if the
+    /// `Held` is dropped undecided). Drains wait for held records, after [`Handler::flush`].
+    Held,
+}
+
+/// A decision on a held record, sent to the loop that read it.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub key: (Arc<str>, i32),
+    pub generation: u64,
+    pub offset: i64,
+    /// `false`: let go undecided (the record will be read again).
+    pub decided: bool,
+}
+
+/// Given with each record: the way to hold it past its slot. Dropping it unused costs nothing.
+#[derive(Debug)]
+pub struct Decider {
+    pub(crate) tx: mpsc::UnboundedSender<Decision>,
+    pub(crate) key: (Arc<str>, i32),
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+}
+
+impl Decider {
+    /// Takes the record's offset into the handler's keeping; the handler then returns [`Done::Held`].
+    pub fn hold(self) -> Held {
+        Held { decider: Some(self) }
+    }
+}
+
+/// A record whose offset a handler decides later. Small (no record): what a
+/// handler keeps instead of the record. Dropped undecided, it releases the
+/// record without deciding it, so a drain never waits for a lost handle.
+#[derive(Debug)]
+#[must_use = "a held record is decided with `decide`; dropping it leaves it to be read again"]
+pub struct Held {
+    decider: Option<Decider>,
+}
+
+impl Held {
+    /// The offset may pass this record.
+    pub fn decide(mut self) {
+        self.send(true);
+    }
+
+    fn send(&mut self, decided: bool) {
+        if let Some(d) = self.decider.take() {
+            // A closed loop has stopped: nothing left to decide.
+            let _ = d.tx.send(Decision { key: d.key, generation: d.generation, offset: d.offset, decided });
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.send(false);
+    }
 }
 
 /// The endpoint a record goes to, and how many of its records may be in flight (read when scheduling).
@@ -99,9 +160,18 @@ pub trait Handler: Send + Sync + 'static {
     /// it: the loop keeps the result, so nothing is parsed or copied twice.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
 
-    /// Works on the record until its outcome is decided, or `cancel` fires.
-    fn handle(self: Arc<Self>, record: Self::Record, work: Work, cancel: CancellationToken)
-        -> BoxFuture<'static, Done>;
+    /// Works on the record until its outcome is decided, or `cancel` fires;
+    /// or holds it with `decider` and returns [`Done::Held`].
+    fn handle(
+        self: Arc<Self>,
+        record: Self::Record,
+        work: Work,
+        cancel: CancellationToken,
+        decider: Decider,
+    ) -> BoxFuture<'static, Done>;
+
+    /// Decides held records now, as far as it can (a drain or revoke is waiting for them).
+    fn flush(&self) {}
 }
 
 /// One consumer: its group, topics and limits.
@@ -116,5 +186,7 @@ pub struct Spec {
     pub max_read_ahead: usize,
     /// Due records of one endpoint waiting in one partition before the overflow is deferred.
     pub max_waiting_per_endpoint: usize,
+    /// Held records ([`Done::Held`]) of this consumer, at most: at this many, no new work starts.
+    pub max_held: usize,
     pub grace: Duration,
 }

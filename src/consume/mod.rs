@@ -6,6 +6,8 @@
 //!   and rebalance events in order down one channel to the loop.
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
+//! - `held`: decisions on records a handler holds past their slot ([`Done::Held`]).
+//! - `revoke`: letting go of revoked partitions.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
 //!   Offsets are stored (and then committed by librdkafka's background commit,
 //!   on revoke and on close) only at the highest contiguous decided offset of
@@ -17,7 +19,9 @@
 
 mod client;
 pub mod handler;
+mod held;
 pub mod partition;
+mod revoke;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -26,15 +30,17 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::client::{Client, KafkaConsumer, Polled};
-pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
+use self::handler::Decision;
+pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
 use self::partition::{schedule, Lifecycle, Limits, Partition, PauseReason, Waiting};
+use self::revoke::PendingRevoke;
 use crate::clock::now_ms;
 use crate::config::Config;
 use crate::kafka::Unavailable;
@@ -80,13 +86,6 @@ struct Completion {
     done: Done,
 }
 
-/// A revoke the poll thread is waiting on.
-struct PendingRevoke {
-    partitions: Vec<(Arc<str>, i32)>,
-    ack: std::sync::mpsc::Sender<()>,
-    deadline: Instant,
-}
-
 /// The async side: owns partition state, dispatches work, stores offsets.
 struct Loop<H: Handler> {
     spec: Spec,
@@ -103,12 +102,18 @@ struct Loop<H: Handler> {
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
+    /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
+    decide_tx: mpsc::UnboundedSender<Decision>,
+    decide_rx: mpsc::UnboundedReceiver<Decision>,
+    /// Held records of all partitions (the sum of [`Partition::held`]).
+    held: i64,
 }
 
 impl<H: Handler> Loop<H> {
     fn new(spec: Spec, consumer: Arc<KafkaConsumer>, handler: Arc<H>) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
+        let (decide_tx, decide_rx) = mpsc::unbounded_channel();
         Loop {
             spec,
             consumer,
@@ -122,6 +127,9 @@ impl<H: Handler> Loop<H> {
             done_rx,
             revoke: None,
             endpoint_in_flight: IdMap::default(),
+            decide_tx,
+            decide_rx,
+            held: 0,
         }
     }
 
@@ -136,6 +144,7 @@ impl<H: Handler> Loop<H> {
                 // Finished work first: it frees capacity and moves offsets.
                 biased;
                 Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
@@ -168,12 +177,22 @@ impl<H: Handler> Loop<H> {
             partition.stop();
             partition.paused = None;
         }
+        // Held records are decided by the handler: ask it to do so now, not at its own pace.
+        self.handler.flush();
         let deadline = Instant::now() + self.spec.grace;
-        while self.in_flight > 0 {
+        while self.in_flight > 0 || self.held > 0 {
             tokio::select! {
                 Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
+        }
+        if self.held > 0 {
+            tracing::warn!(
+                role = self.spec.role.as_str(),
+                held = self.held,
+                "grace period over, held records stay undecided"
+            );
         }
         if self.in_flight > 0 {
             tracing::warn!(
@@ -200,7 +219,9 @@ impl<H: Handler> Loop<H> {
         for (topic, partition) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
-            self.partitions.insert((Arc::<str>::from(topic), partition), Partition::new(self.generation));
+            let replaced =
+                self.partitions.insert((Arc::<str>::from(topic), partition), Partition::new(self.generation));
+            self.held -= replaced.map_or(0, |p| p.held);
         }
         // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
         if let Err(error) = self.consumer.resume(&tpl) {
@@ -236,7 +257,9 @@ impl<H: Handler> Loop<H> {
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
         };
-        let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
+        // At the bound on held records, nothing new starts until some are decided.
+        let held_full = self.held >= self.spec.max_held as i64;
+        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight) };
         let Some(partition) = self.partitions.get_mut(key) else { return };
         let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
         let dispatch = schedule(partition, now_ms(), limits, free, load);
@@ -258,7 +281,14 @@ impl<H: Handler> Loop<H> {
                 offset: waiting.offset,
                 done: Done::Abandoned,
             };
-            let work = self.handler.clone().handle(*waiting.record, work, self.abandon.child_token());
+            // The way to hold the record past its slot (the failure handler does).
+            let decider = Decider {
+                tx: self.decide_tx.clone(),
+                key: key.clone(),
+                generation: partition.generation,
+                offset: waiting.offset,
+            };
+            let work = self.handler.clone().handle(*waiting.record, work, self.abandon.child_token(), decider);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
@@ -313,16 +343,17 @@ impl<H: Handler> Loop<H> {
             partition.count(slot, false);
         }
         self.in_flight -= 1;
-        if done.done == Done::Decided {
-            if let Some(position) = partition.tracker.decide(done.offset) {
-                let mut tpl = TopicPartitionList::new();
-                let stored = tpl
-                    .add_partition_offset(&done.key.0, done.key.1, Offset::Offset(position))
-                    .and_then(|()| self.consumer.store_offsets(&tpl));
-                if let Err(error) = stored {
-                    tracing::debug!(topic = &*done.key.0, partition = done.key.1, position, %error, "offset not stored");
+        match done.done {
+            Done::Decided => {
+                if let Some(position) = partition.tracker.decide(done.offset) {
+                    self.store(&done.key, position);
                 }
             }
+            Done::Held => {
+                partition.held += 1;
+                self.held += 1;
+            }
+            Done::Abandoned => {}
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {
@@ -330,59 +361,6 @@ impl<H: Handler> Loop<H> {
         } else {
             self.pump(&done.key.clone());
         }
-    }
-
-    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
-        let mut keys = Vec::new();
-        let mut paused = TopicPartitionList::new();
-        for (topic, partition) in revoked {
-            let key = (Arc::<str>::from(topic), partition);
-            if let Some(p) = self.partitions.get_mut(&key) {
-                // Waiting records and due timers go with the partition: the next
-                // owner reads them again from the committed offset.
-                p.stop();
-                if p.paused.take().is_some() {
-                    paused.add_partition(&key.0, key.1);
-                }
-            }
-            keys.push(key);
-        }
-        if paused.count() > 0 {
-            if let Err(error) = self.consumer.resume(&paused) {
-                tracing::debug!(%error, "resume of revoked partitions failed");
-            }
-        }
-        self.revoke = Some(PendingRevoke { partitions: keys, ack, deadline: Instant::now() + self.spec.grace });
-    }
-
-    fn check_revoke(&mut self) {
-        let drained = self
-            .revoke
-            .as_ref()
-            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(|p| p.in_flight == 0)));
-        if drained {
-            self.finish_revoke(false);
-        }
-    }
-
-    /// Lets go of the revoked partitions: their decided offsets are stored already,
-    /// the callback commits them once acknowledged.
-    fn finish_revoke(&mut self, timed_out: bool) {
-        let Some(revoke) = self.revoke.take() else { return };
-        for key in &revoke.partitions {
-            if let Some(p) = self.partitions.remove(key) {
-                if timed_out && p.in_flight > 0 {
-                    tracing::warn!(
-                        topic = &*key.0,
-                        partition = key.1,
-                        in_flight = p.in_flight,
-                        "revoke grace over; records will be read again by the new owner"
-                    );
-                    self.in_flight -= p.in_flight;
-                }
-            }
-        }
-        let _ = revoke.ack.send(());
     }
 
     /// When the loop must look at a partition again for time's sake: the

@@ -2,6 +2,7 @@
 //! real local HTTP receivers and SMTP server, real `hookrelay` processes.
 
 mod bench;
+mod dead_flood;
 mod delivery;
 mod exit_codes;
 mod harness;
