@@ -5,7 +5,7 @@ CONFIG ?= hookrelay.example.toml
 # Set KAFKA_BOOTSTRAP to use your own broker; otherwise a local one is started.
 KAFKA_BOOTSTRAP ?=
 
-.PHONY: help build release run test unit lint fmt bench kafka-up kafka-down deploy-check clean
+.PHONY: help build release run test unit lint fmt bench drill kafka-up kafka-down deploy-check clean
 
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
@@ -13,6 +13,7 @@ help:
 	@echo "make unit         unit tests only (no broker)"
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
 	@echo "make bench        throughput and latency drills against local Kafka, printed as a report"
+	@echo "make drill        fault drills (kill -9, broker down, malformed, ...): one ledger line each, lost = 0"
 	@echo "make kafka-up     start the local broker (127.0.0.1:9092; SASL on :9094)"
 	@echo "make kafka-down   stop it"
 
@@ -50,6 +51,9 @@ fmt:
 
 bench:
 	@scripts/bench.sh
+
+drill:
+	@scripts/drill.sh
 
 deploy-check:
 	@scripts/check-deploy.sh

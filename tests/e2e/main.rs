@@ -4,6 +4,7 @@
 mod bench;
 mod dead_flood;
 mod delivery;
+mod drill;
 mod exit_codes;
 mod harness;
 mod isolation;

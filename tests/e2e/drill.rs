@@ -1,0 +1,283 @@
+//! Fault drills. The long ones are ignored here and run by `make drill`
+//! (scripts/drill.sh); short versions of kill -9 and malformed input run in
+//! `make test`. Every drill is bounded in events and time, sends only to
+//! 127.0.0.1, and prints one ledger line: every produced event is delivered,
+//! dead (by reason), or pending (not yet decided, at or after its partition's
+//! committed offset, so it will be read again); anything else is lost, and
+//! lost must be 0.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Where each produced event sits on the event topic, and its id (when it has one a receiver will see).
+#[derive(Default)]
+struct Produced {
+    events: Vec<(i32, i64, Option<String>)>,
+}
+
+impl Produced {
+    async fn send(
+        &mut self,
+        producer: &rdkafka::producer::FutureProducer,
+        topic: &str,
+        values: Vec<(Option<String>, Vec<u8>)>,
+    ) {
+        for chunk in values.chunks(1000) {
+            let sends = chunk.iter().map(|(_, value)| produce(producer, topic, None, None, value));
+            let sent = futures::future::join_all(sends).await;
+            for ((id, _), (partition, offset)) in chunk.iter().zip(sent) {
+                self.events.push((partition, offset, id.clone()));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// One drill's account of its events.
+struct Ledger {
+    drill: &'static str,
+    produced: usize,
+    delivered: usize,
+    duplicates: usize,
+    dead: BTreeMap<String, usize>,
+    pending: usize,
+    lost: usize,
+}
+
+impl Ledger {
+    fn print(&self) {
+        let dead = if self.dead.is_empty() {
+            "0".to_string()
+        } else {
+            self.dead.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "DRILL {:<22} produced {:>6}  delivered {:>6}  duplicates {:>5}  dead {}  pending {}  lost {}",
+            self.drill, self.produced, self.delivered, self.duplicates, dead, self.pending, self.lost
+        );
+    }
+}
+
+/// Waits (up to `timeout`) until every produced event is delivered to one of `receivers` or dead, then
+/// prints the ledger and asserts that nothing is lost.
+async fn account(
+    drill: &'static str,
+    topics: &Topics,
+    produced: &Produced,
+    receivers: &[&Receiver],
+    timeout: Duration,
+) -> Ledger {
+    let ours: HashSet<&str> = produced.events.iter().filter_map(|(_, _, id)| id.as_deref()).collect();
+    let delivered = || -> HashSet<String> {
+        receivers.iter().flat_map(|r| r.delivered_ids()).filter(|id| ours.contains(id.as_str())).collect()
+    };
+    let dead_of = |records: &[Record]| -> HashMap<(i32, i64), String> {
+        records
+            .iter()
+            .filter(|r| r.header("hookrelay-origin-topic") == Some(topics.events.as_str()))
+            .map(|r| {
+                let at = (r.header_i64("hookrelay-origin-partition") as i32, r.header_i64("hookrelay-origin-offset"));
+                (at, r.header("hookrelay-reason").unwrap_or("unknown").to_string())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + timeout;
+    let (delivered_ids, dead) = loop {
+        let delivered_ids = delivered();
+        let expected_dead = produced.len().saturating_sub(delivered_ids.len());
+        let dead = dead_of(&read_topic(&topics.dead, expected_dead, Duration::from_secs(5)).await);
+        if delivered_ids.len() + dead.len() >= produced.len() || Instant::now() > deadline {
+            break (delivered_ids, dead);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let committed: HashMap<i32, i64> = produced
+        .events
+        .iter()
+        .map(|(p, _, _)| *p)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(|p| (p, committed(&topics.group, &topics.events, p).unwrap_or(0)))
+        .collect();
+    let (mut pending, mut lost) = (0, 0);
+    let mut reasons = BTreeMap::new();
+    let mut delivered_count = 0;
+    for (partition, offset, id) in &produced.events {
+        if id.as_ref().is_some_and(|id| delivered_ids.contains(id)) {
+            delivered_count += 1;
+        } else if let Some(reason) = dead.get(&(*partition, *offset)) {
+            *reasons.entry(reason.clone()).or_default() += 1;
+        } else if *offset >= committed[partition] {
+            pending += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    let requests: usize = receivers
+        .iter()
+        .flat_map(|r| r.received())
+        .filter(|r| (200..300).contains(&r.status) && ours.contains(r.header("webhook-id")))
+        .count();
+    let ledger = Ledger {
+        drill,
+        produced: produced.len(),
+        delivered: delivered_count,
+        duplicates: requests - delivered_ids.len(),
+        dead: reasons,
+        pending,
+        lost,
+    };
+    ledger.print();
+    assert_eq!(ledger.lost, 0, "{drill}: events lost");
+    ledger
+}
+
+fn good_events(receiver: &Receiver, prefix: &str, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let id = format!("{prefix}-{i}");
+            let value = format!(r#"{{"url":"{}","payload":{{"i":{i}}},"id":"{id}"}}"#, receiver.url("/x"));
+            (Some(id), value.into_bytes())
+        })
+        .collect()
+}
+
+async fn kill_9(drill: &'static str, n: usize) -> Ledger {
+    // 20 ms per request: the kill lands mid-stream.
+    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
+    let config = Config::new(&topics).set("delivery.max_in_flight_per_endpoint", 16);
+    let mut relay = Relay::start(&config, &[]).await;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, good_events(&receiver, drill, n)).await;
+    eventually("some delivered", Duration::from_secs(120), || (receiver.count() >= n / 3).then_some(())).await;
+    signal(&relay.child, "KILL");
+    let _ = relay.child.wait();
+    assert!(receiver.delivered_ids().len() < n, "the kill must land mid-stream");
+    let _second = Relay::start(&config, &[]).await;
+    let ledger = account(drill, &topics, &produced, &[&receiver], Duration::from_secs(180)).await;
+    assert_eq!((ledger.delivered, ledger.pending), (n, 0), "every event delivered after the restart");
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_short_kill_9_loses_nothing() {
+    kill_9("kill-9 (short)", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_kill_9_loses_nothing() {
+    kill_9("kill-9", 5_000).await;
+}
+
+/// Records that must each become a dead letter `invalid_event`: every kind in turn.
+fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    let url = receiver.url("/x");
+    let huge = "x".repeat(100_000); // over the drill's max_payload_bytes
+    (0..n)
+        .map(|i| {
+            let value = match i % 9 {
+                0 => format!("not json {i}"),
+                1 => format!(r#"{{"url":"{url}","payload":{{"i":{i}}},"id":{i}}}"#), // id of the wrong type
+                2 => format!(r#"{{"url":{i},"payload":1,"id":"m-{i}"}}"#),           // url of the wrong type
+                3 => format!(r#"{{"url":"ftp://127.0.0.1/{i}","payload":1,"id":"m-{i}"}}"#),
+                4 => format!(r#"{{"url":"not a url {i}","payload":1,"id":"m-{i}"}}"#),
+                5 => format!(r#"{{"url":"{url}","payload":1,"id":"m-{i}","headers":{{"x-a":"b\r\nx-injected: 1"}}}}"#),
+                6 => format!(r#"{{"endpoint":"nowhere","payload":1,"id":"m-{i}"}}"#),
+                7 => format!(r#"{{"url":"{url}","id":"m-{i}"}}"#), // no payload
+                // Huge (over max_payload_bytes); one in 90 only, to keep the drill's volume sane.
+                _ if i % 90 == 8 => format!(r#"{{"url":"{url}","payload":"{huge}","id":"m-{i}"}}"#),
+                _ => format!(r#"[{i}]"#),
+            };
+            (None, value.into_bytes())
+        })
+        .collect()
+}
+
+async fn malformed_mixed(drill: &'static str, bad: usize, good: usize) -> Ledger {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
+    let _relay = Relay::start(&Config::new(&topics).set("delivery.max_payload_bytes", 65_536), &[]).await;
+    let mut values = malformed(&receiver, bad);
+    let goods = good_events(&receiver, drill, good);
+    // Interleaved: the good ones are not held behind the bad ones.
+    let step = (values.len() / goods.len().max(1)).max(1);
+    for (k, g) in goods.into_iter().enumerate() {
+        values.insert((k * (step + 1)).min(values.len()), g);
+    }
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    let ledger = account(drill, &topics, &produced, &[&receiver], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, good, "every good event delivered");
+    assert_eq!(
+        ledger.dead.get("invalid_event").copied(),
+        Some(bad),
+        "every malformed record dead as invalid_event: {:?}",
+        ledger.dead
+    );
+    assert_eq!(receiver.count(), good, "no request for a malformed record");
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_short_malformed_records_are_dead_letters() {
+    malformed_mixed("malformed (short)", 180, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_malformed_records_are_dead_letters() {
+    malformed_mixed("malformed", 10_000, 2_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_broker_down_20s_loses_nothing() {
+    // Stopping the broker needs the one scripts/drill.sh started (KAFKA_RUN_DIR and ports
+    // inherited): never a shared broker the drill did not start.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let status = std::process::Command::new(script).arg("status").output().unwrap();
+    let ours = std::env::var("DRILL_OWN_BROKER").is_ok()
+        && String::from_utf8_lossy(&status.stdout).contains(&format!("KAFKA_BOOTSTRAP={}", bootstrap()));
+    if !ours {
+        println!(
+            "DRILL broker-down-20s       not run: KAFKA_BOOTSTRAP={} is not a broker scripts/drill.sh started",
+            bootstrap()
+        );
+        return;
+    }
+    // 20 ms per request at 16 concurrent: about 800/s, so the outage lands mid-stream.
+    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let topics = Topics::create(4, &[Duration::from_secs(2)]).await;
+    let config = Config::new(&topics).set("delivery.max_in_flight_per_endpoint", 16);
+    let mut relay = Relay::start(&config, &[]).await;
+    let n = 10_000;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, good_events(&receiver, "broker", n)).await;
+    eventually("some delivered", Duration::from_secs(60), || (receiver.count() >= n / 5).then_some(())).await;
+    let started = Instant::now();
+    let restarted = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(script).arg("restart").env("KAFKA_RESTART_PAUSE", "20").status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(restarted.success(), "scripts/kafka.sh restart failed");
+    assert!(receiver.delivered_ids().len() < n, "the outage must land mid-stream");
+    let outage = started.elapsed();
+    let ledger = account("broker-down-20s", &topics, &produced, &[&receiver], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, n);
+    assert!(matches!(relay.child.try_wait(), Ok(None)), "the relay kept running through the outage");
+    let log = relay.log_text();
+    println!(
+        "       broker down {:.0} s (stop + 20 s + start); the relay rode it out in one process: {} log lines about the brokers",
+        outage.as_secs_f64(),
+        log.lines().filter(|l| l.contains("broker") || l.contains("kafka")).count()
+    );
+}
