@@ -281,3 +281,132 @@ async fn drill_broker_down_20s_loses_nothing() {
         log.lines().filter(|l| l.contains("broker") || l.contains("kafka")).count()
     );
 }
+
+/// Forwards connections on `port` to `target` from the moment it is called: before, `port` refuses them.
+async fn open_port(port: u16, target: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the refused port");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_receiver_refusing_then_back() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let port = free_port();
+    let topics = Topics::create(4, &[Duration::from_secs(3), Duration::from_secs(3)]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
+    let n = 2_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("refused-{i}");
+            (
+                Some(id.clone()),
+                format!(r#"{{"url":"http://127.0.0.1:{port}/x","payload":{i},"id":"{id}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    let sent_ms = now_ms();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    // Refused for a while (every event's first attempt, some second ones), then back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let back_ms = now_ms();
+    let _proxy = open_port(port, receiver.addr).await;
+    let ledger = account("receiver-refusing", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
+    assert_eq!(ledger.delivered, n);
+    let first = receiver.received().iter().map(|r| r.at_ms).min().unwrap();
+    assert!(first >= back_ms, "nothing reached the receiver before its port was back");
+    // Every event was refused first, so it was delivered from a tier, not before the tier's delay.
+    assert!(first >= sent_ms + 3_000, "nothing delivered before due");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_blackholed_receiver_does_not_hold_others() {
+    // Accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let good = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1), Duration::from_secs(2)]).await;
+    let config = Config::new(&topics)
+        .endpoint("hole", &format!("http://{hole_addr}/x"))
+        .set("delivery.timeout", "2s")
+        .set("retry.max_age", "30s");
+    let relay = Relay::start(&config, &[]).await;
+    let n = 2_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("hole-{i}");
+            let value = if i % 2 == 0 {
+                format!(r#"{{"endpoint":"hole","payload":{i},"id":"{id}"}}"#)
+            } else {
+                format!(r#"{{"url":"{}","payload":{i},"id":"{id}"}}"#, good.url("/x"))
+            };
+            (Some(id), value.into_bytes())
+        })
+        .collect();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    eventually("the good receiver's events delivered", Duration::from_secs(60), || {
+        (good.delivered_ids().len() >= n / 2).then_some(())
+    })
+    .await;
+    let circuit = metric(&relay.metrics().await, "hookrelay_circuit_state{endpoint=\"hole\"}");
+    let ledger = account("blackholed-receiver", &topics, &produced, &[&good], Duration::from_secs(120)).await;
+    assert_eq!(ledger.delivered, n / 2, "every event to the good receiver delivered");
+    assert_eq!(ledger.dead.get("expired").copied(), Some(n / 2), "the blackholed ones expire: {:?}", ledger.dead);
+    assert!(circuit.is_some_and(|c| c > 0.0), "the blackholed endpoint's circuit opened: {circuit:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_notification_sink_down_for_two_windows() {
+    let sink = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(2, &[Duration::from_secs(1)]).await;
+    let sink_table = table([("kind", "http".into()), ("url", sink.url("/ops").into()), ("format", "json".into())]);
+    let config = Config::new(&topics)
+        .set("notify.window", "2s")
+        .set("delivery.max_payload_bytes", 65_536)
+        .push("notify.sinks", sink_table);
+    let _relay = Relay::start(&config, &[]).await;
+    let bad = 1_000;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, malformed(&receiver, bad)).await;
+    // Down for two windows, then back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sink.set(|b| b.status = 200);
+    let ledger = account("notify-sink-down", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
+    assert_eq!(ledger.dead.get("invalid_event").copied(), Some(bad));
+    let notified = || -> u64 {
+        sink.received()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["count"].as_u64().unwrap())
+            .sum()
+    };
+    eventually("every dead letter notified once the sink is back", Duration::from_secs(120), || {
+        (notified() >= bad as u64).then_some(())
+    })
+    .await;
+    let failed = sink.received().iter().filter(|r| r.status != 200).count();
+    println!(
+        "       notifications: {bad} dead letters in {} sent messages after {failed} refused attempts",
+        sink.count() - failed
+    );
+    assert_eq!(notified(), bad as u64, "no dead letter notified twice");
+}
