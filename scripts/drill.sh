@@ -19,4 +19,4 @@ fi
 trap '[[ -n "$started" ]] && scripts/kafka.sh down' EXIT
 mkdir -p target
 cargo test --locked --release --test e2e -- --ignored --nocapture --test-threads 1 drill:: 2>&1 \
-    | tee target/drill.log | grep -E "^DRILL|^       |test result|panicked"
+    | tee target/drill.log | grep -oE "DRILL.*|^       [a-z].*|test result.*|panicked.*"

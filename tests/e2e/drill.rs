@@ -276,9 +276,10 @@ async fn drill_broker_down_20s_loses_nothing() {
     assert!(matches!(relay.child.try_wait(), Ok(None)), "the relay kept running through the outage");
     let log = relay.log_text();
     println!(
-        "       broker down {:.0} s (stop + 20 s + start); the relay rode it out in one process: {} log lines about the brokers",
+        "       broker down {:.0} s (stop + 20 s pause + start); the relay kept running; {} log lines, {} of them librdkafka errors",
         outage.as_secs_f64(),
-        log.lines().filter(|l| l.contains("broker") || l.contains("kafka")).count()
+        log.lines().count(),
+        log.lines().filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("librdkafka")).count()
     );
 }
 
@@ -365,11 +366,15 @@ async fn drill_blackholed_receiver_does_not_hold_others() {
         (good.delivered_ids().len() >= n / 2).then_some(())
     })
     .await;
-    let circuit = metric(&relay.metrics().await, "hookrelay_circuit_state{endpoint=\"hole\"}");
+    // The gauge moves (open, half-open probe, open again): seen open at some point is what counts.
+    let circuit = eventually_async("the blackholed endpoint's circuit open", Duration::from_secs(60), || async {
+        metric(&relay.metrics().await, "hookrelay_circuit_state{endpoint=\"hole\"}").filter(|c| *c > 0.0)
+    })
+    .await;
     let ledger = account("blackholed-receiver", &topics, &produced, &[&good], Duration::from_secs(120)).await;
     assert_eq!(ledger.delivered, n / 2, "every event to the good receiver delivered");
     assert_eq!(ledger.dead.get("expired").copied(), Some(n / 2), "the blackholed ones expire: {:?}", ledger.dead);
-    assert!(circuit.is_some_and(|c| c > 0.0), "the blackholed endpoint's circuit opened: {circuit:?}");
+    assert!(circuit > 0.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
