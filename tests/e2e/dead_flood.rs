@@ -117,3 +117,27 @@ async fn a_drain_sends_the_open_window_before_its_final_commit() {
     let handled = counter_sum(&restarted.metrics().await, "hookrelay_dead_letters_handled_total");
     assert_eq!(handled, 0.0, "nothing was read again");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_of_dead_partitions_sends_the_open_window_first() {
+    const COUNT: usize = 40;
+    let sink = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(2, &TIERS).await;
+    let ends = produce_dead(&topics.dead, 2, COUNT, "moved").await;
+    let config = Config::new(&topics).set("notify.window", "1h").push("notify.sinks", json_sink(&sink.url("/ops")));
+    let first = Relay::start(&config, &["--role", "dead"]).await;
+    eventually_async("every dead letter handled", Duration::from_secs(60), || async {
+        let handled = counter_sum(&first.metrics().await, "hookrelay_dead_letters_handled_total");
+        (handled >= COUNT as f64).then_some(())
+    })
+    .await;
+    assert_eq!(sink.count(), 0, "the window is open");
+
+    // A second replica joins: a partition is revoked from the first, which sends its window before letting go.
+    let second = Relay::start(&config, &["--role", "dead"]).await;
+    eventually("the window sent on the revoke", Duration::from_secs(60), || (sink.count() >= 1).then_some(())).await;
+    all_committed(&topics, &ends).await;
+    holds_for("nothing notified twice", Duration::from_secs(3), || notified_counts(&sink) == [COUNT as u64]).await;
+    let handled = counter_sum(&second.metrics().await, "hookrelay_dead_letters_handled_total");
+    assert_eq!(handled, 0.0, "the new owner had nothing to read again");
+}
