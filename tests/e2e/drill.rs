@@ -2,9 +2,9 @@
 //! (scripts/drill.sh); short versions of kill -9 and malformed input run in
 //! `make test`. Every drill is bounded in events and time, sends only to
 //! 127.0.0.1, and prints one ledger line: every produced event is delivered,
-//! dead (by reason), or pending (not yet decided, at or after its partition's
-//! committed offset, so it will be read again); anything else is lost, and
-//! lost must be 0.
+//! dead (by reason), or pending (not yet decided: at or after its partition's
+//! committed offset, or on a tier at or after the tier group's committed
+//! offset, so it will be read again); anything else is lost, and lost must be 0.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -104,6 +104,23 @@ async fn account(
         .into_iter()
         .map(|p| (p, committed(&topics.group, &topics.events, p).unwrap_or(0)))
         .collect();
+    // Routed to a tier and not yet read past there: pending on the tier.
+    let mut on_tiers = HashSet::new();
+    for (tier, _) in &topics.tiers {
+        let group = format!("{}.{tier}", topics.group);
+        let mut tier_committed = HashMap::new();
+        for record in read_topic(tier, usize::MAX, Duration::from_secs(15)).await {
+            let committed = *tier_committed
+                .entry(record.partition)
+                .or_insert_with(|| crate::harness::committed(&group, tier, record.partition).unwrap_or(0));
+            if record.offset >= committed && record.header("hookrelay-origin-topic") == Some(topics.events.as_str()) {
+                on_tiers.insert((
+                    record.header_i64("hookrelay-origin-partition") as i32,
+                    record.header_i64("hookrelay-origin-offset"),
+                ));
+            }
+        }
+    }
     let (mut pending, mut lost) = (0, 0);
     let mut reasons = BTreeMap::new();
     let mut delivered_count = 0;
@@ -112,7 +129,7 @@ async fn account(
             delivered_count += 1;
         } else if let Some(reason) = dead.get(&(*partition, *offset)) {
             *reasons.entry(reason.clone()).or_default() += 1;
-        } else if *offset >= committed[partition] {
+        } else if *offset >= committed[partition] || on_tiers.contains(&(*partition, *offset)) {
             pending += 1;
         } else {
             lost += 1;
@@ -414,4 +431,38 @@ async fn drill_notification_sink_down_for_two_windows() {
         sink.count() - failed
     );
     assert_eq!(notified(), bad as u64, "no dead letter notified twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_three_replicas_one_stopped_one_killed_one_joining() {
+    let fast = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    // Down (503) through the faults: a third of the events wait on the tiers, whose partitions pause until due.
+    let flaky = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(6, &[Duration::from_secs(5), Duration::from_secs(5)]).await;
+    let config = Config::new(&topics)
+        .set("delivery.max_in_flight_per_endpoint", 8)
+        .set("kafka.properties", table([("session.timeout.ms", "10000".into())]));
+    let mut first = Relay::start(&config, &[]).await;
+    let mut second = Relay::start(&config, &[]).await;
+    let _third = Relay::start(&config, &[]).await;
+    let n = 3_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("replicas-{i}");
+            let url = if i % 3 == 0 { flaky.url("/x") } else { fast.url("/x") };
+            (Some(id.clone()), format!(r#"{{"url":"{url}","payload":{i},"id":"{id}"}}"#).into_bytes())
+        })
+        .collect();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    eventually("some delivered", Duration::from_secs(60), || (fast.count() >= n / 5).then_some(())).await;
+    assert_eq!(first.terminate(Duration::from_secs(40)), Some(0), "the SIGTERMed replica drains and exits 0");
+    signal(&second.child, "KILL");
+    let _ = second.child.wait();
+    let _fourth = Relay::start(&config, &[]).await;
+    assert!(fast.delivered_ids().len() + flaky.delivered_ids().len() < n, "the faults land mid-stream");
+    flaky.set(|b| b.status = 200);
+    let ledger = account("three-replicas", &topics, &produced, &[&fast, &flaky], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, n, "every event delivered");
 }
