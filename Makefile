@@ -7,7 +7,7 @@ KAFKA_BOOTSTRAP ?=
 # make bench BENCH_ARGS="--scenario S0,S2 --scale 0.2"
 BENCH_ARGS ?=
 
-.PHONY: help build release run test unit lint fmt bench kafka-up kafka-down deploy-check clean
+.PHONY: help build release run test unit lint fmt bench drill kafka-up kafka-down deploy-check clean
 
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
@@ -15,6 +15,7 @@ help:
 	@echo "make unit         unit tests only (no broker)"
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
 	@echo "make bench        the benchmark (S0..S8: null pipeline vs hookrelay, many endpoints), table + .bench/*.json"
+	@echo "make drill        fault drills (kill -9, broker down, malformed, ...): one ledger line each, lost = 0"
 	@echo "make kafka-up     start the local broker (127.0.0.1:9092; SASL on :9094)"
 	@echo "make kafka-down   stop it"
 
@@ -52,6 +53,9 @@ fmt:
 
 bench:
 	@scripts/bench.sh $(BENCH_ARGS)
+
+drill:
+	@scripts/drill.sh
 
 deploy-check:
 	@scripts/check-deploy.sh

@@ -36,6 +36,7 @@
 #   KAFKA_SASL_REAUTH_PORT SASL_PLAINTEXT port with short re-authentication (default 9097)
 #   KAFKA_VERSION          override the Kafka version pinned in scripts/kafka/pom.xml
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker (default 120)
+#   KAFKA_RESTART_PAUSE    seconds `restart` leaves the broker down before starting it (default 0; drills)
 #   KAFKA_HEAP_OPTS        JVM heap (default "-Xms512m -Xmx1g")
 #   JAVA_HOME / MAVEN_OPTS honoured as usual; the Maven repo is the default ~/.m2
 #
@@ -479,6 +480,10 @@ cmd_restart() {
     stop_pid "$pid"
   fi
   rm -f "$PID_FILE"
+  if [[ "${KAFKA_RESTART_PAUSE:-0}" != 0 ]]; then
+    log "broker down for ${KAFKA_RESTART_PAUSE}s"
+    sleep "$KAFKA_RESTART_PAUSE"
+  fi
   start_broker "$t0"
 }
 

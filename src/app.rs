@@ -16,11 +16,10 @@ use crate::route::Router;
 /// How long start-up waits for the brokers before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// The failure handler's in-flight records per partition, at least. A dead
-/// record stays in flight until its endpoint's notification window (default
-/// 1 m) is sent, so with the relay's default of 128 one partition would move at
-/// most 128 dead letters per window; this lets a burst through in one window.
-const DEAD_IN_FLIGHT_PER_PARTITION: usize = 1024;
+/// Dead records held (counted into an open notification window, offset not
+/// yet decided) per replica, at most: about 100 bytes each, so tens of MB at
+/// worst; at 5,000 dead letters/s a 1 m window holds 300,000.
+const MAX_HELD: usize = 1_000_000;
 
 /// Which roles this process runs (`--role events,retry,dead`).
 #[derive(Debug, Clone, Copy)]
@@ -84,6 +83,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         max_in_flight_per_partition: config.delivery.max_in_flight_per_partition,
         max_read_ahead: config.delivery.max_read_ahead_per_partition,
         max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
+        max_held: MAX_HELD,
         grace: config.shutdown.grace,
     };
     let group = &config.kafka.group_id;
@@ -131,10 +131,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     if roles.dead {
         let handler = Arc::new(crate::notify::FailureHandler::new(&config)?);
-        let spec = Spec {
-            max_in_flight_per_partition: config.delivery.max_in_flight_per_partition.max(DEAD_IN_FLIGHT_PER_PARTITION),
-            ..spec(Role::Dead, dead_group(group), vec![config.topics.dead.clone()])
-        };
+        let spec = spec(Role::Dead, dead_group(group), vec![config.topics.dead.clone()]);
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
         let budget = budget.clone();
         tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });

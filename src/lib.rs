@@ -16,8 +16,8 @@
 //!   [`readiness`]: the latch behind `/ready`; [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`consume`]: the consumer every role runs: `client` (librdkafka callbacks, poll thread),
 //!   `handler` (the contract with the work on a record, panics caught), `partition` (state and the
-//!   pure scheduler), `budget` (the process's memory budget in bytes), `revoke` (letting partitions
-//!   go within the grace), and the loop itself.
+//!   pure scheduler), `budget` (the process's memory budget in bytes), `held` (offsets decided after
+//!   the slot is free), `revoke` (letting partitions go within the grace), and the loop itself.
 //! - [`relay`]: the handler of event and tier records, from decode to route.
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.

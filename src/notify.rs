@@ -4,6 +4,12 @@
 //! was sent by every sink, or a sink finally gave up (after
 //! `notify.give_up_after` of retries with backoff). Sinks run side by side,
 //! so a failing one never delays the others' messages.
+//!
+//! A dead record does not stay in flight for its window: the handler counts it
+//! into its group and keeps only its [`Held`] offset, so the consumer moves on
+//! at full speed while memory stays small (counts, a few ids, offsets). A drain
+//! or revoke [`flush`](Handler::flush)es: open windows are sent at once and their
+//! offsets decided before the final commit, so a deploy does not notify twice.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -16,12 +22,11 @@ use lettre::transport::smtp::authentication::Credentials;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executor};
 use rdkafka::message::OwnedMessage;
 use serde::Serialize;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::{now_ms, rfc3339};
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
-use crate::consume::{Done, Handler, Ticket, Work};
+use crate::consume::{Decider, Done, Handler, Held, Ticket, Work};
 use crate::hop::DeadLetter;
 use crate::metrics::{self, Notified};
 use crate::outcome::DeadReason;
@@ -58,7 +63,8 @@ struct Group {
     first_ms: i64,
     last_ms: i64,
     event_ids: Vec<String>,
-    waiters: Vec<oneshot::Sender<()>>,
+    /// The offsets this window covers, decided once it is sent.
+    held: Vec<Held>,
 }
 
 impl Group {
@@ -90,6 +96,9 @@ pub struct FailureHandler {
     give_up_after: Duration,
     sinks: Arc<Vec<Sink>>,
     groups: Arc<Mutex<HashMap<String, Group>>>,
+    /// Fired by [`Handler::flush`]: every open window is sent now. Replaced
+    /// after firing, so windows opened later wait their full time again.
+    flush: Mutex<CancellationToken>,
 }
 
 impl FailureHandler {
@@ -100,14 +109,14 @@ impl FailureHandler {
             give_up_after: config.notify.give_up_after,
             sinks: Arc::new(sinks),
             groups: Arc::default(),
+            flush: Mutex::default(),
         })
     }
 
-    /// Adds a dead record to its endpoint's group; the receiver fires when the group's notification is done.
-    fn add(&self, dead: &DeadLetter) -> oneshot::Receiver<()> {
+    /// Adds a dead record to its endpoint's group; `held` is decided once the group's notification is done.
+    fn add(&self, dead: &DeadLetter, held: Held) {
         let endpoint = dead.endpoint.as_str();
         let at_ms = dead.at_ms.unwrap_or_else(now_ms);
-        let (tx, rx) = oneshot::channel();
         let mut groups = self.groups.lock().expect("groups lock poisoned");
         let opened = !groups.contains_key(endpoint);
         let group = groups.entry(endpoint.to_string()).or_default();
@@ -125,23 +134,24 @@ impl FailureHandler {
         if group.event_ids.len() < MAX_IDS {
             group.event_ids.push(dead.id.clone());
         }
-        group.waiters.push(tx);
+        group.held.push(held);
         if opened {
             let (groups, sinks, endpoint) = (self.groups.clone(), self.sinks.clone(), endpoint.to_string());
             let (window, give_up_after) = (self.window, self.give_up_after);
+            let flush = self.flush.lock().expect("flush lock poisoned").clone();
             tokio::spawn(async move {
-                tokio::time::sleep(window).await;
+                tokio::select! {
+                    _ = tokio::time::sleep(window) => {}
+                    _ = flush.cancelled() => {}
+                }
                 let group = groups.lock().expect("groups lock poisoned").remove(&endpoint);
                 if let Some(group) = group {
                     let notification = group.notification(&endpoint);
                     futures::future::join_all(sinks.iter().map(|s| s.deliver(&notification, give_up_after))).await;
-                    for waiter in group.waiters {
-                        let _ = waiter.send(());
-                    }
+                    group.held.into_iter().for_each(Held::decide);
                 }
             });
         }
-        rx
     }
 }
 
@@ -153,22 +163,22 @@ impl Handler for FailureHandler {
     }
 
     /// The dead topic has no endpoint limits, so `Work::Defer` never comes here.
+    /// Holds every record: its offset is decided when its window was sent (or gave up).
     fn handle(
         self: Arc<Self>,
         dead: Arc<DeadLetter>,
-        _work: Work,
-        cancel: CancellationToken,
+        _: Work,
+        _: CancellationToken,
+        decider: Decider,
     ) -> BoxFuture<'static, Done> {
-        async move {
-            metrics::dead_letter_handled(&dead);
-            let notified = self.add(&dead);
-            tokio::select! {
-                // A dropped sender means the window's task died: not notified, so not decided.
-                sent = notified => if sent.is_ok() { Done::Decided } else { Done::Abandoned },
-                _ = cancel.cancelled() => Done::Abandoned,
-            }
-        }
-        .boxed()
+        metrics::dead_letter_handled(&dead);
+        self.add(&dead, decider.hold());
+        futures::future::ready(Done::Held).boxed()
+    }
+
+    /// Sends every open window now; windows opened from here on wait their full time.
+    fn flush(&self) {
+        std::mem::take(&mut *self.flush.lock().expect("flush lock poisoned")).cancel();
     }
 
     /// A dead record whose handling panicked is not produced anywhere again:

@@ -13,7 +13,7 @@ use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
 use crate::concurrency::{Limiter, Signal};
 use crate::config::Config;
-use crate::consume::{Done, EndpointSlot, Handler, Ticket, Work};
+use crate::consume::{Decider, Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::headers::RecordHeaders;
@@ -196,7 +196,9 @@ impl Handler for Relay {
         record: Arc<Prepared>,
         work: Work,
         cancel: CancellationToken,
+        _: Decider,
     ) -> BoxFuture<'static, Done> {
+        // Never holds: every record is decided or abandoned before its slot is free.
         // The record's log lines carry its trace id, and its exported spans
         // join its trace; without either there is no span at all.
         let span = match &record.trace {
@@ -212,6 +214,7 @@ impl Handler for Relay {
         };
         async move { self.process(&record, work, cancel).await }.instrument(span).boxed()
     }
+
     /// A record whose handling panicked goes to the dead topic as it came,
     /// with the hop state it was read with and the panic's message.
     fn recover(

@@ -1,4 +1,5 @@
-//! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`].
+//! The contract between a consumer's loop and the work done on each record: [`Handler`], [`Ticket`], [`Done`],
+//! and [`Decider`]/[`Held`] for a handler that decides a record's offset after it has let go of its slot.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -7,6 +8,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use rdkafka::message::OwnedMessage;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::LiveLimit;
@@ -37,6 +39,65 @@ pub enum Done {
     Decided,
     /// Given up at shutdown or revoke: it will be read again.
     Abandoned,
+    /// The handler kept the record's [`Held`] (from [`Decider::hold`]): its slot is
+    /// free now, its offset waits for [`Held::decide`] (or is never passed if the
+    /// `Held` is dropped undecided). Drains wait for held records, after [`Handler::flush`].
+    Held,
+}
+
+/// A decision on a held record, sent to the loop that read it.
+#[derive(Debug)]
+pub(crate) struct Decision {
+    pub key: (Arc<str>, i32),
+    pub generation: u64,
+    pub offset: i64,
+    /// `false`: let go undecided (the record will be read again).
+    pub decided: bool,
+}
+
+/// Given with each record: the way to hold it past its slot. Dropping it unused costs nothing.
+#[derive(Debug)]
+pub struct Decider {
+    pub(crate) tx: mpsc::UnboundedSender<Decision>,
+    pub(crate) key: (Arc<str>, i32),
+    pub(crate) generation: u64,
+    pub(crate) offset: i64,
+}
+
+impl Decider {
+    /// Takes the record's offset into the handler's keeping; the handler then returns [`Done::Held`].
+    pub fn hold(self) -> Held {
+        Held { decider: Some(self) }
+    }
+}
+
+/// A record whose offset a handler decides later. Small (no record): what a
+/// handler keeps instead of the record. Dropped undecided, it releases the
+/// record without deciding it, so a drain never waits for a lost handle.
+#[derive(Debug)]
+#[must_use = "a held record is decided with `decide`; dropping it leaves it to be read again"]
+pub struct Held {
+    decider: Option<Decider>,
+}
+
+impl Held {
+    /// The offset may pass this record.
+    pub fn decide(mut self) {
+        self.send(true);
+    }
+
+    fn send(&mut self, decided: bool) {
+        if let Some(d) = self.decider.take() {
+            // A closed loop has stopped: nothing left to decide.
+            let _ = d.tx.send(Decision { key: d.key, generation: d.generation, offset: d.offset, decided });
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.send(false);
+    }
 }
 
 /// The endpoint a record goes to, and how many of its records may be in flight (read when scheduling).
@@ -102,13 +163,18 @@ pub trait Handler: Send + Sync + 'static {
     /// it: the loop keeps the result, so nothing is parsed or copied twice.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
 
-    /// Works on the record until its outcome is decided, or `cancel` fires.
+    /// Works on the record until its outcome is decided, or `cancel` fires;
+    /// or holds it with `decider` and returns [`Done::Held`].
     fn handle(
         self: Arc<Self>,
         record: Arc<Self::Record>,
         work: Work,
         cancel: CancellationToken,
+        decider: Decider,
     ) -> BoxFuture<'static, Done>;
+
+    /// Decides held records now, as far as it can (a drain or revoke is waiting for them).
+    fn flush(&self) {}
 
     /// Decides a record whose `handle` panicked (`why` is the panic's message).
     /// A panic is a bug, never a reason to hold the partition: the record is
@@ -130,10 +196,11 @@ pub async fn guarded<H: Handler>(
     record: H::Record,
     work: Work,
     cancel: CancellationToken,
+    decider: Decider,
 ) -> Done {
     let record = Arc::new(record);
     // The call is inside the guarded future too: a panic before its first await is caught as well.
-    let work = async { handler.clone().handle(record.clone(), work, cancel.clone()).await };
+    let work = async { handler.clone().handle(record.clone(), work, cancel.clone(), decider).await };
     let why = match AssertUnwindSafe(work).catch_unwind().await {
         Ok(done) => return done,
         Err(panic) => panic_message(&*panic),
@@ -162,6 +229,8 @@ pub struct Spec {
     pub max_read_ahead: usize,
     /// Due records of one endpoint waiting in one partition before the overflow is deferred.
     pub max_waiting_per_endpoint: usize,
+    /// Held records ([`Done::Held`]) of this consumer, at most: at this many, no new work starts.
+    pub max_held: usize,
     pub grace: Duration,
 }
 
@@ -185,8 +254,13 @@ mod tests {
             unreachable!("not used by these tests")
         }
 
-        fn handle(self: Arc<Self>, record: Arc<u32>, _: Work, cancel: CancellationToken) -> BoxFuture<'static, Done> {
-            let _ = cancel;
+        fn handle(
+            self: Arc<Self>,
+            record: Arc<u32>,
+            _: Work,
+            _: CancellationToken,
+            _: Decider,
+        ) -> BoxFuture<'static, Done> {
             async move {
                 tokio::task::yield_now().await;
                 assert!(*record % 2 == 0, "odd record {record}");
@@ -205,18 +279,29 @@ mod tests {
         }
     }
 
+    fn decider() -> Decider {
+        let (tx, _) = mpsc::unbounded_channel();
+        Decider { tx, key: (Arc::from("t"), 0), generation: 1, offset: 0 }
+    }
+
     #[tokio::test]
     async fn a_panicking_handler_still_reports_done_and_its_record_is_recovered() {
         let handler = Arc::new(Fragile::default());
         let cancel = CancellationToken::new();
-        assert_eq!(guarded(handler.clone(), Role::Events, 2, Work::Attempt, cancel.clone()).await, Done::Decided);
+        assert_eq!(
+            guarded(handler.clone(), Role::Events, 2, Work::Attempt, cancel.clone(), decider()).await,
+            Done::Decided
+        );
         assert!(handler.recovered.lock().unwrap().is_empty(), "no panic, no recovery");
-        assert_eq!(guarded(handler.clone(), Role::Retry, 3, Work::Attempt, cancel.clone()).await, Done::Decided);
+        assert_eq!(
+            guarded(handler.clone(), Role::Retry, 3, Work::Attempt, cancel.clone(), decider()).await,
+            Done::Decided
+        );
         assert_eq!(*handler.recovered.lock().unwrap(), vec![(3, "odd record 3".to_string())]);
 
         let broken = Arc::new(Fragile { panic_in_recover: true, ..Fragile::default() });
         assert_eq!(
-            guarded(broken, Role::Dead, 5, Work::Attempt, cancel).await,
+            guarded(broken, Role::Dead, 5, Work::Attempt, cancel, decider()).await,
             Done::Abandoned,
             "a panic in recover is caught too"
         );

@@ -6,6 +6,7 @@
 //!   and rebalance events in order down one channel to the loop.
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
+//! - `held`: decisions on records a handler holds past their slot ([`Done::Held`]).
 //! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
 //!   Offsets are stored (and then committed by librdkafka's background commit,
@@ -19,6 +20,7 @@
 pub mod budget;
 mod client;
 pub mod handler;
+mod held;
 pub mod partition;
 mod revoke;
 
@@ -29,7 +31,7 @@ use std::time::Duration;
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Message, OwnedMessage};
-use rdkafka::{Offset, TopicPartitionList};
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,7 +39,8 @@ use tokio_util::task::TaskTracker;
 
 use self::budget::{Budget, RECORD_OVERHEAD};
 use self::client::{Client, KafkaConsumer, Polled};
-pub use self::handler::{Done, EndpointSlot, Handler, IdMap, Role, Spec, Ticket, Work};
+use self::handler::Decision;
+pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
 pub use self::partition::PauseReason;
 use self::partition::{schedule, Lifecycle, Limits, Partition, Waiting};
 use self::revoke::PendingRevoke;
@@ -111,12 +114,18 @@ struct Loop<H: Handler> {
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
+    /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
+    decide_tx: mpsc::UnboundedSender<Decision>,
+    decide_rx: mpsc::UnboundedReceiver<Decision>,
+    /// Held records of all partitions (the sum of [`Partition::held`]).
+    held: i64,
 }
 
 impl<H: Handler> Loop<H> {
     fn new(spec: Spec, consumer: Arc<KafkaConsumer>, budget: Arc<Budget>, handler: Arc<H>) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
+        let (decide_tx, decide_rx) = mpsc::unbounded_channel();
         Loop {
             spec,
             consumer,
@@ -131,6 +140,9 @@ impl<H: Handler> Loop<H> {
             done_rx,
             revoke: None,
             endpoint_in_flight: IdMap::default(),
+            decide_tx,
+            decide_rx,
+            held: 0,
         }
     }
 
@@ -145,6 +157,7 @@ impl<H: Handler> Loop<H> {
                 // Finished work first: it frees capacity and moves offsets.
                 biased;
                 Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
@@ -203,6 +216,7 @@ impl<H: Handler> Loop<H> {
             let fresh = Partition::new(self.generation, self.abandon.child_token());
             if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
                 old.cancel.cancel();
+                self.held -= old.held;
             }
         }
         // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
@@ -244,7 +258,9 @@ impl<H: Handler> Loop<H> {
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
             memory_spent: false,
         };
-        let free = self.spec.max_in_flight.saturating_sub(self.in_flight);
+        // At the bound on held records, nothing new starts until some are decided.
+        let held_full = self.held >= self.spec.max_held as i64;
+        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight) };
         let Some(partition) = self.partitions.get_mut(key) else { return };
         let limits =
             Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
@@ -272,7 +288,14 @@ impl<H: Handler> Loop<H> {
                 done: Done::Abandoned,
             };
             let cancel = partition.cancel.child_token();
-            let work = handler::guarded(self.handler.clone(), self.spec.role, *waiting.record, work, cancel);
+            // The way to hold the record past its slot (the failure handler does).
+            let decider = Decider {
+                tx: self.decide_tx.clone(),
+                key: key.clone(),
+                generation: partition.generation,
+                offset: waiting.offset,
+            };
+            let work = handler::guarded(self.handler.clone(), self.spec.role, *waiting.record, work, cancel, decider);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
@@ -328,16 +351,17 @@ impl<H: Handler> Loop<H> {
             partition.count(slot, done.slow, false);
         }
         self.in_flight -= 1;
-        if done.done == Done::Decided {
-            if let Some(position) = partition.tracker.decide(done.offset) {
-                let mut tpl = TopicPartitionList::new();
-                let stored = tpl
-                    .add_partition_offset(&done.key.0, done.key.1, Offset::Offset(position))
-                    .and_then(|()| self.consumer.store_offsets(&tpl));
-                if let Err(error) = stored {
-                    tracing::debug!(topic = &*done.key.0, partition = done.key.1, position, %error, "offset not stored");
+        match done.done {
+            Done::Decided => {
+                if let Some(position) = partition.tracker.decide(done.offset) {
+                    self.store(&done.key, position);
                 }
             }
+            Done::Held => {
+                partition.held += 1;
+                self.held += 1;
+            }
+            Done::Abandoned => {}
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {

@@ -78,6 +78,9 @@ pub struct Partition<R> {
     pub lifecycle: Lifecycle,
     pub tracker: OffsetTracker,
     pub in_flight: usize,
+    /// Records held by the handler ([`super::Done::Held`]), not yet decided or let go.
+    /// Briefly -1 when a decision overtakes the completion that reports the hold.
+    pub held: i64,
     pub backlog: VecDeque<Waiting<R>>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this partition.
     pub endpoint_in_flight: IdMap<usize>,
@@ -99,12 +102,18 @@ impl<R> Partition<R> {
             lifecycle: Lifecycle::Consuming,
             tracker: OffsetTracker::default(),
             in_flight: 0,
+            held: 0,
             backlog: VecDeque::new(),
             endpoint_in_flight: IdMap::default(),
             slow_in_flight: 0,
             paused: None,
             wake_ms: None,
         }
+    }
+
+    /// Nothing in flight and nothing held: a drain or revoke need not wait for it.
+    pub fn is_idle(&self) -> bool {
+        self.in_flight == 0 && self.held <= 0
     }
 
     /// No new work from here on; waiting records are read again by whoever

@@ -9,6 +9,7 @@ use rdkafka::TopicPartitionList;
 use tokio::time::Instant;
 
 use super::handler::Handler;
+use super::partition::Partition;
 use super::Loop;
 
 /// A revoke the poll thread is waiting on.
@@ -30,12 +31,22 @@ impl<H: Handler> Loop<H> {
             self.budget.give_back(partition.stop());
             partition.paused = None;
         }
+        // Held records are decided by the handler: ask it to do so now, not at its own pace.
+        self.handler.flush();
         let deadline = Instant::now() + self.spec.grace;
-        while self.in_flight > 0 {
+        while self.in_flight > 0 || self.held > 0 {
             tokio::select! {
                 Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
+        }
+        if self.held > 0 {
+            tracing::warn!(
+                role = self.spec.role.as_str(),
+                held = self.held,
+                "grace period over, held records stay undecided"
+            );
         }
         if self.in_flight > 0 {
             tracing::warn!(
@@ -60,6 +71,8 @@ impl<H: Handler> Loop<H> {
     pub(super) fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
         let mut keys = Vec::new();
         let mut paused = TopicPartitionList::new();
+        // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
+        self.handler.flush();
         for (topic, partition) in revoked {
             let key = (Arc::<str>::from(topic), partition);
             if let Some(p) = self.partitions.get_mut(&key) {
@@ -84,7 +97,7 @@ impl<H: Handler> Loop<H> {
         let drained = self
             .revoke
             .as_ref()
-            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(|p| p.in_flight == 0)));
+            .is_some_and(|r| r.partitions.iter().all(|k| self.partitions.get(k).is_none_or(Partition::is_idle)));
         if drained {
             self.finish_revoke(false);
         }
@@ -98,15 +111,18 @@ impl<H: Handler> Loop<H> {
             if let Some(p) = self.partitions.remove(key) {
                 // Whatever still runs for it stops now: the next owner works on these records.
                 p.cancel.cancel();
-                if timed_out && p.in_flight > 0 {
+                if timed_out && !p.is_idle() {
                     tracing::warn!(
                         topic = &*key.0,
                         partition = key.1,
                         in_flight = p.in_flight,
+                        held = p.held,
                         "revoke grace over; cancelled its in-flight records, the new owner reads them again"
                     );
                     self.in_flight -= p.in_flight;
                 }
+                // Later decisions on its held records find no partition and are ignored.
+                self.held -= p.held;
             }
         }
         let _ = revoke.ack.send(());

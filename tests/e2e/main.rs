@@ -1,8 +1,9 @@
 //! End-to-end tests: a real Kafka broker (`KAFKA_BOOTSTRAP`, started by `make test`),
 //! real local HTTP receivers and SMTP server, real `hookrelay` processes.
 
-mod bench;
+mod dead_flood;
 mod delivery;
+mod drill;
 mod endpoint_tls;
 mod exit_codes;
 mod harness;

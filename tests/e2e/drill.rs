@@ -1,0 +1,469 @@
+//! Fault drills. The long ones are ignored here and run by `make drill`
+//! (scripts/drill.sh); short versions of kill -9 and malformed input run in
+//! `make test`. Every drill is bounded in events and time, sends only to
+//! 127.0.0.1, and prints one ledger line: every produced event is delivered,
+//! dead (by reason), or pending (not yet decided: at or after its partition's
+//! committed offset, or on a tier at or after the tier group's committed
+//! offset, so it will be read again); anything else is lost, and lost must be 0.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::harness::*;
+
+/// Where each produced event sits on the event topic, and its id (when it has one a receiver will see).
+#[derive(Default)]
+struct Produced {
+    events: Vec<(i32, i64, Option<String>)>,
+}
+
+impl Produced {
+    async fn send(
+        &mut self,
+        producer: &rdkafka::producer::FutureProducer,
+        topic: &str,
+        values: Vec<(Option<String>, Vec<u8>)>,
+    ) {
+        for chunk in values.chunks(1000) {
+            let sends = chunk.iter().map(|(_, value)| produce(producer, topic, None, None, value));
+            let sent = futures::future::join_all(sends).await;
+            for ((id, _), (partition, offset)) in chunk.iter().zip(sent) {
+                self.events.push((partition, offset, id.clone()));
+            }
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.events.len()
+    }
+}
+
+/// One drill's account of its events.
+struct Ledger {
+    drill: &'static str,
+    produced: usize,
+    delivered: usize,
+    duplicates: usize,
+    dead: BTreeMap<String, usize>,
+    pending: usize,
+    lost: usize,
+}
+
+impl Ledger {
+    fn print(&self) {
+        let dead = if self.dead.is_empty() {
+            "0".to_string()
+        } else {
+            self.dead.iter().map(|(r, n)| format!("{r}={n}")).collect::<Vec<_>>().join(",")
+        };
+        println!(
+            "DRILL {:<22} produced {:>6}  delivered {:>6}  duplicates {:>5}  dead {}  pending {}  lost {}",
+            self.drill, self.produced, self.delivered, self.duplicates, dead, self.pending, self.lost
+        );
+    }
+}
+
+/// Waits (up to `timeout`) until every produced event is delivered to one of `receivers` or dead, then
+/// prints the ledger and asserts that nothing is lost.
+async fn account(
+    drill: &'static str,
+    topics: &Topics,
+    produced: &Produced,
+    receivers: &[&Receiver],
+    timeout: Duration,
+) -> Ledger {
+    let ours: HashSet<&str> = produced.events.iter().filter_map(|(_, _, id)| id.as_deref()).collect();
+    let delivered = || -> HashSet<String> {
+        receivers.iter().flat_map(|r| r.delivered_ids()).filter(|id| ours.contains(id.as_str())).collect()
+    };
+    let dead_of = |records: &[Record]| -> HashMap<(i32, i64), String> {
+        records
+            .iter()
+            .filter(|r| r.header("hookrelay-origin-topic") == Some(topics.events.as_str()))
+            .map(|r| {
+                let at = (r.header_i64("hookrelay-origin-partition") as i32, r.header_i64("hookrelay-origin-offset"));
+                (at, r.header("hookrelay-reason").unwrap_or("unknown").to_string())
+            })
+            .collect()
+    };
+    let deadline = Instant::now() + timeout;
+    let (delivered_ids, dead) = loop {
+        let delivered_ids = delivered();
+        let expected_dead = produced.len().saturating_sub(delivered_ids.len());
+        let dead = dead_of(&read_topic(&topics.dead, expected_dead, Duration::from_secs(5)).await);
+        if delivered_ids.len() + dead.len() >= produced.len() || Instant::now() > deadline {
+            break (delivered_ids, dead);
+        }
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    };
+    let committed: HashMap<i32, i64> = produced
+        .events
+        .iter()
+        .map(|(p, _, _)| *p)
+        .collect::<HashSet<_>>()
+        .into_iter()
+        .map(|p| (p, committed(&topics.group, &topics.events, p).unwrap_or(0)))
+        .collect();
+    // Routed to a tier and not yet read past there: pending on the tier.
+    let mut on_tiers = HashSet::new();
+    for (tier, _) in &topics.tiers {
+        let group = format!("{}.{tier}", topics.group);
+        let mut tier_committed = HashMap::new();
+        for record in read_topic(tier, usize::MAX, Duration::from_secs(15)).await {
+            let committed = *tier_committed
+                .entry(record.partition)
+                .or_insert_with(|| crate::harness::committed(&group, tier, record.partition).unwrap_or(0));
+            if record.offset >= committed && record.header("hookrelay-origin-topic") == Some(topics.events.as_str()) {
+                on_tiers.insert((
+                    record.header_i64("hookrelay-origin-partition") as i32,
+                    record.header_i64("hookrelay-origin-offset"),
+                ));
+            }
+        }
+    }
+    let (mut pending, mut lost) = (0, 0);
+    let mut reasons = BTreeMap::new();
+    let mut delivered_count = 0;
+    for (partition, offset, id) in &produced.events {
+        if id.as_ref().is_some_and(|id| delivered_ids.contains(id)) {
+            delivered_count += 1;
+        } else if let Some(reason) = dead.get(&(*partition, *offset)) {
+            *reasons.entry(reason.clone()).or_default() += 1;
+        } else if *offset >= committed[partition] || on_tiers.contains(&(*partition, *offset)) {
+            pending += 1;
+        } else {
+            lost += 1;
+        }
+    }
+    let requests: usize = receivers
+        .iter()
+        .flat_map(|r| r.received())
+        .filter(|r| (200..300).contains(&r.status) && ours.contains(r.header("webhook-id")))
+        .count();
+    let ledger = Ledger {
+        drill,
+        produced: produced.len(),
+        delivered: delivered_count,
+        duplicates: requests - delivered_ids.len(),
+        dead: reasons,
+        pending,
+        lost,
+    };
+    ledger.print();
+    assert_eq!(ledger.lost, 0, "{drill}: events lost");
+    ledger
+}
+
+fn good_events(receiver: &Receiver, prefix: &str, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            // An id is visible ASCII: the drill's name may have spaces.
+            let id = format!("{}-{i}", prefix.replace(' ', "_"));
+            let value = format!(r#"{{"url":"{}","payload":{{"i":{i}}},"id":"{id}"}}"#, receiver.url("/x"));
+            (Some(id), value.into_bytes())
+        })
+        .collect()
+}
+
+async fn kill_9(drill: &'static str, n: usize) -> Ledger {
+    // 20 ms per request: the kill lands mid-stream.
+    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
+    let config = Config::new(&topics).set("delivery.max_in_flight_per_endpoint", 16);
+    let mut relay = Relay::start(&config, &[]).await;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, good_events(&receiver, drill, n)).await;
+    eventually("some delivered", Duration::from_secs(120), || (receiver.count() >= n / 3).then_some(())).await;
+    signal(&relay.child, "KILL");
+    let _ = relay.child.wait();
+    assert!(receiver.delivered_ids().len() < n, "the kill must land mid-stream");
+    let _second = Relay::start(&config, &[]).await;
+    let ledger = account(drill, &topics, &produced, &[&receiver], Duration::from_secs(180)).await;
+    assert_eq!((ledger.delivered, ledger.pending), (n, 0), "every event delivered after the restart");
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_short_kill_9_loses_nothing() {
+    kill_9("kill-9 (short)", 300).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_kill_9_loses_nothing() {
+    kill_9("kill-9", 5_000).await;
+}
+
+/// Records that must each become a dead letter `invalid_event`: every kind in turn.
+fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+    let url = receiver.url("/x");
+    let huge = "x".repeat(100_000); // over the drill's max_payload_bytes
+    (0..n)
+        .map(|i| {
+            let value = match i % 9 {
+                0 => format!("not json {i}"),
+                1 => format!(r#"{{"url":"{url}","payload":{{"i":{i}}},"id":{i}}}"#), // id of the wrong type
+                2 => format!(r#"{{"url":{i},"payload":1,"id":"m-{i}"}}"#),           // url of the wrong type
+                3 => format!(r#"{{"url":"ftp://127.0.0.1/{i}","payload":1,"id":"m-{i}"}}"#),
+                4 => format!(r#"{{"url":"not a url {i}","payload":1,"id":"m-{i}"}}"#),
+                5 => format!(r#"{{"url":"{url}","payload":1,"id":"m-{i}","headers":{{"x-a":"b\r\nx-injected: 1"}}}}"#),
+                6 => format!(r#"{{"endpoint":"nowhere","payload":1,"id":"m-{i}"}}"#),
+                7 => format!(r#"{{"url":"{url}","id":"m-{i}"}}"#), // no payload
+                // Huge (over max_payload_bytes); one in 90 only, to keep the drill's volume sane.
+                _ if i % 90 == 8 => format!(r#"{{"url":"{url}","payload":"{huge}","id":"m-{i}"}}"#),
+                _ => format!(r#"[{i}]"#),
+            };
+            (None, value.into_bytes())
+        })
+        .collect()
+}
+
+async fn malformed_mixed(drill: &'static str, bad: usize, good: usize) -> Ledger {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
+    let _relay = Relay::start(&Config::new(&topics).set("delivery.max_payload_bytes", 65_536), &[]).await;
+    let mut values = malformed(&receiver, bad);
+    let goods = good_events(&receiver, drill, good);
+    // Interleaved: the good ones are not held behind the bad ones.
+    let step = (values.len() / goods.len().max(1)).max(1);
+    for (k, g) in goods.into_iter().enumerate() {
+        values.insert((k * (step + 1)).min(values.len()), g);
+    }
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    let ledger = account(drill, &topics, &produced, &[&receiver], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, good, "every good event delivered");
+    assert_eq!(
+        ledger.dead.get("invalid_event").copied(),
+        Some(bad),
+        "every malformed record dead as invalid_event: {:?}",
+        ledger.dead
+    );
+    assert_eq!(receiver.count(), good, "no request for a malformed record");
+    ledger
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_short_malformed_records_are_dead_letters() {
+    malformed_mixed("malformed (short)", 180, 60).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_malformed_records_are_dead_letters() {
+    malformed_mixed("malformed", 10_000, 2_000).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_broker_down_20s_loses_nothing() {
+    // Stopping the broker needs the one scripts/drill.sh started (KAFKA_RUN_DIR and ports
+    // inherited): never a shared broker the drill did not start.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/kafka.sh");
+    let status = std::process::Command::new(script).arg("status").output().unwrap();
+    let ours = std::env::var("DRILL_OWN_BROKER").is_ok()
+        && String::from_utf8_lossy(&status.stdout).contains(&format!("KAFKA_BOOTSTRAP={}", bootstrap()));
+    if !ours {
+        println!(
+            "DRILL broker-down-20s       not run: KAFKA_BOOTSTRAP={} is not a broker scripts/drill.sh started",
+            bootstrap()
+        );
+        return;
+    }
+    // 20 ms per request at 16 concurrent: about 800/s, so the outage lands mid-stream.
+    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    let topics = Topics::create(4, &[Duration::from_secs(2)]).await;
+    let config = Config::new(&topics).set("delivery.max_in_flight_per_endpoint", 16);
+    let mut relay = Relay::start(&config, &[]).await;
+    let n = 10_000;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, good_events(&receiver, "broker", n)).await;
+    eventually("some delivered", Duration::from_secs(60), || (receiver.count() >= n / 5).then_some(())).await;
+    let started = Instant::now();
+    let restarted = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(script).arg("restart").env("KAFKA_RESTART_PAUSE", "20").status()
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(restarted.success(), "scripts/kafka.sh restart failed");
+    assert!(receiver.delivered_ids().len() < n, "the outage must land mid-stream");
+    let outage = started.elapsed();
+    let ledger = account("broker-down-20s", &topics, &produced, &[&receiver], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, n);
+    assert!(matches!(relay.child.try_wait(), Ok(None)), "the relay kept running through the outage");
+    let log = relay.log_text();
+    println!(
+        "       broker down {:.0} s (stop + 20 s pause + start); the relay kept running; {} log lines, {} of them librdkafka errors",
+        outage.as_secs_f64(),
+        log.lines().count(),
+        log.lines().filter(|l| l.contains("\"level\":\"ERROR\"") && l.contains("librdkafka")).count()
+    );
+}
+
+/// Forwards connections on `port` to `target` from the moment it is called: before, `port` refuses them.
+async fn open_port(port: u16, target: std::net::SocketAddr) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.expect("bind the refused port");
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_receiver_refusing_then_back() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let port = free_port();
+    let topics = Topics::create(4, &[Duration::from_secs(3), Duration::from_secs(3)]).await;
+    let _relay = Relay::start(&Config::new(&topics), &[]).await;
+    let n = 2_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("refused-{i}");
+            (
+                Some(id.clone()),
+                format!(r#"{{"url":"http://127.0.0.1:{port}/x","payload":{i},"id":"{id}"}}"#).into_bytes(),
+            )
+        })
+        .collect();
+    let sent_ms = now_ms();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    // Refused for a while (every event's first attempt, some second ones), then back.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let back_ms = now_ms();
+    let _proxy = open_port(port, receiver.addr).await;
+    let ledger = account("receiver-refusing", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
+    assert_eq!(ledger.delivered, n);
+    let first = receiver.received().iter().map(|r| r.at_ms).min().unwrap();
+    assert!(first >= back_ms, "nothing reached the receiver before its port was back");
+    // Every event was refused first, so it was delivered from a tier, not before the tier's delay.
+    assert!(first >= sent_ms + 3_000, "nothing delivered before due");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_blackholed_receiver_does_not_hold_others() {
+    // Accepts connections and never answers.
+    let hole = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hole_addr = hole.local_addr().unwrap();
+    let _hole = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = hole.accept().await {
+            held.push(socket);
+        }
+    });
+    let good = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(4, &[Duration::from_secs(1), Duration::from_secs(2)]).await;
+    let config = Config::new(&topics)
+        .endpoint("hole", &format!("http://{hole_addr}/x"))
+        .set("delivery.timeout", "2s")
+        .set("retry.max_age", "30s");
+    let relay = Relay::start(&config, &[]).await;
+    let n = 2_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("hole-{i}");
+            let value = if i % 2 == 0 {
+                format!(r#"{{"endpoint":"hole","payload":{i},"id":"{id}"}}"#)
+            } else {
+                format!(r#"{{"url":"{}","payload":{i},"id":"{id}"}}"#, good.url("/x"))
+            };
+            (Some(id), value.into_bytes())
+        })
+        .collect();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    eventually("the good receiver's events delivered", Duration::from_secs(60), || {
+        (good.delivered_ids().len() >= n / 2).then_some(())
+    })
+    .await;
+    // The gauge moves (open, half-open probe, open again): seen open at some point is what counts.
+    let circuit = eventually_async("the blackholed endpoint's circuit open", Duration::from_secs(60), || async {
+        metric(&relay.metrics().await, "hookrelay_circuit_state{endpoint=\"hole\"}").filter(|c| *c > 0.0)
+    })
+    .await;
+    let ledger = account("blackholed-receiver", &topics, &produced, &[&good], Duration::from_secs(120)).await;
+    assert_eq!(ledger.delivered, n / 2, "every event to the good receiver delivered");
+    assert_eq!(ledger.dead.get("expired").copied(), Some(n / 2), "the blackholed ones expire: {:?}", ledger.dead);
+    assert!(circuit > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_notification_sink_down_for_two_windows() {
+    let sink = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(2, &[Duration::from_secs(1)]).await;
+    let sink_table = table([("kind", "http".into()), ("url", sink.url("/ops").into()), ("format", "json".into())]);
+    let config = Config::new(&topics)
+        .set("notify.window", "2s")
+        .set("delivery.max_payload_bytes", 65_536)
+        .push("notify.sinks", sink_table);
+    let _relay = Relay::start(&config, &[]).await;
+    let bad = 1_000;
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, malformed(&receiver, bad)).await;
+    // Down for two windows, then back.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    sink.set(|b| b.status = 200);
+    let ledger = account("notify-sink-down", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
+    assert_eq!(ledger.dead.get("invalid_event").copied(), Some(bad));
+    let notified = || -> u64 {
+        sink.received()
+            .iter()
+            .filter(|r| r.status == 200)
+            .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).unwrap()["count"].as_u64().unwrap())
+            .sum()
+    };
+    eventually("every dead letter notified once the sink is back", Duration::from_secs(120), || {
+        (notified() >= bad as u64).then_some(())
+    })
+    .await;
+    let failed = sink.received().iter().filter(|r| r.status != 200).count();
+    println!(
+        "       notifications: {bad} dead letters in {} sent messages after {failed} refused attempts",
+        sink.count() - failed
+    );
+    assert_eq!(notified(), bad as u64, "no dead letter notified twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_three_replicas_one_stopped_one_killed_one_joining() {
+    let fast = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    // Down (503) through the faults: a third of the events wait on the tiers, whose partitions pause until due.
+    let flaky = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(6, &[Duration::from_secs(5), Duration::from_secs(5)]).await;
+    let config = Config::new(&topics)
+        .set("delivery.max_in_flight_per_endpoint", 8)
+        .set("kafka.properties", table([("session.timeout.ms", "10000".into())]));
+    let mut first = Relay::start(&config, &[]).await;
+    let mut second = Relay::start(&config, &[]).await;
+    let _third = Relay::start(&config, &[]).await;
+    let n = 3_000;
+    let values: Vec<_> = (0..n)
+        .map(|i| {
+            let id = format!("replicas-{i}");
+            let url = if i % 3 == 0 { flaky.url("/x") } else { fast.url("/x") };
+            (Some(id.clone()), format!(r#"{{"url":"{url}","payload":{i},"id":"{id}"}}"#).into_bytes())
+        })
+        .collect();
+    let mut produced = Produced::default();
+    produced.send(&producer(), &topics.events, values).await;
+    eventually("some delivered", Duration::from_secs(60), || (fast.count() >= n / 5).then_some(())).await;
+    assert_eq!(first.terminate(Duration::from_secs(40)), Some(0), "the SIGTERMed replica drains and exits 0");
+    signal(&second.child, "KILL");
+    let _ = second.child.wait();
+    let _fourth = Relay::start(&config, &[]).await;
+    assert!(fast.delivered_ids().len() + flaky.delivered_ids().len() < n, "the faults land mid-stream");
+    flaky.set(|b| b.status = 200);
+    let ledger = account("three-replicas", &topics, &produced, &[&fast, &flaky], Duration::from_secs(240)).await;
+    assert_eq!(ledger.delivered, n, "every event delivered");
+}
