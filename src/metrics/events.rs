@@ -1,221 +1,13 @@
-//! The one place where metric names, help texts and labels live.
-//!
-//! Label values are bounded: endpoint names or URL hosts, at most
-//! `delivery.max_endpoint_labels` hosts then `other` ([`crate::labels`]; never
-//! URLs or ids), topic names, reasons, roles and sink kinds. Every function
-//! here that takes an endpoint labels it through [`labels::endpoint`] and logs
-//! the real one.
+//! Every event that is both logged and counted: one function each, so the log fields and the metric
+//! labels cannot drift apart; and the gauges the consumers and the limiter set.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
-
+use super::get;
 use crate::circuit::{CircuitState, Transition};
 use crate::hop::DeadLetter;
 use crate::labels;
 use crate::outcome::DeadReason;
-
-pub struct Metrics {
-    pub registry: Registry,
-    pub ready: IntGauge,
-    pub buffered_bytes: IntGauge,
-    /// endpoint, outcome (delivered | retry | deferred | dead)
-    pub deliveries: IntCounterVec,
-    /// endpoint
-    pub attempt_duration: HistogramVec,
-    /// endpoint
-    pub end_to_end_latency: HistogramVec,
-    /// tier (topic)
-    pub retries_routed: IntCounterVec,
-    /// reason
-    pub dead_letters: IntCounterVec,
-    /// role
-    pub in_flight: IntGaugeVec,
-    /// role, reason (capacity | not_due)
-    pub paused_partitions: IntGaugeVec,
-    /// group, topic, partition
-    pub consumer_lag: IntGaugeVec,
-    /// endpoint: 0 closed, 1 half-open, 2 open
-    pub circuit_state: IntGaugeVec,
-    /// sink, outcome (sent | failed | gave_up)
-    pub notifications: IntCounterVec,
-    /// endpoint, reason
-    pub dead_letters_handled: IntCounterVec,
-    /// topic
-    pub produce_failures: IntCounterVec,
-    /// endpoint
-    pub endpoint_overflow: IntCounterVec,
-    /// endpoint, bound (limit | ceiling)
-    pub endpoint_concurrency: IntGaugeVec,
-    /// topic
-    pub relay_headers_ignored: IntCounterVec,
-    /// role
-    pub handler_panics: IntCounterVec,
-    /// topic (tiers and dead)
-    pub route_held_seconds: IntGaugeVec,
-    /// topic (tiers and dead)
-    pub route_held_records: IntGaugeVec,
-}
-
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
-
-fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
-
-fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
-    metric
-}
-
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let r = Registry::new();
-    let build = gauge(&r, "hookrelay_build_info", "Build information; always 1.", &["version"]);
-    build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-    let ready = IntGauge::new("hookrelay_ready", "1 once every consumer of this process joined its group.")
-        .expect("valid metric");
-    r.register(Box::new(ready.clone())).expect("metric registered once");
-    // Attempt buckets span fast receivers to the 5 s default timeout and beyond;
-    // end-to-end spans retries up to the 24 h default deadline.
-    let attempt_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
-    let e2e_buckets =
-        vec![0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 60.0, 300.0, 900.0, 3600.0, 4.0 * 3600.0, 24.0 * 3600.0];
-    let buffered_bytes = IntGauge::new(
-        "hookrelay_buffered_bytes",
-        "Bytes of records read and not yet decided (bounded by delivery.max_buffered_bytes).",
-    )
-    .expect("valid metric");
-    r.register(Box::new(buffered_bytes.clone())).expect("metric registered once");
-    Metrics {
-        ready,
-        buffered_bytes,
-        deliveries: counter(
-            &r,
-            "hookrelay_deliveries_total",
-            "Records by what became of them.",
-            &["endpoint", "outcome"],
-        ),
-        attempt_duration: histogram(
-            &r,
-            "hookrelay_attempt_duration_seconds",
-            "Duration of one HTTP attempt.",
-            &["endpoint"],
-            attempt_buckets,
-        ),
-        end_to_end_latency: histogram(
-            &r,
-            "hookrelay_end_to_end_latency_seconds",
-            "Event record timestamp to successful delivery.",
-            &["endpoint"],
-            e2e_buckets,
-        ),
-        retries_routed: counter(&r, "hookrelay_retries_routed_total", "Records routed to a retry tier.", &["tier"]),
-        dead_letters: counter(&r, "hookrelay_dead_letters_total", "Records routed to the dead topic.", &["reason"]),
-        in_flight: gauge(&r, "hookrelay_in_flight_records", "Records being worked on.", &["role"]),
-        paused_partitions: gauge(
-            &r,
-            "hookrelay_paused_partitions",
-            "Partitions paused by the relay.",
-            &["role", "reason"],
-        ),
-        consumer_lag: gauge(
-            &r,
-            "hookrelay_consumer_lag",
-            "Consumer lag in records, from librdkafka statistics.",
-            &["group", "topic", "partition"],
-        ),
-        circuit_state: gauge(
-            &r,
-            "hookrelay_circuit_state",
-            "Circuit per endpoint: 0 closed, 1 half-open, 2 open.",
-            &["endpoint"],
-        ),
-        notifications: counter(
-            &r,
-            "hookrelay_notifications_total",
-            "Failure notifications by sink and outcome.",
-            &["sink", "outcome"],
-        ),
-        dead_letters_handled: counter(
-            &r,
-            "hookrelay_dead_letters_handled_total",
-            "Dead records seen by the failure handler.",
-            &["endpoint", "reason"],
-        ),
-        produce_failures: counter(
-            &r,
-            "hookrelay_produce_failures_total",
-            "Failed produce attempts to a tier or the dead topic (size errors are dead-lettered, others retried).",
-            &["topic"],
-        ),
-        endpoint_overflow: counter(
-            &r,
-            "hookrelay_endpoint_overflow_total",
-            "Records deferred without an attempt because their endpoint had too many waiting in a partition.",
-            &["endpoint"],
-        ),
-        endpoint_concurrency: gauge(
-            &r,
-            "hookrelay_endpoint_concurrency",
-            "Adaptive concurrency per endpoint: the current limit and its ceiling.",
-            &["endpoint", "bound"],
-        ),
-        relay_headers_ignored: counter(
-            &r,
-            "hookrelay_relay_headers_ignored_total",
-            "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
-            &["topic"],
-        ),
-        handler_panics: {
-            let panics = counter(
-                &r,
-                "hookrelay_handler_panics_total",
-                "Records whose handler panicked (a bug); each was set aside, not held.",
-                &["role"],
-            );
-            // From start-up, so that the first panic shows in increase().
-            for role in ["events", "retry", "dead"] {
-                panics.with_label_values(&[role]).reset();
-            }
-            panics
-        },
-        route_held_seconds: gauge(
-            &r,
-            "hookrelay_route_held_seconds",
-            "Age of the oldest route to this topic held by a failing produce (its offset is not committed); 0 when none.",
-            &["topic"],
-        ),
-        route_held_records: gauge(
-            &r,
-            "hookrelay_route_held_records",
-            "Records whose route to this topic is held by a failing produce.",
-            &["topic"],
-        ),
-        registry: r,
-    }
-});
-
-/// The process-wide metrics.
-pub fn get() -> &'static Metrics {
-    &METRICS
-}
-
-/// The Prometheus text exposition of every metric.
-pub fn render() -> String {
-    let mut out = Vec::new();
-    TextEncoder::new().encode(&get().registry.gather(), &mut out).expect("text encoding cannot fail");
-    String::from_utf8(out).expect("the text format is UTF-8")
-}
 
 // Events that are both logged and counted: one function each, so the log
 // fields and the metric labels cannot drift apart.
@@ -225,12 +17,12 @@ pub fn render() -> String {
 pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
 
 /// An error text cut to [`MAX_LOGGED_ERROR_BYTES`] on a character boundary.
-fn capped(error: Option<&str>) -> Option<&str> {
+pub(super) fn capped(error: Option<&str>) -> Option<&str> {
     error.map(|e| crate::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
 }
 
 /// A displayable error as a capped log field.
-fn capped_display(error: &dyn std::fmt::Display) -> String {
+pub(super) fn capped_display(error: &dyn std::fmt::Display) -> String {
     let text = error.to_string();
     crate::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
 }
@@ -445,20 +237,5 @@ pub fn consumer_gauges<const N: usize>(role: &str, in_flight: usize, paused: [(&
     m.in_flight.with_label_values(&[role]).set(in_flight as i64);
     for (reason, count) in paused {
         m.paused_partitions.with_label_values(&[role, reason]).set(count as i64);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn logged_errors_are_capped_on_a_char_boundary() {
-        let long = "é".repeat(1000);
-        let cut = capped(Some(&long)).unwrap();
-        assert_eq!(cut.len(), MAX_LOGGED_ERROR_BYTES);
-        assert!(cut.chars().all(|c| c == 'é'));
-        assert_eq!(capped_display(&"x".repeat(5000)).len(), MAX_LOGGED_ERROR_BYTES);
-        assert_eq!(capped(Some("short")), Some("short"));
     }
 }

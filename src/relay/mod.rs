@@ -1,5 +1,9 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
+mod attempt;
+mod shared;
+
+pub use self::shared::{SetupError, Shared};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
@@ -25,65 +29,6 @@ use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
 use crate::seal::ReplayKey;
 use crate::trace::TraceContext;
-
-/// What every relay consumer (events and each tier) shares.
-pub struct Shared {
-    pub endpoints: Endpoints,
-    pub deliverer: Deliverer,
-    pub circuits: Circuits,
-    pub router: Router,
-    pub ladder: Ladder,
-    pub limiter: Limiter,
-    pub permanent_statuses: Vec<u16>,
-    pub max_age_ms: i64,
-    pub max_attempts: u32,
-    /// Checks the seal of `replay`'s headers on event topics.
-    pub replay_key: Option<ReplayKey>,
-}
-
-/// The relay could not set up its clients.
-#[derive(Debug, thiserror::Error)]
-pub enum SetupError {
-    #[error(transparent)]
-    Http(#[from] crate::deliver::ClientError),
-    #[error("cannot create the Kafka producer: {0}")]
-    Kafka(#[from] rdkafka::error::KafkaError),
-}
-
-impl Shared {
-    /// `message_max_bytes` is the producer's limit ([`crate::sizes`]); `held` counts routes held by a failing produce.
-    pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Arc<Shared>, SetupError> {
-        Ok(Arc::new(Shared {
-            endpoints: Endpoints::new(config),
-            deliverer: Deliverer::new(config)?,
-            circuits: Circuits::new(config.circuit.clone()),
-            router: Router::new(config, message_max_bytes, held)?,
-            ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
-            limiter: limiter(config),
-            permanent_statuses: config.delivery.permanent_statuses.clone(),
-            max_age_ms: config.retry.max_age.as_millis() as i64,
-            max_attempts: config.retry.max_attempts,
-            replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
-        }))
-    }
-}
-
-/// The adaptive per-endpoint limits, with each configured endpoint's own ceiling.
-fn limiter(config: &Config) -> Limiter {
-    let ceilings = config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
-    Limiter::new(config.delivery.max_in_flight_per_endpoint, ceilings)
-}
-
-/// What an attempt says about the receiver's capacity.
-fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
-    match attempt {
-        Attempt::Response { status: 429 | 503 | 504, .. } | Attempt::Timeout | Attempt::Transport(_) => {
-            Signal::Overloaded
-        }
-        Attempt::Response { .. } => Signal::Answered(took),
-        Attempt::Forbidden(_) => Signal::None,
-    }
-}
 
 /// A span inside the record's, or none when the record has none (no
 /// `traceparent` and no export): spans cost nothing on the common path.
@@ -365,50 +310,6 @@ impl Relay {
             }
             Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
         }
-    }
-
-    /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
-    /// unless it defers. `None`: cancelled (shutdown or revoke) on the way.
-    async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
-        let s = &*self.shared;
-        let endpoint = &event.endpoint_key;
-        let circuit_changed = |change: Option<Transition>| {
-            if let Some(change) = change {
-                metrics::circuit_changed(endpoint, change, s.circuits.cool_down());
-            }
-        };
-        // The circuit is asked once the endpoint's permit is held, so records
-        // queued behind a failing endpoint see the circuit it opened.
-        let permit = tokio::select! {
-            permit = s.limiter.acquire(endpoint) => permit,
-            _ = cancel.cancelled() => return None,
-        };
-        let (admission, change) = s.circuits.admit(endpoint, Instant::now());
-        circuit_changed(change);
-        if admission == Admission::Defer {
-            permit.finish(Signal::None);
-            return Some(Outcome::Deferred);
-        }
-        let attempt = tokio::select! {
-            attempt = s.deliverer.attempt(event, SystemTime::now())
-                .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
-            _ = cancel.cancelled() => {
-                if admission == Admission::Probe {
-                    s.circuits.probe_abandoned(endpoint, Instant::now());
-                }
-                return None;
-            }
-        };
-        let took = permit.elapsed();
-        permit.finish(signal(&attempt, took));
-        metrics::attempt_finished(endpoint, took.as_secs_f64());
-        hop.attempts += 1;
-        let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
-        // Only retryable failures count against the circuit: a 410 is the
-        // receiver answering, so it is up.
-        let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
-        circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
-        Some(outcome)
     }
 
     /// Writes the dead record. A dead topic that cannot take the value gets

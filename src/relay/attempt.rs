@@ -1,0 +1,60 @@
+//! One attempt: the endpoint's permit, the circuit, the request, and what it tells the limiter.
+
+use super::*;
+
+/// What an attempt says about the receiver's capacity.
+fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
+    match attempt {
+        Attempt::Response { status: 429 | 503 | 504, .. } | Attempt::Timeout | Attempt::Transport(_) => {
+            Signal::Overloaded
+        }
+        Attempt::Response { .. } => Signal::Answered(took),
+        Attempt::Forbidden(_) => Signal::None,
+    }
+}
+
+impl Relay {
+    /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
+    /// unless it defers. `None`: cancelled (shutdown or revoke) on the way.
+    pub(super) async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
+        let s = &*self.shared;
+        let endpoint = &event.endpoint_key;
+        let circuit_changed = |change: Option<Transition>| {
+            if let Some(change) = change {
+                metrics::circuit_changed(endpoint, change, s.circuits.cool_down());
+            }
+        };
+        // The circuit is asked once the endpoint's permit is held, so records
+        // queued behind a failing endpoint see the circuit it opened.
+        let permit = tokio::select! {
+            permit = s.limiter.acquire(endpoint) => permit,
+            _ = cancel.cancelled() => return None,
+        };
+        let (admission, change) = s.circuits.admit(endpoint, Instant::now());
+        circuit_changed(change);
+        if admission == Admission::Defer {
+            permit.finish(Signal::None);
+            return Some(Outcome::Deferred);
+        }
+        let attempt = tokio::select! {
+            attempt = s.deliverer.attempt(event, SystemTime::now())
+                .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
+            _ = cancel.cancelled() => {
+                if admission == Admission::Probe {
+                    s.circuits.probe_abandoned(endpoint, Instant::now());
+                }
+                return None;
+            }
+        };
+        let took = permit.elapsed();
+        permit.finish(signal(&attempt, took));
+        metrics::attempt_finished(endpoint, took.as_secs_f64());
+        hop.attempts += 1;
+        let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+        // Only retryable failures count against the circuit: a 410 is the
+        // receiver answering, so it is up.
+        let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
+        circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
+        Some(outcome)
+    }
+}
