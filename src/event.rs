@@ -98,7 +98,10 @@ impl Endpoints {
                 let url = parse_target_url(e.url.expose()).ok()?;
                 let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
                 let ordered = e.ordering.unwrap_or(config.delivery.ordering) == Ordering::Key;
-                Some((name.clone(), NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers, ordered }))
+                Some((
+                    name.clone(),
+                    NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers, ordered },
+                ))
             })
             .collect();
         Endpoints {
@@ -129,26 +132,26 @@ impl Endpoints {
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let (url, endpoint_key, keys, endpoint_timeout, mut headers, ordered) = match (&envelope.url, &envelope.endpoint)
-        {
-            (Some(url), None) => {
-                let url = parse_target_url(url)?;
-                let key: Arc<str> = endpoint_key(&url).into();
-                (url, key, self.default_keys.clone(), None, Vec::new(), self.default_ordered)
-            }
-            (None, Some(name)) => {
-                let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
-                (
-                    endpoint.url.clone(),
-                    Arc::from(name.as_str()),
-                    endpoint.keys.clone(),
-                    endpoint.timeout,
-                    endpoint.headers.clone(),
-                    endpoint.ordered,
-                )
-            }
-            _ => return Err(InvalidEvent::Target),
-        };
+        let (url, endpoint_key, keys, endpoint_timeout, mut headers, ordered) =
+            match (&envelope.url, &envelope.endpoint) {
+                (Some(url), None) => {
+                    let url = parse_target_url(url)?;
+                    let key: Arc<str> = endpoint_key(&url).into();
+                    (url, key, self.default_keys.clone(), None, Vec::new(), self.default_ordered)
+                }
+                (None, Some(name)) => {
+                    let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                    (
+                        endpoint.url.clone(),
+                        Arc::from(name.as_str()),
+                        endpoint.keys.clone(),
+                        endpoint.timeout,
+                        endpoint.headers.clone(),
+                        endpoint.ordered,
+                    )
+                }
+                _ => return Err(InvalidEvent::Target),
+            };
         for (name, value) in envelope.headers.unwrap_or_default() {
             let (name, value) = check_header(&name, &value)?;
             headers.retain(|(existing, _)| existing != name);

@@ -567,7 +567,8 @@ mod tests {
 
     #[test]
     fn a_bad_ordering_is_one_clear_line() {
-        for toml in ["[delivery]\nordering = \"fifo\"\n", "[endpoints.x]\nurl = \"https://x.example/\"\nordering = \"keys\"\n"]
+        for toml in
+            ["[delivery]\nordering = \"fifo\"\n", "[endpoints.x]\nurl = \"https://x.example/\"\nordering = \"keys\"\n"]
         {
             let err = Config::from_toml(toml).unwrap_err().to_string();
             assert!(err.contains("ordering") && err.contains("`none`") && err.contains("`key`"), "{err}");

@@ -21,6 +21,7 @@ pub mod budget;
 mod client;
 pub mod handler;
 mod held;
+pub mod order;
 pub mod partition;
 mod revoke;
 
@@ -84,7 +85,7 @@ pub async fn run<H: Handler>(
 }
 
 /// What a handler task reports back.
-struct Completion {
+struct Completion<R> {
     key: (Arc<str>, i32),
     /// The endpoint slot the record held.
     endpoint: Option<EndpointSlot>,
@@ -94,7 +95,11 @@ struct Completion {
     slow: bool,
     generation: u64,
     offset: i64,
+    /// Its order key, in flight until now (see [`order`]).
+    order: Option<order::OrderKey>,
     done: Done,
+    /// The record, back for [`Done::Again`] only.
+    again: Option<Arc<R>>,
 }
 
 /// The async side: owns partition state, dispatches work, stores offsets.
@@ -109,8 +114,8 @@ struct Loop<H: Handler> {
     tasks: TaskTracker,
     /// Cancels handlers (abandon) once the grace period is over.
     abandon: CancellationToken,
-    done_tx: mpsc::Sender<Completion>,
-    done_rx: mpsc::Receiver<Completion>,
+    done_tx: mpsc::Sender<Completion<H::Record>>,
+    done_rx: mpsc::Receiver<Completion<H::Record>>,
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
@@ -246,7 +251,7 @@ impl<H: Handler> Loop<H> {
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Box::new(record) });
+        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
         Some(key)
     }
 
@@ -257,6 +262,7 @@ impl<H: Handler> Loop<H> {
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
             memory_spent: false,
+            key_waiting: self.spec.max_read_ahead.saturating_mul(order::KEY_WAITING_FACTOR),
         };
         // At the bound on held records, nothing new starts until some are decided.
         let held_full = self.held >= self.spec.max_held as i64;
@@ -274,6 +280,9 @@ impl<H: Handler> Loop<H> {
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
+            if let Some(key) = waiting.ticket.order {
+                partition.keys_in_flight.insert(key);
+            }
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
                 partition.count(slot, slow, true);
@@ -285,7 +294,9 @@ impl<H: Handler> Loop<H> {
                 slow,
                 generation: partition.generation,
                 offset: waiting.offset,
+                order: waiting.ticket.order,
                 done: Done::Abandoned,
+                again: None,
             };
             let cancel = partition.cancel.child_token();
             // The way to hold the record past its slot (the failure handler does).
@@ -295,11 +306,14 @@ impl<H: Handler> Loop<H> {
                 generation: partition.generation,
                 offset: waiting.offset,
             };
-            let work = handler::guarded(self.handler.clone(), self.spec.role, *waiting.record, work, cancel, decider);
+            let record = waiting.record;
+            let work = handler::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
-                let _ = done_tx.send(Completion { done, ..completion }).await;
+                // Only a record to be worked on again goes back to the loop (dropped here otherwise).
+                let again = matches!(done, Done::Again { .. }).then_some(record);
+                let _ = done_tx.send(Completion { done, again, ..completion }).await;
             });
         }
         if partition.paused.is_some() != dispatch.pause.is_some() {
@@ -312,6 +326,7 @@ impl<H: Handler> Loop<H> {
         }
         partition.paused = dispatch.pause;
         partition.wake_ms = dispatch.wake_ms;
+        partition.key_waiting = dispatch.key_waiting;
     }
 
     /// Pumps every partition with a backlog (a timer fired, or capacity came back).
@@ -327,7 +342,7 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn complete(&mut self, done: Completion) {
+    fn complete(&mut self, done: Completion<H::Record>) {
         self.budget.give_back(done.bytes);
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
@@ -351,6 +366,10 @@ impl<H: Handler> Loop<H> {
             partition.count(slot, done.slow, false);
         }
         self.in_flight -= 1;
+        if let Some(key) = done.order {
+            // The next record of its key may go (or this one again, once due).
+            partition.keys_in_flight.remove(&key);
+        }
         match done.done {
             Done::Decided => {
                 if let Some(position) = partition.tracker.decide(done.offset) {
@@ -362,6 +381,17 @@ impl<H: Handler> Loop<H> {
                 self.held += 1;
             }
             Done::Abandoned => {}
+            Done::Again { due_ms } => {
+                // Back at its offset's place, undecided, so the commit waits at it and the
+                // later records of its key wait behind it; a draining partition lets it go
+                // (the next owner reads it again).
+                if let (Some(record), Lifecycle::Consuming) = (done.again, partition.lifecycle) {
+                    self.budget.take(done.bytes);
+                    let ticket = Ticket { due_ms: Some(due_ms), endpoint: done.endpoint, order: done.order };
+                    let (offset, bytes) = (done.offset, done.bytes);
+                    partition.requeue(Waiting { offset, read_ms: now_ms(), bytes, ticket, record });
+                }
+            }
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {
