@@ -7,6 +7,7 @@
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
 //! - `held`: decisions on records a handler holds past their slot ([`Done::Held`]).
+//! - `intake`: assignments and records from the poll thread into partition state.
 //! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
 //!   Offsets are stored (and then committed by librdkafka's background commit,
@@ -21,6 +22,7 @@ pub mod budget;
 mod client;
 pub mod handler;
 mod held;
+mod intake;
 pub mod order;
 pub mod partition;
 mod revoke;
@@ -31,14 +33,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::budget::{Budget, RECORD_OVERHEAD};
+use self::budget::Budget;
 use self::client::{Client, KafkaConsumer, Polled};
 use self::handler::Decision;
 pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
@@ -211,48 +212,6 @@ impl<H: Handler> Loop<H> {
         }
         self.drain().await;
         refused.map_or(Ok(()), Err)
-    }
-
-    fn assign(&mut self, assigned: Vec<(String, i32)>) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in assigned {
-            tpl.add_partition(&topic, partition);
-            self.generation += 1;
-            let fresh = Partition::new(self.generation, self.abandon.child_token());
-            if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
-                old.cancel.cancel();
-                self.held -= old.held;
-            }
-        }
-        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
-        if let Err(error) = self.consumer.resume(&tpl) {
-            tracing::debug!(%error, "resume of assigned partitions failed");
-        }
-    }
-
-    /// Takes a record into its partition's backlog; returns the partition to schedule.
-    fn accept(&mut self, record: OwnedMessage) -> Option<(Arc<str>, i32)> {
-        let key = (Arc::<str>::from(record.topic()), record.partition());
-        let generation = &mut self.generation;
-        let abandon = &self.abandon;
-        // A record can only come from an assigned partition; be robust anyway.
-        let partition = self.partitions.entry(key.clone()).or_insert_with(|| {
-            *generation += 1;
-            Partition::new(*generation, abandon.child_token())
-        });
-        if partition.lifecycle != Lifecycle::Consuming {
-            return None; // not ours any more: the next owner reads it again
-        }
-        let offset = record.offset();
-        let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
-        self.budget.take(bytes);
-        let (ticket, record) = self.handler.prepare(record);
-        tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
-        // Pending from the moment it is read: a record waiting in the backlog
-        // holds the commit position just like one in flight.
-        partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
-        Some(key)
     }
 
     /// Hands the records `schedule` chose to handlers, then applies its pause state.
