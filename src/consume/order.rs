@@ -205,6 +205,18 @@ mod tests {
         }
 
         #[test]
+        fn a_record_retried_in_place_goes_back_at_its_offset() {
+            let mut p = partition(&[(Some(1), None), (Some(2), None), (Some(1), None), (Some(3), None)]);
+            let taken = p.take(&[0, 1]);
+            let first = taken.into_iter().next().unwrap();
+            p.requeue(Waiting { ticket: Ticket { due_ms: Some(NOW + 1_000), ..first.ticket.clone() }, ..first });
+            assert_eq!(p.backlog.iter().map(|w| w.offset).collect::<Vec<_>>(), vec![0, 2, 3]);
+            let d = schedule(&p, NOW, LIMITS, 100, |_| 0);
+            assert_eq!(d.take, vec![2], "key 1 waits behind its retry, key 3 goes");
+            assert_eq!(d.wake_ms, Some(NOW + 1_000));
+        }
+
+        #[test]
         fn without_free_slots_records_behind_keys_are_still_counted_and_not_read_ahead() {
             // Room for 1: key 1's head goes; the scan goes on counting what waits behind keys.
             let mut records = vec![(Some(1), None); 6];

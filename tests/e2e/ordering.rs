@@ -197,3 +197,37 @@ async fn a_key_blocked_past_its_deadline_goes_dead_expired_and_the_next_follow()
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_waiting_behind_a_key_are_bounded_and_the_pause_is_visible() {
+    // Read-ahead 8: at 4 x 8 records waiting behind key A (its head retried in place
+    // after 4 s) the partition pauses with reason "ordered", then all goes on in order.
+    // B's records around A's are not held by A.
+    let receiver =
+        Receiver::start(Behaviour { fail_matching: Some((r#""k":"A""#.into(), 1)), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(4)]).await;
+    let mut records: Vec<_> = (0..5).map(|n| ("B".to_string(), event("B", n), 0)).collect();
+    records.extend((0..100).map(|n| ("A".to_string(), event("A", n), 0)));
+    records.extend((5..10).map(|n| ("B".to_string(), event("B", n), 0)));
+    produce_in_order(&topics.events, &records).await;
+    let config = ordered(&topics, &receiver).set("delivery.max_read_ahead_per_partition", 8);
+    let relay = Relay::start(&config, &[]).await;
+
+    let paused = r#"hookrelay_paused_partitions{reason="ordered",role="events"}"#;
+    eventually_async("the partition paused for records behind key A", Duration::from_secs(30), || async {
+        (metric(&relay.metrics().await, paused) == Some(1.0)).then_some(())
+    })
+    .await;
+    // (What was fetched before the pause is worked on: the pause stops reading, the bound is on memory.)
+    eventually("every event delivered", Duration::from_secs(60), || {
+        (receiver.delivered_ids().len() == 110).then_some(())
+    })
+    .await;
+    eventually_async("the pause ended", Duration::from_secs(10), || async {
+        (metric(&relay.metrics().await, paused) == Some(0.0)).then_some(())
+    })
+    .await;
+    for (key, receipts) in &receipts(&receiver) {
+        assert_eq!(violations(receipts), 0, "key {key} out of order");
+    }
+}
