@@ -221,7 +221,6 @@ impl<H: Handler> Loop<H> {
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
             memory_spent: false,
-            key_waiting: self.spec.max_read_ahead.saturating_mul(order::KEY_WAITING_FACTOR),
         };
         // At the bound on held records, nothing new starts until some are decided.
         let held_full = self.held >= self.spec.max_held as i64;

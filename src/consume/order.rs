@@ -117,13 +117,9 @@ mod tests {
         use crate::consume::partition::{schedule, Limits, Partition, PauseReason, Waiting, RESUME_LEAD_MS};
 
         const NOW: i64 = 1_000_000;
-        const LIMITS: Limits = Limits {
-            in_flight_per_partition: 8,
-            read_ahead: 4,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            key_waiting: 16,
-        };
+        /// Read-ahead 4: at most 16 records behind keys.
+        const LIMITS: Limits =
+            Limits { in_flight_per_partition: 8, read_ahead: 4, waiting_per_endpoint: 8, memory_spent: false };
 
         /// Records of endpoint `e` (limit 2, so that it can be full) with order keys; `due` in ms from now.
         fn partition(records: &[(Option<u64>, Option<i64>)]) -> Partition<()> {

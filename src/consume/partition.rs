@@ -13,7 +13,7 @@ use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{EndpointSlot, IdMap, Ticket};
-use super::order::{Gate, KeyGate, KeySet};
+use super::order::{Gate, KeyGate, KeySet, KEY_WAITING_FACTOR};
 use crate::offsets::OffsetTracker;
 
 /// How long before a paused head is due its partition resumes fetching.
@@ -180,8 +180,6 @@ pub struct Limits {
     pub waiting_per_endpoint: usize,
     /// The process's memory budget is spent (`delivery.max_buffered_bytes`).
     pub memory_spent: bool,
-    /// Records waiting behind their key before the partition pauses (resumes at half).
-    pub key_waiting: usize,
 }
 
 /// What to do with a partition now.
@@ -198,7 +196,7 @@ pub struct Dispatch {
     /// Records left waiting for their key rather than for a slot: behind an
     /// earlier record of their key, or an in-place retry not yet due. They do
     /// not count toward the read-ahead, so a blocked key does not pause the
-    /// partition for the other keys; `Limits::key_waiting` bounds them.
+    /// partition for the other keys; [`KEY_WAITING_FACTOR`] x `read_ahead` bounds them.
     pub key_waiting: usize,
 }
 
@@ -218,7 +216,7 @@ pub struct Dispatch {
 /// its key (in flight or waiting) waits, without a slot and never deferred,
 /// and does not count toward the read-ahead; nor does an in-place retry
 /// waiting for its due time, which never pauses the partition for time.
-/// When those reach `key_waiting` the partition pauses (`Ordered`) until half.
+/// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
 /// Pause rules: a partition none of whose waiting records is due within
 /// [`RESUME_LEAD_MS`] is paused (and woken that long before the earliest is
@@ -250,9 +248,11 @@ pub fn schedule<R>(
                 _ => left >= limits.read_ahead,
             }
     };
+    // Records behind their keys have a bound of their own, resumed at half too.
+    let key_bound = limits.read_ahead.saturating_mul(KEY_WAITING_FACTOR);
     let keys_full = |waiting: usize| match partition.paused {
-        Some(PauseReason::Ordered) => waiting > limits.key_waiting / 2,
-        _ => waiting >= limits.key_waiting,
+        Some(PauseReason::Ordered) => waiting > key_bound / 2,
+        _ => waiting >= key_bound,
     };
     if consuming && room == 0 {
         // Nothing can start until a slot frees, and its completion pumps again:
@@ -383,13 +383,8 @@ mod tests {
     use crate::consume::handler::EndpointSlot;
 
     const NOW: i64 = 1_000_000;
-    const LIMITS: Limits = Limits {
-        in_flight_per_partition: 4,
-        read_ahead: 6,
-        waiting_per_endpoint: 8,
-        memory_spent: false,
-        key_waiting: 24,
-    };
+    const LIMITS: Limits =
+        Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8, memory_spent: false };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
@@ -482,13 +477,8 @@ mod tests {
 
     #[test]
     fn past_the_waiting_bound_an_endpoint_overflows_to_deferral() {
-        let limits = Limits {
-            in_flight_per_partition: 100,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            key_waiting: 400,
-        };
+        let limits =
+            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
         tickets.push(ticket(None, Some(("fast", 10))));
         let p = partition(tickets);
@@ -512,13 +502,8 @@ mod tests {
 
     #[test]
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
-        let limits = Limits {
-            in_flight_per_partition: 100,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            key_waiting: 400,
-        };
+        let limits =
+            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
         let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: None };
         let p = partition(vec![fast; 40]);
@@ -535,13 +520,8 @@ mod tests {
 
     #[test]
     fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
-        let limits = Limits {
-            in_flight_per_partition: 8,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            key_waiting: 400,
-        };
+        let limits =
+            Limits { in_flight_per_partition: 8, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
         tickets.push(ticket(None, Some(("other", 1000))));
         let mut p = partition(tickets);
@@ -581,13 +561,8 @@ mod tests {
 
     #[test]
     fn slow_endpoints_together_hold_at_most_half_the_slots_and_overflow_early() {
-        let limits = Limits {
-            in_flight_per_partition: 16,
-            read_ahead: 100,
-            waiting_per_endpoint: 2,
-            memory_spent: false,
-            key_waiting: 400,
-        };
+        let limits =
+            Limits { in_flight_per_partition: 16, read_ahead: 100, waiting_per_endpoint: 2, memory_spent: false };
         let two_seconds = std::time::Duration::from_secs(2);
         let slow = |key: &str| Ticket {
             due_ms: None,
