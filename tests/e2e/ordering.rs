@@ -231,3 +231,31 @@ async fn records_waiting_behind_a_key_are_bounded_and_the_pause_is_visible() {
         assert_eq!(violations(receipts), 0, "key {key} out of order");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_open_circuit_makes_ordered_keys_wait_in_place_not_go_to_a_tier() {
+    let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(1), Duration::from_secs(2)]).await;
+    let records: Vec<_> = (0..50).flat_map(|n| ["A", "B", "C"].map(|k| (k.to_string(), event(k, n), 0))).collect();
+    produce_in_order(&topics.events, &records).await;
+    let config = ordered(&topics, &receiver).set("circuit.failure_threshold", 3).set("circuit.cool_down", "2s");
+    let relay = Relay::start(&config, &[]).await;
+
+    let deferred = r#"hookrelay_deliveries_total{endpoint="ordered",outcome="deferred"}"#;
+    eventually_async("the circuit opened and deferred ordered records", Duration::from_secs(30), || async {
+        (metric(&relay.metrics().await, deferred).unwrap_or(0.0) > 0.0).then_some(())
+    })
+    .await;
+    receiver.set(|b| b.status = 200);
+    eventually("every event delivered once the receiver is back", Duration::from_secs(60), || {
+        (receiver.delivered_ids().len() == 150).then_some(())
+    })
+    .await;
+    for (key, receipts) in &receipts(&receiver) {
+        assert_eq!(violations(receipts), 0, "key {key} out of order");
+    }
+    for (tier, _) in &topics.tiers {
+        assert!(read_topic(tier, 1, Duration::from_secs(2)).await.is_empty(), "a record in {tier}");
+    }
+    assert!(relay.log_text().contains("retried in place (ordered key)"), "the wait is logged");
+}
