@@ -259,3 +259,38 @@ async fn an_open_circuit_makes_ordered_keys_wait_in_place_not_go_to_a_tier() {
     }
     assert!(relay.log_text().contains("retried in place (ordered key)"), "the wait is logged");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_waiting_in_place_holds_the_commit_and_is_read_again_after_a_restart() {
+    // A-0 fails once and would wait a minute in place: a SIGTERM does not wait for it,
+    // nothing past it is committed, and the next relay delivers it before A-1.
+    let receiver =
+        Receiver::start(Behaviour { fail_matching: Some((r#""k":"A""#.into(), 1)), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(60)]).await;
+    let records: Vec<_> = (0..2).flat_map(|n| ["A", "B"].map(|k| (k.to_string(), event(k, n), 0))).collect();
+    produce_in_order(&topics.events, &records).await;
+    let config = ordered(&topics, &receiver);
+    let mut first = Relay::start(&config, &[]).await;
+    eventually("B delivered while A-0 waits", Duration::from_secs(30), || {
+        let ids = receiver.delivered_ids();
+        (ids.contains("B-0") && ids.contains("B-1") && receiver.count() == 3).then_some(())
+    })
+    .await;
+    assert_eq!(first.terminate(Duration::from_secs(40)), Some(0), "a clean stop, not waiting for A-0's minute");
+    assert_eq!(committed(&topics.group, &topics.events, 0).unwrap_or(0), 0, "the commit waits at A-0");
+    assert!(!receiver.delivered_ids().contains("A-1"), "A-1 waited behind A-0");
+
+    let _second = Relay::start(&config, &[]).await;
+    eventually("A-0 and A-1 delivered by the next relay", Duration::from_secs(30), || {
+        let ids = receiver.delivered_ids();
+        (ids.contains("A-0") && ids.contains("A-1")).then_some(())
+    })
+    .await;
+    for (key, receipts) in &receipts(&receiver) {
+        assert_eq!(violations(receipts), 0, "key {key} out of order: {receipts:?}");
+    }
+    eventually("all offsets committed", Duration::from_secs(20), || {
+        (committed(&topics.group, &topics.events, 0) == Some(4)).then_some(())
+    })
+    .await;
+}
