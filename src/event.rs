@@ -12,7 +12,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use crate::clock::parse_rfc3339_ms;
-use crate::config::{Config, EndpointConfig};
+use crate::config::{Config, EndpointConfig, Ordering};
 use crate::sign::SigningKey;
 use crate::target::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
 
@@ -60,6 +60,8 @@ pub struct Event {
     /// `retry_until`, in ms since the epoch.
     pub retry_until_ms: Option<i64>,
     pub max_attempts: Option<u32>,
+    /// Its endpoint keeps each record key's order (`ordering = "key"`).
+    pub ordered: bool,
 }
 
 /// The endpoint table, with secrets decoded once at start-up.
@@ -69,6 +71,8 @@ pub struct Endpoints {
     default_keys: Arc<[SigningKey]>,
     default_timeout: Duration,
     max_payload_bytes: usize,
+    /// `delivery.ordering` is `"key"`: for inline URLs.
+    default_ordered: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +81,7 @@ struct NamedEndpoint {
     keys: Arc<[SigningKey]>,
     timeout: Option<Duration>,
     headers: Vec<(HeaderName, HeaderValue)>,
+    ordered: bool,
 }
 
 impl Endpoints {
@@ -92,7 +97,11 @@ impl Endpoints {
             .filter_map(|(name, e): (&String, &EndpointConfig)| {
                 let url = parse_target_url(e.url.expose()).ok()?;
                 let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
-                Some((name.clone(), NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers }))
+                let ordered = e.ordering.unwrap_or(config.delivery.ordering) == Ordering::Key;
+                Some((
+                    name.clone(),
+                    NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers, ordered },
+                ))
             })
             .collect();
         Endpoints {
@@ -100,6 +109,7 @@ impl Endpoints {
             default_keys: keys(&config.delivery.signing_secrets),
             default_timeout: config.delivery.timeout,
             max_payload_bytes: config.delivery.max_payload_bytes,
+            default_ordered: config.delivery.ordering == Ordering::Key,
         }
     }
 
@@ -122,24 +132,26 @@ impl Endpoints {
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let (url, endpoint_key, keys, endpoint_timeout, mut headers) = match (&envelope.url, &envelope.endpoint) {
-            (Some(url), None) => {
-                let url = parse_target_url(url)?;
-                let key: Arc<str> = endpoint_key(&url).into();
-                (url, key, self.default_keys.clone(), None, Vec::new())
-            }
-            (None, Some(name)) => {
-                let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
-                (
-                    endpoint.url.clone(),
-                    Arc::from(name.as_str()),
-                    endpoint.keys.clone(),
-                    endpoint.timeout,
-                    endpoint.headers.clone(),
-                )
-            }
-            _ => return Err(InvalidEvent::Target),
-        };
+        let (url, endpoint_key, keys, endpoint_timeout, mut headers, ordered) =
+            match (&envelope.url, &envelope.endpoint) {
+                (Some(url), None) => {
+                    let url = parse_target_url(url)?;
+                    let key: Arc<str> = endpoint_key(&url).into();
+                    (url, key, self.default_keys.clone(), None, Vec::new(), self.default_ordered)
+                }
+                (None, Some(name)) => {
+                    let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                    (
+                        endpoint.url.clone(),
+                        Arc::from(name.as_str()),
+                        endpoint.keys.clone(),
+                        endpoint.timeout,
+                        endpoint.headers.clone(),
+                        endpoint.ordered,
+                    )
+                }
+                _ => return Err(InvalidEvent::Target),
+            };
         for (name, value) in envelope.headers.unwrap_or_default() {
             let (name, value) = check_header(&name, &value)?;
             headers.retain(|(existing, _)| existing != name);
@@ -176,6 +188,7 @@ impl Endpoints {
             keys,
             retry_until_ms,
             max_attempts: envelope.max_attempts,
+            ordered,
         })
     }
 }
@@ -268,6 +281,28 @@ mod tests {
         headers.sort();
         assert_eq!(headers, vec![("x-a", "b"), ("x-tenant", "other")], "the event's value replaces the endpoint's");
         assert!(e.keys.is_empty(), "the endpoint has no secrets of its own");
+    }
+
+    #[test]
+    fn ordering_is_the_endpoints_else_the_delivery_default() {
+        let table = |default: &str| {
+            let config = Config::from_toml(&format!(
+                "[delivery]\n{default}\n[endpoints.own]\nurl = \"https://a.example/\"\nordering = \"key\"\n\
+                 [endpoints.plain]\nurl = \"https://b.example/\"\nordering = \"none\"\n\
+                 [endpoints.inherits]\nurl = \"https://c.example/\"\n"
+            ))
+            .unwrap();
+            let endpoints = Endpoints::new(&config);
+            let ordered = |value: &str| endpoints.decode(value.as_bytes(), || "t-0-1".into()).unwrap().ordered;
+            [
+                ordered(r#"{"endpoint":"own","payload":1}"#),
+                ordered(r#"{"endpoint":"plain","payload":1}"#),
+                ordered(r#"{"endpoint":"inherits","payload":1}"#),
+                ordered(r#"{"url":"https://d.example/","payload":1}"#),
+            ]
+        };
+        assert_eq!(table(""), [true, false, false, false], "default none");
+        assert_eq!(table("ordering = \"key\""), [true, false, true, true], "delivery.ordering is the default");
     }
 
     #[test]

@@ -16,9 +16,11 @@
 //!   [`readiness`]: the latch behind `/ready`; [`shutdown`]: SIGTERM/SIGINT to a cancellation token.
 //! - [`consume`]: the consumer every role runs: `client` (librdkafka callbacks, poll thread),
 //!   `handler` (the contract with the work on a record, panics caught), `partition` (state and the
-//!   pure scheduler), `budget` (the process's memory budget in bytes), `held` (offsets decided after
-//!   the slot is free), `revoke` (letting partitions go within the grace), and the loop itself.
-//! - [`relay`]: the handler of event and tier records, from decode to route.
+//!   pure scheduler), `order` (per-key order: the key gate the scheduler asks), `intake` (assignments
+//!   and records into partition state), `budget` (the process's memory budget in bytes), `held` (offsets
+//!   decided after the slot is free), `revoke` (letting partitions go within the grace), and the loop itself.
+//! - [`relay`]: the handler of event and tier records, from decode to route (`in_place`: ordered
+//!   records retried in place).
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).

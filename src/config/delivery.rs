@@ -95,6 +95,23 @@ pub struct DeliveryConfig {
     /// inline URLs. Default: none (direct; proxies from the environment are ignored).
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// Delivery order for endpoints without an `ordering` of their own and
+    /// for inline URLs: `"none"` (records worked on concurrently) or `"key"`
+    /// (one at a time per Kafka record key, in offset order). Default `"none"`.
+    pub ordering: Ordering,
+}
+
+/// Whether records of one endpoint keep their order (SPEC: `ordering = "none" | "key"`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// Records are worked on concurrently and may arrive in any order.
+    #[default]
+    None,
+    /// Records with the same Kafka record key are delivered one at a time in
+    /// offset order, retried in place by the events consumer (records
+    /// without a key are unordered).
+    Key,
 }
 
 impl Default for DeliveryConfig {
@@ -113,6 +130,7 @@ impl Default for DeliveryConfig {
             max_waiting_per_endpoint: 32,
             max_endpoint_labels: 100,
             proxy: None,
+            ordering: Ordering::None,
         }
     }
 }
@@ -168,4 +186,7 @@ pub struct EndpointConfig {
     /// Egress proxy for this endpoint, as `delivery.proxy`. Default: `delivery.proxy`.
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// Delivery order for this endpoint, as `delivery.ordering`. Default: `delivery.ordering`.
+    #[serde(default)]
+    pub ordering: Option<Ordering>,
 }

@@ -15,7 +15,7 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use figment::Figment;
 use serde::{Deserialize, Serialize};
 
-pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, RetryConfig, TierConfig};
+pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, Ordering, RetryConfig, TierConfig};
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
@@ -563,6 +563,20 @@ mod tests {
         }
         let err = Config::from_toml("[delivery]\nproxy = \"p:3128\"\n").unwrap_err().to_string();
         assert!(err.starts_with("delivery.proxy"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_ordering_is_one_clear_line() {
+        for toml in
+            ["[delivery]\nordering = \"fifo\"\n", "[endpoints.x]\nurl = \"https://x.example/\"\nordering = \"keys\"\n"]
+        {
+            let err = Config::from_toml(toml).unwrap_err().to_string();
+            assert!(err.contains("ordering") && err.contains("`none`") && err.contains("`key`"), "{err}");
+            assert!(!err.contains('\n'), "{err}");
+        }
+        let config = Config::from_toml("[endpoints.x]\nurl = \"https://x.example/\"\nordering = \"key\"\n").unwrap();
+        assert_eq!(config.endpoints["x"].ordering, Some(Ordering::Key));
+        assert_eq!(config.delivery.ordering, Ordering::None, "default none");
     }
 
     #[test]

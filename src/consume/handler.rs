@@ -43,6 +43,11 @@ pub enum Done {
     /// free now, its offset waits for [`Held::decide`] (or is never passed if the
     /// `Held` is dropped undecided). Drains wait for held records, after [`Handler::flush`].
     Held,
+    /// Not decided: to be worked on again in place at `due_ms` (a record of an
+    /// ordered key, retried by the events consumer so that its key keeps its
+    /// order). The loop puts it back into its partition's backlog at its
+    /// offset; the handler keeps what it learned (the attempts) in the record.
+    Again { due_ms: i64 },
 }
 
 /// A decision on a held record, sent to the loop that read it.
@@ -142,6 +147,9 @@ pub struct Ticket {
     pub due_ms: Option<i64>,
     /// `None` = no endpoint limit (an invalid record, say).
     pub endpoint: Option<EndpointSlot>,
+    /// Set for a record whose endpoint keeps its key's order (see [`super::order`]);
+    /// `None` = unordered.
+    pub order: Option<super::order::OrderKey>,
 }
 
 /// What a handler is asked to do with a record.
@@ -193,12 +201,11 @@ pub trait Handler: Send + Sync + 'static {
 pub async fn guarded<H: Handler>(
     handler: Arc<H>,
     role: Role,
-    record: H::Record,
+    record: Arc<H::Record>,
     work: Work,
     cancel: CancellationToken,
     decider: Decider,
 ) -> Done {
-    let record = Arc::new(record);
     // The call is inside the guarded future too: a panic before its first await is caught as well.
     let work = async { handler.clone().handle(record.clone(), work, cancel.clone(), decider).await };
     let why = match AssertUnwindSafe(work).catch_unwind().await {
@@ -289,19 +296,19 @@ mod tests {
         let handler = Arc::new(Fragile::default());
         let cancel = CancellationToken::new();
         assert_eq!(
-            guarded(handler.clone(), Role::Events, 2, Work::Attempt, cancel.clone(), decider()).await,
+            guarded(handler.clone(), Role::Events, Arc::new(2), Work::Attempt, cancel.clone(), decider()).await,
             Done::Decided
         );
         assert!(handler.recovered.lock().unwrap().is_empty(), "no panic, no recovery");
         assert_eq!(
-            guarded(handler.clone(), Role::Retry, 3, Work::Attempt, cancel.clone(), decider()).await,
+            guarded(handler.clone(), Role::Retry, Arc::new(3), Work::Attempt, cancel.clone(), decider()).await,
             Done::Decided
         );
         assert_eq!(*handler.recovered.lock().unwrap(), vec![(3, "odd record 3".to_string())]);
 
         let broken = Arc::new(Fragile { panic_in_recover: true, ..Fragile::default() });
         assert_eq!(
-            guarded(broken, Role::Dead, 5, Work::Attempt, cancel, decider()).await,
+            guarded(broken, Role::Dead, Arc::new(5), Work::Attempt, cancel, decider()).await,
             Done::Abandoned,
             "a panic in recover is caught too"
         );

@@ -7,6 +7,7 @@
 //! - [`handler`]: the contract with the work on each record.
 //! - [`partition`]: partition state and the pure scheduler.
 //! - `held`: decisions on records a handler holds past their slot ([`Done::Held`]).
+//! - `intake`: assignments and records from the poll thread into partition state.
 //! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
 //!   Offsets are stored (and then committed by librdkafka's background commit,
@@ -21,6 +22,8 @@ pub mod budget;
 mod client;
 pub mod handler;
 mod held;
+mod intake;
+pub mod order;
 pub mod partition;
 mod revoke;
 
@@ -30,14 +33,13 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use self::budget::{Budget, RECORD_OVERHEAD};
+use self::budget::Budget;
 use self::client::{Client, KafkaConsumer, Polled};
 use self::handler::Decision;
 pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
@@ -84,7 +86,7 @@ pub async fn run<H: Handler>(
 }
 
 /// What a handler task reports back.
-struct Completion {
+struct Completion<R> {
     key: (Arc<str>, i32),
     /// The endpoint slot the record held.
     endpoint: Option<EndpointSlot>,
@@ -94,7 +96,11 @@ struct Completion {
     slow: bool,
     generation: u64,
     offset: i64,
+    /// Its order key, in flight until now (see [`order`]).
+    order: Option<order::OrderKey>,
     done: Done,
+    /// The record, back for [`Done::Again`] only.
+    again: Option<Arc<R>>,
 }
 
 /// The async side: owns partition state, dispatches work, stores offsets.
@@ -109,8 +115,8 @@ struct Loop<H: Handler> {
     tasks: TaskTracker,
     /// Cancels handlers (abandon) once the grace period is over.
     abandon: CancellationToken,
-    done_tx: mpsc::Sender<Completion>,
-    done_rx: mpsc::Receiver<Completion>,
+    done_tx: mpsc::Sender<Completion<H::Record>>,
+    done_rx: mpsc::Receiver<Completion<H::Record>>,
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
@@ -208,48 +214,6 @@ impl<H: Handler> Loop<H> {
         refused.map_or(Ok(()), Err)
     }
 
-    fn assign(&mut self, assigned: Vec<(String, i32)>) {
-        let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in assigned {
-            tpl.add_partition(&topic, partition);
-            self.generation += 1;
-            let fresh = Partition::new(self.generation, self.abandon.child_token());
-            if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
-                old.cancel.cancel();
-                self.held -= old.held;
-            }
-        }
-        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
-        if let Err(error) = self.consumer.resume(&tpl) {
-            tracing::debug!(%error, "resume of assigned partitions failed");
-        }
-    }
-
-    /// Takes a record into its partition's backlog; returns the partition to schedule.
-    fn accept(&mut self, record: OwnedMessage) -> Option<(Arc<str>, i32)> {
-        let key = (Arc::<str>::from(record.topic()), record.partition());
-        let generation = &mut self.generation;
-        let abandon = &self.abandon;
-        // A record can only come from an assigned partition; be robust anyway.
-        let partition = self.partitions.entry(key.clone()).or_insert_with(|| {
-            *generation += 1;
-            Partition::new(*generation, abandon.child_token())
-        });
-        if partition.lifecycle != Lifecycle::Consuming {
-            return None; // not ours any more: the next owner reads it again
-        }
-        let offset = record.offset();
-        let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
-        self.budget.take(bytes);
-        let (ticket, record) = self.handler.prepare(record);
-        tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
-        // Pending from the moment it is read: a record waiting in the backlog
-        // holds the commit position just like one in flight.
-        partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Box::new(record) });
-        Some(key)
-    }
-
     /// Hands the records `schedule` chose to handlers, then applies its pause state.
     fn pump(&mut self, key: &(Arc<str>, i32)) {
         let limits = Limits {
@@ -274,6 +238,9 @@ impl<H: Handler> Loop<H> {
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
+            if let Some(key) = waiting.ticket.order {
+                partition.keys_in_flight.insert(key);
+            }
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
                 partition.count(slot, slow, true);
@@ -285,7 +252,9 @@ impl<H: Handler> Loop<H> {
                 slow,
                 generation: partition.generation,
                 offset: waiting.offset,
+                order: waiting.ticket.order,
                 done: Done::Abandoned,
+                again: None,
             };
             let cancel = partition.cancel.child_token();
             // The way to hold the record past its slot (the failure handler does).
@@ -295,11 +264,14 @@ impl<H: Handler> Loop<H> {
                 generation: partition.generation,
                 offset: waiting.offset,
             };
-            let work = handler::guarded(self.handler.clone(), self.spec.role, *waiting.record, work, cancel, decider);
+            let record = waiting.record;
+            let work = handler::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
             let done_tx = self.done_tx.clone();
             self.tasks.spawn(async move {
                 let done = work.await;
-                let _ = done_tx.send(Completion { done, ..completion }).await;
+                // Only a record to be worked on again goes back to the loop (dropped here otherwise).
+                let again = matches!(done, Done::Again { .. }).then_some(record);
+                let _ = done_tx.send(Completion { done, again, ..completion }).await;
             });
         }
         if partition.paused.is_some() != dispatch.pause.is_some() {
@@ -312,6 +284,7 @@ impl<H: Handler> Loop<H> {
         }
         partition.paused = dispatch.pause;
         partition.wake_ms = dispatch.wake_ms;
+        partition.key_waiting = dispatch.key_waiting;
     }
 
     /// Pumps every partition with a backlog (a timer fired, or capacity came back).
@@ -327,7 +300,7 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn complete(&mut self, done: Completion) {
+    fn complete(&mut self, done: Completion<H::Record>) {
         self.budget.give_back(done.bytes);
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
@@ -351,6 +324,10 @@ impl<H: Handler> Loop<H> {
             partition.count(slot, done.slow, false);
         }
         self.in_flight -= 1;
+        if let Some(key) = done.order {
+            // The next record of its key may go (or this one again, once due).
+            partition.keys_in_flight.remove(&key);
+        }
         match done.done {
             Done::Decided => {
                 if let Some(position) = partition.tracker.decide(done.offset) {
@@ -362,6 +339,17 @@ impl<H: Handler> Loop<H> {
                 self.held += 1;
             }
             Done::Abandoned => {}
+            Done::Again { due_ms } => {
+                // Back at its offset's place, undecided, so the commit waits at it and the
+                // later records of its key wait behind it; a draining partition lets it go
+                // (the next owner reads it again).
+                if let (Some(record), Lifecycle::Consuming) = (done.again, partition.lifecycle) {
+                    self.budget.take(done.bytes);
+                    let ticket = Ticket { due_ms: Some(due_ms), endpoint: done.endpoint, order: done.order };
+                    let (offset, bytes) = (done.offset, done.bytes);
+                    partition.requeue(Waiting { offset, read_ms: now_ms(), bytes, ticket, record });
+                }
+            }
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {

@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{EndpointSlot, IdMap, Ticket};
+use super::order::{Gate, KeyGate, KeySet, KEY_WAITING_FACTOR};
 use crate::offsets::OffsetTracker;
 
 /// How long before a paused head is due its partition resumes fetching.
@@ -36,15 +37,18 @@ pub enum PauseReason {
     Capacity,
     /// No waiting record is due for a while.
     NotDue,
+    /// Records waiting behind their key (`ordering = "key"`) reached their bound.
+    Ordered,
 }
 
 impl PauseReason {
-    pub const ALL: [PauseReason; 2] = [PauseReason::Capacity, PauseReason::NotDue];
+    pub const ALL: [PauseReason; 3] = [PauseReason::Capacity, PauseReason::NotDue, PauseReason::Ordered];
 
     pub fn as_str(self) -> &'static str {
         match self {
             PauseReason::Capacity => "capacity",
             PauseReason::NotDue => "not_due",
+            PauseReason::Ordered => "ordered",
         }
     }
 }
@@ -57,9 +61,10 @@ pub struct Waiting<R> {
     /// Its share of the process's memory budget.
     pub bytes: usize,
     pub ticket: Ticket,
-    /// Boxed, so the scheduler's scan of the backlog stays within a few cache
-    /// lines per record whatever the handler keeps (a decoded event is large).
-    pub record: Box<R>,
+    /// Behind a pointer, so the scheduler's scan of the backlog stays within a few cache
+    /// lines per record whatever the handler keeps (a decoded event is large);
+    /// shared, so that a record retried in place ([`super::Done::Again`]) comes back.
+    pub record: std::sync::Arc<R>,
 }
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
@@ -86,6 +91,10 @@ pub struct Partition<R> {
     pub endpoint_in_flight: IdMap<usize>,
     /// Of those, records of slow endpoints (answers of a second or more).
     pub slow_in_flight: usize,
+    /// Order keys of the records in flight here (`ordering = "key"`).
+    pub keys_in_flight: KeySet,
+    /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`]).
+    pub key_waiting: usize,
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
@@ -106,6 +115,8 @@ impl<R> Partition<R> {
             backlog: VecDeque::new(),
             endpoint_in_flight: IdMap::default(),
             slow_in_flight: 0,
+            keys_in_flight: KeySet::default(),
+            key_waiting: 0,
             paused: None,
             wake_ms: None,
         }
@@ -144,6 +155,12 @@ impl<R> Partition<R> {
         }
     }
 
+    /// Puts a record retried in place back at its offset's place in the backlog.
+    pub fn requeue(&mut self, waiting: Waiting<R>) {
+        let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
+        self.backlog.insert(at, waiting);
+    }
+
     /// Removes the records `schedule` chose (indices ascending), in backlog order.
     pub fn take(&mut self, chosen: &[usize]) -> Vec<Waiting<R>> {
         let mut taken: Vec<Waiting<R>> =
@@ -176,6 +193,11 @@ pub struct Dispatch {
     pub pause: Option<PauseReason>,
     /// When to look at the partition again for time's sake (ms).
     pub wake_ms: Option<i64>,
+    /// Records left waiting for their key rather than for a slot: behind an
+    /// earlier record of their key, or an in-place retry not yet due. They do
+    /// not count toward the read-ahead, so a blocked key does not pause the
+    /// partition for the other keys; [`KEY_WAITING_FACTOR`] x `read_ahead` bounds them.
+    pub key_waiting: usize,
 }
 
 /// Decides which waiting records of `partition` go now and its pause state. Pure.
@@ -189,6 +211,12 @@ pub struct Dispatch {
 /// cannot keep up never fills the read-ahead and pauses the partition for the
 /// others). `free` is how many more records the
 /// whole consumer may start; `endpoint_load` how many each endpoint has in flight.
+///
+/// Ordered keys (see [`super::order`]): a record behind an earlier record of
+/// its key (in flight or waiting) waits, without a slot and never deferred,
+/// and does not count toward the read-ahead; nor does an in-place retry
+/// waiting for its due time, which never pauses the partition for time.
+/// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
 /// Pause rules: a partition none of whose waiting records is due within
 /// [`RESUME_LEAD_MS`] is paused (and woken that long before the earliest is
@@ -220,32 +248,59 @@ pub fn schedule<R>(
                 _ => left >= limits.read_ahead,
             }
     };
+    // Records behind their keys have a bound of their own, resumed at half too.
+    let key_bound = limits.read_ahead.saturating_mul(KEY_WAITING_FACTOR);
+    let keys_full = |waiting: usize| match partition.paused {
+        Some(PauseReason::Ordered) => waiting > key_bound / 2,
+        _ => waiting >= key_bound,
+    };
     if consuming && room == 0 {
         // Nothing can start until a slot frees, and its completion pumps again:
         // no scan. (A busy partition is pumped on every record read; scanning
         // its backlog each time was the loop's largest cost in a profile.)
+        // Records behind their key are as many as the last scan counted.
+        let key_waiting = partition.key_waiting.min(partition.backlog.len());
         let pause = match partition.paused {
-            _ if full(partition.backlog.len()) => Some(PauseReason::Capacity),
+            _ if full(partition.backlog.len() - key_waiting) => Some(PauseReason::Capacity),
+            _ if keys_full(key_waiting) => Some(PauseReason::Ordered),
             Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
             _ => None,
         };
-        return Dispatch { take: Vec::new(), defer: Vec::new(), pause, wake_ms: partition.wake_ms };
+        return Dispatch { take: Vec::new(), defer: Vec::new(), pause, wake_ms: partition.wake_ms, key_waiting };
     }
     let mut due_left = false;
     // When a waiting record becomes overflow, if one is still young.
     let mut overflow_at: Option<i64> = None;
+    let mut keys = KeyGate::new(&partition.keys_in_flight);
+    // Every slot is taken: from here on only records behind their keys are counted.
+    let mut slots_taken = false;
     for (i, waiting) in partition.backlog.iter().enumerate() {
         if !consuming {
             break;
         }
-        if waiting.ticket.due_ms.is_some_and(|due| due > now_ms) {
+        let ordered = waiting.ticket.order.is_some();
+        let not_due = waiting.ticket.due_ms.is_some_and(|due| due > now_ms);
+        if slots_taken && !keys.active() {
+            // What is left waits for a completion, which pumps again, so the
+            // rest of the backlog need not be looked at (unless keys are in play).
+            break;
+        }
+        if keys.ask(waiting.ticket.order) == Gate::Behind {
+            continue;
+        }
+        if not_due {
+            if ordered {
+                keys.not_due();
+            }
+            continue;
+        }
+        if slots_taken {
             continue;
         }
         if take.len() >= room {
-            // Every slot is taken: what is left waits for a completion, which
-            // pumps again, so the rest of the backlog need not be looked at.
             due_left = true;
-            break;
+            slots_taken = true;
+            continue;
         }
         if let Some(slot) = &waiting.ticket.endpoint {
             let id = slot.id();
@@ -257,6 +312,11 @@ pub fn schedule<R>(
             let slow = slot.limit.is_slow();
             let slow_full = slow && partition.slow_in_flight + slow_started >= share;
             if endpoint_load(slot) + starting >= slot.limit.get() || here >= share || slow_full {
+                if ordered {
+                    // Never deferred: a deferral would let the next record of its key overtake it.
+                    due_left = true;
+                    continue;
+                }
                 let ahead = queued.entry(id).or_default();
                 *ahead += 1;
                 slow_queued += usize::from(slow);
@@ -286,21 +346,30 @@ pub fn schedule<R>(
         }
         take.push(i);
     }
-    let next_due = partition.backlog.iter().filter_map(|w| w.ticket.due_ms).filter(|&due| due > now_ms).min();
-    let waiting_for_time = !due_left && next_due.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
-    let left = partition.backlog.len() - take.len();
+    // Records of ordered keys retried in place wait for their due time on the
+    // events consumer, whose other records are due at once: they never pause
+    // the partition for time (the other keys must keep flowing).
+    let not_due = partition.backlog.iter().filter(|w| w.ticket.due_ms.is_some_and(|due| due > now_ms));
+    let next_unordered = not_due.clone().filter(|w| w.ticket.order.is_none()).filter_map(|w| w.ticket.due_ms).min();
+    let waiting_for_time = !due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
+    let left = partition.backlog.len() - take.len() - keys.waiting;
     let pause = match () {
         _ if !consuming => None,
         _ if full(left) => Some(PauseReason::Capacity),
+        _ if keys_full(keys.waiting) => Some(PauseReason::Ordered),
         _ if waiting_for_time => Some(PauseReason::NotDue),
         _ => None,
     };
-    let wake_ms = next_due.map(|due| if pause == Some(PauseReason::NotDue) { due - RESUME_LEAD_MS } else { due });
+    let lead = |w: &Waiting<R>| match w.ticket.order {
+        None if pause == Some(PauseReason::NotDue) => RESUME_LEAD_MS,
+        _ => 0,
+    };
+    let wake_ms = not_due.filter_map(|w| w.ticket.due_ms.map(|due| due - lead(w))).min();
     let wake_ms = match (wake_ms, overflow_at) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    Dispatch { take, defer, pause, wake_ms }
+    Dispatch { take, defer, pause, wake_ms, key_waiting: keys.waiting }
 }
 
 #[cfg(test)]
@@ -318,7 +387,7 @@ mod tests {
         Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8, memory_spent: false };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
-        Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))) }
+        Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
     }
 
     fn partition(tickets: Vec<Ticket>) -> Partition<()> {
@@ -329,7 +398,7 @@ mod tests {
                 read_ms: NOW - OVERFLOW_AFTER_MS,
                 bytes: 0,
                 ticket,
-                record: Box::new(()),
+                record: std::sync::Arc::new(()),
             });
         }
         p
@@ -393,7 +462,7 @@ mod tests {
         assert_eq!(d.pause, Some(PauseReason::NotDue));
         assert_eq!(d.wake_ms, Some(NOW + 30_000 - RESUME_LEAD_MS));
         let empty = partition(vec![]);
-        let nothing = Dispatch { take: vec![], defer: vec![], pause: None, wake_ms: None };
+        let nothing = Dispatch { take: vec![], defer: vec![], pause: None, wake_ms: None, key_waiting: 0 };
         assert_eq!(schedule(&empty, NOW, LIMITS, 100, idle), nothing);
     }
 
@@ -436,11 +505,11 @@ mod tests {
         let limits =
             Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
-        let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)) };
+        let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: None };
         let p = partition(vec![fast; 40]);
         let d = schedule(&p, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "40 records at 1 ms and 2 at a time wait 20 ms at most, however long ago read");
-        let slow = Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)) };
+        let slow = Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)), order: None };
         let mut p = partition(vec![slow; 12]);
         for w in p.backlog.iter_mut() {
             w.read_ms = NOW;
@@ -495,8 +564,11 @@ mod tests {
         let limits =
             Limits { in_flight_per_partition: 16, read_ahead: 100, waiting_per_endpoint: 2, memory_spent: false };
         let two_seconds = std::time::Duration::from_secs(2);
-        let slow =
-            |key: &str| Ticket { due_ms: None, endpoint: Some(slot(key, LiveLimit::measured(100, two_seconds))) };
+        let slow = |key: &str| Ticket {
+            due_ms: None,
+            endpoint: Some(slot(key, LiveLimit::measured(100, two_seconds))),
+            order: None,
+        };
         let mut tickets = Vec::new();
         for key in ["slow-a", "slow-b", "slow-c"] {
             tickets.extend(std::iter::repeat_n(slow(key), 4));

@@ -79,6 +79,15 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     tracing::info!(endpoint, id, attempt, tier, deferred, overflow, error, "routed to retry tier");
 }
 
+/// A record of an ordered key failed (or its circuit is open) and waits in
+/// place, its key behind it, until `wait_ms` from now (`ordering = "key"`).
+pub fn retried_in_place(endpoint: &str, id: &str, attempt: u32, deferred: bool, wait_ms: i64, error: Option<&str>) {
+    let (m, label) = (get(), labels::endpoint(endpoint));
+    m.deliveries.with_label_values(&[label, if deferred { "deferred" } else { "retry" }]).inc();
+    let error = capped(error);
+    tracing::info!(endpoint, id, attempt, deferred, wait_ms, error, "retried in place (ordered key)");
+}
+
 /// A record was routed to the dead topic.
 pub fn dead_routed(endpoint: &str, id: &str, attempt: u32, reason: DeadReason, error: Option<&str>) {
     let m = get();

@@ -32,7 +32,7 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     /// role
     pub in_flight: IntGaugeVec,
-    /// role, reason (capacity | not_due)
+    /// role, reason (capacity | not_due | ordered)
     pub paused_partitions: IntGaugeVec,
     /// group, topic, partition
     pub consumer_lag: IntGaugeVec,

@@ -1,6 +1,7 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
 mod attempt;
+mod in_place;
 mod shared;
 
 pub use self::shared::{SetupError, Shared};
@@ -17,6 +18,7 @@ use crate::circuit::{Admission, Circuits, Transition, Verdict};
 use crate::clock::now_ms;
 use crate::concurrency::{Limiter, Signal};
 use crate::config::Config;
+use crate::consume::order::order_key;
 use crate::consume::{Decider, Done, EndpointSlot, Handler, Ticket, Work};
 use crate::deliver::Deliverer;
 use crate::event::{Endpoints, Event, InvalidEvent};
@@ -87,6 +89,8 @@ pub struct Prepared {
     event: Result<Event, InvalidEvent>,
     /// The record's `traceparent`/`tracestate`, for its spans.
     trace: Option<TraceContext>,
+    /// A record of an ordered key on an event topic: retried in place, keeping its hop state here.
+    in_place: Option<in_place::Kept>,
 }
 
 impl Handler for Relay {
@@ -121,6 +125,12 @@ impl Handler for Relay {
         if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
             context.apply(&mut event.headers);
         }
+        // Ordered per key on the event topics only: tier records (from before the
+        // endpoint was ordered) are past keeping an order. No key, no order.
+        let order = match (&event, self.source) {
+            (Ok(e), Source::Events) if e.ordered => record.key().map(|key| order_key(&e.endpoint_key, key)),
+            _ => None,
+        };
         let ticket = Ticket {
             due_ms: match self.source {
                 // Never later than the tier's delay after the record was written:
@@ -132,8 +142,10 @@ impl Handler for Relay {
                 .as_ref()
                 .ok()
                 .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
+            order,
         };
-        (ticket, Prepared { record, headers, hop, event, trace: context })
+        let in_place = order.map(|_| in_place::Kept::default());
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place })
     }
 
     fn handle(
@@ -169,7 +181,9 @@ impl Handler for Relay {
         cancel: CancellationToken,
     ) -> BoxFuture<'static, Done> {
         async move {
-            let Prepared { record, headers, hop, event, .. } = &*prepared;
+            let Prepared { record, headers, hop, event, in_place, .. } = &*prepared;
+            // What its attempts in place learned, if any: the operators see the attempts made.
+            let hop = &in_place.as_ref().map_or_else(|| hop.clone(), |kept| kept.hop(hop));
             let original = Original { key: record.key(), value: record.payload(), headers };
             let error = format!("internal error: {why}");
             let endpoint = event.as_ref().map_or("invalid", |e| &*e.endpoint_key);
@@ -191,8 +205,8 @@ impl Relay {
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, prepared: &Prepared, work: Work, cancel: CancellationToken) -> Done {
         let s = &*self.shared;
-        let Prepared { record, headers, hop, event, .. } = prepared;
-        let mut hop = hop.clone();
+        let Prepared { record, headers, hop, event, in_place, .. } = prepared;
+        let mut hop = in_place.as_ref().map_or_else(|| hop.clone(), |kept| kept.hop(hop));
         let original = Original { key: record.key(), value: record.payload(), headers };
         let event = match event {
             Ok(event) => event,
@@ -222,7 +236,16 @@ impl Relay {
         };
         if work == Work::Defer {
             return self
-                .route(&original, &hop, event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel)
+                .route(
+                    &original,
+                    &hop,
+                    event,
+                    Outcome::Deferred,
+                    Deferral::Overflow,
+                    deadline,
+                    in_place.as_ref(),
+                    &cancel,
+                )
                 .instrument(child(|| tracing::info_span!("route")))
                 .await;
         }
@@ -234,14 +257,15 @@ impl Relay {
             },
         };
 
-        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, &cancel)
+        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, in_place.as_ref(), &cancel)
             .instrument(child(|| tracing::info_span!("route")))
             .await
     }
 
     #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them
     /// Plans where the record goes after `outcome` and takes it there; decided
-    /// once delivered or once the broker acknowledged the route.
+    /// once delivered or once the broker acknowledged the route. A record of an
+    /// ordered key (`in_place`) waits in place instead of going to a tier.
     async fn route(
         &self,
         original: &Original<'_>,
@@ -250,6 +274,7 @@ impl Relay {
         outcome: Outcome,
         deferral: Deferral,
         deadline_ms: i64,
+        in_place: Option<&in_place::Kept>,
         cancel: &CancellationToken,
     ) -> Done {
         let s = &*self.shared;
@@ -275,6 +300,13 @@ impl Relay {
             Outcome::Deferred => (hop.last_status, Some(deferral.describe(endpoint))),
             Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
+        if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
+            let (now, deferred) = (now_ms(), outcome == Outcome::Deferred);
+            let due_ms = in_place::due_ms(*due_ms, deferred, now, s.circuits.cool_down().as_millis() as i64);
+            kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
+            metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
+            return Done::Again { due_ms };
+        }
         let relay =
             |destination| RelayHeaders { hop, destination, last_status, last_error: last_error.as_deref(), endpoint };
         match route {

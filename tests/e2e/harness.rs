@@ -361,6 +361,8 @@ pub struct Behaviour {
     pub retry_after: Option<String>,
     /// Requests whose body contains this are held until [`Receiver::release`].
     pub hold_marker: Option<String>,
+    /// `(text, n)`: the first `n` requests whose body contains `text` get `fail_status` (one key's, say).
+    pub fail_matching: Option<(String, usize)>,
 }
 
 impl Default for Behaviour {
@@ -372,6 +374,7 @@ impl Default for Behaviour {
             delay: Duration::ZERO,
             retry_after: None,
             hold_marker: None,
+            fail_matching: None,
         }
     }
 }
@@ -380,6 +383,8 @@ struct ReceiverState {
     behaviour: Mutex<Behaviour>,
     received: Mutex<Vec<Received>>,
     seen: Mutex<HashMap<String, usize>>,
+    /// Requests that matched `fail_matching` so far.
+    matched: Mutex<usize>,
     release: Notify,
     released: Mutex<bool>,
 }
@@ -397,6 +402,7 @@ impl Receiver {
             behaviour: Mutex::new(behaviour),
             received: Mutex::default(),
             seen: Mutex::default(),
+            matched: Mutex::default(),
             release: Notify::new(),
             released: Mutex::new(false),
         });
@@ -453,7 +459,13 @@ async fn handle(
         *n += 1;
         *n
     };
-    let status = if nth <= behaviour.fail_first { behaviour.fail_status } else { behaviour.status };
+    let matching = behaviour.fail_matching.as_ref().is_some_and(|(text, n)| {
+        let hit = String::from_utf8_lossy(&body).contains(text.as_str());
+        let mut matched = state.matched.lock().unwrap();
+        *matched += usize::from(hit);
+        hit && *matched <= *n
+    });
+    let status = if nth <= behaviour.fail_first || matching { behaviour.fail_status } else { behaviour.status };
     let held = behaviour.hold_marker.as_ref().is_some_and(|m| String::from_utf8_lossy(&body).contains(m.as_str()));
     state.received.lock().unwrap().push(Received {
         path: uri.path().to_string(),

@@ -12,6 +12,7 @@ mod isolation;
 mod mtls;
 mod notify;
 mod operate;
+mod ordering;
 mod otlp;
 mod proxy;
 mod refused;
