@@ -135,6 +135,12 @@ pub fn relay_config(s: &Scenario, bootstrap: &str, topics: &crate::kafka::Topics
     if s.payload_bytes * 2 > 1024 * 1024 {
         out.push_str(&format!("max_payload_bytes = {}\n", s.payload_bytes * 2));
     }
+    // Knob experiments: lines for the relay's [delivery] table, e.g.
+    // BENCH_DELIVERY="max_read_ahead_per_partition = 4096".
+    if let Ok(extra) = std::env::var("BENCH_DELIVERY") {
+        out.push_str(&extra.replace(';', "\n"));
+        out.push('\n');
+    }
     out
 }
 

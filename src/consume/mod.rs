@@ -103,6 +103,14 @@ struct Completion<R> {
     again: Option<Arc<R>>,
 }
 
+/// Partitions to pump once a batch of records or completions is applied.
+#[derive(Default)]
+struct Touched {
+    keys: Vec<(Arc<str>, i32)>,
+    /// A slot of the whole consumer or of an endpoint freed: any partition may go on.
+    all: bool,
+}
+
 /// The async side: owns partition state, dispatches work, stores offsets.
 struct Loop<H: Handler> {
     spec: Spec,
@@ -162,12 +170,23 @@ impl<H: Handler> Loop<H> {
             tokio::select! {
                 // Finished work first: it frees capacity and moves offsets.
                 biased;
-                Some(done) = self.done_rx.recv() => self.complete(done),
+                Some(done) = self.done_rx.recv() => {
+                    // Completions that arrived together are applied together and each
+                    // partition they touched is scheduled once: under load one pump per
+                    // completion (each a scan of the backlog) was the loop's largest cost.
+                    let mut next = Some(done);
+                    let mut touched = Touched::default();
+                    for _ in 0..READ_BATCH {
+                        let Some(done) = next.take().or_else(|| self.done_rx.try_recv().ok()) else { break };
+                        self.complete(done, &mut touched);
+                    }
+                    self.pump_touched(touched);
+                }
                 Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
-                polled = rx.recv() => {
+                polled = rx.recv(), if self.reading() => {
                     // What is already waiting is read in one go, and each partition it
                     // touched is scheduled once: not once per record.
                     let mut next = polled;
@@ -191,11 +210,7 @@ impl<H: Handler> Loop<H> {
                             break;
                         }
                     }
-                    touched.sort();
-                    touched.dedup();
-                    for key in touched {
-                        self.pump(&key);
-                    }
+                    self.pump_touched(Touched { keys: touched, all: false });
                     if refused.is_some() || (rx.is_closed() && rx.is_empty()) {
                         break;
                     }
@@ -283,8 +298,39 @@ impl<H: Handler> Loop<H> {
             }
         }
         partition.paused = dispatch.pause;
-        partition.wake_ms = dispatch.wake_ms;
         partition.key_waiting = dispatch.key_waiting;
+        // A full partition is looked at again when it would count as clogged.
+        let clogged_at = partition.note_full(self.spec.max_read_ahead, now_ms());
+        partition.wake_ms = match (dispatch.wake_ms, clogged_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Whether to read more records: not while every partition that could take
+    /// them has a full read-ahead. librdkafka then keeps what it fetched (a
+    /// pause would drop it); a partition that stays full is paused, and reading goes on.
+    fn reading(&self) -> bool {
+        let read_ahead = self.spec.max_read_ahead;
+        let mut open = self.partitions.values().filter(|p| p.lifecycle == Lifecycle::Consuming && p.paused.is_none());
+        let mut any = false;
+        let all_full = open.all(|p| {
+            any = true;
+            p.over_read_ahead(read_ahead)
+        });
+        !(any && all_full)
+    }
+
+    /// Pumps the partitions records or completions touched, each once.
+    fn pump_touched(&mut self, mut touched: Touched) {
+        if touched.all {
+            return self.pump_all();
+        }
+        touched.keys.sort();
+        touched.keys.dedup();
+        for key in touched.keys {
+            self.pump(&key);
+        }
     }
 
     /// Pumps every partition with a backlog (a timer fired, or capacity came back).
@@ -300,7 +346,8 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    fn complete(&mut self, done: Completion<H::Record>) {
+    /// Applies a handler's report; `touched` collects what must be pumped after.
+    fn complete(&mut self, done: Completion<H::Record>, touched: &mut Touched) {
         self.budget.give_back(done.bytes);
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
@@ -353,9 +400,9 @@ impl<H: Handler> Loop<H> {
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {
-            self.pump_all();
+            touched.all = true;
         } else {
-            self.pump(&done.key.clone());
+            touched.keys.push(done.key);
         }
     }
 

@@ -74,6 +74,15 @@ pub struct Waiting<R> {
 /// overflow; one that cannot keep up would leave them waiting.
 pub const OVERFLOW_AFTER_MS: i64 = 1_000;
 
+/// A partition whose read-ahead stayed full this long is clogged (its records
+/// cannot go for now), not merely busy, and is paused. A busy one is not: while
+/// every partition's read-ahead is full the loop stops reading instead (see
+/// [`Partition::over_read_ahead`]), so librdkafka keeps what it fetched. A
+/// pause drops a partition's fetched records and fetches them again on resume
+/// (measured in a backlog drain: the broker's CPU per delivery 10x the null
+/// pipeline's, and deliveries stalling for half a second at a time).
+pub const CLOGGED_AFTER_MS: i64 = 200;
+
 /// One endpoint may hold at most 1/ENDPOINT_SHARE of a partition's in-flight slots.
 pub const ENDPOINT_SHARE: usize = 2;
 
@@ -95,6 +104,8 @@ pub struct Partition<R> {
     pub keys_in_flight: KeySet,
     /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`]).
     pub key_waiting: usize,
+    /// Since when its read-ahead has been full without a pause (ms).
+    pub full_since: Option<i64>,
     pub paused: Option<PauseReason>,
     /// When a waiting record needs the loop's attention (ms), if one waits for time.
     pub wake_ms: Option<i64>,
@@ -117,6 +128,7 @@ impl<R> Partition<R> {
             slow_in_flight: 0,
             keys_in_flight: KeySet::default(),
             key_waiting: 0,
+            full_since: None,
             paused: None,
             wake_ms: None,
         }
@@ -155,6 +167,21 @@ impl<R> Partition<R> {
         }
     }
 
+    /// Whether its read-ahead (records waiting for a slot, not for their key) is full.
+    pub fn over_read_ahead(&self, read_ahead: usize) -> bool {
+        self.backlog.len().saturating_sub(self.key_waiting) >= read_ahead
+    }
+
+    /// Notes when the read-ahead became full, after a pump; returns when it
+    /// counts as clogged, if it is full and not paused.
+    pub fn note_full(&mut self, read_ahead: usize, now_ms: i64) -> Option<i64> {
+        self.full_since = match self.paused {
+            None if self.over_read_ahead(read_ahead) => Some(self.full_since.unwrap_or(now_ms)),
+            _ => None,
+        };
+        self.full_since.map(|since| since + CLOGGED_AFTER_MS)
+    }
+
     /// Puts a record retried in place back at its offset's place in the backlog.
     pub fn requeue(&mut self, waiting: Waiting<R>) {
         let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
@@ -174,7 +201,9 @@ impl<R> Partition<R> {
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     pub in_flight_per_partition: usize,
-    /// Records read ahead per partition before it pauses (resumes at half).
+    /// Records read ahead per partition: the loop stops reading while every
+    /// partition has this many; one that stays full [`CLOGGED_AFTER_MS`], or
+    /// reaches twice as many, pauses (and resumes at half).
     pub read_ahead: usize,
     /// Due records of one endpoint that may wait for its slots; the rest is deferred.
     pub waiting_per_endpoint: usize,
@@ -220,8 +249,9 @@ pub struct Dispatch {
 ///
 /// Pause rules: a partition none of whose waiting records is due within
 /// [`RESUME_LEAD_MS`] is paused (and woken that long before the earliest is
-/// due); one whose backlog reached `read_ahead` is paused until it is down to
-/// half. Otherwise it fetches, so that records are at hand when due.
+/// due); one whose backlog stayed at `read_ahead` for [`CLOGGED_AFTER_MS`]
+/// (`full_since`), or reached twice that, is paused until it is down to half.
+/// Otherwise it fetches, so that records are at hand when due.
 pub fn schedule<R>(
     partition: &Partition<R>,
     now_ms: i64,
@@ -245,7 +275,10 @@ pub fn schedule<R>(
             || match partition.paused {
                 // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
                 Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
-                _ => left >= limits.read_ahead,
+                _ => {
+                    let clogged = partition.full_since.is_some_and(|since| now_ms - since >= CLOGGED_AFTER_MS);
+                    left >= limits.read_ahead.saturating_mul(2) || (left >= limits.read_ahead && clogged)
+                }
             }
     };
     // Records behind their keys have a bound of their own, resumed at half too.
@@ -540,8 +573,9 @@ mod tests {
     fn without_a_free_slot_nothing_goes_and_the_pause_state_holds() {
         let mut p = partition(vec![Ticket::default(); 6]);
         p.in_flight = LIMITS.in_flight_per_partition;
+        p.full_since = Some(NOW - CLOGGED_AFTER_MS);
         let d = schedule(&p, NOW, LIMITS, 100, idle);
-        assert_eq!((d.take.len(), d.pause), (0, Some(PauseReason::Capacity)), "6 waiting: the read-ahead is full");
+        assert_eq!((d.take.len(), d.pause), (0, Some(PauseReason::Capacity)), "6 waiting: the read-ahead is clogged");
         let mut waiting = partition(vec![ticket(Some(NOW + 60_000), None)]);
         waiting.in_flight = 1;
         waiting.paused = Some(PauseReason::NotDue);
@@ -584,10 +618,21 @@ mod tests {
     }
 
     #[test]
-    fn a_full_read_ahead_pauses_until_half() {
+    fn a_read_ahead_full_for_a_while_or_twice_over_pauses_until_half() {
         let tickets = vec![ticket(None, Some(("slow", 1))); 6];
-        let full = partition(tickets.clone());
-        assert_eq!(schedule(&full, NOW, LIMITS, 100, |_| 1).pause, Some(PauseReason::Capacity));
+        let mut full = partition(tickets.clone());
+        assert_eq!(schedule(&full, NOW, LIMITS, 100, |_| 1).pause, None, "just full: busy, the loop stops reading");
+        assert_eq!(full.note_full(LIMITS.read_ahead, NOW), Some(NOW + CLOGGED_AFTER_MS), "looked at again then");
+        assert_eq!(full.note_full(LIMITS.read_ahead, NOW + 50), Some(NOW + CLOGGED_AFTER_MS), "since the first time");
+        let later = NOW + CLOGGED_AFTER_MS - 1;
+        assert_eq!(schedule(&full, later, LIMITS, 100, |_| 1).pause, None);
+        let clogged = NOW + CLOGGED_AFTER_MS;
+        assert_eq!(schedule(&full, clogged, LIMITS, 100, |_| 1).pause, Some(PauseReason::Capacity), "clogged");
+        let mut twice = partition(vec![Ticket::default(); 12]);
+        twice.in_flight = LIMITS.in_flight_per_partition;
+        assert_eq!(schedule(&twice, NOW, LIMITS, 100, idle).pause, Some(PauseReason::Capacity), "12 = 2 x 6");
+        full.backlog.pop_back();
+        assert_eq!(full.note_full(LIMITS.read_ahead, NOW), None, "no longer full: forgotten");
         let mut four = partition(tickets[..4].to_vec());
         four.paused = Some(PauseReason::Capacity);
         assert_eq!(schedule(&four, NOW, LIMITS, 100, |_| 1).pause, Some(PauseReason::Capacity), "4 > 6 / 2");

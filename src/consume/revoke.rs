@@ -10,7 +10,7 @@ use tokio::time::Instant;
 
 use super::handler::Handler;
 use super::partition::Partition;
-use super::Loop;
+use super::{Loop, Touched};
 
 /// A revoke the poll thread is waiting on.
 pub(super) struct PendingRevoke {
@@ -36,7 +36,8 @@ impl<H: Handler> Loop<H> {
         let deadline = Instant::now() + self.spec.grace;
         while self.in_flight > 0 || self.held > 0 {
             tokio::select! {
-                Some(done) = self.done_rx.recv() => self.complete(done),
+                // Draining partitions take no new work: nothing to pump after.
+                Some(done) = self.done_rx.recv() => self.complete(done, &mut Touched::default()),
                 Some(decision) = self.decide_rx.recv() => self.apply(decision),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
@@ -59,7 +60,7 @@ impl<H: Handler> Loop<H> {
             // Abandoned handlers return promptly; their records stay undecided.
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
             while let Ok(done) = self.done_rx.try_recv() {
-                self.complete(done);
+                self.complete(done, &mut Touched::default());
             }
         }
         if let Some(revoke) = self.revoke.take() {
