@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Secret, SecretUrl};
+use crate::pace::Rate;
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +96,20 @@ pub struct DeliveryConfig {
     /// inline URLs. Default: none (direct; proxies from the environment are ignored).
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// Requests per second or minute (`"20/s"`, `"600/m"`) to each endpoint
+    /// without a `rate_limit` of its own and to each inline-URL host, per
+    /// replica (a token bucket). Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// Requests that may go at once after a quiet time (the bucket's size).
+    /// Default: one second's worth of the rate, at least 1.
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    /// A record that would wait longer than this for its endpoint's pace (its
+    /// rate, or a `Retry-After` hold) is deferred to the next tier at once,
+    /// without an attempt. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub rate_max_wait: Duration,
 }
 
 impl Default for DeliveryConfig {
@@ -113,6 +128,9 @@ impl Default for DeliveryConfig {
             max_waiting_per_endpoint: 32,
             max_endpoint_labels: 100,
             proxy: None,
+            rate_limit: None,
+            rate_burst: None,
+            rate_max_wait: crate::pace::DEFAULT_MAX_WAIT,
         }
     }
 }
@@ -168,4 +186,13 @@ pub struct EndpointConfig {
     /// Egress proxy for this endpoint, as `delivery.proxy`. Default: `delivery.proxy`.
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// This endpoint's rate, as `delivery.rate_limit`. Default: `delivery.rate_limit`.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// This endpoint's burst, as `delivery.rate_burst`. Default: `delivery.rate_burst`.
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    /// This endpoint's longest wait for its pace. Default: `delivery.rate_max_wait`.
+    #[serde(default, with = "humantime_serde")]
+    pub rate_max_wait: Option<Duration>,
 }

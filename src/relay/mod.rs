@@ -68,6 +68,8 @@ enum Deferral {
     Circuit,
     /// The endpoint had more records waiting in the partition than `delivery.max_waiting_per_endpoint`.
     Overflow,
+    /// The endpoint's pace (its `rate_limit`, or a `Retry-After` hold) would have kept it waiting past `rate_max_wait`.
+    Pace,
 }
 
 impl Deferral {
@@ -75,6 +77,9 @@ impl Deferral {
         match self {
             Deferral::Circuit => format!("deferred: circuit open for {endpoint}"),
             Deferral::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
+            Deferral::Pace => {
+                format!("deferred: {endpoint} is paced (rate_limit or Retry-After) and this record would wait past rate_max_wait")
+            }
         }
     }
 }
@@ -128,10 +133,10 @@ impl Handler for Relay {
                 Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
                 Source::Events => None,
             },
-            endpoint: event
-                .as_ref()
-                .ok()
-                .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
+            endpoint: event.as_ref().ok().map(|e| {
+                let (limit, pace) = s.limiter.slot(&e.endpoint_key);
+                EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
+            }),
         };
         (ticket, Prepared { record, headers, hop, event, trace: context })
     }
@@ -220,21 +225,26 @@ impl Relay {
             Source::Tier(_) => not_yet(hop.due_ms, now_ms(), deadline),
             Source::Events => None,
         };
-        if work == Work::Defer {
+        let deferral = match work {
+            Work::Attempt => None,
+            Work::Defer => Some(Deferral::Overflow),
+            Work::Paced => Some(Deferral::Pace),
+        };
+        if let Some(deferral) = deferral {
             return self
-                .route(&original, &hop, event, Outcome::Deferred, Deferral::Overflow, deadline, &cancel)
+                .route(&original, &hop, event, Outcome::Deferred, deferral, deadline, &cancel)
                 .instrument(child(|| tracing::info_span!("route")))
                 .await;
         }
-        let outcome = match lap {
-            Some(due_ms) => Outcome::NotYet { due_ms },
+        let (outcome, deferral) = match lap {
+            Some(due_ms) => (Outcome::NotYet { due_ms }, Deferral::Circuit),
             None => match self.attempt(event, &mut hop, &cancel).await {
-                Some(outcome) => outcome,
+                Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
 
-        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, &cancel)
+        self.route(&original, &hop, event, outcome, deferral, deadline, &cancel)
             .instrument(child(|| tracing::info_span!("route")))
             .await
     }
@@ -302,6 +312,7 @@ impl Relay {
                 let why = match (&outcome, deferral) {
                     (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
                     (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
+                    (Outcome::Deferred, Deferral::Pace) => Retry::Paced,
                     (Outcome::NotYet { .. }, _) => Retry::NotYet,
                     _ => Retry::Failed,
                 };
