@@ -18,6 +18,13 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
+/// A timer that fires this late does not lower the rate: the bucket keeps up
+/// to this much refill beyond its burst (at most half a token, so never a
+/// request more at once). Without it, each wake-up a few ms late cost its
+/// lateness: measured 200 records at 20/s with a burst of 1 in 10.37 s, not
+/// 9.95 s (about 2 ms per wake-up on a busy machine).
+const LATE_MS: f64 = 10.0;
+
 /// The default `rate_max_wait` (SPEC).
 pub const DEFAULT_MAX_WAIT: Duration = Duration::from_secs(30);
 
@@ -134,11 +141,12 @@ impl Rules {
 /// A token bucket, in milliseconds. Pure: the caller says what time it is.
 ///
 /// `tokens` is the count at `at_ms`; it grows by `per_ms` per millisecond up
-/// to `burst`. `at_ms` may lie ahead (a hold): no token grows before it.
+/// to `cap` (the burst, and [`LATE_MS`] of refill). `at_ms` may lie ahead (a
+/// hold): no token grows before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {
     per_ms: f64,
-    burst: f64,
+    cap: f64,
     tokens: f64,
     at_ms: i64,
 }
@@ -146,8 +154,8 @@ pub struct Bucket {
 impl Bucket {
     /// A full bucket at `now_ms`.
     pub fn new(rate: Rate, burst: u32, now_ms: i64) -> Bucket {
-        let burst = f64::from(burst.max(1));
-        Bucket { per_ms: rate.per_ms(), burst, tokens: burst, at_ms: now_ms }
+        let (per_ms, burst) = (rate.per_ms(), f64::from(burst.max(1)));
+        Bucket { per_ms, cap: burst + (LATE_MS * per_ms).min(0.5), tokens: burst, at_ms: now_ms }
     }
 
     /// Tokens at `at` (never before `at_ms`), and the time they are counted at.
@@ -156,7 +164,7 @@ impl Bucket {
             return (self.tokens, self.at_ms);
         }
         let grown = self.tokens + (now_ms - self.at_ms) as f64 * self.per_ms;
-        (grown.min(self.burst), now_ms)
+        (grown.min(self.cap), now_ms)
     }
 
     /// How long from `now_ms` until the `n`-th record from now (1 = the next) may start, in ms; 0 = now.
@@ -296,7 +304,7 @@ mod tests {
             (1, 1, 0, 1, 50),      // after the one token went
             (1, 1, 20, 1, 30),     // part of it grew back
             (1, 1, 50, 1, 0),      // all of it
-            (1, 0, 10_000, 2, 50), // a long idle time fills only up to the burst
+            (1, 0, 10_000, 2, 40), // a long idle time fills up to the burst (and 10 ms of lateness)
             (5, 0, 0, 5, 0),       // a burst of 5 goes at once
             (5, 0, 0, 7, 100),     // the 7th waits two tokens
             (5, 7, 0, 1, 150),     // two in debt: three tokens to grow
@@ -324,6 +332,17 @@ mod tests {
             started.push(now);
         }
         assert_eq!(started[199] - started[0], 199 * 50, "199 intervals of 50 ms");
+        // The same, each wake-up 3 ms late: the lateness is not lost.
+        let mut bucket = Bucket::new(rate("20/s"), 1, 0);
+        let (mut now, mut started) = (0, Vec::new());
+        while started.len() < 200 {
+            now += bucket.wait_ms(now, 1) + 3;
+            bucket.take(now);
+            started.push(now);
+        }
+        assert_eq!(started[199] - started[0], 199 * 50, "late wake-ups do not lower the rate");
+        let idle = Bucket::new(rate("20/s"), 1, 0);
+        assert_eq!(idle.wait_ms(60_000, 2), 40, "after a quiet time, at most 10 ms early: never two at once");
     }
 
     #[test]

@@ -126,14 +126,21 @@ impl Handler for Relay {
         if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
             context.apply(&mut event.headers);
         }
+        let due_ms = match self.source {
+            // Never later than the tier's delay after the record was written:
+            // a far due time must not hold the partition (it laps instead).
+            Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
+            Source::Events => None,
+        };
+        // One that will lap makes no request: neither its endpoint's slot nor its
+        // pace may hold it (a Retry-After hold would keep it in the tier past its delay).
+        let laps = match (due_ms, hop.due_ms) {
+            (Some(ready), Some(own)) => own > ready.max(now_ms()) && hop.deadline_ms.is_none_or(|d| own <= d),
+            _ => false,
+        };
         let ticket = Ticket {
-            due_ms: match self.source {
-                // Never later than the tier's delay after the record was written:
-                // a far due time must not hold the partition (it laps instead).
-                Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
-                Source::Events => None,
-            },
-            endpoint: event.as_ref().ok().map(|e| {
+            due_ms,
+            endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
                 let (limit, pace) = s.limiter.slot(&e.endpoint_key);
                 EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
             }),

@@ -13,6 +13,7 @@ mod mtls;
 mod notify;
 mod operate;
 mod otlp;
+mod pace;
 mod proxy;
 mod refused;
 mod replay;
