@@ -10,6 +10,8 @@
 //! ceiling (`delivery.max_in_flight_per_endpoint` or the endpoint's
 //! `max_in_flight`). The limit is per process: every consumer of a replica
 //! (events and tiers) shares it.
+//! Each endpoint's [`Pace`] (its rate and `Retry-After` hold) is kept, and
+//! forgotten when idle, with its limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

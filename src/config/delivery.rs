@@ -84,7 +84,8 @@ pub struct DeliveryConfig {
     /// Records of one endpoint that may wait in one partition for a free slot
     /// of that endpoint; the overflow is deferred to the next tier (no attempt
     /// counted, deadline kept), so a receiver that cannot keep up does not
-    /// hold the partition for everyone else. At least 8. Default 32.
+    /// hold the partition for everyone else. At least 8. Default 32. An
+    /// endpoint with a `rate_limit` is bounded by `rate_max_wait` instead.
     pub max_waiting_per_endpoint: usize,
     /// Inline-URL hosts that get their own `endpoint` metric label, first
     /// come first served; later hosts share the label `other` (configured
