@@ -277,8 +277,12 @@ pub fn schedule<R>(
             let id = slot.id();
             let starting = started.get(&id).copied().unwrap_or(0);
             let here = partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
-            // Behind the records of its endpoint that go or wait before it in this partition.
-            let pace_wait = slot.pace.wait_ms(now_ms, starting + queued.get(&id).copied().unwrap_or(0) + 1);
+            // Behind the records of its endpoint that go or wait before it in this partition
+            // (counted only for a rate: the scan is the loop's hot path).
+            let pace_wait = match slot.pace.is_paced() {
+                true => slot.pace.wait_ms(now_ms, starting + queued.get(&id).copied().unwrap_or(0) + 1),
+                false => slot.pace.held_ms(now_ms),
+            };
             if pace_wait > slot.pace.max_wait_ms() {
                 paced.push(i);
                 take.push(i);
