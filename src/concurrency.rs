@@ -10,6 +10,8 @@
 //! ceiling (`delivery.max_in_flight_per_endpoint` or the endpoint's
 //! `max_in_flight`). The limit is per process: every consumer of a replica
 //! (events and tiers) shares it.
+//! Each endpoint's [`Pace`] (its rate and `Retry-After` hold) is kept, and
+//! forgotten when idle, with its limit.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -18,7 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::clock::now_ms;
 use crate::metrics;
+use crate::pace::{self, Pace};
 
 /// Where the limit starts: low enough not to flood a receiver that was never seen.
 pub const INITIAL: usize = 16;
@@ -176,6 +180,8 @@ pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
 struct Endpoint {
     aimd: Mutex<Aimd>,
     live: LiveLimit,
+    /// Its rate and `Retry-After` hold, kept (and forgotten) with its limit.
+    pace: Arc<Pace>,
     in_flight: AtomicUsize,
     freed: Notify,
     /// When a record last asked for this endpoint.
@@ -186,13 +192,19 @@ struct Endpoint {
 pub struct Limiter {
     default_ceiling: usize,
     ceilings: HashMap<String, usize>,
+    paces: pace::Rules,
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
 }
 
 impl Limiter {
     /// `ceilings` are the configured endpoints' own; others get `default_ceiling`.
     pub fn new(default_ceiling: usize, ceilings: HashMap<String, usize>) -> Limiter {
-        Limiter { default_ceiling, ceilings, endpoints: Mutex::default() }
+        Limiter { default_ceiling, ceilings, paces: pace::Rules::default(), endpoints: Mutex::default() }
+    }
+
+    /// The same, with each endpoint's pace set by `rules` (without: no rate, `Retry-After` holds only).
+    pub fn paced(self, rules: pace::Rules) -> Limiter {
+        Limiter { paces: rules, ..self }
     }
 
     fn endpoint(&self, key: &Arc<str>) -> Arc<Endpoint> {
@@ -205,6 +217,7 @@ impl Limiter {
                 metrics::concurrency_limit(key, aimd.limit(), ceiling);
                 Arc::new(Endpoint {
                     live: LiveLimit::fixed(aimd.limit()),
+                    pace: Arc::new(Pace::new(self.paces.of(key), now_ms())),
                     aimd: Mutex::new(aimd),
                     in_flight: AtomicUsize::new(0),
                     freed: Notify::new(),
@@ -237,6 +250,12 @@ impl Limiter {
     /// The endpoint's current limit, as the loop reads it.
     pub fn live(&self, key: &Arc<str>) -> LiveLimit {
         self.endpoint(key).live.clone()
+    }
+
+    /// The endpoint's limit and pace, for a record's slot (one lookup).
+    pub fn slot(&self, key: &Arc<str>) -> (LiveLimit, Arc<Pace>) {
+        let endpoint = self.endpoint(key);
+        (endpoint.live.clone(), endpoint.pace.clone())
     }
 
     /// Waits for a slot of `key` (every consumer of the process shares them).
@@ -277,6 +296,11 @@ impl Permit {
     /// How long since the slot was taken: the attempt's round trip.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()
+    }
+
+    /// The endpoint's pace (a `Retry-After` holds it).
+    pub fn pace(&self) -> &Pace {
+        &self.endpoint.pace
     }
 
     /// Gives the slot back and adjusts the limit by what the attempt showed.

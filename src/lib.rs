@@ -24,7 +24,7 @@
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
-//! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start).
+//! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start); it keeps each endpoint's pace.
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard, the endpoint's own client); no retry logic.
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder, and the producer of tier and dead records;
 //!   [`sizes`]: the producer's record size limit, read from the topics at start-up; [`held`]: routes
@@ -39,7 +39,8 @@
 //! - [`config`]: figment layers, documented structs by concern (`kafka`, `delivery`, `notify`),
 //!   the redacting secret types (`secret`), `validate()`.
 //! - Leaves: [`outcome`] (`classify`, `Outcome`, `Route`, `DeadReason`), [`target`] (URL and header
-//!   rules, endpoint key, the guard's address ranges), [`egress`] (client certificates, CAs, proxies), [`offsets`] (highest contiguous decided offset),
+//!   rules, endpoint key, the guard's address ranges), [`pace`] (an endpoint's `rate_limit` as a token
+//!   bucket, and its `Retry-After` hold), [`egress`] (client certificates, CAs, proxies), [`offsets`] (highest contiguous decided offset),
 //!   [`sign`] (Standard Webhooks signatures), [`seal`] (the replay seal that tells `replay`'s
 //!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`headers`]
 //!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module),
@@ -65,6 +66,7 @@ pub mod notify;
 pub mod offsets;
 pub mod otel;
 pub mod outcome;
+pub mod pace;
 pub mod readiness;
 pub mod relay;
 pub mod replay;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Secret, SecretUrl};
+use crate::pace::Rate;
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +84,8 @@ pub struct DeliveryConfig {
     /// Records of one endpoint that may wait in one partition for a free slot
     /// of that endpoint; the overflow is deferred to the next tier (no attempt
     /// counted, deadline kept), so a receiver that cannot keep up does not
-    /// hold the partition for everyone else. At least 8. Default 32.
+    /// hold the partition for everyone else. At least 8. Default 32. An
+    /// endpoint with a `rate_limit` is bounded by `rate_max_wait` instead.
     pub max_waiting_per_endpoint: usize,
     /// Inline-URL hosts that get their own `endpoint` metric label, first
     /// come first served; later hosts share the label `other` (configured
@@ -95,6 +97,20 @@ pub struct DeliveryConfig {
     /// inline URLs. Default: none (direct; proxies from the environment are ignored).
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// Requests per second or minute (`"20/s"`, `"600/m"`) to each endpoint
+    /// without a `rate_limit` of its own and to each inline-URL host, per
+    /// replica (a token bucket). Default: none.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// Requests that may go at once after a quiet time (the bucket's size).
+    /// Default: one second's worth of the rate, at least 1.
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    /// A record that would wait longer than this for its endpoint's pace (its
+    /// rate, or a `Retry-After` hold) is deferred to the next tier at once,
+    /// without an attempt. Default `30s`.
+    #[serde(with = "humantime_serde")]
+    pub rate_max_wait: Duration,
     /// Delivery order for endpoints without an `ordering` of their own and
     /// for inline URLs: `"none"` (records worked on concurrently) or `"key"`
     /// (one at a time per Kafka record key, in offset order). Default `"none"`.
@@ -131,6 +147,9 @@ impl Default for DeliveryConfig {
             max_endpoint_labels: 100,
             proxy: None,
             ordering: Ordering::None,
+            rate_limit: None,
+            rate_burst: None,
+            rate_max_wait: crate::pace::DEFAULT_MAX_WAIT,
         }
     }
 }
@@ -186,6 +205,15 @@ pub struct EndpointConfig {
     /// Egress proxy for this endpoint, as `delivery.proxy`. Default: `delivery.proxy`.
     #[serde(default)]
     pub proxy: Option<SecretUrl>,
+    /// This endpoint's rate, as `delivery.rate_limit`. Default: `delivery.rate_limit`.
+    #[serde(default)]
+    pub rate_limit: Option<Rate>,
+    /// This endpoint's burst, as `delivery.rate_burst`. Default: `delivery.rate_burst`.
+    #[serde(default)]
+    pub rate_burst: Option<u32>,
+    /// This endpoint's longest wait for its pace. Default: `delivery.rate_max_wait`.
+    #[serde(default, with = "humantime_serde")]
+    pub rate_max_wait: Option<Duration>,
     /// Delivery order for this endpoint, as `delivery.ordering`. Default: `delivery.ordering`.
     #[serde(default)]
     pub ordering: Option<Ordering>,

@@ -251,6 +251,9 @@ impl Config {
         if let Some(proxy) = &self.delivery.proxy {
             egress::proxy(proxy.expose()).map_err(|e| invalid("delivery.proxy", e.to_string()))?;
         }
+        if self.delivery.rate_burst == Some(0) {
+            return Err(invalid("delivery.rate_burst", "must be at least 1"));
+        }
         for (i, secret) in self.delivery.signing_secrets.iter().enumerate() {
             SigningKey::parse(secret.expose())
                 .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;
@@ -279,6 +282,9 @@ impl Config {
             }
             if let Some(proxy) = &endpoint.proxy {
                 egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
+            }
+            if endpoint.rate_burst == Some(0) {
+                return Err(invalid(key("rate_burst"), "must be at least 1"));
             }
         }
         if self.circuit.enabled && self.circuit.failure_threshold == 0 {
@@ -577,6 +583,27 @@ mod tests {
         let config = Config::from_toml("[endpoints.x]\nurl = \"https://x.example/\"\nordering = \"key\"\n").unwrap();
         assert_eq!(config.endpoints["x"].ordering, Some(Ordering::Key));
         assert_eq!(config.delivery.ordering, Ordering::None, "default none");
+    }
+
+    #[test]
+    fn bad_pace_values_are_refused_with_the_key() {
+        let endpoint = |extra: &str| format!("[endpoints.x]\nurl = \"https://x.example/\"\n{extra}");
+        let cases = [
+            (endpoint("rate_limit = \"0/s\"\n"), "endpoints.x.rate_limit", "\"0/s\" is not a rate"),
+            (endpoint("rate_limit = \"abc\"\n"), "endpoints.x.rate_limit", "like \"20/s\" or \"600/m\""),
+            ("[delivery]\nrate_limit = \"5/h\"\n".to_string(), "delivery.rate_limit", "\"5/h\" is not a rate"),
+            (endpoint("rate_burst = 0\n"), "endpoints.x.rate_burst", "must be at least 1"),
+            ("[delivery]\nrate_burst = 0\n".to_string(), "delivery.rate_burst", "must be at least 1"),
+            (endpoint("rate_max_wait = \"soon\"\n"), "endpoints.x.rate_max_wait", "soon"),
+        ];
+        for (text, key, problem) in cases {
+            let err = Config::from_toml(&text).unwrap_err().to_string();
+            assert!(err.contains(key) && err.contains(problem) && !err.contains('\n'), "{text:?} gave {err:?}");
+        }
+        let ok =
+            Config::from_toml(&endpoint("rate_limit = \"600/m\"\nrate_burst = 3\nrate_max_wait = \"0s\"\n")).unwrap();
+        assert_eq!(ok.endpoints["x"].rate_limit.map(|r| r.to_string()).as_deref(), Some("600/m"));
+        assert!(ok.to_redacted_toml().contains("rate_limit = \"600/m\""), "check-config shows it as written");
     }
 
     #[test]

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::concurrency::LiveLimit;
 use crate::metrics;
+use crate::pace::Pace;
 
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -105,11 +106,13 @@ impl Drop for Held {
     }
 }
 
-/// The endpoint a record goes to, and how many of its records may be in flight (read when scheduling).
+/// The endpoint a record goes to, how many of its records may be in flight and
+/// its pace (its rate and `Retry-After` hold), read when scheduling.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointSlot {
     pub key: Arc<str>,
     pub limit: LiveLimit,
+    pub pace: Arc<Pace>,
 }
 
 impl EndpointSlot {
@@ -160,6 +163,9 @@ pub enum Work {
     /// Its endpoint has more records waiting in this partition than allowed:
     /// pass it on without an attempt, as an open circuit does.
     Defer,
+    /// Its endpoint's pace (`rate_limit`, or a `Retry-After` hold) would keep
+    /// it waiting longer than `rate_max_wait`: pass it on without an attempt.
+    Paced,
 }
 
 /// Works on one record at a time; many run concurrently.

@@ -244,12 +244,13 @@ impl<H: Handler> Loop<H> {
         let limits =
             Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
         let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
-        let dispatch = schedule(partition, now_ms(), limits, free, load);
+        let now = now_ms();
+        let dispatch = schedule(partition, now, limits, free, load);
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
         for (index, waiting) in taken {
             partition.in_flight += 1;
             self.in_flight += 1;
-            let work = if dispatch.defer.binary_search(index).is_ok() { Work::Defer } else { Work::Attempt };
+            let work = dispatch.work(*index);
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
             let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
@@ -259,6 +260,8 @@ impl<H: Handler> Loop<H> {
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
                 partition.count(slot, slow, true);
+                // Its token goes now: the next schedule sees the bucket without it.
+                slot.pace.take(now);
             }
             let completion = Completion {
                 key: key.clone(),

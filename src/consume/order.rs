@@ -126,7 +126,11 @@ mod tests {
             let limit = LiveLimit::fixed(2);
             let mut p = Partition::new(1, CancellationToken::new());
             for (offset, &(order, due)) in records.iter().enumerate() {
-                let endpoint = Some(EndpointSlot { key: Arc::from("e"), limit: limit.clone() });
+                let endpoint = Some(EndpointSlot {
+                    key: Arc::from("e"),
+                    limit: limit.clone(),
+                    pace: Arc::new(crate::pace::Pace::unlimited()),
+                });
                 let ticket = Ticket { due_ms: due.map(|d| NOW + d), endpoint, order };
                 let (offset, read_ms, bytes, record) = (offset as i64, NOW - 10_000, 0, Arc::new(()));
                 p.backlog.push_back(Waiting { offset, read_ms, bytes, ticket, record });

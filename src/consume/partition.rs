@@ -12,7 +12,7 @@ use std::collections::VecDeque;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, IdMap, Ticket};
+use super::handler::{EndpointSlot, IdMap, Ticket, Work};
 use super::order::{Gate, KeyGate, KeySet, KEY_WAITING_FACTOR};
 use crate::offsets::OffsetTracker;
 
@@ -218,6 +218,9 @@ pub struct Dispatch {
     pub take: Vec<usize>,
     /// Which of `take` are overflow to defer rather than attempt (a subset, ascending).
     pub defer: Vec<usize>,
+    /// Which of `take` would wait for their endpoint's pace past its `rate_max_wait`, to
+    /// defer rather than attempt (a subset, ascending, none of them in `defer`).
+    pub paced: Vec<usize>,
     /// Whether the partition should be paused, and why.
     pub pause: Option<PauseReason>,
     /// When to look at the partition again for time's sake (ms).
@@ -227,6 +230,17 @@ pub struct Dispatch {
     /// not count toward the read-ahead, so a blocked key does not pause the
     /// partition for the other keys; [`KEY_WAITING_FACTOR`] x `read_ahead` bounds them.
     pub key_waiting: usize,
+}
+
+impl Dispatch {
+    /// What the handler is to do with the record at backlog index `index` (one of `take`).
+    pub fn work(&self, index: usize) -> Work {
+        match () {
+            _ if self.defer.binary_search(&index).is_ok() => Work::Defer,
+            _ if self.paced.binary_search(&index).is_ok() => Work::Paced,
+            _ => Work::Attempt,
+        }
+    }
 }
 
 /// Decides which waiting records of `partition` go now and its pause state. Pure.
@@ -247,6 +261,15 @@ pub struct Dispatch {
 /// waiting for its due time, which never pauses the partition for time.
 /// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
+/// An endpoint's pace ([`crate::pace`]) goes first: a record waits for its
+/// token (or for a `Retry-After` hold to end) without taking a slot, and the
+/// partition is woken when the next one is due. One that would wait longer
+/// than the endpoint's `rate_max_wait` is taken to be deferred at once
+/// (`paced`). For an endpoint with a rate this replaces the overflow bound,
+/// except that the waiting records of such endpoints keep at most half of the
+/// read-ahead together (the rest overflow), so the others are still read. A
+/// hold of an endpoint without a rate counts in its overflow's expected wait.
+///
 /// Pause rules: a partition none of whose waiting records is due within
 /// [`RESUME_LEAD_MS`] is paused (and woken that long before the earliest is
 /// due); one whose backlog stayed at `read_ahead` for [`CLOGGED_AFTER_MS`]
@@ -262,6 +285,9 @@ pub fn schedule<R>(
     let consuming = partition.lifecycle == Lifecycle::Consuming;
     let mut take = Vec::new();
     let mut defer = Vec::new();
+    let mut paced = Vec::new();
+    // Records of endpoints with a rate waiting here (all such endpoints), and when the first token is due.
+    let (mut paced_waiting, mut pace_at) = (0, None::<i64>);
     let mut started: IdMap<usize> = IdMap::default();
     let mut queued: IdMap<usize> = IdMap::default();
     // Slow endpoints together: started in this call, and waiting.
@@ -299,7 +325,7 @@ pub fn schedule<R>(
             Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
             _ => None,
         };
-        return Dispatch { take: Vec::new(), defer: Vec::new(), pause, wake_ms: partition.wake_ms, key_waiting };
+        return Dispatch { take: Vec::new(), defer: Vec::new(), paced, pause, wake_ms: partition.wake_ms, key_waiting };
     }
     let mut due_left = false;
     // When a waiting record becomes overflow, if one is still young.
@@ -339,15 +365,41 @@ pub fn schedule<R>(
             let id = slot.id();
             let starting = started.get(&id).copied().unwrap_or(0);
             let here = partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
+            // Behind the records of its endpoint that go or wait before it in this partition
+            // (counted only for a rate: the scan is the loop's hot path).
+            let pace_wait = match slot.pace.is_paced() {
+                true => slot.pace.wait_ms(now_ms, starting + queued.get(&id).copied().unwrap_or(0) + 1),
+                false => slot.pace.held_ms(now_ms),
+            };
+            // An ordered record waits for its pace however long: it is never deferred.
+            if pace_wait > slot.pace.max_wait_ms() && !ordered {
+                paced.push(i);
+                take.push(i);
+                continue;
+            }
             // Slow endpoints together hold at most a share of the partition's slots, and
             // their records waiting here are bounded together: however many such
             // endpoints a partition carries, the others keep slots and read-ahead.
             let slow = slot.limit.is_slow();
             let slow_full = slow && partition.slow_in_flight + slow_started >= share;
-            if endpoint_load(slot) + starting >= slot.limit.get() || here >= share || slow_full {
+            if pace_wait > 0 || endpoint_load(slot) + starting >= slot.limit.get() || here >= share || slow_full {
+                if pace_wait > 0 {
+                    pace_at = Some(pace_at.map_or(now_ms + pace_wait, |at| at.min(now_ms + pace_wait)));
+                }
                 if ordered {
                     // Never deferred: a deferral would let the next record of its key overtake it.
                     due_left = true;
+                    continue;
+                }
+                if slot.pace.is_paced() {
+                    paced_waiting += 1;
+                    if paced_waiting > limits.read_ahead / ENDPOINT_SHARE {
+                        defer.push(i);
+                        take.push(i);
+                    } else {
+                        *queued.entry(id).or_default() += 1;
+                        due_left = true;
+                    }
                     continue;
                 }
                 let ahead = queued.entry(id).or_default();
@@ -355,7 +407,12 @@ pub fn schedule<R>(
                 slow_queued += usize::from(slow);
                 let past_bound =
                     *ahead > limits.waiting_per_endpoint || (slow && slow_queued > limits.waiting_per_endpoint);
-                let overflows_at = match past_bound.then(|| slot.limit.expected_wait_ms(*ahead)) {
+                // A hold adds to the wait (and before the endpoint ever answered, is all of it).
+                let expected = |ahead| match slot.limit.expected_wait_ms(ahead) {
+                    wait if pace_wait == 0 => wait,
+                    wait => Some(wait.unwrap_or(0) + pace_wait),
+                };
+                let overflows_at = match past_bound.then(|| expected(*ahead)) {
                     // A slow endpoint's record past the bound would wait at least a round trip.
                     _ if past_bound && slow => now_ms,
                     None => i64::MAX,
@@ -398,11 +455,8 @@ pub fn schedule<R>(
         _ => 0,
     };
     let wake_ms = not_due.filter_map(|w| w.ticket.due_ms.map(|due| due - lead(w))).min();
-    let wake_ms = match (wake_ms, overflow_at) {
-        (Some(a), Some(b)) => Some(a.min(b)),
-        (a, b) => a.or(b),
-    };
-    Dispatch { take, defer, pause, wake_ms, key_waiting: keys.waiting }
+    let wake_ms = [wake_ms, overflow_at, pace_at].into_iter().flatten().min();
+    Dispatch { take, defer, paced, pause, wake_ms, key_waiting: keys.waiting }
 }
 
 #[cfg(test)]
@@ -410,10 +464,12 @@ mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::sync::Arc;
+    use std::time::Duration;
 
     use super::*;
     use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
+    use crate::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
     const LIMITS: Limits =
@@ -444,7 +500,7 @@ mod tests {
     /// One live limit per endpoint name, as the limiter hands out (the loop tells endpoints apart by it).
     fn slot(key: &str, limit: LiveLimit) -> EndpointSlot {
         let limit = LIVE.with(|l| l.borrow_mut().entry(format!("{key}/{}", limit.get())).or_insert(limit).clone());
-        EndpointSlot { key: Arc::from(key), limit }
+        EndpointSlot { key: Arc::from(key), limit, pace: Arc::new(Pace::unlimited()) }
     }
 
     fn idle(_: &EndpointSlot) -> usize {
@@ -495,7 +551,8 @@ mod tests {
         assert_eq!(d.pause, Some(PauseReason::NotDue));
         assert_eq!(d.wake_ms, Some(NOW + 30_000 - RESUME_LEAD_MS));
         let empty = partition(vec![]);
-        let nothing = Dispatch { take: vec![], defer: vec![], pause: None, wake_ms: None, key_waiting: 0 };
+        let nothing =
+            Dispatch { take: vec![], defer: vec![], paced: vec![], pause: None, wake_ms: None, key_waiting: 0 };
         assert_eq!(schedule(&empty, NOW, LIMITS, 100, idle), nothing);
     }
 
@@ -649,6 +706,93 @@ mod tests {
         p.lifecycle = Lifecycle::Draining;
         let d = schedule(&p, NOW, LIMITS, 100, idle);
         assert_eq!((d.take.len(), d.pause), (0, None));
+    }
+
+    /// Records of one endpoint with a pace (a fresh endpoint: full bucket at NOW) and a limit of 100.
+    fn paced(key: &str, rate: Option<&str>, burst: u32, max_wait_ms: u64, n: usize) -> Vec<Ticket> {
+        let rule = Rule { rate: rate.map(|r| r.parse().unwrap()), burst, max_wait: Duration::from_millis(max_wait_ms) };
+        let pace = Arc::new(Pace::new(rule, NOW));
+        let slot = EndpointSlot { key: Arc::from(key), limit: LiveLimit::fixed(100), pace };
+        vec![Ticket { due_ms: None, endpoint: Some(slot), order: None }; n]
+    }
+
+    const ROOMY: Limits =
+        Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
+
+    #[test]
+    fn a_paced_endpoint_waits_for_its_tokens_without_a_slot_and_the_others_go() {
+        let mut tickets = paced("paced", Some("20/s"), 1, 30_000, 5);
+        tickets.push(ticket(None, Some(("fast", 100))));
+        let p = partition(tickets);
+        let d = schedule(&p, NOW, ROOMY, 100, idle);
+        assert_eq!((d.take, d.defer, d.paced), (vec![0, 5], vec![], vec![]), "one token: one paced record, and fast");
+        assert_eq!((d.pause, d.wake_ms), (None, Some(NOW + 50)), "woken when the next token is due");
+        let pace = p.backlog[0].ticket.endpoint.as_ref().unwrap().pace.clone();
+        pace.take(NOW);
+        let d = schedule(&p, NOW + 20, ROOMY, 100, idle);
+        assert_eq!((d.take, d.wake_ms), (vec![5], Some(NOW + 50)), "the token went: paced records wait, no slot taken");
+        assert_eq!(schedule(&p, NOW + 50, ROOMY, 100, idle).take, vec![0, 5], "the next one at its token");
+        let burst = partition(paced("bursty", Some("20/s"), 3, 30_000, 5));
+        assert_eq!(schedule(&burst, NOW, ROOMY, 100, idle).take, vec![0, 1, 2], "a burst of 3 goes at once");
+    }
+
+    #[test]
+    fn a_paced_record_that_would_wait_past_its_max_wait_is_deferred_at_once() {
+        let mut tickets = paced("paced", Some("20/s"), 1, 1_000, 40);
+        tickets.push(ticket(None, Some(("fast", 100))));
+        let p = partition(tickets);
+        let d = schedule(&p, NOW, ROOMY, 100, idle);
+        let late: Vec<usize> = (21..40).collect();
+        assert_eq!(d.paced, late, "the 22nd from now would wait 1050 ms: it and the ones after go on at once");
+        assert_eq!(d.take, [vec![0], late.clone(), vec![40]].concat(), "20 wait within the second, fast goes");
+        assert!(d.defer.is_empty());
+        assert_eq!((d.work(0), d.work(21), d.work(40)), (Work::Attempt, Work::Paced, Work::Attempt));
+        let mut young = partition(paced("paced", Some("20/s"), 1, 30_000, 40));
+        for w in young.backlog.iter_mut() {
+            w.read_ms = NOW;
+        }
+        let d = schedule(&young, NOW, ROOMY, 100, idle);
+        assert!(d.defer.is_empty() && d.paced.is_empty(), "within the max wait the overflow bound (8) does not apply");
+    }
+
+    #[test]
+    fn paced_records_keep_at_most_half_the_read_ahead_and_the_rest_overflow() {
+        let limits = Limits { read_ahead: 10, ..ROOMY };
+        let mut tickets = paced("paced", Some("20/s"), 1, 30_000, 12);
+        tickets.push(ticket(None, Some(("fast", 100))));
+        let p = partition(tickets);
+        let d = schedule(&p, NOW, limits, 100, idle);
+        assert_eq!(d.defer, (6..12).collect::<Vec<_>>(), "1 goes, 5 wait (half of 10), the rest overflow");
+        assert_eq!(d.take, [vec![0], (6..13).collect()].concat());
+        assert_eq!(d.pause, None, "the partition keeps fetching for the others");
+    }
+
+    #[test]
+    fn a_paced_endpoint_at_its_concurrency_limit_waits_within_its_max_wait() {
+        let p = partition(paced("paced", Some("20/s"), 40, 30_000, 40));
+        let d = schedule(&p, NOW, ROOMY, 100, |_| 100);
+        assert!(d.take.is_empty() && d.pause.is_none(), "tokens but no slot: all wait, none overflow");
+    }
+
+    #[test]
+    fn a_held_endpoint_starts_nothing_until_the_hold_ends() {
+        let mut tickets = paced("held", None, 1, 30_000, 12);
+        tickets.push(ticket(None, Some(("fast", 100))));
+        let p = partition(tickets);
+        let pace = p.backlog[0].ticket.endpoint.as_ref().unwrap().pace.clone();
+        pace.hold(NOW, NOW + 3_000);
+        let d = schedule(&p, NOW, ROOMY, 100, idle);
+        assert_eq!(d.defer, vec![8, 9, 10, 11], "8 wait out the hold, the overflow behind them is deferred");
+        assert_eq!(d.take, vec![8, 9, 10, 11, 12], "fast goes");
+        assert_eq!(d.wake_ms, Some(NOW + 3_000), "woken when the hold ends");
+        assert_eq!(schedule(&p, NOW + 3_000, ROOMY, 100, idle).take.len(), 13, "then all go");
+        pace.hold(NOW, NOW + 60_000);
+        let d = schedule(&p, NOW, ROOMY, 100, idle);
+        assert_eq!(d.paced, (0..12).collect::<Vec<_>>(), "a hold past the max wait defers them all at once");
+        let rated = partition(paced("rated", Some("20/s"), 5, 30_000, 3));
+        rated.backlog[0].ticket.endpoint.as_ref().unwrap().pace.hold(NOW, NOW + 2_000);
+        let d = schedule(&rated, NOW, ROOMY, 100, idle);
+        assert_eq!((d.take.len(), d.wake_ms), (0, Some(NOW + 2_000)), "a hold stops a paced endpoint's tokens too");
     }
 
     #[test]

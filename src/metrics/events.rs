@@ -51,6 +51,8 @@ pub enum Retry {
     Deferred,
     /// No attempt: the endpoint had too many records waiting in the partition.
     Overflow,
+    /// No attempt: the endpoint's pace would have kept it waiting past `rate_max_wait`.
+    Paced,
     /// No attempt: its own due time is later than its tier holds it; it laps the last tier.
     NotYet,
 }
@@ -60,7 +62,7 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     let (m, label) = (get(), labels::endpoint(endpoint));
     let outcome = match why {
         Retry::Failed => "retry",
-        Retry::Deferred | Retry::Overflow => "deferred",
+        Retry::Deferred | Retry::Overflow | Retry::Paced => "deferred",
         Retry::NotYet => {
             // Not a delivery outcome: the record is waiting, as it was.
             m.retries_routed.with_label_values(&[tier]).inc();
@@ -70,13 +72,21 @@ pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Ret
     };
     m.deliveries.with_label_values(&[label, outcome]).inc();
     m.retries_routed.with_label_values(&[tier]).inc();
-    if why == Retry::Overflow {
-        m.endpoint_overflow.with_label_values(&[label]).inc();
+    match why {
+        Retry::Overflow => m.endpoint_overflow.with_label_values(&[label]).inc(),
+        Retry::Paced => m.endpoint_paced.with_label_values(&[label]).inc(),
+        _ => {}
     }
     let error = capped(error);
     let deferred = why != Retry::Failed;
-    let overflow = why == Retry::Overflow;
-    tracing::info!(endpoint, id, attempt, tier, deferred, overflow, error, "routed to retry tier");
+    let (overflow, paced) = (why == Retry::Overflow, why == Retry::Paced);
+    tracing::info!(endpoint, id, attempt, tier, deferred, overflow, paced, error, "routed to retry tier");
+}
+
+/// A 429 or 503 with `Retry-After` holds its endpoint: no request for `hold`.
+pub fn endpoint_held(endpoint: &str, hold: Duration) {
+    get().endpoint_holds.with_label_values(&[labels::endpoint(endpoint)]).inc();
+    tracing::info!(endpoint, hold_ms = hold.as_millis() as u64, "endpoint held by Retry-After");
 }
 
 /// A record of an ordered key failed (or its circuit is open) and waits in

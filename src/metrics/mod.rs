@@ -46,6 +46,10 @@ pub struct Metrics {
     pub produce_failures: IntCounterVec,
     /// endpoint
     pub endpoint_overflow: IntCounterVec,
+    /// endpoint
+    pub endpoint_paced: IntCounterVec,
+    /// endpoint
+    pub endpoint_holds: IntCounterVec,
     /// endpoint, bound (limit | ceiling)
     pub endpoint_concurrency: IntGaugeVec,
     /// topic
@@ -160,6 +164,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hookrelay_endpoint_overflow_total",
             "Records deferred without an attempt because their endpoint had too many waiting in a partition.",
+            &["endpoint"],
+        ),
+        endpoint_paced: counter(
+            &r,
+            "hookrelay_endpoint_paced_total",
+            "Records deferred without an attempt because their endpoint's pace (rate_limit or a Retry-After hold) would have kept them waiting past rate_max_wait.",
+            &["endpoint"],
+        ),
+        endpoint_holds: counter(
+            &r,
+            "hookrelay_endpoint_holds_total",
+            "Times an endpoint was held (no request) for the Retry-After of a 429 or 503.",
             &["endpoint"],
         ),
         endpoint_concurrency: gauge(

@@ -70,6 +70,8 @@ enum Deferral {
     Circuit,
     /// The endpoint had more records waiting in the partition than `delivery.max_waiting_per_endpoint`.
     Overflow,
+    /// The endpoint's pace (its `rate_limit`, or a `Retry-After` hold) would have kept it waiting past `rate_max_wait`.
+    Pace,
 }
 
 impl Deferral {
@@ -77,6 +79,9 @@ impl Deferral {
         match self {
             Deferral::Circuit => format!("deferred: circuit open for {endpoint}"),
             Deferral::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
+            Deferral::Pace => {
+                format!("deferred: {endpoint} is paced (rate_limit or Retry-After) and this record would wait past rate_max_wait")
+            }
         }
     }
 }
@@ -131,17 +136,24 @@ impl Handler for Relay {
             (Ok(e), Source::Events) if e.ordered => record.key().map(|key| order_key(&e.endpoint_key, key)),
             _ => None,
         };
+        let due_ms = match self.source {
+            // Never later than the tier's delay after the record was written:
+            // a far due time must not hold the partition (it laps instead).
+            Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
+            Source::Events => None,
+        };
+        // One that will lap makes no request: neither its endpoint's slot nor its
+        // pace may hold it (a Retry-After hold would keep it in the tier past its delay).
+        let laps = match (due_ms, hop.due_ms) {
+            (Some(ready), Some(own)) => own > ready.max(now_ms()) && hop.deadline_ms.is_none_or(|d| own <= d),
+            _ => false,
+        };
         let ticket = Ticket {
-            due_ms: match self.source {
-                // Never later than the tier's delay after the record was written:
-                // a far due time must not hold the partition (it laps instead).
-                Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
-                Source::Events => None,
-            },
-            endpoint: event
-                .as_ref()
-                .ok()
-                .map(|e| EndpointSlot { key: e.endpoint_key.clone(), limit: s.limiter.live(&e.endpoint_key) }),
+            due_ms,
+            endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
+                let (limit, pace) = s.limiter.slot(&e.endpoint_key);
+                EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
+            }),
             order,
         };
         let in_place = order.map(|_| in_place::Kept::default());
@@ -234,30 +246,26 @@ impl Relay {
             Source::Tier(_) => not_yet(hop.due_ms, now_ms(), deadline),
             Source::Events => None,
         };
-        if work == Work::Defer {
+        let deferral = match work {
+            Work::Attempt => None,
+            Work::Defer => Some(Deferral::Overflow),
+            Work::Paced => Some(Deferral::Pace),
+        };
+        if let Some(deferral) = deferral {
             return self
-                .route(
-                    &original,
-                    &hop,
-                    event,
-                    Outcome::Deferred,
-                    Deferral::Overflow,
-                    deadline,
-                    in_place.as_ref(),
-                    &cancel,
-                )
+                .route(&original, &hop, event, Outcome::Deferred, deferral, deadline, in_place.as_ref(), &cancel)
                 .instrument(child(|| tracing::info_span!("route")))
                 .await;
         }
-        let outcome = match lap {
-            Some(due_ms) => Outcome::NotYet { due_ms },
+        let (outcome, deferral) = match lap {
+            Some(due_ms) => (Outcome::NotYet { due_ms }, Deferral::Circuit),
             None => match self.attempt(event, &mut hop, &cancel).await {
-                Some(outcome) => outcome,
+                Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
 
-        self.route(&original, &hop, event, outcome, Deferral::Circuit, deadline, in_place.as_ref(), &cancel)
+        self.route(&original, &hop, event, outcome, deferral, deadline, in_place.as_ref(), &cancel)
             .instrument(child(|| tracing::info_span!("route")))
             .await
     }
@@ -334,6 +342,7 @@ impl Relay {
                 let why = match (&outcome, deferral) {
                     (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
                     (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
+                    (Outcome::Deferred, Deferral::Pace) => Retry::Paced,
                     (Outcome::NotYet { .. }, _) => Retry::NotYet,
                     _ => Retry::Failed,
                 };

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::pace;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -46,8 +47,49 @@ impl Shared {
     }
 }
 
-/// The adaptive per-endpoint limits, with each configured endpoint's own ceiling.
+/// The adaptive per-endpoint limits, with each configured endpoint's own ceiling and pace.
 fn limiter(config: &Config) -> Limiter {
     let ceilings = config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
-    Limiter::new(config.delivery.max_in_flight_per_endpoint, ceilings)
+    Limiter::new(config.delivery.max_in_flight_per_endpoint, ceilings).paced(pace_rules(config))
+}
+
+/// Each key of an endpoint's pace is its own or `[delivery]`'s; the rest (inline URLs) get `[delivery]`'s.
+pub(crate) fn pace_rules(config: &Config) -> pace::Rules {
+    let d = &config.delivery;
+    let rule = |rate: Option<pace::Rate>, burst: Option<u32>, max_wait: Option<std::time::Duration>| pace::Rule {
+        rate,
+        burst: burst.or(rate.map(pace::Rate::default_burst)).unwrap_or(1),
+        max_wait: max_wait.unwrap_or(d.rate_max_wait),
+    };
+    let endpoints = config.endpoints.iter().map(|(name, e)| {
+        let rate = e.rate_limit.or(d.rate_limit);
+        (name.clone(), rule(rate, e.rate_burst.or(d.rate_burst), e.rate_max_wait))
+    });
+    pace::Rules { default: rule(d.rate_limit, d.rate_burst, None), endpoints: endpoints.collect() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_pace_key_is_the_endpoints_own_or_the_delivery_default() {
+        let config = Config::from_toml(
+            "[delivery]\nrate_limit = \"600/m\"\nrate_max_wait = \"5s\"\n\
+             [endpoints.own]\nurl = \"https://own.example/\"\nrate_limit = \"20/s\"\nrate_burst = 1\n\
+             [endpoints.fallback]\nurl = \"https://fallback.example/\"\nrate_max_wait = \"1s\"\n",
+        )
+        .unwrap();
+        let rules = pace_rules(&config);
+        let rule = |rate: &str, burst, secs| pace::Rule {
+            rate: Some(rate.parse().unwrap()),
+            burst,
+            max_wait: std::time::Duration::from_secs(secs),
+        };
+        assert_eq!(rules.of("own"), rule("20/s", 1, 5));
+        assert_eq!(rules.of("fallback"), rule("600/m", 10, 1), "one second's worth of 600/m");
+        assert_eq!(rules.of("host.example:443"), rule("600/m", 10, 5), "inline URLs get [delivery]'s");
+        let none = pace_rules(&Config::default());
+        assert_eq!(none.of("any"), pace::Rule::default(), "no rate, 30 s");
+    }
 }

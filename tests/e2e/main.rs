@@ -14,6 +14,7 @@ mod notify;
 mod operate;
 mod ordering;
 mod otlp;
+mod pace;
 mod proxy;
 mod refused;
 mod replay;
