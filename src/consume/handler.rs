@@ -143,6 +143,10 @@ impl std::hash::Hasher for IdHasher {
     }
 }
 
+/// The order key of a record of an ordered endpoint: its endpoint and its
+/// Kafka record key, hashed (see `order::order_key`).
+pub type OrderKey = u64;
+
 /// What the loop needs to know to schedule a record, read once when it is accepted.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Ticket {
@@ -152,7 +156,7 @@ pub struct Ticket {
     pub endpoint: Option<EndpointSlot>,
     /// Set for a record whose endpoint keeps its key's order (see [`super::order`]);
     /// `None` = unordered.
-    pub order: Option<super::order::OrderKey>,
+    pub order: Option<OrderKey>,
 }
 
 /// What a handler is asked to do with a record.

@@ -11,8 +11,7 @@
 use std::collections::HashSet;
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 
-/// The order key of a record: its endpoint and its Kafka record key, hashed.
-pub type OrderKey = u64;
+pub use super::handler::OrderKey;
 
 /// Order keys are hashes already: hashed again by one multiplication.
 pub type KeySet = HashSet<OrderKey, BuildHasherDefault<super::handler::IdHasher>>;
@@ -106,7 +105,7 @@ mod tests {
         }
     }
 
-    /// The scheduler's rules for ordered records (`partition::schedule`), by table.
+    /// The scheduler's rules for ordered records (`schedule::schedule`), by table.
     mod schedule {
         use std::sync::Arc;
 
@@ -114,7 +113,8 @@ mod tests {
 
         use crate::concurrency::LiveLimit;
         use crate::consume::handler::{EndpointSlot, Ticket};
-        use crate::consume::partition::{schedule, Limits, Partition, PauseReason, Waiting, RESUME_LEAD_MS};
+        use crate::consume::partition::{Partition, PauseReason, Waiting, RESUME_LEAD_MS};
+        use crate::consume::schedule::{schedule, Limits};
 
         const NOW: i64 = 1_000_000;
         /// Read-ahead 4: at most 16 records behind keys.
