@@ -170,7 +170,7 @@ fn check_layout(original: &RecordHeaders, out: &RecordHeaders) -> Result<usize, 
 }
 
 proptest! {
-    #![proptest_config(config(1000))]
+    #![proptest_config(config(500))]
 
     #[test]
     fn fuzz_headers_any_bytes_read_back_as_written(pairs in pairs()) {
