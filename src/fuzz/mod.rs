@@ -3,10 +3,11 @@
 //! hop state, relay headers, the replay seal, dead letters, trace context:
 //! [`headers`]).
 //!
-//! `cargo fuzz` needs a nightly toolchain and an instrumented build of the
-//! whole dependency tree (librdkafka included); these run on stable in
-//! `make test` instead. Each property runs a modest number of cases by
-//! default; `PROPTEST_CASES` raises it for a run at scale:
+//! The coverage-guided targets for `cargo fuzz` (`fuzz/`) need a nightly
+//! toolchain and an instrumented build of the whole dependency tree,
+//! librdkafka included; these run on stable, in `make test`. Each property
+//! runs a modest number of cases by default; `PROPTEST_CASES` raises it for a
+//! run at scale:
 //! `PROPTEST_CASES=200000 cargo test --locked --lib fuzz`.
 //! Failure files are not written: whatever a run finds is kept as a plain
 //! regression test next to the code it fixes.
