@@ -131,6 +131,19 @@ mod tests {
         assert_eq!(read.last("missing"), None);
     }
 
+    /// Kept from fuzzing (`fuzz_headers_any_bytes_read_back_as_written`): the one
+    /// way a key does not come back byte for byte. librdkafka hands header names
+    /// out as C strings, so a key ends at its first NUL; values are sized and
+    /// keep theirs. A Java producer cannot write such a key from a string without one.
+    #[test]
+    fn a_nul_byte_ends_a_header_key() {
+        let written = add(OwnedHeaders::new(), b"nul\x00key", Some(b"v\x00v"));
+        let written = add(written, b"\x00", None);
+        let read = RecordHeaders::read(written.as_borrowed());
+        let pairs: Vec<_> = read.iter().collect();
+        assert_eq!(pairs, vec![(&b"nul"[..], Some(&b"v\x00v"[..])), (&b""[..], None)]);
+    }
+
     #[test]
     fn a_non_utf8_value_reads_as_absent() {
         let headers = RecordHeaders::from_pairs([("k", &b"\xff"[..])]);

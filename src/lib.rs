@@ -45,6 +45,7 @@
 //!   headers from a producer's), [`clock`] (ms since the epoch, RFC 3339), [`headers`]
 //!   (a record's headers as bytes, read and written without assuming UTF-8 keys: the one `unsafe` module),
 //!   [`trace`] (the W3C trace context a record carries to its requests).
+//! - Tests only: `fuzz`, property tests at scale over the decoder and record headers.
 
 pub mod admin;
 pub mod app;
@@ -79,3 +80,6 @@ pub mod sizes;
 pub mod target;
 pub mod topics;
 pub mod trace;
+
+#[cfg(test)]
+mod fuzz;

@@ -49,8 +49,10 @@ impl TraceContext {
 
     /// The trace id (32 lowercase hex digits), for logs.
     pub fn trace_id(&self) -> &str {
-        // Valid by construction: "vv-<32 hex>-...".
-        &self.traceparent.to_str().unwrap_or_default()[3..35]
+        // Bytes 3..35 are hex by validation, but not the whole value: a later
+        // version's tail may hold any header bytes (obs-text too), which
+        // `to_str` refuses; so only the id's own bytes are read.
+        std::str::from_utf8(self.traceparent.as_bytes().get(3..35).unwrap_or_default()).unwrap_or_default()
     }
 
     /// Puts this context on a request's headers, replacing the event's own
@@ -145,6 +147,17 @@ mod tests {
         context.apply(&mut headers);
         assert_eq!(headers.len(), 1);
         assert_eq!(headers[0].1, PARENT);
+    }
+
+    /// Found by `fuzz_trace_context_from_any_headers`: `trace_id` read the id out
+    /// of the whole value as text, and a later version's tail with a byte of
+    /// 0x80-0xFF (a valid header value) made it panic in the record's span.
+    #[test]
+    fn a_later_version_with_a_non_ascii_tail_has_a_trace_id() {
+        let parent = b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-t\x80il";
+        let context = TraceContext::of(&RecordHeaders::from_pairs([("traceparent", &parent[..])])).unwrap();
+        assert_eq!(context.traceparent.as_bytes(), parent, "the tail is carried as it came");
+        assert_eq!(context.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
     }
 
     #[test]

@@ -17,6 +17,9 @@ struct Produced {
     events: Vec<(i32, i64, Option<String>)>,
 }
 
+/// Record headers as bytes, keys included (`None` = a null value).
+type RawHeaders = Vec<(Vec<u8>, Option<Vec<u8>>)>;
+
 impl Produced {
     async fn send(
         &mut self,
@@ -24,10 +27,26 @@ impl Produced {
         topic: &str,
         values: Vec<(Option<String>, Vec<u8>)>,
     ) {
+        let values = values.into_iter().map(|(id, value)| (id, value, RawHeaders::new())).collect();
+        self.send_with_headers(producer, topic, values).await;
+    }
+
+    async fn send_with_headers(
+        &mut self,
+        producer: &rdkafka::producer::FutureProducer,
+        topic: &str,
+        values: Vec<(Option<String>, Vec<u8>, RawHeaders)>,
+    ) {
         for chunk in values.chunks(1000) {
-            let sends = chunk.iter().map(|(_, value)| produce(producer, topic, None, None, value));
+            let sends = chunk.iter().map(|(_, value, headers)| async move {
+                if headers.is_empty() {
+                    produce(producer, topic, None, None, value).await
+                } else {
+                    produce_raw_headers(producer, topic, value, headers).await
+                }
+            });
             let sent = futures::future::join_all(sends).await;
-            for ((id, _), (partition, offset)) in chunk.iter().zip(sent) {
+            for ((id, _, _), (partition, offset)) in chunk.iter().zip(sent) {
                 self.events.push((partition, offset, id.clone()));
             }
         }
@@ -194,13 +213,64 @@ async fn drill_kill_9_loses_nothing() {
     kill_9("kill-9", 5_000).await;
 }
 
+/// Produces `value` with headers whose keys may be any bytes, through the relay's
+/// own byte-keyed writer (rdkafka's `insert` takes only `&str` keys).
+async fn produce_raw_headers(
+    producer: &rdkafka::producer::FutureProducer,
+    topic: &str,
+    value: &[u8],
+    headers: &RawHeaders,
+) -> (i32, i64) {
+    use rdkafka::message::OwnedHeaders;
+    use rdkafka::producer::FutureRecord;
+    let owned =
+        headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| hookrelay::headers::add(h, key, value.as_deref()));
+    let record = FutureRecord::<str, [u8]>::to(topic).payload(value).headers(owned);
+    let delivery = producer.send(record, Duration::from_secs(10)).await.expect("produce");
+    (delivery.partition, delivery.offset)
+}
+
+/// Headers other clients can write: keys that are not UTF-8 (Latin-1, bare
+/// 0xFF), an empty key, a null value, an odd key in the relay's namespace, and
+/// a `traceparent` of a later version whose tail is not ASCII.
+fn odd_headers() -> RawHeaders {
+    vec![
+        (b"cl\xe9".to_vec(), Some(b"\x00\xff value".to_vec())),
+        (b"\xff\xfe".to_vec(), None),
+        (Vec::new(), Some(b"empty key".to_vec())),
+        (b"hookrelay-\xff".to_vec(), Some(b"99".to_vec())),
+        (b"traceparent".to_vec(), Some(b"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-t\x80il".to_vec())),
+    ]
+}
+
+/// What a dead or tier record keeps of [`odd_headers`]: all but the relay's namespace, byte for byte, in order.
+fn odd_headers_kept() -> RawHeaders {
+    odd_headers().into_iter().filter(|(key, _)| !key.starts_with(b"hookrelay-")).collect()
+}
+
+/// The value of the malformed records that carry [`odd_headers`] starts with this (and is not JSON).
+const ODD_MARK: &str = "{\"odd-headers\":";
+
+/// Ids outside SPEC's 1-256 bytes of visible ASCII: each control character
+/// (tab, DEL, NUL, CR, LF and ESC first, so the short drill has them), then
+/// non-ASCII, space, empty and too long.
+fn bad_ids() -> Vec<String> {
+    let first = [0x09u8, 0x7f, 0x00, 0x0d, 0x0a, 0x1b];
+    let controls = first.into_iter().chain((0x00..0x20).filter(|b| !first.contains(b)));
+    let controls = controls.map(|b| format!("ctl-{}-x", char::from(b)));
+    let others = ["caf\u{e9}", "nel-\u{85}", "nb\u{a0}sp", "emoji-\u{1f600}", "zw\u{200b}sp", "a b", ""];
+    controls.chain(others.into_iter().map(String::from)).chain([format!("long-{}", "x".repeat(252))]).collect()
+}
+
 /// Records that must each become a dead letter `invalid_event`: every kind in turn.
-fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
+fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>, RawHeaders)> {
     let url = receiver.url("/x");
     let huge = "x".repeat(100_000); // over the drill's max_payload_bytes
+    let ids = bad_ids();
     (0..n)
         .map(|i| {
-            let value = match i % 9 {
+            let mut headers = RawHeaders::new();
+            let value = match i % 11 {
                 0 => format!("not json {i}"),
                 1 => format!(r#"{{"url":"{url}","payload":{{"i":{i}}},"id":{i}}}"#), // id of the wrong type
                 2 => format!(r#"{{"url":{i},"payload":1,"id":"m-{i}"}}"#),           // url of the wrong type
@@ -209,11 +279,21 @@ fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
                 5 => format!(r#"{{"url":"{url}","payload":1,"id":"m-{i}","headers":{{"x-a":"b\r\nx-injected: 1"}}}}"#),
                 6 => format!(r#"{{"endpoint":"nowhere","payload":1,"id":"m-{i}"}}"#),
                 7 => format!(r#"{{"url":"{url}","id":"m-{i}"}}"#), // no payload
-                // Huge (over max_payload_bytes); one in 90 only, to keep the drill's volume sane.
-                _ if i % 90 == 8 => format!(r#"{{"url":"{url}","payload":"{huge}","id":"m-{i}"}}"#),
+                // An id that is not visible ASCII, JSON-escaped where JSON needs it: each kind in turn.
+                8 => {
+                    let id = serde_json::json!(ids[(i / 11) % ids.len()]);
+                    format!(r#"{{"url":"{url}","payload":{{"i":{i}}},"id":{id}}}"#)
+                }
+                // Not JSON, with headers other clients write (keys that are not UTF-8 among them).
+                9 => {
+                    headers = odd_headers();
+                    format!("{ODD_MARK}{i}")
+                }
+                // Huge (over max_payload_bytes); one in 110 only, to keep the drill's volume sane.
+                _ if i % 110 == 10 => format!(r#"{{"url":"{url}","payload":"{huge}","id":"m-{i}"}}"#),
                 _ => format!(r#"[{i}]"#),
             };
-            (None, value.into_bytes())
+            (None, value.into_bytes(), headers)
         })
         .collect()
 }
@@ -221,25 +301,42 @@ fn malformed(receiver: &Receiver, n: usize) -> Vec<(Option<String>, Vec<u8>)> {
 async fn malformed_mixed(drill: &'static str, bad: usize, good: usize) -> Ledger {
     let receiver = Receiver::start(Behaviour::default()).await;
     let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
-    let _relay = Relay::start(&Config::new(&topics).set("delivery.max_payload_bytes", 65_536), &[]).await;
+    let mut relay = Relay::start(&Config::new(&topics).set("delivery.max_payload_bytes", 65_536), &[]).await;
     let mut values = malformed(&receiver, bad);
-    let goods = good_events(&receiver, drill, good);
+    // One good event in three carries the odd headers too: they do not stop its delivery.
+    let goods = good_events(&receiver, drill, good)
+        .into_iter()
+        .enumerate()
+        .map(|(k, (id, value))| (id, value, if k % 3 == 0 { odd_headers() } else { RawHeaders::new() }));
     // Interleaved: the good ones are not held behind the bad ones.
-    let step = (values.len() / goods.len().max(1)).max(1);
-    for (k, g) in goods.into_iter().enumerate() {
+    let step = (values.len() / good.max(1)).max(1);
+    for (k, g) in goods.enumerate() {
         values.insert((k * (step + 1)).min(values.len()), g);
     }
+    let odd_bad = values.iter().filter(|(_, value, _)| value.starts_with(ODD_MARK.as_bytes())).count();
     let mut produced = Produced::default();
-    produced.send(&producer(), &topics.events, values).await;
+    produced.send_with_headers(&producer(), &topics.events, values).await;
     let ledger = account(drill, &topics, &produced, &[&receiver], Duration::from_secs(240)).await;
-    assert_eq!(ledger.delivered, good, "every good event delivered");
+    assert_eq!(ledger.delivered, good, "every good event delivered, odd headers or not");
     assert_eq!(
         ledger.dead.get("invalid_event").copied(),
         Some(bad),
         "every malformed record dead as invalid_event: {:?}",
         ledger.dead
     );
+    assert_eq!(ledger.dead.len(), 1, "no other reason (no internal_error): {:?}", ledger.dead);
     assert_eq!(receiver.count(), good, "no request for a malformed record");
+    // The dead records of the odd ones keep the odd headers byte for byte, first and in order.
+    let dead = read_topic(&topics.dead, bad, Duration::from_secs(60)).await;
+    let odd: Vec<_> = dead.iter().filter(|r| r.value.starts_with(ODD_MARK.as_bytes())).collect();
+    assert_eq!(odd.len(), odd_bad);
+    let kept = odd_headers_kept();
+    for record in odd {
+        assert_eq!(record.raw_headers[..kept.len()], kept[..], "odd headers kept on the dead record");
+        assert_eq!(record.header_count("hookrelay-reason"), 1);
+    }
+    assert!(relay.child.try_wait().unwrap().is_none(), "the relay is alive");
+    assert!(!relay.log_text().contains("panicked"), "no panic");
     ledger
 }
 
@@ -409,7 +506,7 @@ async fn drill_notification_sink_down_for_two_windows() {
     let _relay = Relay::start(&config, &[]).await;
     let bad = 1_000;
     let mut produced = Produced::default();
-    produced.send(&producer(), &topics.events, malformed(&receiver, bad)).await;
+    produced.send_with_headers(&producer(), &topics.events, malformed(&receiver, bad)).await;
     // Down for two windows, then back.
     tokio::time::sleep(Duration::from_secs(4)).await;
     sink.set(|b| b.status = 200);
