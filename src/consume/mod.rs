@@ -128,6 +128,8 @@ struct Loop<H: Handler> {
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
+    /// Endpoints some partition's records wait for ([`schedule::Dispatch::crowded`]).
+    crowded: IdMap<()>,
     /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
     decide_tx: mpsc::UnboundedSender<Decision>,
     decide_rx: mpsc::UnboundedReceiver<Decision>,
@@ -154,6 +156,7 @@ impl<H: Handler> Loop<H> {
             done_rx,
             revoke: None,
             endpoint_in_flight: IdMap::default(),
+            crowded: IdMap::default(),
             decide_tx,
             decide_rx,
             held: 0,
@@ -235,8 +238,9 @@ impl<H: Handler> Loop<H> {
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
+            // Records of some partition waited for this endpoint's slot.
+            endpoint_was_full = self.crowded.remove(&slot.id()).is_some();
             if let Some(n) = self.endpoint_in_flight.get_mut(&slot.id()) {
-                endpoint_was_full = *n >= slot.limit.get();
                 *n -= 1;
                 if *n == 0 {
                     self.endpoint_in_flight.remove(&slot.id());

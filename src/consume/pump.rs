@@ -84,6 +84,9 @@ impl<H: Handler> Loop<H> {
                 tracing::warn!(topic = &*key.0, partition = key.1, %error, "pause/resume failed");
             }
         }
+        for id in &dispatch.crowded {
+            self.crowded.insert(*id, ());
+        }
         partition.paused = dispatch.pause;
         partition.key_waiting = dispatch.key_waiting;
         // A full partition is looked at again when it would count as clogged.

@@ -48,6 +48,11 @@ pub struct Dispatch {
     /// not count toward the read-ahead, so a blocked key does not pause the
     /// partition for the other keys; [`KEY_WAITING_FACTOR`] x `read_ahead` bounds them.
     pub key_waiting: usize,
+    /// Endpoints ([`EndpointSlot::id`]) whose records wait here because the
+    /// endpoint is at its limit in the whole consumer: a completion of one of
+    /// them anywhere must schedule this partition again. (Its limit may have
+    /// grown by then, so "was it full" cannot be told at the completion.)
+    pub crowded: Vec<usize>,
 }
 
 impl Dispatch {
@@ -108,6 +113,7 @@ pub fn schedule<R>(
     let (mut paced_waiting, mut pace_at) = (0, None::<i64>);
     let mut started: IdMap<usize> = IdMap::default();
     let mut queued: IdMap<usize> = IdMap::default();
+    let mut crowded: IdMap<()> = IdMap::default();
     // Slow endpoints together: started in this call, and waiting.
     let (mut slow_started, mut slow_queued) = (0, 0);
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
@@ -143,7 +149,8 @@ pub fn schedule<R>(
             Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
             _ => None,
         };
-        return Dispatch { take: Vec::new(), defer: Vec::new(), paced, pause, wake_ms: partition.wake_ms, key_waiting };
+        let (take, defer, crowded) = (Vec::new(), Vec::new(), Vec::new());
+        return Dispatch { take, defer, paced, pause, wake_ms: partition.wake_ms, key_waiting, crowded };
     }
     let mut due_left = false;
     // When a waiting record becomes overflow, if one is still young.
@@ -200,7 +207,13 @@ pub fn schedule<R>(
             // endpoints a partition carries, the others keep slots and read-ahead.
             let slow = slot.limit.is_slow();
             let slow_full = slow && partition.slow_in_flight + slow_started >= share;
-            if pace_wait > 0 || endpoint_load(slot) + starting >= slot.limit.get() || here >= share || slow_full {
+            // At its limit in the whole consumer: a completion of the endpoint in
+            // any partition is what frees it, so the loop is told (see `crowded`).
+            let at_limit = endpoint_load(slot) + starting >= slot.limit.get();
+            if at_limit {
+                crowded.insert(id, ());
+            }
+            if pace_wait > 0 || at_limit || here >= share || slow_full {
                 if pace_wait > 0 {
                     pace_at = Some(pace_at.map_or(now_ms + pace_wait, |at| at.min(now_ms + pace_wait)));
                 }
@@ -274,7 +287,8 @@ pub fn schedule<R>(
     };
     let wake_ms = not_due.filter_map(|w| w.ticket.due_ms.map(|due| due - lead(w))).min();
     let wake_ms = [wake_ms, overflow_at, pace_at].into_iter().flatten().min();
-    Dispatch { take, defer, paced, pause, wake_ms, key_waiting: keys.waiting }
+    let crowded = crowded.into_keys().collect();
+    Dispatch { take, defer, paced, pause, wake_ms, key_waiting: keys.waiting, crowded }
 }
 
 #[cfg(test)]
@@ -362,6 +376,13 @@ mod tests {
         let d = schedule(&p, NOW, LIMITS, 100, named("slow", 1));
         assert_eq!(d.take, vec![0, 2], "one slot left for slow, fast goes");
         assert_eq!(d.pause, None);
+        let slow = p.backlog[0].ticket.endpoint.as_ref().unwrap().id();
+        assert_eq!(d.crowded, vec![slow], "the loop must pump this partition when slow frees a slot anywhere");
+        let d = schedule(&p, NOW, LIMITS, 100, named("slow", 0));
+        assert_eq!(d.take, vec![0, 1, 2], "both slow slots free");
+        assert_eq!(d.crowded, vec![slow], "the third slow record waits for the two it just started");
+        let d = schedule(&partition(vec![ticket(None, Some(("fast", 10)))]), NOW, LIMITS, 100, idle);
+        assert!(d.crowded.is_empty(), "nothing waits");
     }
 
     #[test]
@@ -372,8 +393,15 @@ mod tests {
         assert_eq!(d.pause, Some(PauseReason::NotDue));
         assert_eq!(d.wake_ms, Some(NOW + 30_000 - RESUME_LEAD_MS));
         let empty = partition(vec![]);
-        let nothing =
-            Dispatch { take: vec![], defer: vec![], paced: vec![], pause: None, wake_ms: None, key_waiting: 0 };
+        let nothing = Dispatch {
+            take: vec![],
+            defer: vec![],
+            paced: vec![],
+            pause: None,
+            wake_ms: None,
+            key_waiting: 0,
+            crowded: vec![],
+        };
         assert_eq!(schedule(&empty, NOW, LIMITS, 100, idle), nothing);
     }
 
