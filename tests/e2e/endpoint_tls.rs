@@ -151,7 +151,11 @@ async fn a_receiver_that_requires_a_client_certificate_takes_the_relays_and_refu
     let error = tier[0].header("hookrelay-last-error").unwrap_or_default();
     eprintln!("hookrelay-last-error without a client certificate: {error}");
     assert!(error.contains("nocert"), "the error names the endpoint: {error}");
-    assert!(error.contains("certificate required"), "the error says why: {error}");
+    // In TLS 1.3 the client finishes its handshake before the server checks
+    // the (missing) certificate: it reads the server's alert if it arrives
+    // before the request is written, else the connection is reset under it.
+    let why = ["certificate required", "Connection reset by peer"];
+    assert!(why.iter().any(|w| error.contains(w)), "the error says why: {error}");
     assert!(tier[0].value.ends_with(br#""id":"m-2"}"#));
     assert_eq!(*receiver.accepted.lock().unwrap(), vec!["hookrelay test client".to_string()], "only m-1 got in");
     assert!(receiver.refused.load(Ordering::SeqCst) >= 1, "the handshake without a certificate was refused");
