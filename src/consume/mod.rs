@@ -14,9 +14,15 @@
 //!   on revoke and on close) only at the highest contiguous decided offset of
 //!   each partition.
 //!
-//! Memory per partition is at most `max_in_flight_per_partition + max_read_ahead`
-//! records. Pausing stops the fetch; librdkafka resumes from the position after
-//! the last record it handed out, which sits in the backlog, so nothing is skipped.
+//! - `schedule`: the pure scheduler; `pump`: handing its choice to handlers,
+//!   pausing, and gating reads.
+//!
+//! Memory per partition is at most `max_in_flight_per_partition` + 2 x
+//! `max_read_ahead` records: while every partition's read-ahead is full the
+//! loop stops reading (librdkafka keeps what it fetched); one that stays full
+//! 200 ms, or reaches twice the bound, is paused. Pausing stops the fetch;
+//! librdkafka resumes from the position after the last record it handed out,
+//! which sits in the backlog, so nothing is skipped.
 
 pub mod budget;
 mod client;
