@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(
             n.text,
             "3 webhooks to billing failed (expired: 2, rejected: 1), last error: HTTP 503: down, \
-             between 2023-11-14T22:13:20Z and 2023-11-14T22:14:02Z"
+             between 2023-11-14T22:13:20.000Z and 2023-11-14T22:14:02.000Z"
         );
         let body = email_body(&n);
         assert!(body.contains("expired: 2") && body.contains("Last error: HTTP 503: down"), "{body}");
