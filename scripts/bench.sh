@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    eval "$(scripts/kafka.sh up)"
+    # Assigned first: `set -e` stops here when the broker does not start (an
+    # `eval "$(...)"` alone would go on without it).
+    broker_env="$(scripts/kafka.sh up)"
+    eval "$broker_env"
     export KAFKA_BOOTSTRAP
     started=1
 fi

@@ -11,7 +11,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    eval "$(scripts/kafka.sh up)"
+    # Assigned first: `set -e` stops here when the broker does not start (an
+    # `eval "$(...)"` alone would go on without it).
+    broker_env="$(scripts/kafka.sh up)"
+    eval "$broker_env"
     export KAFKA_BOOTSTRAP
     export DRILL_OWN_BROKER=1
     started=1

@@ -4,7 +4,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 config="${1:-hookrelay.example.toml}"
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    eval "$(scripts/kafka.sh up)"
+    # Assigned first: `set -e` stops here when the broker does not start (an
+    # `eval "$(...)"` alone would go on without it).
+    broker_env="$(scripts/kafka.sh up)"
+    eval "$broker_env"
 fi
 export HOOKRELAY_KAFKA__BROKERS="$KAFKA_BOOTSTRAP"
 # Local runs deliver to receivers on this machine.

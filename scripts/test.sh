@@ -8,7 +8,10 @@ scripts/prereqs.sh test
 
 started=""
 if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    eval "$(scripts/kafka.sh up)"
+    # Assigned first: `set -e` stops here when the broker does not start (an
+    # `eval "$(...)"` alone would go on without it).
+    broker_env="$(scripts/kafka.sh up)"
+    eval "$broker_env"
     export KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD KAFKA_SSL_BOOTSTRAP KAFKA_SSL_CA \
         KAFKA_MTLS_BOOTSTRAP KAFKA_CLIENT_CERT KAFKA_CLIENT_KEY KAFKA_SASL_REAUTH_BOOTSTRAP KAFKA_TOOLS_CLASSPATH
     started=1
