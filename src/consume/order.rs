@@ -118,8 +118,13 @@ mod tests {
 
         const NOW: i64 = 1_000_000;
         /// Read-ahead 4: at most 16 records behind keys.
-        const LIMITS: Limits =
-            Limits { in_flight_per_partition: 8, read_ahead: 4, waiting_per_endpoint: 8, memory_spent: false };
+        const LIMITS: Limits = Limits {
+            in_flight_per_partition: 8,
+            read_ahead: 4,
+            waiting_per_endpoint: 8,
+            memory_spent: false,
+            others_starved: true,
+        };
 
         /// Records of endpoint `e` (limit 2, so that it can be full) with order keys; `due` in ms from now.
         fn partition(records: &[(Option<u64>, Option<i64>)]) -> Partition<()> {

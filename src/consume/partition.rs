@@ -163,13 +163,15 @@ impl<R> Partition<R> {
     }
 
     /// Notes when the read-ahead became full, after a pump; returns when it
-    /// counts as clogged, if it is full and not paused.
+    /// will count as clogged, if it is full, not paused and not clogged yet.
+    /// (A clogged one left unpaused, because no other partition waits to be
+    /// read, is paused at the pump after a record for another comes in.)
     pub fn note_full(&mut self, read_ahead: usize, now_ms: i64) -> Option<i64> {
         self.full_since = match self.paused {
             None if self.over_read_ahead(read_ahead) => Some(self.full_since.unwrap_or(now_ms)),
             _ => None,
         };
-        self.full_since.map(|since| since + CLOGGED_AFTER_MS)
+        self.full_since.map(|since| since + CLOGGED_AFTER_MS).filter(|&at| at > now_ms)
     }
 
     /// Puts a record retried in place back at its offset's place in the backlog.

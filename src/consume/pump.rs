@@ -20,13 +20,20 @@ impl<H: Handler> Loop<H> {
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
             memory_spent: false,
+            others_starved: true,
         };
         // At the bound on held records, nothing new starts until some are decided.
         let held_full = self.held >= self.spec.max_held as i64;
         let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight) };
+        // Asked only of a partition that may be clogged (the loop's hot path).
+        let clog_due = self.partitions.get(key).is_some_and(|p| p.paused.is_none() && p.full_since.is_some());
+        let others_starved = clog_due && self.starved_besides(key);
         let Some(partition) = self.partitions.get_mut(key) else { return };
-        let limits =
-            Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
+        let limits = Limits {
+            memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)),
+            others_starved,
+            ..limits
+        };
         let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
         let now = now_ms();
         let dispatch = schedule(partition, now, limits, free, load);
@@ -95,6 +102,14 @@ impl<H: Handler> Loop<H> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+    }
+
+    /// Whether an open partition other than `key` has room in its read-ahead.
+    fn starved_besides(&self, key: &(Arc<str>, i32)) -> bool {
+        let read_ahead = self.spec.max_read_ahead;
+        self.partitions.iter().any(|(k, p)| {
+            k != key && p.lifecycle == Lifecycle::Consuming && p.paused.is_none() && !p.over_read_ahead(read_ahead)
+        })
     }
 
     /// Whether to read more records: not while every partition that could take

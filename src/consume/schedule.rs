@@ -27,6 +27,11 @@ pub struct Limits {
     pub waiting_per_endpoint: usize,
     /// The process's memory budget is spent (`delivery.max_buffered_bytes`).
     pub memory_spent: bool,
+    /// Another open partition of the consumer has room in its read-ahead: a
+    /// clogged partition is paused only then, since while every partition is
+    /// full the loop reads nothing anyway and a pause would only drop what
+    /// librdkafka fetched for it.
+    pub others_starved: bool,
 }
 
 /// What to do with a partition now.
@@ -127,6 +132,7 @@ pub fn schedule<R>(
                 Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
                 _ => {
                     let clogged = partition.full_since.is_some_and(|since| now_ms - since >= CLOGGED_AFTER_MS);
+                    let clogged = clogged && limits.others_starved;
                     left >= limits.read_ahead.saturating_mul(2) || (left >= limits.read_ahead && clogged)
                 }
             }
@@ -307,8 +313,13 @@ mod tests {
     use crate::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
-    const LIMITS: Limits =
-        Limits { in_flight_per_partition: 4, read_ahead: 6, waiting_per_endpoint: 8, memory_spent: false };
+    const LIMITS: Limits = Limits {
+        in_flight_per_partition: 4,
+        read_ahead: 6,
+        waiting_per_endpoint: 8,
+        memory_spent: false,
+        others_starved: true,
+    };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
@@ -416,8 +427,13 @@ mod tests {
 
     #[test]
     fn past_the_waiting_bound_an_endpoint_overflows_to_deferral() {
-        let limits =
-            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
+        let limits = Limits {
+            in_flight_per_partition: 100,
+            read_ahead: 100,
+            waiting_per_endpoint: 8,
+            memory_spent: false,
+            others_starved: true,
+        };
         let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
         tickets.push(ticket(None, Some(("fast", 10))));
         let p = partition(tickets);
@@ -441,8 +457,13 @@ mod tests {
 
     #[test]
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
-        let limits =
-            Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
+        let limits = Limits {
+            in_flight_per_partition: 100,
+            read_ahead: 100,
+            waiting_per_endpoint: 8,
+            memory_spent: false,
+            others_starved: true,
+        };
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
         let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: None };
         let p = partition(vec![fast; 40]);
@@ -459,8 +480,13 @@ mod tests {
 
     #[test]
     fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
-        let limits =
-            Limits { in_flight_per_partition: 8, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
+        let limits = Limits {
+            in_flight_per_partition: 8,
+            read_ahead: 100,
+            waiting_per_endpoint: 8,
+            memory_spent: false,
+            others_starved: true,
+        };
         let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
         tickets.push(ticket(None, Some(("other", 1000))));
         let mut p = partition(tickets);
@@ -501,8 +527,13 @@ mod tests {
 
     #[test]
     fn slow_endpoints_together_hold_at_most_half_the_slots_and_overflow_early() {
-        let limits =
-            Limits { in_flight_per_partition: 16, read_ahead: 100, waiting_per_endpoint: 2, memory_spent: false };
+        let limits = Limits {
+            in_flight_per_partition: 16,
+            read_ahead: 100,
+            waiting_per_endpoint: 2,
+            memory_spent: false,
+            others_starved: true,
+        };
         let two_seconds = std::time::Duration::from_secs(2);
         let slow = |key: &str| Ticket {
             due_ms: None,
@@ -534,6 +565,9 @@ mod tests {
         assert_eq!(schedule(&full, later, LIMITS, 100, |_| 1).pause, None);
         let clogged = NOW + CLOGGED_AFTER_MS;
         assert_eq!(schedule(&full, clogged, LIMITS, 100, |_| 1).pause, Some(PauseReason::Capacity), "clogged");
+        let alone = Limits { others_starved: false, ..LIMITS };
+        assert_eq!(schedule(&full, clogged, alone, 100, |_| 1).pause, None, "no other partition waits to be read");
+        assert_eq!(full.note_full(LIMITS.read_ahead, clogged), None, "clogged already: no wake-up for it");
         let mut twice = partition(vec![Ticket::default(); 12]);
         twice.in_flight = LIMITS.in_flight_per_partition;
         assert_eq!(schedule(&twice, NOW, LIMITS, 100, idle).pause, Some(PauseReason::Capacity), "12 = 2 x 6");
@@ -565,8 +599,13 @@ mod tests {
         vec![Ticket { due_ms: None, endpoint: Some(slot), order: None }; n]
     }
 
-    const ROOMY: Limits =
-        Limits { in_flight_per_partition: 100, read_ahead: 100, waiting_per_endpoint: 8, memory_spent: false };
+    const ROOMY: Limits = Limits {
+        in_flight_per_partition: 100,
+        read_ahead: 100,
+        waiting_per_endpoint: 8,
+        memory_spent: false,
+        others_starved: true,
+    };
 
     #[test]
     fn a_paced_endpoint_waits_for_its_tokens_without_a_slot_and_the_others_go() {
