@@ -66,7 +66,12 @@ pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("statistics.interval.ms", kafka.statistics_interval.as_millis().to_string())
         // Bounds the prefetch per partition; the relay's own limits bound the rest.
-        .set("queued.max.messages.kbytes", PREFETCH_KBYTES);
+        .set("queued.max.messages.kbytes", PREFETCH_KBYTES)
+        // Once the prefetch queue is below that bound again, fetch within
+        // 10 ms, not librdkafka's default second: in a backlog drain the relay
+        // empties the queue well within a second and then waited for records
+        // (make bench S0: 5,856/s -> 8,207/s in back-to-back runs; no memory cost).
+        .set("fetch.queue.backoff.ms", "10");
     match kafka.group_protocol {
         GroupProtocol::Classic => {
             c.set("partition.assignment.strategy", "cooperative-sticky");
