@@ -231,24 +231,30 @@ pub fn event_id(value: Option<&[u8]>) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn endpoints() -> Endpoints {
-        let config = Config::from_toml(
+    /// The endpoint table of the decoder's tests (and of its fuzzing): one
+    /// configured endpoint, `billing`, and `max_payload_bytes` as given.
+    pub(crate) fn endpoints_with(max_payload_bytes: usize) -> Endpoints {
+        let config = Config::from_toml(&format!(
             r#"
             [delivery]
-            max_payload_bytes = 64
+            max_payload_bytes = {max_payload_bytes}
             signing_secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
             timeout = "5s"
             [endpoints.billing]
             url = "https://billing.example.com/hooks"
             timeout = "3s"
-            headers = { "x-tenant" = "acme" }
-            "#,
-        )
+            headers = {{ "x-tenant" = "acme" }}
+            "#
+        ))
         .unwrap();
         Endpoints::new(&config)
+    }
+
+    fn endpoints() -> Endpoints {
+        endpoints_with(64)
     }
 
     fn decode(value: &str) -> Result<Event, InvalidEvent> {

@@ -13,6 +13,7 @@
 //! regression test next to the code it fixes.
 
 mod decode;
+mod events;
 mod headers;
 
 use proptest::prelude::*;
