@@ -9,17 +9,10 @@
 # beside a shared one); with KAFKA_BOOTSTRAP set it says "not run".
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-started=""
-if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    # Assigned first: `set -e` stops here when the broker does not start (an
-    # `eval "$(...)"` alone would go on without it).
-    broker_env="$(scripts/kafka.sh up)"
-    eval "$broker_env"
-    export KAFKA_BOOTSTRAP
+source scripts/local-broker.sh
+if [[ -n "$LOCAL_BROKER" ]]; then
     export DRILL_OWN_BROKER=1
-    started=1
 fi
-trap '[[ -n "$started" ]] && scripts/kafka.sh down' EXIT
 mkdir -p target
 cargo test --locked --release --test e2e -- --ignored --nocapture --test-threads 1 drill:: 2>&1 \
     | tee target/drill.log | grep -oE "DRILL.*|^       [a-z].*|test result.*|panicked.*"

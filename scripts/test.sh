@@ -6,18 +6,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 # Say everything a fresh machine lacks before starting anything.
 scripts/prereqs.sh test
 
-started=""
-if [[ -z "${KAFKA_BOOTSTRAP:-}" ]]; then
-    # Assigned first: `set -e` stops here when the broker does not start (an
-    # `eval "$(...)"` alone would go on without it).
-    broker_env="$(scripts/kafka.sh up)"
-    eval "$broker_env"
-    export KAFKA_BOOTSTRAP KAFKA_SASL_BOOTSTRAP KAFKA_SASL_USERNAME KAFKA_SASL_PASSWORD KAFKA_SSL_BOOTSTRAP KAFKA_SSL_CA \
-        KAFKA_MTLS_BOOTSTRAP KAFKA_CLIENT_CERT KAFKA_CLIENT_KEY KAFKA_SASL_REAUTH_BOOTSTRAP KAFKA_TOOLS_CLASSPATH
-    started=1
-fi
-stop() { if [[ -n "$started" ]]; then scripts/kafka.sh down || true; fi; }
-trap stop EXIT
+source scripts/local-broker.sh
 
 scripts/test-deps.sh
 status=0
