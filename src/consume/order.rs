@@ -107,13 +107,10 @@ mod tests {
 
     /// The scheduler's rules for ordered records (`schedule::schedule`), by table.
     mod schedule {
-        use std::sync::Arc;
-
-        use tokio_util::sync::CancellationToken;
-
         use crate::concurrency::LiveLimit;
-        use crate::consume::handler::{EndpointSlot, Ticket};
+        use crate::consume::handler::Ticket;
         use crate::consume::partition::{Partition, PauseReason, Waiting, RESUME_LEAD_MS};
+        use crate::consume::schedule::tests::{self, slot};
         use crate::consume::schedule::{schedule, Limits};
 
         const NOW: i64 = 1_000_000;
@@ -128,19 +125,12 @@ mod tests {
 
         /// Records of endpoint `e` (limit 2, so that it can be full) with order keys; `due` in ms from now.
         fn partition(records: &[(Option<u64>, Option<i64>)]) -> Partition<()> {
-            let limit = LiveLimit::fixed(2);
-            let mut p = Partition::new(1, CancellationToken::new());
-            for (offset, &(order, due)) in records.iter().enumerate() {
-                let endpoint = Some(EndpointSlot {
-                    key: Arc::from("e"),
-                    limit: limit.clone(),
-                    pace: Arc::new(crate::pace::Pace::unlimited()),
-                });
-                let ticket = Ticket { due_ms: due.map(|d| NOW + d), endpoint, order };
-                let (offset, read_ms, bytes, record) = (offset as i64, NOW - 10_000, 0, Arc::new(()));
-                p.backlog.push_back(Waiting { offset, read_ms, bytes, ticket, record });
-            }
-            p
+            let ticket = |&(order, due): &(Option<u64>, Option<i64>)| Ticket {
+                due_ms: due.map(|d| NOW + d),
+                endpoint: Some(slot("e", LiveLimit::fixed(2))),
+                order,
+            };
+            tests::partition(records.iter().map(ticket).collect())
         }
 
         #[test]

@@ -298,7 +298,7 @@ pub fn schedule<R>(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use std::cell::RefCell;
     use std::collections::HashMap;
     use std::sync::Arc;
@@ -325,7 +325,8 @@ mod tests {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
     }
 
-    fn partition(tickets: Vec<Ticket>) -> Partition<()> {
+    /// A partition whose backlog holds `tickets`, in offset order, read a while ago.
+    pub(crate) fn partition(tickets: Vec<Ticket>) -> Partition<()> {
         let mut p = Partition::new(1, CancellationToken::new());
         for (offset, ticket) in tickets.into_iter().enumerate() {
             p.backlog.push_back(Waiting {
@@ -344,7 +345,7 @@ mod tests {
     }
 
     /// One live limit per endpoint name, as the limiter hands out (the loop tells endpoints apart by it).
-    fn slot(key: &str, limit: LiveLimit) -> EndpointSlot {
+    pub(crate) fn slot(key: &str, limit: LiveLimit) -> EndpointSlot {
         let limit = LIVE.with(|l| l.borrow_mut().entry(format!("{key}/{}", limit.get())).or_insert(limit).clone());
         EndpointSlot { key: Arc::from(key), limit, pace: Arc::new(Pace::unlimited()) }
     }
