@@ -321,6 +321,15 @@ pub(crate) mod tests {
         others_starved: true,
     };
 
+    /// Room for everything: only the endpoints' limits hold records back.
+    const ROOMY: Limits = Limits {
+        in_flight_per_partition: 100,
+        read_ahead: 100,
+        waiting_per_endpoint: 8,
+        memory_spent: false,
+        others_starved: true,
+    };
+
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
         Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
     }
@@ -428,13 +437,7 @@ pub(crate) mod tests {
 
     #[test]
     fn past_the_waiting_bound_an_endpoint_overflows_to_deferral() {
-        let limits = Limits {
-            in_flight_per_partition: 100,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            others_starved: true,
-        };
+        let limits = ROOMY;
         let mut tickets = vec![ticket(None, Some(("slow", 2))); 12];
         tickets.push(ticket(None, Some(("fast", 10))));
         let p = partition(tickets);
@@ -458,13 +461,7 @@ pub(crate) mod tests {
 
     #[test]
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
-        let limits = Limits {
-            in_flight_per_partition: 100,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            others_starved: true,
-        };
+        let limits = ROOMY;
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
         let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: None };
         let p = partition(vec![fast; 40]);
@@ -481,13 +478,7 @@ pub(crate) mod tests {
 
     #[test]
     fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
-        let limits = Limits {
-            in_flight_per_partition: 8,
-            read_ahead: 100,
-            waiting_per_endpoint: 8,
-            memory_spent: false,
-            others_starved: true,
-        };
+        let limits = Limits { in_flight_per_partition: 8, ..ROOMY };
         let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
         tickets.push(ticket(None, Some(("other", 1000))));
         let mut p = partition(tickets);
@@ -528,13 +519,7 @@ pub(crate) mod tests {
 
     #[test]
     fn slow_endpoints_together_hold_at_most_half_the_slots_and_overflow_early() {
-        let limits = Limits {
-            in_flight_per_partition: 16,
-            read_ahead: 100,
-            waiting_per_endpoint: 2,
-            memory_spent: false,
-            others_starved: true,
-        };
+        let limits = Limits { in_flight_per_partition: 16, waiting_per_endpoint: 2, ..ROOMY };
         let two_seconds = std::time::Duration::from_secs(2);
         let slow = |key: &str| Ticket {
             due_ms: None,
@@ -599,14 +584,6 @@ pub(crate) mod tests {
         let slot = EndpointSlot { key: Arc::from(key), limit: LiveLimit::fixed(100), pace };
         vec![Ticket { due_ms: None, endpoint: Some(slot), order: None }; n]
     }
-
-    const ROOMY: Limits = Limits {
-        in_flight_per_partition: 100,
-        read_ahead: 100,
-        waiting_per_endpoint: 8,
-        memory_spent: false,
-        others_starved: true,
-    };
 
     #[test]
     fn a_paced_endpoint_waits_for_its_tokens_without_a_slot_and_the_others_go() {
