@@ -144,10 +144,9 @@ impl Handler for Relay {
         };
         // One that will lap makes no request: neither its endpoint's slot nor its
         // pace may hold it (a Retry-After hold would keep it in the tier past its delay).
-        let laps = match (due_ms, hop.due_ms) {
-            (Some(ready), Some(own)) => own > ready.max(now_ms()) && hop.deadline_ms.is_none_or(|d| own <= d),
-            _ => false,
-        };
+        // (The same rule as `process` applies once the tier lets it go.)
+        let deadline = hop.deadline_ms.unwrap_or(i64::MAX);
+        let laps = due_ms.is_some_and(|ready| not_yet(hop.due_ms, ready.max(now_ms()), deadline).is_some());
         let ticket = Ticket {
             due_ms,
             endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
