@@ -68,14 +68,15 @@ pub struct DeliveryConfig {
     pub signing_secrets: Vec<Secret>,
     /// Records worked on at once per consumer (all partitions). Default 1024.
     pub max_in_flight: usize,
-    /// Records worked on at once per partition. Default 128.
+    /// Records worked on at once per partition. Default 512.
     pub max_in_flight_per_partition: usize,
     /// Ceiling of the adaptive concurrency limit of one endpoint (name, or URL
     /// host:port), per process: the limit starts at 16 and follows how the
     /// receiver answers, never above this. Default 1024.
     pub max_in_flight_per_endpoint: usize,
     /// Records read ahead per partition while they wait for their due time,
-    /// their endpoint or a slot; reaching it pauses the partition. Default 256.
+    /// their endpoint or a slot; reaching it pauses the partition. Default 2048
+    /// (more than one fetch of a partition: librdkafka hands records over in runs of a fetch).
     pub max_read_ahead_per_partition: usize,
     /// Bytes of records read and not yet decided (read-ahead plus in flight),
     /// per process: past it every partition pauses until it is below 90 %.
@@ -139,9 +140,9 @@ impl Default for DeliveryConfig {
             max_payload_bytes: 1024 * 1024,
             signing_secrets: Vec::new(),
             max_in_flight: 1024,
-            max_in_flight_per_partition: 128,
+            max_in_flight_per_partition: 512,
             max_in_flight_per_endpoint: 1024,
-            max_read_ahead_per_partition: 256,
+            max_read_ahead_per_partition: 2048,
             max_buffered_bytes: bytesize::ByteSize::mib(128),
             max_waiting_per_endpoint: 32,
             max_endpoint_labels: 100,
