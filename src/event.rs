@@ -51,8 +51,9 @@ pub struct Event {
     pub endpoint_key: Arc<str>,
     /// The configured endpoint's name; `None` for an inline `url`.
     pub endpoint_name: Option<Arc<str>>,
-    /// The payload's JSON text exactly as the producer wrote it: the request body.
-    pub body: Vec<u8>,
+    /// The payload's JSON text exactly as the producer wrote it: the request body,
+    /// shared by every attempt (a clone is a reference count, not a copy).
+    pub body: bytes::Bytes,
     /// Endpoint headers, then event headers (the event's win).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeout: Duration,
@@ -182,7 +183,7 @@ impl Endpoints {
             url,
             endpoint_key,
             endpoint_name,
-            body: body.to_vec(),
+            body: bytes::Bytes::copy_from_slice(body),
             headers,
             timeout,
             keys,
@@ -264,7 +265,7 @@ pub(crate) mod tests {
     #[test]
     fn a_url_event_keeps_its_payload_bytes() {
         let e = decode(r#"{"url":"https://a.example/x","payload": {"b" : [1, 2]} }"#).unwrap();
-        assert_eq!(e.body, br#"{"b" : [1, 2]}"#);
+        assert_eq!(&e.body[..], br#"{"b" : [1, 2]}"#);
         assert_eq!(e.id, "t-0-7");
         assert_eq!(&*e.endpoint_key, "a.example");
         let e = decode(r#"{"url":"http://a.example:8080/x?token=secret","payload":1}"#).unwrap();
@@ -278,7 +279,7 @@ pub(crate) mod tests {
         let e = decode(r#"{"endpoint":"billing","payload":null,"id":"evt_1","headers":{"x-tenant":"other","x-a":"b"},"timeout_ms":250,"retry_until":"2030-01-01T00:00:00+01:00","max_attempts":3}"#).unwrap();
         assert_eq!(e.url.as_str(), "https://billing.example.com/hooks");
         assert_eq!(&*e.endpoint_key, "billing");
-        assert_eq!(e.body, b"null");
+        assert_eq!(&e.body[..], b"null");
         assert_eq!(e.id, "evt_1");
         assert_eq!(e.timeout, Duration::from_millis(250));
         assert_eq!(e.retry_until_ms, Some(1_893_452_400_000));
