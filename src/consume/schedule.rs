@@ -3,7 +3,7 @@
 
 use super::handler::{EndpointSlot, IdMap, Work};
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
-use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use super::partition::{Lifecycle, Partition, PauseReason, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
 /// this long: by the endpoint's round trip and limit (Little's law), or, before
@@ -276,8 +276,13 @@ pub fn schedule<R>(
     // Records of ordered keys retried in place wait for their due time on the
     // events consumer, whose other records are due at once: they never pause
     // the partition for time (the other keys must keep flowing).
-    let not_due = partition.backlog.iter().filter(|w| w.ticket.due_ms.is_some_and(|due| due > now_ms));
-    let next_unordered = not_due.clone().filter(|w| w.ticket.order.is_none()).filter_map(|w| w.ticket.due_ms).min();
+    // One pass for both (the backlog may be thousands of records long).
+    let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
+    for waiting in &partition.backlog {
+        let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
+        let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
+        *next = Some(next.map_or(due, |at| at.min(due)));
+    }
     let waiting_for_time = !due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
     let left = partition.backlog.len() - take.len() - keys.waiting;
     let pause = match () {
@@ -287,12 +292,9 @@ pub fn schedule<R>(
         _ if waiting_for_time => Some(PauseReason::NotDue),
         _ => None,
     };
-    let lead = |w: &Waiting<R>| match w.ticket.order {
-        None if pause == Some(PauseReason::NotDue) => RESUME_LEAD_MS,
-        _ => 0,
-    };
-    let wake_ms = not_due.filter_map(|w| w.ticket.due_ms.map(|due| due - lead(w))).min();
-    let wake_ms = [wake_ms, overflow_at, pace_at].into_iter().flatten().min();
+    let lead = if pause == Some(PauseReason::NotDue) { RESUME_LEAD_MS } else { 0 };
+    let next_unordered = next_unordered.map(|due| due - lead);
+    let wake_ms = [next_unordered, next_ordered, overflow_at, pace_at].into_iter().flatten().min();
     let crowded = crowded.into_keys().collect();
     Dispatch { take, defer, paced, pause, wake_ms, key_waiting: keys.waiting, crowded }
 }
@@ -310,6 +312,7 @@ pub(crate) mod tests {
     use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
     use crate::consume::handler::Ticket;
+    use crate::consume::partition::Waiting;
     use crate::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
