@@ -113,6 +113,9 @@ pub struct Sink {
     /// One URL per endpoint, in the order given.
     pub urls: Vec<String>,
     tasks: Vec<JoinHandle<()>>,
+    /// The ports of refused endpoints, bound and never listened on: connections are
+    /// refused, and no listener of this run can be given the same port.
+    _refusing: Vec<tokio::net::TcpSocket>,
 }
 
 impl Sink {
@@ -130,11 +133,15 @@ impl Sink {
         let tls = tls.map(Arc::new);
         let mut urls = Vec::new();
         let mut tasks = Vec::new();
+        let mut refusing = Vec::new();
         for e in endpoints {
             if let Profile::Refused = e.profile {
-                // A port that was free a moment ago and that nobody listens on now.
-                let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-                urls.push(format!("{scheme}://127.0.0.1:{port}/hook"));
+                // Bound, not listening: a port freed again at once was given to the next
+                // endpoint's listener in one run, which then answered the refused one's events.
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind("127.0.0.1:0".parse()?)?;
+                urls.push(format!("{scheme}://127.0.0.1:{}/hook", socket.local_addr()?.port()));
+                refusing.push(socket);
                 continue;
             }
             let listener = TcpListener::bind("127.0.0.1:0").await?;
@@ -143,7 +150,7 @@ impl Sink {
             let ctx = Arc::new(Ctx { class, floor_us: floor_us.clone(), profile: e.profile, seen: seen.clone() });
             tasks.push(tokio::spawn(serve(listener, ctx, tls.clone())));
         }
-        Ok(Sink { seen, floor_us, class_names, urls, tasks })
+        Ok(Sink { seen, floor_us, class_names, urls, tasks, _refusing: refusing })
     }
 
     /// From now on, latency counts from now for events scheduled earlier: a
