@@ -52,7 +52,7 @@ impl<H: Handler> Loop<H> {
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
-        partition.backlog.push_back(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
+        partition.push(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
         Some(key)
     }
 }

@@ -182,7 +182,7 @@ mod tests {
             p.keys_in_flight.insert(1);
             p.paused = Some(PauseReason::Ordered);
             assert_eq!(schedule(&p, NOW, LIMITS, 100, |_| 0).pause, Some(PauseReason::Ordered), "9 > 16 / 2");
-            p.backlog.pop_back();
+            p.take(&[p.backlog.len() - 1]);
             assert_eq!(schedule(&p, NOW, LIMITS, 100, |_| 0).pause, None, "resumes at half");
         }
 

@@ -85,7 +85,15 @@ pub struct Partition<R> {
     /// Records held by the handler ([`super::Done::Held`]), not yet decided or let go.
     /// Briefly -1 when a decision overtakes the completion that reports the hold.
     pub held: i64,
+    /// Records read and waiting, in offset order. Added to and taken from
+    /// through [`Partition::push`], [`Partition::requeue`] and [`Partition::take`],
+    /// which keep the two counts below.
     pub backlog: VecDeque<Waiting<R>>,
+    /// Waiting records per endpoint ([`EndpointSlot::id`]): once every record
+    /// left in a scan is of an endpoint that cannot go, the scheduler stops.
+    pub waiting_by_endpoint: IdMap<usize>,
+    /// Waiting records with a due time: with none, no scan for the next one.
+    pub timed: usize,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this partition.
     pub endpoint_in_flight: IdMap<usize>,
     /// Of those, records of slow endpoints (answers of a second or more).
@@ -114,6 +122,8 @@ impl<R> Partition<R> {
             in_flight: 0,
             held: 0,
             backlog: VecDeque::new(),
+            waiting_by_endpoint: IdMap::default(),
+            timed: 0,
             endpoint_in_flight: IdMap::default(),
             slow_in_flight: 0,
             keys_in_flight: KeySet::default(),
@@ -133,6 +143,8 @@ impl<R> Partition<R> {
     /// consumes next. Returns the bytes the dropped records held.
     pub fn stop(&mut self) -> usize {
         self.lifecycle = Lifecycle::Draining;
+        self.waiting_by_endpoint.clear();
+        self.timed = 0;
         self.backlog.drain(..).map(|w| w.bytes).sum()
     }
 
@@ -174,8 +186,15 @@ impl<R> Partition<R> {
         self.full_since.map(|since| since + CLOGGED_AFTER_MS).filter(|&at| at > now_ms)
     }
 
+    /// Adds a record read after every one in the backlog.
+    pub fn push(&mut self, waiting: Waiting<R>) {
+        self.note(&waiting, true);
+        self.backlog.push_back(waiting);
+    }
+
     /// Puts a record retried in place back at its offset's place in the backlog.
     pub fn requeue(&mut self, waiting: Waiting<R>) {
+        self.note(&waiting, true);
         let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
         self.backlog.insert(at, waiting);
     }
@@ -185,6 +204,25 @@ impl<R> Partition<R> {
         let mut taken: Vec<Waiting<R>> =
             chosen.iter().rev().map(|&i| self.backlog.remove(i).expect("chosen index in range")).collect();
         taken.reverse();
+        for waiting in &taken {
+            self.note(waiting, false);
+        }
         taken
+    }
+
+    /// Counts a record into (`added`) or out of the backlog's counts.
+    fn note(&mut self, waiting: &Waiting<R>, added: bool) {
+        if waiting.ticket.due_ms.is_some() {
+            self.timed = if added { self.timed + 1 } else { self.timed - 1 };
+        }
+        let Some(slot) = &waiting.ticket.endpoint else { return };
+        if added {
+            *self.waiting_by_endpoint.entry(slot.id()).or_default() += 1;
+        } else if let Some(n) = self.waiting_by_endpoint.get_mut(&slot.id()) {
+            *n -= 1;
+            if *n == 0 {
+                self.waiting_by_endpoint.remove(&slot.id());
+            }
+        }
     }
 }

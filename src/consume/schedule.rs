@@ -164,16 +164,32 @@ pub fn schedule<R>(
     let mut keys = KeyGate::new(&partition.keys_in_flight);
     // Every slot is taken: from here on only records behind their keys are counted.
     let mut slots_taken = false;
+    // Endpoints that cannot start a record in this scan and none of whose records
+    // here can overflow: their other records need not be looked at, and once only
+    // theirs are left the scan stops (with one busy receiver, every partition's
+    // backlog is thousands of its records: a scan of each on every pump was a
+    // tenth of the relay's CPU). `open` counts the records left of other endpoints.
+    let mut settled: IdMap<()> = IdMap::default();
+    let mut seen: IdMap<usize> = IdMap::default();
+    let mut open = partition.backlog.len();
     for (i, waiting) in partition.backlog.iter().enumerate() {
         if !consuming {
             break;
         }
         let ordered = waiting.ticket.order.is_some();
         let not_due = waiting.ticket.due_ms.is_some_and(|due| due > now_ms);
-        if slots_taken && !keys.active() {
+        if (slots_taken || open == 0) && !keys.active() {
             // What is left waits for a completion, which pumps again, so the
             // rest of the backlog need not be looked at (unless keys are in play).
             break;
+        }
+        let id = waiting.ticket.endpoint.as_ref().map(EndpointSlot::id);
+        let is_settled = id.is_some_and(|id| settled.contains_key(&id));
+        if !is_settled {
+            open -= 1;
+            if let Some(id) = id {
+                *seen.entry(id).or_default() += 1;
+            }
         }
         if keys.ask(waiting.ticket.order) == Gate::Behind {
             continue;
@@ -184,7 +200,7 @@ pub fn schedule<R>(
             }
             continue;
         }
-        if slots_taken {
+        if slots_taken || is_settled {
             continue;
         }
         if take.len() >= room {
@@ -265,6 +281,19 @@ pub fn schedule<R>(
                         overflow_at = Some(overflow_at.map_or(overflows_at, |at| at.min(overflows_at)));
                     }
                     due_left = true;
+                    // Blocked for the rest of this scan (its count here and in the consumer
+                    // only grow): settled, unless a later record of it could still overflow.
+                    let total = partition.waiting_by_endpoint.get(&id).copied();
+                    if let (Some(total), false) = (total, slow || pace_wait > 0 || slot.pace.is_paced()) {
+                        let left = total.saturating_sub(seen.get(&id).copied().unwrap_or(0));
+                        let most = *ahead + left;
+                        let may_overflow = most > limits.waiting_per_endpoint
+                            && slot.limit.expected_wait_ms(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
+                        if !may_overflow {
+                            settled.insert(id, ());
+                            open = open.saturating_sub(left);
+                        }
+                    }
                 }
                 continue;
             }
@@ -278,7 +307,7 @@ pub fn schedule<R>(
     // the partition for time (the other keys must keep flowing).
     // One pass for both (the backlog may be thousands of records long).
     let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
-    for waiting in &partition.backlog {
+    for waiting in partition.backlog.iter().take(if partition.timed > 0 { usize::MAX } else { 0 }) {
         let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
         let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
         *next = Some(next.map_or(due, |at| at.min(due)));
@@ -341,7 +370,7 @@ pub(crate) mod tests {
     pub(crate) fn partition(tickets: Vec<Ticket>) -> Partition<()> {
         let mut p = Partition::new(1, CancellationToken::new());
         for (offset, ticket) in tickets.into_iter().enumerate() {
-            p.backlog.push_back(Waiting {
+            p.push(Waiting {
                 offset: offset as i64,
                 read_ms: NOW - OVERFLOW_AFTER_MS,
                 bytes: 0,
@@ -480,6 +509,31 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn records_behind_thousands_of_a_blocked_endpoints_are_found() {
+        // The scan skips the rest of an endpoint at its limit once none of its records
+        // can overflow, and stops once only such records are left: never before another's.
+        let measured = slot("busy", LiveLimit::measured(2, std::time::Duration::from_millis(1)));
+        let busy = Ticket { due_ms: None, endpoint: Some(measured), order: None };
+        let mut tickets = vec![busy.clone(); 1000];
+        tickets.insert(500, ticket(None, Some(("middle", 10))));
+        tickets.push(ticket(None, Some(("last", 10))));
+        tickets.push(busy.clone());
+        let p = partition(tickets);
+        assert_eq!(p.waiting_by_endpoint.values().sum::<usize>(), 1003);
+        let busy_at_limit = |s: &EndpointSlot| if s.key.as_ref() == "busy" { 2 } else { 0 };
+        let d = schedule(&p, NOW, ROOMY, 100, busy_at_limit);
+        assert_eq!(d.take, vec![500, 1001], "the other endpoints' records go, wherever they are");
+        assert!(d.defer.is_empty(), "1,001 records at 1 ms and 2 at a time wait half a second at most");
+        let mut taken = p;
+        taken.take(&[500, 1001]);
+        assert_eq!(taken.waiting_by_endpoint.values().sum::<usize>(), 1001, "taken records leave the count");
+        // Where the last of them could overflow, none is skipped: the tail is deferred as before.
+        let p = partition(vec![busy; 3000]);
+        let d = schedule(&p, NOW, ROOMY, 100, busy_at_limit);
+        assert_eq!(d.defer.first(), Some(&1999), "from the 2,000th on, a record would wait a second");
+    }
+
+    #[test]
     fn one_endpoint_holds_at_most_half_of_a_partitions_slots() {
         let limits = Limits { in_flight_per_partition: 8, ..ROOMY };
         let mut tickets = vec![ticket(None, Some(("steady", 1000))); 6];
@@ -560,7 +614,7 @@ pub(crate) mod tests {
         let mut twice = partition(vec![Ticket::default(); 12]);
         twice.in_flight = LIMITS.in_flight_per_partition;
         assert_eq!(schedule(&twice, NOW, LIMITS, 100, idle).pause, Some(PauseReason::Capacity), "12 = 2 x 6");
-        full.backlog.pop_back();
+        full.take(&[full.backlog.len() - 1]);
         assert_eq!(full.note_full(LIMITS.read_ahead, NOW), None, "no longer full: forgotten");
         let mut four = partition(tickets[..4].to_vec());
         four.paused = Some(PauseReason::Capacity);
