@@ -151,6 +151,8 @@ struct Loop<H: Handler> {
     revoke: Option<PendingRevoke>,
     /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
     endpoint_in_flight: IdMap<usize>,
+    /// Of those, records of slow endpoints (see [`schedule::Limits::slow_room`]).
+    slow_in_flight: usize,
     /// Endpoints some partition's records wait for ([`schedule::Dispatch::crowded`]).
     crowded: IdMap<()>,
     /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
@@ -180,6 +182,7 @@ impl<H: Handler> Loop<H> {
             done_rx,
             revoke: None,
             endpoint_in_flight: IdMap::default(),
+            slow_in_flight: 0,
             crowded: IdMap::default(),
             decide_tx,
             decide_rx,
@@ -270,6 +273,7 @@ impl<H: Handler> Loop<H> {
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
+            self.slow_in_flight -= usize::from(done.slow);
             // Records of some partition waited for this endpoint's slot.
             endpoint_was_full = self.crowded.remove(&slot.id()).is_some();
             if let Some(n) = self.endpoint_in_flight.get_mut(&slot.id()) {

@@ -119,6 +119,7 @@ mod tests {
             in_flight_per_partition: 8,
             read_ahead: 4,
             waiting_per_endpoint: 8,
+            slow_room: usize::MAX,
             memory_spent: false,
             others_starved: true,
         };

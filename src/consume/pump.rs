@@ -8,7 +8,7 @@ use rdkafka::TopicPartitionList;
 
 use super::handler::{self, Decider, Done, EndpointSlot, Handler, Work};
 use super::partition::{Lifecycle, PauseReason};
-use super::schedule::{schedule, Limits};
+use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
 use super::{Completion, Loop, Touched};
 use crate::clock::now_ms;
 
@@ -19,6 +19,7 @@ impl<H: Handler> Loop<H> {
             in_flight_per_partition: self.spec.max_in_flight_per_partition,
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
+            slow_room: (self.spec.max_in_flight / ENDPOINT_SHARE).saturating_sub(self.slow_in_flight),
             memory_spent: false,
             others_starved: true,
         };
@@ -50,6 +51,7 @@ impl<H: Handler> Loop<H> {
             }
             if let Some(slot) = &endpoint {
                 *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
+                self.slow_in_flight += usize::from(slow);
                 partition.count(slot, slow, true);
                 // Its token goes now: the next schedule sees the bucket without it.
                 slot.pace.take(now);

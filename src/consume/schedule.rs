@@ -25,6 +25,9 @@ pub struct Limits {
     pub read_ahead: usize,
     /// Due records of one endpoint that may wait for its slots; the rest is deferred.
     pub waiting_per_endpoint: usize,
+    /// Records of slow endpoints the whole consumer may still start: together
+    /// they hold at most 1/ENDPOINT_SHARE of its slots, as of a partition's.
+    pub slow_room: usize,
     /// The process's memory budget is spent (`delivery.max_buffered_bytes`).
     pub memory_spent: bool,
     /// Another open partition of the consumer has room in its read-ahead: a
@@ -228,7 +231,8 @@ pub fn schedule<R>(
             // their records waiting here are bounded together: however many such
             // endpoints a partition carries, the others keep slots and read-ahead.
             let slow = slot.limit.is_slow();
-            let slow_full = slow && partition.slow_in_flight + slow_started >= share;
+            let slow_full =
+                slow && (partition.slow_in_flight + slow_started >= share || slow_started >= limits.slow_room);
             // At its limit in the whole consumer: a completion of the endpoint in
             // any partition is what frees it, so the loop is told (see `crowded`).
             let at_limit = endpoint_load(slot) + starting >= slot.limit.get();
@@ -349,6 +353,7 @@ pub(crate) mod tests {
         in_flight_per_partition: 4,
         read_ahead: 6,
         waiting_per_endpoint: 8,
+        slow_room: usize::MAX,
         memory_spent: false,
         others_starved: true,
     };
@@ -358,6 +363,7 @@ pub(crate) mod tests {
         in_flight_per_partition: 100,
         read_ahead: 100,
         waiting_per_endpoint: 8,
+        slow_room: usize::MAX,
         memory_spent: false,
         others_starved: true,
     };
@@ -595,6 +601,15 @@ pub(crate) mod tests {
         let d = schedule(&p, NOW, limits, 100, idle);
         assert_eq!(d.take, vec![0, 1, 2, 3, 4, 5, 6, 7, 10, 11, 12], "8 slow of 16 slots, then the fast one");
         assert_eq!(d.defer, vec![10, 11], "2 slow records may wait; the rest go at once, however young");
+        // Slow records of the other partitions hold the consumer's share but 3: 3 start here.
+        let consumer_nearly_full = Limits { slow_room: 3, ..limits };
+        let d = schedule(&p, NOW, consumer_nearly_full, 100, idle);
+        assert_eq!(
+            d.take,
+            vec![0, 1, 2, 5, 6, 7, 8, 9, 10, 11, 12],
+            "3 slow go, 2 wait, 5 overflow, the fast one goes"
+        );
+        assert_eq!(d.defer, vec![5, 6, 7, 8, 9, 10, 11]);
     }
 
     #[test]
