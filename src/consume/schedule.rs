@@ -189,7 +189,7 @@ pub fn schedule<R>(
         let id = waiting.ticket.endpoint.as_ref().map(EndpointSlot::id);
         let is_settled = id.is_some_and(|id| settled.contains_key(&id));
         if !is_settled {
-            open -= 1;
+            open = open.saturating_sub(1);
             if let Some(id) = id {
                 *seen.entry(id).or_default() += 1;
             }
