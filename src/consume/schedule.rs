@@ -286,13 +286,14 @@ pub fn schedule<R>(
                     }
                     due_left = true;
                     // Blocked for the rest of this scan (its count here and in the consumer
-                    // only grow): settled, unless a later record of it could still overflow.
-                    let total = partition.waiting_by_endpoint.get(&id).copied();
-                    if let (Some(total), false) = (total, slow || pace_wait > 0 || slot.pace.is_paced()) {
+                    // only grow): settled, unless a later record of it could still overflow
+                    // (one of a slow or held endpoint may, however few wait).
+                    let total = partition.waiting_by_endpoint.get(&id).filter(|_| !slow && pace_wait == 0);
+                    if let Some(&total) = total {
                         let left = total.saturating_sub(seen.get(&id).copied().unwrap_or(0));
                         let most = *ahead + left;
                         let may_overflow = most > limits.waiting_per_endpoint
-                            && slot.limit.expected_wait_ms(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
+                            && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
                         if !may_overflow {
                             settled.insert(id, ());
                             open = open.saturating_sub(left);
@@ -311,10 +312,12 @@ pub fn schedule<R>(
     // the partition for time (the other keys must keep flowing).
     // One pass for both (the backlog may be thousands of records long).
     let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
-    for waiting in partition.backlog.iter().take(if partition.timed > 0 { usize::MAX } else { 0 }) {
-        let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
-        let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
-        *next = Some(next.map_or(due, |at| at.min(due)));
+    if partition.timed > 0 {
+        for waiting in &partition.backlog {
+            let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
+            let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
+            *next = Some(next.map_or(due, |at| at.min(due)));
+        }
     }
     let waiting_for_time = !due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
     let left = partition.backlog.len() - take.len() - keys.waiting;
