@@ -297,20 +297,16 @@ pub enum Break {
     RetryUntil,
 }
 
+impl Break {
+    pub const ALL: [Break; 10] = {
+        use Break::*;
+        [Id, Url, BothTargets, NoTarget, UnknownEndpoint, NoPayload, HugePayload, Header, Timeout, RetryUntil]
+    };
+}
+
 pub fn broken() -> impl Strategy<Value = (Valid, Break, Value)> {
     use Break::*;
-    let how = select(vec![
-        Id,
-        Url,
-        BothTargets,
-        NoTarget,
-        UnknownEndpoint,
-        NoPayload,
-        HugePayload,
-        Header,
-        Timeout,
-        RetryUntil,
-    ]);
+    let how = select(Break::ALL.to_vec());
     let bad_timeout = prop_oneof![Just(0u64), 300_001u64..].prop_map(Value::from).boxed();
     let bad_time = prop_oneof![nasty_text(), Just("2030-01-01".to_string()), Just("2030-13-01T00:00:00Z".to_string())];
     (valid(), how, bad_id(), bad_url(), bad_headers(), bad_timeout, bad_time, nasty_text())
