@@ -204,7 +204,7 @@ async fn watch_router(
     }
 }
 
-/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// Forgets the state (limit, pace, circuit) of endpoints idle for a while
 /// (inline URLs can name any number of hosts), once a minute.
 async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -212,11 +212,8 @@ async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> R
         tokio::select! {
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
-                for endpoint in shared.circuits.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, true);
-                }
-                for endpoint in shared.limiter.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, false);
+                for endpoint in shared.states.evict_idle(now) {
+                    crate::observe::metrics::endpoint_evicted(&endpoint);
                 }
             }
             _ = stop.cancelled() => return Ok(()),
