@@ -116,6 +116,22 @@ pub struct DeliveryConfig {
     /// for inline URLs: `"none"` (records worked on concurrently) or `"key"`
     /// (one at a time per Kafka record key, in offset order). Default `"none"`.
     pub ordering: Ordering,
+    /// Most headers an event's `headers` may hold; past it the event is
+    /// `invalid_event`. At most 1024. Default 64.
+    pub max_event_headers: usize,
+    /// Most bytes (names plus values) an event's `headers` may hold; past it
+    /// the event is `invalid_event`. An integer or a size. Default 16 KiB.
+    pub max_event_header_bytes: bytesize::ByteSize,
+    /// Most bytes of Kafka record headers an event-topic record may carry;
+    /// past it the record is dead `invalid_event` (its value and key kept,
+    /// its headers dropped). Tier records the relay wrote are not bound by
+    /// it. An integer or a size. Default 64 KiB.
+    pub max_record_header_bytes: bytesize::ByteSize,
+    /// The longest one `Retry-After` holds its whole endpoint; the record
+    /// that got the answer still waits its full `Retry-After`, up to its
+    /// deadline. Default `60s`.
+    #[serde(with = "humantime_serde")]
+    pub max_hold: Duration,
 }
 
 /// Whether records of one endpoint keep their order (SPEC: `ordering = "none" | "key"`).
@@ -151,6 +167,10 @@ impl Default for DeliveryConfig {
             rate_limit: None,
             rate_burst: None,
             rate_max_wait: crate::endpoint::pace::DEFAULT_MAX_WAIT,
+            max_event_headers: 64,
+            max_event_header_bytes: bytesize::ByteSize::kib(16),
+            max_record_header_bytes: bytesize::ByteSize::kib(64),
+            max_hold: Duration::from_secs(60),
         }
     }
 }
@@ -218,4 +238,9 @@ pub struct EndpointConfig {
     /// Delivery order for this endpoint, as `delivery.ordering`. Default: `delivery.ordering`.
     #[serde(default)]
     pub ordering: Option<Ordering>,
+    /// Let this endpoint reach loopback, private, link-local and other
+    /// non-global addresses (inline URLs stay guarded unless
+    /// `delivery.allow_private_networks`). Default false.
+    #[serde(default)]
+    pub allow_private_networks: bool,
 }

@@ -250,6 +250,13 @@ impl Config {
         if self.delivery.max_waiting_per_endpoint < 8 {
             return Err(invalid("delivery.max_waiting_per_endpoint", "must be at least 8"));
         }
+        // Each header of an attempt is one entry of the request's header map (bounded by http).
+        if self.delivery.max_event_headers > 1024 {
+            return Err(invalid("delivery.max_event_headers", "must be at most 1024"));
+        }
+        if self.delivery.max_hold.is_zero() {
+            return Err(invalid("delivery.max_hold", "must be more than 0"));
+        }
         if let Some(proxy) = &self.delivery.proxy {
             egress::proxy(proxy.expose()).map_err(|e| invalid("delivery.proxy", e.to_string()))?;
         }

@@ -19,7 +19,7 @@ use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
 use crate::config::{Config, SecretUrl};
 use crate::endpoint::egress::{self, EgressError};
-use crate::endpoint::guard::{check_address, ip_literal, Forbidden};
+use crate::endpoint::guard::{check_address, check_resolved, ip_literal, Forbidden};
 use crate::endpoint::sign;
 use crate::event::Event;
 use crate::route::outcome::Attempt;
@@ -37,7 +37,6 @@ pub struct Deliverer {
     shared: Egress,
     /// Endpoints (by name) with a client certificate, a CA or a proxy of their own.
     endpoints: Arc<HashMap<String, Egress>>,
-    allow_private: bool,
 }
 
 /// One HTTP client and whether it goes through a proxy.
@@ -45,6 +44,8 @@ pub struct Deliverer {
 struct Egress {
     client: reqwest::Client,
     proxied: bool,
+    /// Non-global targets allowed: `delivery.allow_private_networks`, or the endpoint's own.
+    allow_private: bool,
 }
 
 /// An endpoint's client could not be built (the config was validated, so a
@@ -71,7 +72,8 @@ impl Deliverer {
         let shared = build("delivery", allow_private, default_proxy, None, Vec::new(), idle)?;
         let mut endpoints = HashMap::new();
         for (name, endpoint) in &config.endpoints {
-            if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() {
+            let own_guard = endpoint.allow_private_networks && !allow_private;
+            if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() && !own_guard {
                 continue;
             }
             let key = format!("endpoints.{name}");
@@ -81,9 +83,10 @@ impl Deliverer {
             let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error)?;
             let proxy = endpoint.proxy.as_ref().or(default_proxy);
             let cas = cas.unwrap_or_default();
+            let allow_private = allow_private || endpoint.allow_private_networks;
             endpoints.insert(name.clone(), build(&key, allow_private, proxy, identity, cas, idle)?);
         }
-        Ok(Deliverer { shared, endpoints: Arc::new(endpoints), allow_private })
+        Ok(Deliverer { shared, endpoints: Arc::new(endpoints) })
     }
 
     /// One attempt. `now` is the `webhook-timestamp`.
@@ -93,7 +96,7 @@ impl Deliverer {
             Some(name) => self.endpoints.get(&**name).unwrap_or(&self.shared),
             None => &self.shared,
         };
-        if !self.allow_private {
+        if !egress.allow_private {
             if let Some(ip) = ip_literal(&event.url) {
                 if let Err(why) = check_address(ip) {
                     return Attempt::Forbidden(why.to_string());
@@ -204,7 +207,7 @@ fn build(
         builder = builder.add_root_certificate(ca);
     }
     let client = builder.build().map_err(|error| ClientError::Build { key: key.to_string(), error })?;
-    Ok(Egress { client, proxied: proxy.is_some() })
+    Ok(Egress { client, proxied: proxy.is_some(), allow_private })
 }
 
 /// Resolves the target's name as the proxy will and refuses it when any of
@@ -226,7 +229,7 @@ async fn check_before_proxy(event: &Event) -> Result<(), Attempt> {
         return Err(Attempt::Transport(format!("the target has no address to {}", event.endpoint_key)));
     }
     for address in addresses {
-        check_address(address.ip()).map_err(|why| Attempt::Forbidden(format!("{host} resolves to {why}")))?;
+        check_resolved(host, address.ip()).map_err(|why| Attempt::Forbidden(why.to_string()))?;
     }
     Ok(())
 }
@@ -242,7 +245,7 @@ impl Resolve for GuardedResolver {
             let mut refused = None;
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| match check_address(addr.ip()) {
+                .filter(|addr| match check_resolved(&host, addr.ip()) {
                     Ok(()) => true,
                     Err(why) => {
                         refused = Some(why);
@@ -251,8 +254,8 @@ impl Resolve for GuardedResolver {
                 })
                 .collect();
             if allowed.is_empty() {
-                let why = refused.map_or_else(|| "no address".to_string(), |w| w.to_string());
-                return Err(Box::new(Forbidden(format!("{host} resolves to {why}"))) as _);
+                let refused = refused.unwrap_or_else(|| Forbidden(format!("{host} resolves to no address")));
+                return Err(Box::new(refused) as _);
             }
             Ok(Box::new(allowed.into_iter()) as Addrs)
         })

@@ -7,7 +7,9 @@ use std::sync::LazyLock;
 use ipnet::{IpNet, Ipv4Net, Ipv6Net};
 use reqwest::header::{HeaderName, HeaderValue};
 
-/// Headers the event may not set: the signature, and what the relay controls.
+/// Headers the event may not set: the signature, what the relay controls, and
+/// the hop-by-hop and proxy headers (a caller's `proxy-authorization` would
+/// replace the configured proxy's credentials on http targets).
 pub const RESERVED_HEADERS: &[&str] = &[
     "webhook-id",
     "webhook-timestamp",
@@ -18,6 +20,13 @@ pub const RESERVED_HEADERS: &[&str] = &[
     "transfer-encoding",
     "connection",
     "user-agent",
+    "proxy-authorization",
+    "proxy-connection",
+    "te",
+    "upgrade",
+    "expect",
+    "trailer",
+    "keep-alive",
 ];
 
 /// A target URL that is refused, with the reason. It is shown redacted
@@ -172,6 +181,8 @@ static NON_GLOBAL: LazyLock<Vec<Range>> = LazyLock::new(|| {
         v6([0x100, 0, 0, 0, 0, 0, 0, 0], 64, "discard-only"),
         v6([0x2001, 0, 0, 0, 0, 0, 0, 0], 23, "IETF protocol assignments"),
         v6([0x2001, 0xdb8, 0, 0, 0, 0, 0, 0], 32, "documentation"),
+        v6([0x3fff, 0, 0, 0, 0, 0, 0, 0], 20, "documentation"),
+        v6([0x5f00, 0, 0, 0, 0, 0, 0, 0], 16, "segment routing (SRv6) SIDs"),
         v6([0xfc00, 0, 0, 0, 0, 0, 0, 0], 7, "unique local"),
         v6([0xfe80, 0, 0, 0, 0, 0, 0, 0], 10, "link-local"),
         v6([0xfec0, 0, 0, 0, 0, 0, 0, 0], 10, "site-local"),
@@ -195,6 +206,24 @@ pub fn check_address(ip: IpAddr) -> Result<(), Forbidden> {
     match non_global(ip) {
         Some(name) => Err(Forbidden(format!("{ip} ({name} address)"))),
         None => Ok(()),
+    }
+}
+
+/// Ok when `ip`, one address `host` resolves to, is global; otherwise says
+/// which kind of range it is in, never the address: the text reaches dead
+/// letters, and internal DNS answers are not theirs to read.
+pub fn check_resolved(host: &str, ip: IpAddr) -> Result<(), Forbidden> {
+    let (judged, how) = match ip {
+        IpAddr::V6(v6) => match embedded_ipv4(v6) {
+            Some((v4, how)) => (IpAddr::V4(v4), Some(how)),
+            None => (ip, None),
+        },
+        IpAddr::V4(_) => (ip, None),
+    };
+    match (non_global(judged), how) {
+        (None, _) => Ok(()),
+        (Some(name), None) => Err(Forbidden(format!("{host} resolves to a non-global address ({name})"))),
+        (Some(name), Some(how)) => Err(Forbidden(format!("{host} resolves to a non-global address ({how} of {name})"))),
     }
 }
 
@@ -251,6 +280,15 @@ mod tests {
     }
 
     #[test]
+    fn hop_by_hop_and_proxy_headers_are_reserved() {
+        for name in ["proxy-authorization", "Proxy-Connection", "te", "upgrade", "expect", "trailer", "keep-alive"] {
+            let err = check_header(name, "x").unwrap_err().to_string();
+            assert!(err.contains("set by the relay"), "{name}: {err}");
+        }
+        assert!(check_header("x-tenant", "acme").is_ok());
+    }
+
+    #[test]
     fn non_global_addresses_are_refused() {
         let refused = [
             "127.0.0.1",
@@ -274,6 +312,10 @@ mod tests {
             "::ffff:10.0.0.1",
             "64:ff9b::a00:1",
             "2001:db8::1",
+            "3fff::1",
+            "3fff:fff:ffff::1",
+            "5f00::1",
+            "5f00:ffff::1",
             // IPv4-compatible (deprecated), any embedded address.
             "::127.0.0.1",
             "::8.8.8.8",
@@ -311,6 +353,8 @@ mod tests {
             "64:ff9b::808:808",
             // 6to4 of a global address (8.8.8.8).
             "2002:808:808::1",
+            "3fff:1000::1",
+            "5f01::1",
         ];
         for ip in allowed {
             assert!(check_address(ip.parse().unwrap()).is_ok(), "{ip} should be allowed");
@@ -325,6 +369,11 @@ mod tests {
         assert_eq!(why, "forbidden target: 2002:7f00:1::1 (6to4 of 127.0.0.1, loopback address)");
         let why = check_address("2001::f5ff:fffe".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(why, "forbidden target: 2001::f5ff:fffe (Teredo of 10.0.0.1, private address)");
+        let why = check_resolved("internal.example", "10.20.30.40".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(why, "forbidden target: internal.example resolves to a non-global address (private)", "no address");
+        let why = check_resolved("internal.example", "::ffff:169.254.169.254".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(why, "forbidden target: internal.example resolves to a non-global address (IPv4-mapped of link-local)");
+        assert!(check_resolved("public.example", "8.8.8.8".parse().unwrap()).is_ok());
         let why = check_address("::ffff:127.0.0.1".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(why, "forbidden target: ::ffff:127.0.0.1 (IPv4-mapped of 127.0.0.1, loopback address)");
     }

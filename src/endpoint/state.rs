@@ -3,7 +3,9 @@
 //!
 //! The map is per process: every consumer of a replica (events and tiers) shares it. An
 //! endpoint's key is its configured name or, for an inline URL, its `host:port` (see
-//! [`super::guard`]); the loop's scheduler reads an entry's [`LiveLimit`] and [`Pace`] through
+//! [`super::guard`]); the two never share an entry (an inline `http://billing/` is not the
+//! endpoint `billing`: SPEC "Hostile input"), nor does an inline host get a named endpoint's
+//! ceiling or pace; the loop's scheduler reads an entry's [`LiveLimit`] and [`Pace`] through
 //! the record's slot, a handler takes a [`Permit`] for each attempt.
 
 use std::collections::HashMap;
@@ -32,7 +34,10 @@ pub struct States {
     ceilings: HashMap<String, usize>,
     paces: pace::Rules,
     circuit: CircuitConfig,
-    entries: Mutex<HashMap<Arc<str>, Arc<Entry>>>,
+    /// `delivery.max_hold`, in ms: the longest one `Retry-After` holds an endpoint.
+    max_hold_ms: i64,
+    /// Keyed by (inline?, key).
+    entries: Mutex<HashMap<(bool, Arc<str>), Arc<Entry>>>,
 }
 
 /// One endpoint: its limit, pace and circuit, the requests in flight, and who waits for a slot.
@@ -68,6 +73,7 @@ impl States {
             ceilings,
             paces: pace_rules(config),
             circuit: config.circuit.clone(),
+            max_hold_ms: config.delivery.max_hold.as_millis().min(i64::MAX as u128) as i64,
             entries: Mutex::default(),
         }
     }
@@ -77,15 +83,16 @@ impl States {
         self.circuit.cool_down
     }
 
-    fn entry(&self, key: &Arc<str>) -> Arc<Entry> {
+    fn entry(&self, key: &Arc<str>, inline: bool) -> Arc<Entry> {
         let mut entries = self.entries.lock().expect("endpoint map lock poisoned");
-        let entry = entries.entry(key.clone()).or_insert_with(|| {
-            let ceiling = self.ceilings.get(&**key).copied().unwrap_or(self.default_ceiling);
+        let entry = entries.entry((inline, key.clone())).or_insert_with(|| {
+            let own = if inline { None } else { self.ceilings.get(&**key).copied() };
+            let ceiling = own.unwrap_or(self.default_ceiling);
             let aimd = Aimd::new(ceiling);
             metrics::concurrency_limit(key, aimd.limit(), ceiling);
             Arc::new(Entry {
                 live: LiveLimit::fixed(aimd.limit()),
-                pace: Arc::new(Pace::new(self.paces.of(key), now_ms())),
+                pace: Arc::new(Pace::new(if inline { self.paces.default } else { self.paces.of(key) }, now_ms())),
                 aimd: Mutex::new(aimd),
                 circuit: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
@@ -97,15 +104,15 @@ impl States {
         entry.clone()
     }
 
-    /// The endpoint's limit and pace, for a record's slot (one lookup).
-    pub fn slot(&self, key: &Arc<str>) -> (LiveLimit, Arc<Pace>) {
-        let entry = self.entry(key);
+    /// The endpoint's limit and pace, for a record's slot (one lookup). `inline`: the key is an inline URL's host.
+    pub fn slot(&self, key: &Arc<str>, inline: bool) -> (LiveLimit, Arc<Pace>) {
+        let entry = self.entry(key, inline);
         (entry.live.clone(), entry.pace.clone())
     }
 
     /// Waits for a slot of `key` (every consumer of the process shares them).
-    pub async fn acquire(&self, key: &Arc<str>) -> Permit<'_> {
-        let entry = self.entry(key);
+    pub async fn acquire(&self, key: &Arc<str>, inline: bool) -> Permit<'_> {
+        let entry = self.entry(key, inline);
         loop {
             {
                 // Registered before the check, so a slot freed in between still wakes us.
@@ -128,7 +135,7 @@ impl States {
     /// settled (a probe in flight decides first). Returns them.
     pub fn evict_idle(&self, now: Instant) -> Vec<Arc<str>> {
         let mut evicted = Vec::new();
-        self.entries.lock().expect("endpoint map lock poisoned").retain(|key, entry| {
+        self.entries.lock().expect("endpoint map lock poisoned").retain(|(_, key), entry| {
             let held = Arc::strong_count(entry) > 1 || entry.live.is_shared();
             let settled = entry.circuit.lock().expect("circuit lock poisoned").settled(now);
             let used = *entry.used.lock().expect("endpoint lock poisoned");
@@ -195,9 +202,13 @@ impl Permit<'_> {
         (Ready::Now, change)
     }
 
-    /// A `Retry-After` answer holds the whole endpoint (no request) until `until_ms`.
-    pub fn hold(&self, now_ms: i64, until_ms: i64) {
+    /// A `Retry-After` answer holds the whole endpoint (no request) until
+    /// `until_ms`, for at most `delivery.max_hold`: one answer must not stop an
+    /// endpoint (a shared host, every tenant's path) for ever. Returns how long it holds.
+    pub fn hold(&self, now_ms: i64, until_ms: i64) -> Duration {
+        let until_ms = until_ms.min(now_ms.saturating_add(self.states.max_hold_ms));
         self.entry.pace.hold(now_ms, until_ms);
+        Duration::from_millis(until_ms.saturating_sub(now_ms).max(0) as u64)
     }
 
     /// Gives the slot back and tells the limit and the circuit what the attempt showed.
@@ -244,9 +255,9 @@ mod tests {
     fn idle_endpoints_are_evicted_once_nothing_holds_them() {
         let states = states("");
         let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a.example".into(), "b.example".into(), "c.example".into());
-        let slot = states.slot(&a);
-        let permit = futures::executor::block_on(states.acquire(&b));
-        states.slot(&c);
+        let slot = states.slot(&a, true);
+        let permit = futures::executor::block_on(states.acquire(&b, true));
+        states.slot(&c, true);
         let late = Instant::now() + IDLE_EVICTION + Duration::from_secs(1);
         assert!(states.evict_idle(Instant::now()).is_empty(), "nothing idle yet");
         assert_eq!(states.evict_idle(late), vec![c.clone()], "a record's slot and a permit hold theirs");
@@ -255,11 +266,11 @@ mod tests {
         // Once the last record let go of it; a host that comes back starts afresh.
         drop(slot);
         assert_eq!(states.evict_idle(late), vec![a.clone()]);
-        assert_eq!(states.slot(&a).0.get(), INITIAL);
+        assert_eq!(states.slot(&a, true).0.get(), INITIAL);
     }
 
     fn fail(states: &States, key: &Arc<str>, now: Instant) {
-        let mut permit = futures::executor::block_on(states.acquire(key));
+        let mut permit = futures::executor::block_on(states.acquire(key, false));
         assert_eq!(permit.ready(now_ms(), now).0, Ready::Now);
         permit.finish(Signal::Overloaded, Verdict::Failed);
     }
@@ -271,19 +282,19 @@ mod tests {
         let t0 = Instant::now();
         fail(&states, &key, t0);
         fail(&states, &key, t0);
-        let mut deferred = futures::executor::block_on(states.acquire(&key));
+        let mut deferred = futures::executor::block_on(states.acquire(&key, false));
         assert_eq!(deferred.ready(now_ms(), t0).0, Ready::Defer(Why::Circuit));
         drop(deferred);
         // `finish` reports at its own `Instant::now()`: past the cool-down from then.
         let later = Instant::now() + Duration::from_secs(11);
-        let mut probe = futures::executor::block_on(states.acquire(&key));
+        let mut probe = futures::executor::block_on(states.acquire(&key, false));
         assert_eq!(probe.ready(now_ms(), later).0, Ready::Now, "the probe");
-        let mut other = futures::executor::block_on(states.acquire(&key));
+        let mut other = futures::executor::block_on(states.acquire(&key, false));
         assert_eq!(other.ready(now_ms(), later).0, Ready::Defer(Why::Circuit), "one probe at a time");
         drop(other);
         // The probe's task dies (a panic, a cancel) without reporting.
         drop(probe);
-        let mut next = futures::executor::block_on(states.acquire(&key));
+        let mut next = futures::executor::block_on(states.acquire(&key, false));
         assert_eq!(next.ready(now_ms(), later).0, Ready::Now, "not half-open for ever");
         assert!(next.finish(Signal::None, Verdict::Up).is_some(), "the new probe closes it");
         let settled = Instant::now() + IDLE_EVICTION + Duration::from_secs(1);
@@ -294,12 +305,48 @@ mod tests {
     fn a_hold_past_max_wait_defers_and_a_short_one_waits() {
         let states = states("[delivery]\nrate_max_wait = \"1s\"\n");
         let key: Arc<str> = "host.example:443".into();
-        let mut permit = futures::executor::block_on(states.acquire(&key));
+        let mut permit = futures::executor::block_on(states.acquire(&key, false));
         let now = now_ms();
         permit.hold(now, now + 500);
         assert_eq!(permit.ready(now, Instant::now()).0, Ready::Wait(Duration::from_millis(500)));
         permit.hold(now, now + 5_000);
         assert_eq!(permit.ready(now, Instant::now()).0, Ready::Defer(Why::Pace));
+    }
+
+    #[test]
+    fn one_retry_after_holds_the_endpoint_for_at_most_max_hold() {
+        let states = states("[delivery]\nmax_hold = \"60s\"\n");
+        let key: Arc<str> = "shared.example:443".into();
+        let permit = futures::executor::block_on(states.acquire(&key, true));
+        let now = now_ms();
+        // `Retry-After: 99999999` (seconds): held for 60 s, not three years.
+        assert_eq!(permit.hold(now, now + 99_999_999_000), Duration::from_secs(60));
+        assert_eq!(permit.hold(now, now + 5_000), Duration::from_secs(5), "a shorter hold is its own");
+        assert_eq!(permit.hold(now, i64::MAX), Duration::from_secs(60), "no overflow");
+        drop(permit);
+        let mut later = futures::executor::block_on(states.acquire(&key, true));
+        assert_eq!(later.ready(now + 60_001, Instant::now()).0, Ready::Now, "free again after max_hold");
+    }
+
+    #[test]
+    fn an_inline_host_named_like_an_endpoint_shares_nothing_with_it() {
+        let states = states(
+            "[circuit]\nfailure_threshold = 1\n[endpoints.billing]\nurl = \"https://billing.example/\"\n             max_in_flight = 2\nrate_limit = \"1/m\"\n",
+        );
+        let key: Arc<str> = "billing".into();
+        let (named, _) = states.slot(&key, false);
+        let (inline, _) = states.slot(&key, true);
+        assert_eq!(named.get(), 2, "the endpoint's own ceiling");
+        assert_eq!(inline.get(), INITIAL, "not billing's ceiling");
+        // The inline host fails until its circuit opens: billing's stays closed.
+        let mut permit = futures::executor::block_on(states.acquire(&key, true));
+        assert_eq!(permit.ready(now_ms(), Instant::now()).0, Ready::Now);
+        permit.finish(Signal::Overloaded, Verdict::Failed);
+        let mut inline = futures::executor::block_on(states.acquire(&key, true));
+        assert_eq!(inline.ready(now_ms(), Instant::now()).0, Ready::Defer(Why::Circuit));
+        drop(inline);
+        let mut named = futures::executor::block_on(states.acquire(&key, false));
+        assert_eq!(named.ready(now_ms(), Instant::now()).0, Ready::Now, "billing's circuit is its own");
     }
 
     #[test]

@@ -64,6 +64,11 @@ pub struct Event {
     /// Endpoint headers, then event headers (the event's win).
     pub headers: Vec<(HeaderName, HeaderValue)>,
     pub timeout: Duration,
+    /// The endpoint's own timeout (or `delivery.timeout`): a timeout counts
+    /// against the endpoint's circuit and limit only when `timeout` is at
+    /// least this (SPEC "Hostile input"), so a producer's `timeout_ms: 1`
+    /// cannot open a circuit every tenant shares.
+    pub endpoint_timeout: Duration,
     pub keys: Arc<[SigningKey]>,
     /// `retry_until`, in ms since the epoch.
     pub retry_until_ms: Option<i64>,
@@ -81,6 +86,9 @@ pub struct Endpoints {
     max_payload_bytes: usize,
     /// `delivery.ordering` is `"key"`: for inline URLs.
     default_ordered: bool,
+    /// `delivery.max_event_headers` and `delivery.max_event_header_bytes`.
+    max_headers: usize,
+    max_header_bytes: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -118,6 +126,8 @@ impl Endpoints {
             default_timeout: config.delivery.timeout,
             max_payload_bytes: config.delivery.max_payload_bytes,
             default_ordered: config.delivery.ordering == Ordering::Key,
+            max_headers: config.delivery.max_event_headers,
+            max_header_bytes: usize::try_from(config.delivery.max_event_header_bytes.as_u64()).unwrap_or(usize::MAX),
         }
     }
 
@@ -160,17 +170,14 @@ impl Endpoints {
                 }
                 _ => return Err(InvalidEvent::Target),
             };
-        for (name, value) in envelope.headers.unwrap_or_default() {
-            let (name, value) = check_header(&name, &value)?;
-            headers.retain(|(existing, _)| existing != name);
-            headers.push((name, value));
-        }
+        self.add_event_headers(&mut headers, envelope.headers.unwrap_or_default())?;
         let timeout = match envelope.timeout_ms {
             Some(0) => return Err(field("timeout_ms", "must be more than 0")),
             Some(ms) if ms > MAX_TIMEOUT_MS => return Err(field("timeout_ms", "must be at most 300000")),
             Some(ms) => Duration::from_millis(ms),
             None => endpoint_timeout.unwrap_or(self.default_timeout),
         };
+        let endpoint_timeout = endpoint_timeout.unwrap_or(self.default_timeout);
         let retry_until_ms = match envelope.retry_until {
             Some(text) => Some(parse_rfc3339_ms(&text).map_err(|e| field("retry_until", e.to_string()))?),
             None => None,
@@ -193,11 +200,45 @@ impl Endpoints {
             body: bytes::Bytes::copy_from_slice(body),
             headers,
             timeout,
+            endpoint_timeout,
             keys,
             retry_until_ms,
             max_attempts: envelope.max_attempts,
             ordered,
         })
+    }
+}
+
+impl Endpoints {
+    /// Adds the event's headers after the endpoint's (the event's win), within
+    /// `max_event_headers` and `max_event_header_bytes`. Linear: a header bomb
+    /// is refused by its size, and names are matched through a set.
+    fn add_event_headers(
+        &self,
+        headers: &mut Vec<(HeaderName, HeaderValue)>,
+        event: BTreeMap<String, String>,
+    ) -> Result<(), InvalidEvent> {
+        if event.len() > self.max_headers {
+            let problem = format!("{} headers, over the limit of {}", event.len(), self.max_headers);
+            return Err(field("headers", problem));
+        }
+        let bytes: usize = event.iter().map(|(name, value)| name.len() + value.len()).sum();
+        if bytes > self.max_header_bytes {
+            return Err(field("headers", format!("{bytes} bytes, over the limit of {}", self.max_header_bytes)));
+        }
+        let mut at: std::collections::HashMap<HeaderName, usize> =
+            headers.iter().enumerate().map(|(i, (name, _))| (name.clone(), i)).collect();
+        for (name, value) in event {
+            let (name, value) = check_header(&name, &value)?;
+            match at.get(&name) {
+                Some(&i) => headers[i].1 = value,
+                None => {
+                    at.insert(name.clone(), headers.len());
+                    headers.push((name, value));
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -374,6 +415,39 @@ pub(crate) mod tests {
         let edges = format!("!{}~", "a".repeat(254));
         assert_eq!(with_id(&edges).unwrap().id, edges, "256 bytes, 0x21 and 0x7E included");
         assert!(matches!(with_id(&"a".repeat(257)), Err(InvalidEvent::Field { field: "id", .. })));
+    }
+
+    #[test]
+    fn event_headers_are_bounded_in_count_and_bytes_and_merged_in_linear_time() {
+        let with_headers = |headers: serde_json::Value| {
+            decode(&serde_json::json!({"endpoint": "billing", "payload": 1, "headers": headers}).to_string())
+        };
+        let many: serde_json::Map<_, _> = (0..65).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        let err = with_headers(many.into()).unwrap_err();
+        assert_eq!(err.to_string(), "bad field \"headers\": 65 headers, over the limit of 64");
+        let big = serde_json::json!({"x-big": "v".repeat(16 * 1024)});
+        assert!(matches!(with_headers(big), Err(InvalidEvent::Field { field: "headers", .. })));
+        let at_limit: serde_json::Map<_, _> = (0..64).map(|i| (format!("x-h{i}"), "v".into())).collect();
+        let e = with_headers(at_limit.into()).unwrap();
+        assert_eq!(e.headers.len(), 65, "the endpoint's x-tenant and 64 of the event's");
+        // A bomb of 100k unique names (about 1.3 MB) is refused by its count,
+        // without the quadratic merge: well under a second even in debug builds.
+        let bomb: serde_json::Map<_, _> = (0..100_000).map(|i| (format!("x-{i}"), "v".into())).collect();
+        let started = std::time::Instant::now();
+        assert!(with_headers(bomb.into()).is_err());
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        // Case-insensitive duplicates merge into one header (the later wins).
+        let e = with_headers(serde_json::json!({"X-Tenant": "upper", "x-a": "b"})).unwrap();
+        let tenants: Vec<_> = e.headers.iter().filter(|(n, _)| n == "x-tenant").collect();
+        assert_eq!(tenants.len(), 1);
+    }
+
+    #[test]
+    fn the_endpoint_timeout_is_kept_besides_the_events_own() {
+        let e = decode(r#"{"endpoint":"billing","payload":1,"timeout_ms":1}"#).unwrap();
+        assert_eq!((e.timeout, e.endpoint_timeout), (Duration::from_millis(1), Duration::from_secs(3)));
+        let e = decode(r#"{"url":"https://a.example/","payload":1}"#).unwrap();
+        assert_eq!((e.timeout, e.endpoint_timeout), (Duration::from_secs(5), Duration::from_secs(5)));
     }
 
     #[test]

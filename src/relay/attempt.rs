@@ -2,6 +2,14 @@
 
 use super::*;
 
+/// Whether an attempt tells anything about the endpoint: a timeout only when the
+/// event gave the endpoint at least its own timeout (SPEC "Hostile input": a
+/// producer's `timeout_ms: 1` must not open the circuit every tenant shares;
+/// a dead endpoint still trips it when every producer sets one this long).
+fn counts(attempt: &Attempt, event: &Event) -> bool {
+    !matches!(attempt, Attempt::Timeout) || event.timeout >= event.endpoint_timeout
+}
+
 /// What an attempt says about the receiver's capacity.
 fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
     match attempt {
@@ -28,7 +36,7 @@ impl Relay {
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
         let mut permit = tokio::select! {
-            permit = shared.states.acquire(endpoint) => permit,
+            permit = shared.states.acquire(endpoint, event.endpoint_name.is_none()) => permit,
             _ = cancel.cancelled() => return None,
         };
         loop {
@@ -58,14 +66,19 @@ impl Relay {
         {
             if !after.is_zero() {
                 let now = now_ms();
-                permit.hold(now, now.saturating_add(after.as_millis().min(i64::MAX as u128) as i64));
-                metrics::endpoint_held(endpoint, *after);
+                let held = permit.hold(now, now.saturating_add(after.as_millis().min(i64::MAX as u128) as i64));
+                metrics::endpoint_held(endpoint, held);
             }
         }
         // Only retryable failures count against the circuit: a 410 is the
         // receiver answering, so it is up.
         let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
-        circuit_changed(permit.finish(signal(&attempt, took), verdict));
+        if counts(&attempt, event) {
+            circuit_changed(permit.finish(signal(&attempt, took), verdict));
+        } else {
+            // Neither limit nor circuit hears of it; a probe it carried lets the next record probe.
+            drop(permit);
+        }
         metrics::attempt_finished(endpoint, took.as_secs_f64());
         hop.attempts += 1;
         Some(outcome)

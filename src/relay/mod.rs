@@ -132,7 +132,7 @@ impl Handler for Relay {
         let ticket = Ticket {
             due_ms,
             endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
-                let (limit, pace) = shared.states.slot(&e.endpoint_key);
+                let (limit, pace) = shared.states.slot(&e.endpoint_key, e.endpoint_name.is_none());
                 EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
             }),
             order,

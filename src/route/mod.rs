@@ -111,14 +111,18 @@ pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
             }
             let scheduled = (input.attempts.max(1) as usize - 1).min(ladder.last());
             match retry_after {
-                Some(wait) => (ladder.first_at_least(wait.as_millis() as i64), Some(wait.as_millis() as i64)),
+                Some(wait) => {
+                    // A receiver's `Retry-After` may be any number: saturate, never wrap.
+                    let wait_ms = i64::try_from(wait.as_millis()).unwrap_or(i64::MAX);
+                    (ladder.first_at_least(wait_ms), Some(wait_ms))
+                }
                 None => (scheduled, None),
             }
         }
     };
     let delay = ladder.delays_ms[index];
     let jitter = (delay as f64 * ladder.jitter * input.jitter_sample.clamp(0.0, 1.0)) as i64;
-    let due_ms = (input.now_ms + delay + jitter).max(input.now_ms + retry_after.unwrap_or(0));
+    let due_ms = (input.now_ms + delay + jitter).max(input.now_ms.saturating_add(retry_after.unwrap_or(0)));
     if due_ms > input.deadline_ms {
         return Route::Dead { reason: DeadReason::Expired };
     }
@@ -294,6 +298,19 @@ mod tests {
 
     fn retryable(after: Option<u64>) -> Outcome {
         Outcome::Retryable { status: Some(503), error: "HTTP 503".into(), retry_after: after.map(Duration::from_secs) }
+    }
+
+    #[test]
+    fn a_huge_retry_after_saturates_instead_of_wrapping() {
+        let l = ladder();
+        // `Retry-After: 18446744073709551615` (u64::MAX seconds): as_millis() as i64
+        // wrapped to a negative wait (due at once), and now + wait overflowed.
+        for secs in [99_999_999, u64::MAX / 1000, u64::MAX] {
+            let route = plan(&l, &retryable(Some(secs)), input(1, None));
+            assert_eq!(route, Route::Dead { reason: DeadReason::Expired }, "{secs}");
+        }
+        let far = PlanInput { deadline_ms: i64::MAX, ..input(1, None) };
+        assert_eq!(plan(&l, &retryable(Some(u64::MAX)), far), Route::Tier { index: 2, due_ms: i64::MAX });
     }
 
     #[test]
