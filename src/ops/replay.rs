@@ -13,8 +13,9 @@ use rdkafka::{Offset, TopicPartitionList};
 
 use crate::app::clock::{now_ms, parse_rfc3339_ms};
 use crate::config::Config;
-use crate::event::hop::{replay_headers, DeadLetter};
+use crate::event::dead_letter::DeadLetter;
 use crate::event::seal::ReplayKey;
+use crate::event::trust::replay_headers;
 use crate::route::outcome::DeadReason;
 
 const TIMEOUT: Duration = Duration::from_secs(30);

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::get;
 use crate::endpoint::circuit::{CircuitState, Transition};
-use crate::event::hop::DeadLetter;
+use crate::event::dead_letter::DeadLetter;
 use crate::observe::labels;
 use crate::route::outcome::DeadReason;
 
