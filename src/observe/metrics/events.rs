@@ -9,9 +9,6 @@ use crate::event::dead_letter::DeadLetter;
 use crate::observe::labels;
 use crate::route::outcome::DeadReason;
 
-// Events that are both logged and counted: one function each, so the log
-// fields and the metric labels cannot drift apart.
-
 /// The most of an error text put in one log field: a receiver's body or a
 /// long error chain must not flood the logs.
 pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
