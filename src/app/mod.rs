@@ -13,7 +13,7 @@ use crate::config::Config;
 use crate::consume::budget::Budget;
 use crate::consume::{self, ConsumeError, Handler, PauseReason, Role, Spec};
 use crate::observe::readiness::Readiness;
-use crate::relay::{Relay, Shared, Source};
+use crate::relay::{Relay, Shared};
 use crate::route::held::Held;
 use crate::route::Router;
 
@@ -107,8 +107,9 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
     let budget = Arc::new(Budget::new(config.delivery.max_buffered_bytes.as_u64() as usize));
     let start = Start { config: &config, budget, stop: stop.clone(), readiness };
-    for (spec, source) in specs {
-        start.consumer(&mut tasks, spec, Arc::new(Relay::new(shared.clone(), source)));
+    for spec in specs {
+        let handler = Arc::new(Relay::new(shared.clone(), spec.role));
+        start.consumer(&mut tasks, spec, handler);
     }
     if roles.dead {
         let handler = Arc::new(crate::notify::FailureHandler::new(&config)?);
@@ -126,17 +127,20 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 }
 
 /// The relay's consumers of the chosen roles: one for the event topics, one per retry tier.
-fn relay_specs(config: &Config, roles: Roles) -> Vec<(Spec, Source)> {
+fn relay_specs(config: &Config, roles: Roles) -> Vec<Spec> {
     let group = &config.kafka.group_id;
     let mut specs = Vec::new();
     if roles.events {
-        specs.push((consumer_spec(config, Role::Events, group.clone(), config.topics.events.clone()), Source::Events));
+        specs.push(consumer_spec(config, Role::Events, group.clone(), config.topics.events.clone()));
     }
     if roles.retry {
         for (index, tier) in config.retry.tiers.iter().enumerate() {
-            let tier_spec =
-                consumer_spec(config, Role::Retry, tier_group(group, &tier.topic), vec![tier.topic.clone()]);
-            specs.push((tier_spec, Source::Tier(index)));
+            specs.push(consumer_spec(
+                config,
+                Role::Tier(index),
+                tier_group(group, &tier.topic),
+                vec![tier.topic.clone()],
+            ));
         }
     }
     specs
@@ -200,7 +204,7 @@ async fn join_consumers(mut tasks: JoinSet<Result<(), ConsumeError>>, stop: &Can
 
 /// Every series an alert or the dashboard reads, at 0 from start-up.
 fn init_series(config: &Config, roles: Roles) {
-    let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
+    let run = [(roles.events, Role::Events), (roles.retry, Role::Tier(0)), (roles.dead, Role::Dead)];
     crate::observe::series::init(&crate::observe::series::Known {
         tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
         dead_topic: &config.topics.dead,
@@ -239,7 +243,7 @@ async fn watch_router(
     }
 }
 
-/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// Forgets the state (limit, pace, circuit) of endpoints idle for a while
 /// (inline URLs can name any number of hosts), once a minute.
 async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -247,11 +251,8 @@ async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> R
         tokio::select! {
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
-                for endpoint in shared.circuits.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, true);
-                }
-                for endpoint in shared.limiter.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, false);
+                for endpoint in shared.states.evict_idle(now) {
+                    crate::observe::metrics::endpoint_evicted(&endpoint);
                 }
             }
             _ = stop.cancelled() => return Ok(()),
