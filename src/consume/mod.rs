@@ -59,6 +59,7 @@ use self::intake::Partitions;
 use self::offset_store::OffsetStore;
 pub use self::partition::PauseReason;
 use self::partition::{count_down, Lifecycle, PartitionKey, Waiting};
+use self::pump::InFlight;
 use self::revoke::{PendingRevoke, RevokeEnd};
 use crate::app::clock::now_ms;
 use crate::config::client::Unavailable;
@@ -113,6 +114,15 @@ struct Completion<R> {
     again: Option<Arc<R>>,
 }
 
+/// What handlers report back to the loop: completions, and decisions on held records.
+struct Reports<R> {
+    done_tx: mpsc::Sender<Completion<R>>,
+    done_rx: mpsc::Receiver<Completion<R>>,
+    /// Unbounded because a [`Held`] decides from sync code.
+    decide_tx: mpsc::UnboundedSender<Decision>,
+    decide_rx: mpsc::UnboundedReceiver<Decision>,
+}
+
 /// Partitions to pump once a batch of records or completions is applied.
 #[derive(Default)]
 struct Touched {
@@ -138,20 +148,10 @@ struct Loop<H: Handler> {
     budget: Arc<Budget>,
     partitions: Partitions<H::Record>,
     offsets: OffsetStore,
-    in_flight: usize,
+    in_flight: InFlight,
     tasks: TaskTracker,
-    done_tx: mpsc::Sender<Completion<H::Record>>,
-    done_rx: mpsc::Receiver<Completion<H::Record>>,
+    reports: Reports<H::Record>,
     revoke: Option<PendingRevoke>,
-    /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
-    endpoint_in_flight: IdMap<usize>,
-    /// Of those, records of slow endpoints (see [`schedule::Limits::slow_room`]).
-    slow_in_flight: usize,
-    /// Endpoints some partition's records wait for ([`schedule::Dispatch::crowded`]).
-    crowded: IdMap<()>,
-    /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
-    decide_tx: mpsc::UnboundedSender<Decision>,
-    decide_rx: mpsc::UnboundedReceiver<Decision>,
     coalesced: Coalesced,
 }
 
@@ -167,16 +167,10 @@ impl<H: Handler> Loop<H> {
             handler,
             budget,
             partitions: Partitions::new(),
-            in_flight: 0,
+            in_flight: InFlight::default(),
             tasks: TaskTracker::new(),
-            done_tx,
-            done_rx,
+            reports: Reports { done_tx, done_rx, decide_tx, decide_rx },
             revoke: None,
-            endpoint_in_flight: IdMap::default(),
-            slow_in_flight: 0,
-            crowded: IdMap::default(),
-            decide_tx,
-            decide_rx,
             coalesced: Coalesced::default(),
         }
     }
@@ -191,26 +185,26 @@ impl<H: Handler> Loop<H> {
             tokio::select! {
                 // Finished work first: it frees capacity and moves offsets.
                 biased;
-                Some(done) = self.done_rx.recv() => {
+                Some(done) = self.reports.done_rx.recv() => {
                     // Completions that arrived together are applied together and each
                     // partition they touched is scheduled once: under load one pump per
                     // completion (each a scan of the backlog) was the loop's largest cost.
                     let mut next = Some(done);
                     let mut touched = std::mem::take(&mut self.coalesced.touched);
                     for _ in 0..READ_BATCH {
-                        let Some(done) = next.take().or_else(|| self.done_rx.try_recv().ok()) else { break };
+                        let Some(done) = next.take().or_else(|| self.reports.done_rx.try_recv().ok()) else { break };
                         self.complete(done, &mut touched);
                         self.coalesced.freed += 1;
                     }
                     self.coalesced.touched = touched;
-                    if self.coalesced.freed >= (self.in_flight / COALESCE).max(1) {
+                    if self.coalesced.freed >= (self.in_flight.records / COALESCE).max(1) {
                         self.pump_coalesced();
                     } else if self.coalesced.until.is_none() {
                         self.coalesced.until = Some(Instant::now() + Duration::from_millis(COALESCE_MS));
                     }
                 }
                 _ = sleep_until_opt(self.coalesced.until) => self.pump_coalesced(),
-                Some(decision) = self.decide_rx.recv() => self.apply(decision),
+                Some(decision) = self.reports.decide_rx.recv() => self.apply(decision),
                 _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(RevokeEnd::GraceOver),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
@@ -263,22 +257,22 @@ impl<H: Handler> Loop<H> {
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
-            self.slow_in_flight -= usize::from(done.slow);
+            self.in_flight.slow -= usize::from(done.slow);
             // Records of some partition waited for this endpoint's slot.
-            endpoint_was_full = self.crowded.remove(&slot.id()).is_some();
-            count_down(&mut self.endpoint_in_flight, slot.id());
+            endpoint_was_full = self.in_flight.crowded.remove(&slot.id()).is_some();
+            count_down(&mut self.in_flight.per_endpoint, slot.id());
         }
         let Some(partition) = self.partitions.get_mut(&done.key) else { return };
         if partition.generation != done.generation {
             return; // from an earlier assignment of this partition
         }
-        let was_full = self.in_flight >= self.spec.max_in_flight;
+        let was_full = self.in_flight.records >= self.spec.max_in_flight;
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
             partition.count(slot, done.slow, false);
         }
-        self.in_flight -= 1;
+        self.in_flight.records -= 1;
         if let Some(key) = done.order {
             // The next record of its key may go (or this one again, once due).
             partition.keys_in_flight.remove(&key);
@@ -380,12 +374,12 @@ impl<H: Handler> Loop<H> {
 
     fn finish_revoke(&mut self, end: RevokeEnd) {
         let Some(revoke) = self.revoke.take() else { return };
-        self.in_flight -= revoke.finish(&mut self.partitions, end);
+        self.in_flight.records -= revoke.finish(&mut self.partitions, end);
     }
 
     /// Stop fetching, give in-flight work the grace period, abandon the rest, store what is decided.
     async fn drain(&mut self) {
-        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight, "draining");
+        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight.records, "draining");
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
         }
@@ -397,11 +391,11 @@ impl<H: Handler> Loop<H> {
         // Held records are decided by the handler: ask it to do so now, not at its own pace.
         self.handler.flush();
         let deadline = Instant::now() + self.spec.grace;
-        while self.in_flight > 0 || self.partitions.held > 0 {
+        while self.in_flight.records > 0 || self.partitions.held > 0 {
             tokio::select! {
                 // Draining partitions take no new work: nothing to pump after.
-                Some(done) = self.done_rx.recv() => self.complete(done, &mut Touched::default()),
-                Some(decision) = self.decide_rx.recv() => self.apply(decision),
+                Some(done) = self.reports.done_rx.recv() => self.complete(done, &mut Touched::default()),
+                Some(decision) = self.reports.decide_rx.recv() => self.apply(decision),
                 _ = tokio::time::sleep_until(deadline) => break,
             }
         }
@@ -409,13 +403,13 @@ impl<H: Handler> Loop<H> {
         if self.partitions.held > 0 {
             tracing::warn!(role, held = self.partitions.held, "grace period over, held records stay undecided");
         }
-        if self.in_flight > 0 {
-            tracing::warn!(role, abandoned = self.in_flight, "grace period over, abandoning in-flight records");
+        if self.in_flight.records > 0 {
+            tracing::warn!(role, abandoned = self.in_flight.records, "grace period over, abandoning in-flight records");
             self.partitions.abandon.cancel();
             self.tasks.close();
             // Abandoned handlers return promptly; their records stay undecided.
             let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
-            while let Ok(done) = self.done_rx.try_recv() {
+            while let Ok(done) = self.reports.done_rx.try_recv() {
                 self.complete(done, &mut Touched::default());
             }
         }
@@ -428,7 +422,7 @@ impl<H: Handler> Loop<H> {
     fn publish_gauges(&self) {
         let role = self.spec.role.as_str();
         let paused = PauseReason::ALL.map(|r| (r.as_str(), self.partitions.paused(r)));
-        metrics::consumer_gauges(role, self.in_flight, paused);
+        metrics::consumer_gauges(role, self.in_flight.records, paused);
         metrics::buffered_bytes(self.budget.used());
     }
 }

@@ -4,7 +4,7 @@
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
-use super::handler::{self, Decider, Done, EndpointSlot, Handler, Work};
+use super::handler::{self, Decider, Done, EndpointSlot, Handler, IdMap, Work};
 use super::partition::{PartitionKey, PauseReason, Waiting};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
 use super::{Completion, Loop, Touched};
@@ -17,14 +17,14 @@ impl<H: Handler> Loop<H> {
         let Some(partition) = self.partitions.get_mut(key) else { return };
         let limits =
             Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
-        let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
+        let load = |slot: &EndpointSlot| self.in_flight.per_endpoint.get(&slot.id()).copied().unwrap_or(0);
         let now = now_ms();
         let dispatch = schedule(partition, now, limits, free, load);
         let mut started = Vec::with_capacity(dispatch.take.len());
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
         for (index, mut waiting) in taken {
             partition.in_flight += 1;
-            self.in_flight += 1;
+            self.in_flight.records += 1;
             let work = dispatch.work(*index);
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.take().filter(|_| work == Work::Attempt);
@@ -33,8 +33,8 @@ impl<H: Handler> Loop<H> {
                 partition.keys_in_flight.insert(key);
             }
             if let Some(slot) = &endpoint {
-                *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
-                self.slow_in_flight += usize::from(slow);
+                *self.in_flight.per_endpoint.entry(slot.id()).or_default() += 1;
+                self.in_flight.slow += usize::from(slow);
                 partition.count(slot, slow, true);
                 // Its token goes now: the next schedule sees the bucket without it.
                 slot.pace.take(now);
@@ -50,7 +50,7 @@ impl<H: Handler> Loop<H> {
             }
         }
         for id in &dispatch.crowded {
-            self.crowded.insert(*id, ());
+            self.in_flight.crowded.insert(*id, ());
         }
         partition.paused = dispatch.pause;
         partition.key_waiting = dispatch.key_waiting;
@@ -71,14 +71,14 @@ impl<H: Handler> Loop<H> {
     fn limits(&self, key: &PartitionKey) -> (Limits, usize) {
         // At the bound on held records, nothing new starts until some are decided.
         let held_full = self.partitions.held >= self.spec.max_held as i64;
-        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight) };
+        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight.records) };
         // Asked only of a partition that may be clogged (the loop's hot path).
         let clog_due = self.partitions.get(key).is_some_and(|p| p.paused.is_none() && p.full_since.is_some());
         let limits = Limits {
             in_flight_per_partition: self.spec.max_in_flight_per_partition,
             read_ahead: self.spec.max_read_ahead,
             waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
-            slow_room: (self.spec.max_in_flight / ENDPOINT_SHARE).saturating_sub(self.slow_in_flight),
+            slow_room: (self.spec.max_in_flight / ENDPOINT_SHARE).saturating_sub(self.in_flight.slow),
             memory_spent: false,
             others_starved: clog_due && self.partitions.starved_besides(key, self.spec.max_read_ahead),
         };
@@ -100,10 +100,11 @@ impl<H: Handler> Loop<H> {
             again: None,
         };
         // The way to hold the record past its slot (the failure handler does).
-        let decider = Decider { tx: self.decide_tx.clone(), key: key.clone(), generation, offset: waiting.offset };
+        let decider =
+            Decider { tx: self.reports.decide_tx.clone(), key: key.clone(), generation, offset: waiting.offset };
         let record = waiting.record;
         let work = handler::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
-        let done_tx = self.done_tx.clone();
+        let done_tx = self.reports.done_tx.clone();
         self.tasks.spawn(async move {
             let done = work.await;
             // Only a record to be worked on again goes back to the loop (dropped here otherwise).
@@ -135,6 +136,19 @@ impl<H: Handler> Loop<H> {
             self.pump(&key);
         }
     }
+}
+
+/// What is in flight in the whole consumer.
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// Records handed to handlers and not yet back.
+    pub(super) records: usize,
+    /// Of those, per endpoint ([`EndpointSlot::id`]).
+    pub(super) per_endpoint: IdMap<usize>,
+    /// Of those, records of slow endpoints (see [`Limits::slow_room`]).
+    pub(super) slow: usize,
+    /// Endpoints some partition's records wait for ([`Dispatch::crowded`](super::schedule::Dispatch::crowded)).
+    pub(super) crowded: IdMap<()>,
 }
 
 /// A record taken from the backlog, counted in, and about to go to its handler.
