@@ -22,7 +22,7 @@ pub struct Partitions<R> {
     generation: u64,
     /// Cancels handlers (abandon) once the grace period is over; each partition's token is a child.
     pub abandon: CancellationToken,
-    /// Held records of all partitions (the sum of [`Partition::held`]).
+    /// Later records of all partitions (the sum of [`Partition::held`]).
     pub held: i64,
 }
 

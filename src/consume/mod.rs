@@ -7,7 +7,8 @@
 //! - `client`: librdkafka callbacks and the poll thread, which sends messages
 //!   and rebalance events in order down one channel to the loop.
 //! - `error`: why a consumer stopped ([`ConsumeError`]).
-//! - [`handler`]: the contract with the work on each record.
+//! - [`handler`]: the contract with the work on each record; [`later`]: records whose offset a
+//!   handler decides after their slot is free; [`panics`]: the guard that turns a panic into a [`Done`].
 //! - `intake`: [`Partitions`](intake::Partitions), the partition map, and
 //!   assignments and records from the poll thread into it.
 //! - [`partition`]: one partition's state (backlog, counts, pause, lifecycle).
@@ -32,9 +33,11 @@ mod client;
 mod error;
 pub mod handler;
 mod intake;
+pub mod later;
 mod offset_store;
 pub mod offsets;
 pub mod order;
+pub mod panics;
 pub mod partition;
 mod pump;
 mod revoke;
@@ -53,10 +56,12 @@ use tokio_util::task::TaskTracker;
 use self::budget::Budget;
 use self::client::{Client, KafkaConsumer, Polled};
 pub use self::error::ConsumeError;
-use self::handler::Decision;
-pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
+pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket, Work};
 use self::intake::Partitions;
+use self::later::Decision;
+pub use self::later::{Decider, Later};
 use self::offset_store::OffsetStore;
+pub use self::partition::IdMap;
 pub use self::partition::PauseReason;
 use self::partition::{count_down, Lifecycle, PartitionKey, Waiting};
 use self::pump::InFlight;
@@ -118,7 +123,7 @@ struct Completion<R> {
 struct Reports<R> {
     done_tx: mpsc::Sender<Completion<R>>,
     done_rx: mpsc::Receiver<Completion<R>>,
-    /// Unbounded because a [`Held`] decides from sync code.
+    /// Unbounded because a [`Later`] decides from sync code.
     decide_tx: mpsc::UnboundedSender<Decision>,
     decide_rx: mpsc::UnboundedReceiver<Decision>,
 }
@@ -283,7 +288,7 @@ impl<H: Handler> Loop<H> {
                     self.offsets.store(&done.key, position);
                 }
             }
-            Done::Held => partition.held += 1,
+            Done::Later => partition.held += 1,
             Done::Abandoned => {}
             Done::Again { due_ms } => {
                 // Back at its offset's place, undecided, so the commit waits at it and the
@@ -297,7 +302,7 @@ impl<H: Handler> Loop<H> {
                 }
             }
         }
-        if matches!(done.done, Done::Held) {
+        if matches!(done.done, Done::Later) {
             self.partitions.held += 1;
         }
         // Records of any partition may have waited for the freed slot.
@@ -388,7 +393,7 @@ impl<H: Handler> Loop<H> {
             self.budget.give_back(partition.stop());
             partition.paused = None;
         }
-        // Held records are decided by the handler: ask it to do so now, not at its own pace.
+        // Later records are decided by the handler: ask it to do so now, not at its own pace.
         self.handler.flush();
         let deadline = Instant::now() + self.spec.grace;
         while self.in_flight.records > 0 || self.partitions.held > 0 {

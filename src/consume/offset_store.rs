@@ -3,7 +3,7 @@
 //!
 //! Positions come from each partition's offset tracker, which takes decisions
 //! in any order: at once for a record its handler decided, later for one the
-//! handler held past its slot (a [`Held`](super::Held) decides it; the loop
+//! handler held past its slot (a [`Later`](super::Later) decides it; the loop
 //! counts held records per partition, since a drain or revoke waits for them).
 //! A decision for an assignment that is gone (its generation differs) is
 //! ignored: the next owner reads the record again.
@@ -44,7 +44,7 @@ mod tests {
 
     use tokio::sync::mpsc;
 
-    use crate::consume::handler::{Decider, Decision, Held};
+    use crate::consume::later::{Decider, Decision, Later};
 
     fn decider(tx: &mpsc::UnboundedSender<Decision>, offset: i64) -> Decider {
         Decider { tx: tx.clone(), key: (Arc::from("dead"), 0), generation: 7, offset }
@@ -53,13 +53,13 @@ mod tests {
     #[test]
     fn a_held_record_reports_once_decided_or_dropped() {
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let held: Held = decider(&tx, 5).hold();
+        let held: Later = decider(&tx, 5).later();
         held.decide();
         let d = rx.try_recv().unwrap();
         assert_eq!((d.offset, d.generation, d.decided), (5, 7, true));
         assert!(rx.try_recv().is_err(), "deciding sends one message, the drop after it none");
 
-        drop(decider(&tx, 6).hold());
+        drop(decider(&tx, 6).later());
         let d = rx.try_recv().unwrap();
         assert_eq!((d.offset, d.decided), (6, false), "dropped undecided: let go, so a drain does not wait for it");
 

@@ -13,9 +13,12 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, IdMap, Ticket};
+use super::handler::{EndpointSlot, Ticket};
 use super::order::KeySet;
 use crate::consume::offsets::OffsetTracker;
+
+/// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
+pub type IdMap<V> = rustc_hash::FxHashMap<usize, V>;
 
 /// A partition of a topic: its name and number.
 pub type PartitionKey = (Arc<str>, i32);
@@ -97,7 +100,7 @@ pub struct Partition<R> {
     pub lifecycle: Lifecycle,
     pub tracker: OffsetTracker,
     pub in_flight: usize,
-    /// Records held by the handler ([`super::Done::Held`]), not yet decided or let go.
+    /// Records held by the handler ([`super::Done::Later`]), not yet decided or let go.
     /// Briefly -1 when a decision overtakes the completion that reports the hold.
     pub held: i64,
     /// Records read and waiting, in offset order. Added to and taken from

@@ -4,7 +4,10 @@
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
-use super::handler::{self, Decider, Done, EndpointSlot, Handler, IdMap, Work};
+use super::handler::{Done, EndpointSlot, Handler, Work};
+use super::later::Decider;
+use super::panics;
+use super::partition::IdMap;
 use super::partition::{PartitionKey, PauseReason, Waiting};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
 use super::{Completion, Loop, Touched};
@@ -103,7 +106,7 @@ impl<H: Handler> Loop<H> {
         let decider =
             Decider { tx: self.reports.decide_tx.clone(), key: key.clone(), generation, offset: waiting.offset };
         let record = waiting.record;
-        let work = handler::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
+        let work = panics::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
         let done_tx = self.reports.done_tx.clone();
         self.tasks.spawn(async move {
             let done = work.await;

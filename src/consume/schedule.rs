@@ -1,8 +1,9 @@
 //! The pure scheduler: which waiting records of a partition go now, which
 //! are deferred (overflow, pace), whether to pause it and when to wake it.
 
-use super::handler::{EndpointSlot, IdMap, Work};
+use super::handler::{EndpointSlot, Work};
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
+use super::partition::IdMap;
 use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
 use crate::route::outcome::Why;
 
@@ -405,8 +406,7 @@ impl<'p, R> Scan<'p, R> {
         if let Some(&total) = total {
             let left = total.saturating_sub(self.seen.get(&id).copied().unwrap_or(0));
             let most = ahead + left;
-            let may_overflow =
-                protects && most > bound && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
+            let may_overflow = protects && most > bound && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
             if !may_overflow {
                 self.settled.insert(id, ());
                 self.open = self.open.saturating_sub(left);

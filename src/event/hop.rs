@@ -8,10 +8,6 @@ use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 use crate::event::headers::{self, RecordHeaders};
 use crate::route::outcome::DeadReason;
 
-/// Moved to [`crate::event::trust`]; re-exported only until `relay` imports it
-/// from there (a one-line change in relay/mod.rs, then delete this line).
-pub use crate::event::trust::trusted_on_event_topic;
-
 /// Names of the headers the relay writes on tier and dead records.
 pub mod header {
     pub const ATTEMPT: &str = "hookrelay-attempt";

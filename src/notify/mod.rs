@@ -6,7 +6,7 @@
 //! so a failing one never delays the others' messages.
 //!
 //! A dead record does not stay in flight for its window: the handler counts it
-//! into its group and keeps only its [`Held`] offset, so the consumer moves on
+//! into its group and keeps only its [`Later`] offset, so the consumer moves on
 //! at full speed while memory stays small (counts, a few ids, offsets). A drain
 //! or revoke [`flush`](Handler::flush)es: open windows are sent at once and their
 //! offsets decided before the final commit, so a deploy does not notify twice.
@@ -28,7 +28,7 @@ pub use self::window::Notification;
 use self::window::Windows;
 use crate::app::clock::now_ms;
 use crate::config::Config;
-use crate::consume::{Decider, Done, Handler, Held, Ticket, Work};
+use crate::consume::{Decider, Done, Handler, Later, Ticket, Work};
 use crate::event::dead_letter::DeadLetter;
 use crate::observe::metrics;
 
@@ -57,7 +57,7 @@ impl FailureHandler {
 
     /// Adds a dead record to its endpoint's window; `held` is decided once the
     /// window's notification is done. The record that opens a window starts its timer.
-    fn add(&self, dead: &DeadLetter, held: Held) {
+    fn add(&self, dead: &DeadLetter, held: Later) {
         let at_ms = dead.at_ms.unwrap_or_else(now_ms);
         let opened = self.windows.lock().expect("windows lock poisoned").add(dead, at_ms, held);
         if opened {
@@ -73,7 +73,7 @@ impl FailureHandler {
                 if let Some(group) = group {
                     let notification = group.notification(&endpoint);
                     futures::future::join_all(sinks.iter().map(|s| s.deliver(&notification, give_up_after))).await;
-                    group.held.into_iter().for_each(Held::decide);
+                    group.held.into_iter().for_each(Later::decide);
                 }
             });
         }
@@ -97,8 +97,8 @@ impl Handler for FailureHandler {
         decider: Decider,
     ) -> BoxFuture<'static, Done> {
         metrics::dead_letter_handled(&dead);
-        self.add(&dead, decider.hold());
-        futures::future::ready(Done::Held).boxed()
+        self.add(&dead, decider.later());
+        futures::future::ready(Done::Later).boxed()
     }
 
     /// Sends every open window now; windows opened from here on wait their full time.

@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::Serialize;
 
 use crate::app::clock::rfc3339;
-use crate::consume::Held;
+use crate::consume::Later;
 use crate::event::dead_letter::DeadLetter;
 use crate::route::outcome::DeadReason;
 
@@ -44,13 +44,13 @@ pub(super) struct Group {
     pub(super) last_ms: i64,
     pub(super) event_ids: Vec<String>,
     /// The offsets this window covers, decided once it is sent.
-    pub(super) held: Vec<Held>,
+    pub(super) held: Vec<Later>,
 }
 
 impl Group {
     /// Counts a dead record written at `at_ms` into the group; `held` is its
     /// offset, decided once the group's notification is done.
-    fn count_in(&mut self, dead: &DeadLetter, at_ms: i64, held: Held) {
+    fn count_in(&mut self, dead: &DeadLetter, at_ms: i64, held: Later) {
         self.count += 1;
         *self.reasons.entry(dead.reason.map_or("unknown", DeadReason::as_str).to_string()).or_default() += 1;
         self.first_ms = self.first_ms.min(at_ms);
@@ -94,7 +94,7 @@ pub(super) struct Windows(HashMap<String, Group>);
 impl Windows {
     /// Counts a dead record written at `at_ms` into its endpoint's window;
     /// true when this record opened that window.
-    pub(super) fn add(&mut self, dead: &DeadLetter, at_ms: i64, held: Held) -> bool {
+    pub(super) fn add(&mut self, dead: &DeadLetter, at_ms: i64, held: Later) -> bool {
         let endpoint = dead.endpoint.as_str();
         let opened = !self.0.contains_key(endpoint);
         let group = self.0.entry(endpoint.to_string()).or_default();
