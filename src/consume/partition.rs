@@ -9,12 +9,30 @@
 //! and their endpoint has room. Draining takes no new work and never resumes.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, IdMap, Ticket};
+use super::handler::{EndpointSlot, Ticket};
 use super::order::KeySet;
 use crate::consume::offsets::OffsetTracker;
+
+/// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
+pub type IdMap<V> = rustc_hash::FxHashMap<usize, V>;
+
+/// A partition of a topic: its name and number.
+pub type PartitionKey = (Arc<str>, i32);
+
+/// Counts one out of `id`'s entry in `counts`, removing the entry at zero (so
+/// the map holds only endpoints with something in it).
+pub fn count_down(counts: &mut IdMap<usize>, id: usize) {
+    if let Some(n) = counts.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&id);
+        }
+    }
+}
 
 /// How long before a paused head is due its partition resumes fetching.
 /// librdkafka restarts the fetch of a resumed partition at its broker
@@ -64,7 +82,7 @@ pub struct Waiting<R> {
     /// Behind a pointer, so the scheduler's scan of the backlog stays within a few cache
     /// lines per record whatever the handler keeps (a decoded event is large);
     /// shared, so that a record retried in place ([`super::Done::Again`]) comes back.
-    pub record: std::sync::Arc<R>,
+    pub record: Arc<R>,
 }
 
 /// A partition whose read-ahead stayed full this long is clogged (its records
@@ -82,7 +100,7 @@ pub struct Partition<R> {
     pub lifecycle: Lifecycle,
     pub tracker: OffsetTracker,
     pub in_flight: usize,
-    /// Records held by the handler ([`super::Done::Held`]), not yet decided or let go.
+    /// Records held by the handler ([`super::Done::Later`]), not yet decided or let go.
     /// Briefly -1 when a decision overtakes the completion that reports the hold.
     pub held: i64,
     /// Records read and waiting, in offset order. Added to and taken from
@@ -161,11 +179,8 @@ impl<R> Partition<R> {
         }
         if started {
             *self.endpoint_in_flight.entry(id).or_default() += 1;
-        } else if let Some(n) = self.endpoint_in_flight.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                self.endpoint_in_flight.remove(&id);
-            }
+        } else {
+            count_down(&mut self.endpoint_in_flight, id);
         }
     }
 
@@ -218,11 +233,8 @@ impl<R> Partition<R> {
         let Some(slot) = &waiting.ticket.endpoint else { return };
         if added {
             *self.waiting_by_endpoint.entry(slot.id()).or_default() += 1;
-        } else if let Some(n) = self.waiting_by_endpoint.get_mut(&slot.id()) {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting_by_endpoint.remove(&slot.id());
-            }
+        } else {
+            count_down(&mut self.waiting_by_endpoint, slot.id());
         }
     }
 }
