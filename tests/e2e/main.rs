@@ -8,6 +8,7 @@ mod drill;
 mod endpoint_tls;
 mod exit_codes;
 mod harness;
+mod hostile;
 mod hosts;
 mod isolation;
 mod mtls;
