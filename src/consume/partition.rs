@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, Ticket};
 use super::order::KeySet;
+use super::ticket::{EndpointSlot, Ticket};
 use crate::consume::offsets::OffsetTracker;
 
 /// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).

@@ -4,12 +4,13 @@
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
-use super::handler::{Done, EndpointSlot, Handler, Work};
+use super::handler::{Done, Handler, Work};
 use super::later::Decider;
 use super::panics;
 use super::partition::IdMap;
 use super::partition::{PartitionKey, PauseReason, Waiting};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
+use super::ticket::EndpointSlot;
 use super::{Completion, Loop, Touched};
 use crate::app::clock::now_ms;
 

@@ -1,10 +1,11 @@
 //! The pure scheduler: which waiting records of a partition go now, which
 //! are deferred (overflow, pace), whether to pause it and when to wake it.
 
-use super::handler::{EndpointSlot, Work};
+use super::handler::Work;
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
 use super::partition::IdMap;
 use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use super::ticket::EndpointSlot;
 use crate::route::outcome::Why;
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
@@ -473,9 +474,8 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::consume::handler::EndpointSlot;
-    use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
+    use crate::consume::ticket::{EndpointSlot, Ticket};
     use crate::endpoint::limit::LiveLimit;
     use crate::endpoint::pace::{Pace, Rule};
 
