@@ -278,7 +278,7 @@ impl<H: Handler> Loop<H> {
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
-            partition.count(slot, done.slow, false);
+            partition.finished(slot, done.slow);
         }
         self.in_flight.records -= 1;
         if let Some(key) = done.order {

@@ -39,7 +39,7 @@ impl<H: Handler> Loop<H> {
             if let Some(slot) = &endpoint {
                 *self.in_flight.per_endpoint.entry(slot.id()).or_default() += 1;
                 self.in_flight.slow += usize::from(slow);
-                partition.count(slot, slow, true);
+                partition.started(slot, slow);
                 // Its token goes now: the next schedule sees the bucket without it.
                 slot.pace.take(now);
             }

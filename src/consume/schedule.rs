@@ -707,11 +707,11 @@ pub(crate) mod tests {
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
         let key = p.backlog[0].ticket.endpoint.clone().unwrap();
         for _ in 0..3 {
-            p.count(&key, false, true);
+            p.started(&key, false);
         }
         p.in_flight = 3;
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
-        p.count(&key, false, false);
+        p.finished(&key, false);
         assert_eq!(p.endpoint_in_flight.get(&key.id()), Some(&2));
     }
 
