@@ -11,9 +11,7 @@ use rdkafka::message::OwnedMessage;
 use tokio_util::sync::CancellationToken;
 
 use super::later::Decider;
-use super::order::OrderKey;
-use crate::endpoint::limit::LiveLimit;
-use crate::endpoint::pace::Pace;
+use super::ticket::Ticket;
 use crate::route::outcome::Why;
 
 /// Which part of the relay a consumer plays.
@@ -53,34 +51,6 @@ pub enum Done {
     /// order). The loop puts it back into its partition's backlog at its
     /// offset; the handler keeps what it learned (the attempts) in the record.
     Again { due_ms: i64 },
-}
-
-/// The endpoint a record goes to, how many of its records may be in flight and
-/// its pace (its rate and `Retry-After` hold), read when scheduling.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointSlot {
-    pub key: Arc<str>,
-    pub limit: LiveLimit,
-    pub pace: Arc<Pace>,
-}
-
-impl EndpointSlot {
-    /// The endpoint's identity for the loop's counts (cheap: no hashing of its name).
-    pub fn id(&self) -> usize {
-        self.limit.id()
-    }
-}
-
-/// What the loop needs to know to schedule a record, read once when it is accepted.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Ticket {
-    /// When the record may be worked on (ms since the epoch); `None` = now.
-    pub due_ms: Option<i64>,
-    /// `None` = no endpoint limit (an invalid record, say).
-    pub endpoint: Option<EndpointSlot>,
-    /// Set for a record whose endpoint keeps its key's order (see [`super::order`]);
-    /// `None` = unordered.
-    pub order: Option<OrderKey>,
 }
 
 /// What a handler is asked to do with a record.

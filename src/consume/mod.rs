@@ -11,6 +11,7 @@
 //!   handler decides after their slot is free; [`panics`]: the guard that turns a panic into a [`Done`].
 //! - `intake`: [`Partitions`](intake::Partitions), the partition map, and
 //!   assignments and records from the poll thread into it.
+//! - [`ticket`]: what the loop learns of a record when it reads it (due time, endpoint slot, order key).
 //! - [`partition`]: one partition's state (backlog, counts, pause, lifecycle).
 //! - [`schedule`]: the pure scheduler: which waiting records go now, and the pause state.
 //! - `pump`: handing the scheduler's choice to handlers, pausing, and gating reads.
@@ -42,6 +43,7 @@ pub mod partition;
 mod pump;
 mod revoke;
 pub mod schedule;
+pub mod ticket;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,7 +58,7 @@ use tokio_util::task::TaskTracker;
 use self::budget::Budget;
 use self::client::{Client, KafkaConsumer, Polled};
 pub use self::error::ConsumeError;
-pub use self::handler::{Done, EndpointSlot, Handler, Role, Spec, Ticket, Work};
+pub use self::handler::{Done, Handler, Role, Spec, Work};
 use self::intake::Partitions;
 use self::later::Decision;
 pub use self::later::{Decider, Later};
@@ -66,6 +68,7 @@ pub use self::partition::PauseReason;
 use self::partition::{count_down, Lifecycle, PartitionKey, Waiting};
 use self::pump::InFlight;
 use self::revoke::{PendingRevoke, RevokeEnd};
+pub use self::ticket::{EndpointSlot, Ticket};
 use crate::app::clock::now_ms;
 use crate::config::client::Unavailable;
 use crate::config::Config;
@@ -275,7 +278,7 @@ impl<H: Handler> Loop<H> {
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
-            partition.count(slot, done.slow, false);
+            partition.finished(slot, done.slow);
         }
         self.in_flight.records -= 1;
         if let Some(key) = done.order {

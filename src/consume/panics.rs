@@ -44,7 +44,8 @@ mod tests {
     use std::sync::Mutex;
 
     use super::*;
-    use crate::consume::handler::{Handler, Role, Ticket, Work};
+    use crate::consume::handler::{Handler, Role, Work};
+    use crate::consume::ticket::Ticket;
     use futures::future::BoxFuture;
     use rdkafka::message::OwnedMessage;
     use tokio::sync::mpsc;

@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, Ticket};
 use super::order::KeySet;
+use super::ticket::{EndpointSlot, Ticket};
 use crate::consume::offsets::OffsetTracker;
 
 /// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
@@ -166,22 +166,19 @@ impl<R> Partition<R> {
         self.backlog.drain(..).map(|w| w.bytes).sum()
     }
 
-    /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
-    /// `slow` is what [`LiveLimit::is_slow`](crate::endpoint::limit::LiveLimit::is_slow) said when it started.
-    pub fn count(&mut self, endpoint: &EndpointSlot, slow: bool, started: bool) {
-        let id = endpoint.id();
+    /// Counts a record of `endpoint` as started in this partition. `slow` is what
+    /// [`LiveLimit::is_slow`](crate::endpoint::limit::LiveLimit::is_slow) said when it started.
+    pub fn started(&mut self, endpoint: &EndpointSlot, slow: bool) {
+        self.slow_in_flight += usize::from(slow);
+        *self.endpoint_in_flight.entry(endpoint.id()).or_default() += 1;
+    }
+
+    /// Counts a record of `endpoint` started with `slow` as finished.
+    pub fn finished(&mut self, endpoint: &EndpointSlot, slow: bool) {
         if slow {
-            if started {
-                self.slow_in_flight += 1;
-            } else {
-                self.slow_in_flight = self.slow_in_flight.saturating_sub(1);
-            }
+            self.slow_in_flight = self.slow_in_flight.saturating_sub(1);
         }
-        if started {
-            *self.endpoint_in_flight.entry(id).or_default() += 1;
-        } else {
-            count_down(&mut self.endpoint_in_flight, id);
-        }
+        count_down(&mut self.endpoint_in_flight, endpoint.id());
     }
 
     /// Whether its read-ahead (records waiting for a slot, not for their key) is full.
@@ -203,13 +200,13 @@ impl<R> Partition<R> {
 
     /// Adds a record read after every one in the backlog.
     pub fn push(&mut self, waiting: Waiting<R>) {
-        self.note(&waiting, true);
+        self.count_in(&waiting);
         self.backlog.push_back(waiting);
     }
 
     /// Puts a record retried in place back at its offset's place in the backlog.
     pub fn requeue(&mut self, waiting: Waiting<R>) {
-        self.note(&waiting, true);
+        self.count_in(&waiting);
         let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
         self.backlog.insert(at, waiting);
     }
@@ -220,20 +217,23 @@ impl<R> Partition<R> {
             chosen.iter().rev().map(|&i| self.backlog.remove(i).expect("chosen index in range")).collect();
         taken.reverse();
         for waiting in &taken {
-            self.note(waiting, false);
+            self.count_out(waiting);
         }
         taken
     }
 
-    /// Counts a record into (`added`) or out of the backlog's counts.
-    fn note(&mut self, waiting: &Waiting<R>, added: bool) {
-        if waiting.ticket.due_ms.is_some() {
-            self.timed = if added { self.timed + 1 } else { self.timed - 1 };
-        }
-        let Some(slot) = &waiting.ticket.endpoint else { return };
-        if added {
+    /// Counts a record into the backlog's counts.
+    fn count_in(&mut self, waiting: &Waiting<R>) {
+        self.timed += usize::from(waiting.ticket.due_ms.is_some());
+        if let Some(slot) = &waiting.ticket.endpoint {
             *self.waiting_by_endpoint.entry(slot.id()).or_default() += 1;
-        } else {
+        }
+    }
+
+    /// Counts a record out of the backlog's counts.
+    fn count_out(&mut self, waiting: &Waiting<R>) {
+        self.timed -= usize::from(waiting.ticket.due_ms.is_some());
+        if let Some(slot) = &waiting.ticket.endpoint {
             count_down(&mut self.waiting_by_endpoint, slot.id());
         }
     }

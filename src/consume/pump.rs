@@ -4,12 +4,13 @@
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
-use super::handler::{Done, EndpointSlot, Handler, Work};
+use super::handler::{Done, Handler, Work};
 use super::later::Decider;
 use super::panics;
 use super::partition::IdMap;
 use super::partition::{PartitionKey, PauseReason, Waiting};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
+use super::ticket::EndpointSlot;
 use super::{Completion, Loop, Touched};
 use crate::app::clock::now_ms;
 
@@ -38,7 +39,7 @@ impl<H: Handler> Loop<H> {
             if let Some(slot) = &endpoint {
                 *self.in_flight.per_endpoint.entry(slot.id()).or_default() += 1;
                 self.in_flight.slow += usize::from(slow);
-                partition.count(slot, slow, true);
+                partition.started(slot, slow);
                 // Its token goes now: the next schedule sees the bucket without it.
                 slot.pace.take(now);
             }

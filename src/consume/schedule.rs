@@ -1,10 +1,11 @@
 //! The pure scheduler: which waiting records of a partition go now, which
 //! are deferred (overflow, pace), whether to pause it and when to wake it.
 
-use super::handler::{EndpointSlot, Work};
+use super::handler::Work;
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
 use super::partition::IdMap;
 use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use super::ticket::EndpointSlot;
 use crate::route::outcome::Why;
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
@@ -473,9 +474,8 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::consume::handler::EndpointSlot;
-    use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
+    use crate::consume::ticket::{EndpointSlot, Ticket};
     use crate::endpoint::limit::LiveLimit;
     use crate::endpoint::pace::{Pace, Rule};
 
@@ -707,11 +707,11 @@ pub(crate) mod tests {
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
         let key = p.backlog[0].ticket.endpoint.clone().unwrap();
         for _ in 0..3 {
-            p.count(&key, false, true);
+            p.started(&key, false);
         }
         p.in_flight = 3;
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
-        p.count(&key, false, false);
+        p.finished(&key, false);
         assert_eq!(p.endpoint_in_flight.get(&key.id()), Some(&2));
     }
 

@@ -9,6 +9,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message as Email, Tokio1Executo
 use super::window::{one_line, Notification};
 use crate::config::{HttpFormat, SinkConfig, SmtpTls};
 use crate::observe::metrics::{self, Notified};
+use crate::route::backoff::Backoff;
 
 /// A sink could not be set up, or one message could not be sent.
 #[derive(Debug, thiserror::Error)]
@@ -83,20 +84,18 @@ impl Sink {
     /// Sends, retrying with backoff (1 s doubling to 30 s) until sent or `give_up_after` has passed.
     pub(super) async fn deliver(&self, notification: &Notification, give_up_after: Duration) {
         let started = tokio::time::Instant::now();
-        let mut backoff = Duration::from_secs(1);
+        let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(30));
         let endpoint = notification.endpoint.as_str();
         loop {
+            let retry_in = backoff.peek();
             match self.send_once(notification).await {
                 Ok(()) => return metrics::notification(self.kind(), endpoint, Notified::Sent, None),
-                Err(error) if started.elapsed() + backoff > give_up_after => {
+                Err(error) if started.elapsed() + retry_in > give_up_after => {
                     return metrics::notification(self.kind(), endpoint, Notified::GaveUp, Some(&error));
                 }
-                Err(error) => {
-                    metrics::notification(self.kind(), endpoint, Notified::Failed { retry_in: backoff }, Some(&error))
-                }
+                Err(error) => metrics::notification(self.kind(), endpoint, Notified::Failed { retry_in }, Some(&error)),
             }
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
+            tokio::time::sleep(backoff.advance()).await;
         }
     }
 

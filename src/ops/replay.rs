@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord};
+use rdkafka::producer::{DeliveryFuture, FutureProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::app::clock::{now_ms, parse_rfc3339_ms};
@@ -16,6 +16,7 @@ use crate::config::Config;
 use crate::event::dead_letter::DeadLetter;
 use crate::event::seal::ReplayKey;
 use crate::event::trust::replay_headers;
+use crate::route::future_record;
 use crate::route::outcome::DeadReason;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
@@ -254,13 +255,7 @@ impl Sender {
     /// Queues a copy of `record` to `target` with `headers`; returns how many
     /// earlier sends it had to wait for (settled) to find room in the queue.
     async fn send(&mut self, record: &OwnedMessage, target: &str, headers: OwnedHeaders) -> Result<u64, ReplayError> {
-        let mut out = FutureRecord::<[u8], [u8]>::to(target).headers(headers);
-        if let Some(key) = record.key() {
-            out = out.key(key);
-        }
-        if let Some(value) = record.payload() {
-            out = out.payload(value);
-        }
+        let out = future_record(target, record.key(), record.payload(), headers);
         let mut settled = 0;
         let queued = match self.producer.send_result(out) {
             Ok(queued) => queued,
