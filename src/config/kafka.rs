@@ -61,8 +61,32 @@ impl Default for KafkaConfig {
     }
 }
 
+/// `kafka.properties` keys the relay sets itself: each would quietly undo
+/// at-least-once delivery or its group and offsets (SPEC "Hostile input").
+/// `request.required.acks` is librdkafka's other name for `acks`.
+pub const REFUSED_PROPERTIES: &[&str] = &[
+    "enable.auto.commit",
+    "enable.auto.offset.store",
+    "enable.idempotence",
+    "acks",
+    "request.required.acks",
+    "isolation.level",
+    "auto.offset.reset",
+    "group.id",
+    "transactional.id",
+    "partitioner",
+];
+
 impl KafkaConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        for (key, _) in self.properties.expose() {
+            if REFUSED_PROPERTIES.contains(&key.trim().to_ascii_lowercase().as_str()) {
+                return Err(invalid(
+                    format!("kafka.properties.{key:?}"),
+                    "is set by the relay (at-least-once delivery, its group and offsets) and may not be overridden",
+                ));
+            }
+        }
         if self.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must not be empty"));
         }

@@ -256,8 +256,38 @@ fn is_kubernetes_service_link(name: &str) -> bool {
 }
 
 /// Figment errors can span lines; the CLI contract is one line.
+/// Figment's errors on one line, with no value in them: a value that does not
+/// parse may be a secret in the wrong place, and this text reaches stderr and logs.
 fn one_line(error: &figment::Error) -> String {
-    error.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    let errors = error.clone().into_iter().map(|mut e| {
+        e.kind = without_value(e.kind);
+        e.to_string().split_whitespace().collect::<Vec<_>>().join(" ")
+    });
+    errors.collect::<Vec<_>>().join("; ")
+}
+
+/// `kind` with the value it found replaced by that value's type.
+fn without_value(kind: figment::error::Kind) -> figment::error::Kind {
+    use figment::error::{Actual, Kind};
+    let actual = |found: Actual| {
+        let what = match found {
+            Actual::Bool(_) => "a bool",
+            Actual::Unsigned(_) | Actual::Signed(_) => "an integer",
+            Actual::Float(_) => "a float",
+            Actual::Char(_) | Actual::Str(_) => "a string",
+            Actual::Bytes(_) => "bytes",
+            other => return other,
+        };
+        Actual::Other(what.to_string())
+    };
+    match kind {
+        Kind::InvalidType(found, expected) => Kind::InvalidType(actual(found), expected),
+        Kind::InvalidValue(found, expected) => Kind::InvalidValue(actual(found), expected),
+        Kind::UnknownVariant(_, expected) => {
+            Kind::Message(format!("unknown variant, expected `{}`", figment::error::OneOf(expected)))
+        }
+        other => other,
+    }
 }
 
 #[cfg(test)]
@@ -360,6 +390,39 @@ mod tests {
             let config = Config::load(Some(Path::new("k8s.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.kafka.sasl.as_ref().map(|s| s.password.expose()), Some("from-a-secret"));
             assert_eq!(config.shutdown.grace, Duration::from_secs(20), "terminationGracePeriodSeconds depends on it");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn properties_that_undo_at_least_once_are_refused_by_name() {
+        for key in ["enable.auto.commit", "enable.auto.offset.store", "enable.idempotence", "acks", "isolation.level",
+            "auto.offset.reset", "group.id", "transactional.id", "partitioner", "Request.Required.Acks"]
+        {
+            let err = Config::from_toml(&format!("[kafka.properties]\n\"{key}\" = \"1\"\n")).unwrap_err();
+            let text = err.to_string();
+            assert!(text.starts_with(&format!("kafka.properties.\"{key}\": is set by the relay")), "{text}");
+        }
+        Config::from_toml("[kafka.properties]\n\"linger.ms\" = \"20\"\n").expect("a tuning property is fine");
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own error type
+    fn a_numeric_secret_from_the_environment_is_its_text_and_no_value_is_echoed() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("s.toml", "[kafka]\nsecurity_protocol = \"sasl_plaintext\"\n")?;
+            jail.set_env("HOOKRELAY_KAFKA__SASL__MECHANISM", "PLAIN");
+            jail.set_env("HOOKRELAY_KAFKA__SASL__USERNAME", "hookrelay");
+            jail.set_env("HOOKRELAY_KAFKA__SASL__PASSWORD", "123456");
+            let config = Config::load(Some(Path::new("s.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(config.kafka.sasl.as_ref().map(|s| s.password.expose()), Some("123456"));
+            // A value of the wrong type elsewhere: the error names the key and the type, never the value.
+            for (name, value) in [("MAX_IN_FLIGHT", "s3cret-word"), ("ORDERING", "s3cret-variant"), ("TIMEOUT", "s3cret")] {
+                jail.clear_env();
+                jail.set_env(format!("HOOKRELAY_DELIVERY__{name}"), value);
+                let err = Config::load(Some(Path::new("s.toml"))).unwrap_err().to_string();
+                assert!(!err.contains("s3cret") && err.contains(name) && !err.contains('\n'), "{err}");
+            }
             Ok(())
         });
     }
@@ -492,7 +555,8 @@ mod tests {
             ("[delivery]\nrate_limit = \"5/h\"\n".to_string(), "delivery.rate_limit", "\"5/h\" is not a rate"),
             (endpoint("rate_burst = 0\n"), "endpoints.x.rate_burst", "must be at least 1"),
             ("[delivery]\nrate_burst = 0\n".to_string(), "delivery.rate_burst", "must be at least 1"),
-            (endpoint("rate_max_wait = \"soon\"\n"), "endpoints.x.rate_max_wait", "soon"),
+            // The key and what it wants; never the value (it may be a secret in the wrong place).
+            (endpoint("rate_max_wait = \"soon\"\n"), "endpoints.x.rate_max_wait", "expected a duration"),
         ];
         for (text, key, problem) in cases {
             let err = Config::from_toml(&text).unwrap_err().to_string();

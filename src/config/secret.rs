@@ -14,10 +14,33 @@ use serde::{Deserialize, Serialize};
 /// How a redacted value is shown.
 pub const REDACTED: &str = "<redacted>";
 
-/// A secret string: never printed, logged or serialized in clear.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
+/// A secret string: never printed, logged or serialized in clear. Any scalar
+/// is taken as its text: `HOOKRELAY_KAFKA__SASL__PASSWORD=123456` arrives from
+/// the environment as a number.
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Scalar {
+            Text(String),
+            Unsigned(u64),
+            Signed(i64),
+            Float(f64),
+            Bool(bool),
+        }
+        // The untagged error names no value: a secret is never echoed.
+        Ok(Secret(match Scalar::deserialize(d)? {
+            Scalar::Text(text) => text,
+            Scalar::Unsigned(n) => n.to_string(),
+            Scalar::Signed(n) => n.to_string(),
+            Scalar::Float(n) => n.to_string(),
+            Scalar::Bool(b) => b.to_string(),
+        }))
+    }
+}
 
 impl Secret {
     pub fn new(value: impl Into<String>) -> Self {
