@@ -7,12 +7,38 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use rdkafka::message::{Headers, Message};
+
 /// Paused partitions resume once the bytes held are below this share of the budget.
 pub const RESUME_AT: f64 = 0.9;
 
 /// Bytes held besides payload, key and headers, per record (the loop's own
 /// bookkeeping and librdkafka's message struct, roughly).
 pub const RECORD_OVERHEAD: usize = 256;
+
+/// Bytes held per record header besides its name and value (its two copies'
+/// allocations and entries: librdkafka's and the relay's decoded one).
+pub const HEADER_OVERHEAD: usize = 64;
+
+/// Bytes of a record's headers, names and values: what `max_record_header_bytes` bounds.
+pub fn header_bytes(record: &impl Message) -> usize {
+    record.headers().map_or(0, |headers| {
+        headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum()
+    })
+}
+
+/// What a record costs the budget while it is read and not yet decided: its
+/// payload and key, its headers (copied twice, each with [`HEADER_OVERHEAD`])
+/// and [`RECORD_OVERHEAD`]. A record of a million tiny headers counts as the
+/// tens of MB it holds, not as 256 B.
+pub fn record_bytes(record: &impl Message) -> usize {
+    let headers = record.headers().map_or(0, |h| h.count());
+    record.payload().map_or(0, <[u8]>::len)
+        + record.key().map_or(0, <[u8]>::len)
+        + 2 * header_bytes(record)
+        + headers * HEADER_OVERHEAD
+        + RECORD_OVERHEAD
+}
 
 #[derive(Debug)]
 pub struct Budget {
@@ -51,6 +77,21 @@ impl Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn record_headers_count_in_the_budget() {
+        use rdkafka::message::{Header, OwnedHeaders, OwnedMessage, Timestamp};
+        let record = |headers: Option<OwnedHeaders>| {
+            OwnedMessage::new(Some(vec![0; 100]), Some(vec![0; 10]), "t".into(), Timestamp::NotAvailable, 0, 0, headers)
+        };
+        assert_eq!(record_bytes(&record(None)), 110 + RECORD_OVERHEAD);
+        // Ten thousand tiny headers (a 1-byte name and value each): 20 KB of data,
+        // before counted as nothing.
+        let many = (0..10_000).fold(OwnedHeaders::new(), |h, _| h.insert(Header { key: "k", value: Some("v") }));
+        let bombed = record(Some(many));
+        assert_eq!(header_bytes(&bombed), 20_000);
+        assert_eq!(record_bytes(&bombed), 110 + 2 * 20_000 + 10_000 * HEADER_OVERHEAD + RECORD_OVERHEAD);
+    }
 
     #[test]
     fn spent_at_the_budget_and_free_again_below_nine_tenths() {

@@ -10,7 +10,7 @@ use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
 use tokio_util::sync::CancellationToken;
 
-use super::budget::{Budget, RECORD_OVERHEAD};
+use super::budget::{record_bytes, Budget};
 use super::handler::Handler;
 use super::partition::{Lifecycle, Partition, PartitionKey, PauseReason, Waiting};
 use crate::app::clock::now_ms;
@@ -63,7 +63,7 @@ impl<R> Partitions<R> {
             return None; // not ours any more: the next owner reads it again
         }
         let offset = record.offset();
-        let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
+        let bytes = record_bytes(&record);
         budget.take(bytes);
         let (ticket, record) = handler.prepare(record);
         tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");

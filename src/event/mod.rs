@@ -49,6 +49,8 @@ pub enum InvalidEvent {
     Header(#[from] BadHeader),
     #[error("bad field {field:?}: {problem}")]
     Field { field: &'static str, problem: String },
+    #[error("record headers are {size} bytes, over the limit of {limit}: dropped")]
+    RecordHeadersTooLarge { size: usize, limit: usize },
 }
 
 /// A validated event, ready to deliver.

@@ -90,7 +90,11 @@ impl Handler for Relay {
     /// semaphore in `process` keeps the whole process (events and tiers) within it.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Prepared) {
         let shared = &*self.shared;
-        let headers = headers_of(&record);
+        // Producers write the event topics: a header bomb is dropped unread (the
+        // record goes dead with its value and key). Tier records are the relay's own.
+        let header_bytes = crate::consume::budget::header_bytes(&record);
+        let bomb = self.tier.is_none() && header_bytes > shared.max_record_header_bytes;
+        let headers = if bomb { Default::default() } else { headers_of(&record) };
         let here = Coordinates::of(&record);
         let timestamp_ms = record.timestamp().to_millis();
         let hop = match self.tier {
@@ -108,7 +112,10 @@ impl Handler for Relay {
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let mut event = shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let mut event = match bomb {
+            true => Err(InvalidEvent::RecordHeadersTooLarge { size: header_bytes, limit: shared.max_record_header_bytes }),
+            false => shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()),
+        };
         // The record's trace context goes on every attempt; tier and dead
         // records carry it on, as they keep every header that is not ours.
         let context = TraceContext::of(&headers);

@@ -15,6 +15,8 @@ pub struct Shared {
     pub permanent_statuses: Vec<u16>,
     pub max_age_ms: i64,
     pub max_attempts: u32,
+    /// `delivery.max_record_header_bytes`: an event-topic record with more header bytes is dead.
+    pub max_record_header_bytes: usize,
     /// Checks the seal of `replay`'s headers on event topics.
     pub replay_key: Option<ReplayKey>,
 }
@@ -40,6 +42,8 @@ impl Shared {
             permanent_statuses: config.delivery.permanent_statuses.clone(),
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
+            max_record_header_bytes: usize::try_from(config.delivery.max_record_header_bytes.as_u64())
+                .unwrap_or(usize::MAX),
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
         }))
     }

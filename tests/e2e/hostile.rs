@@ -165,3 +165,40 @@ async fn one_endpoint_may_reach_private_networks_while_inline_urls_stay_guarded(
     assert!(!error.contains("127.0.0.1") && !error.contains("::1"), "{error}");
     assert_eq!(receiver.count(), 1, "only the endpoint's request went out");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_header_bomb_is_dead_with_its_value_and_key_and_without_its_headers() {
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[LONG_TIER]).await;
+    let _relay = Relay::start(&Config::new(&topics).set("delivery.max_record_header_bytes", "8KiB"), &[]).await;
+    let url = receiver.url("/h");
+    let value = good(&format!(r#""url":"{url}""#), "bombed");
+    // 1,000 record headers of 10 bytes each: 10 KB, over the 8 KiB limit.
+    let names: Vec<String> = (0..1_000).map(|i| format!("k{i:04}")).collect();
+    let headers: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), "vvvvv")).collect();
+    let producer = producer();
+    let mut record = rdkafka::producer::FutureRecord::<str, [u8]>::to(&topics.events)
+        .payload(value.as_bytes())
+        .key("the-key")
+        .partition(0);
+    let mut owned = rdkafka::message::OwnedHeaders::new();
+    for (key, value) in &headers {
+        owned = owned.insert(rdkafka::message::Header { key, value: Some(*value) });
+    }
+    record = record.headers(owned);
+    producer.send(record, Duration::from_secs(10)).await.expect("produce the bomb");
+    let ids: Vec<String> = (0..3).map(|i| format!("good-{i}")).collect();
+    produce_values(&topics.events, &ids.iter().map(|id| good(&format!(r#""url":"{url}""#), id)).collect::<Vec<_>>())
+        .await;
+    all_delivered(&receiver, &ids, Duration::from_secs(60)).await;
+    let dead = read_topic(&topics.dead, 1, Duration::from_secs(30)).await;
+    assert_eq!(dead.len(), 1);
+    let record = &dead[0];
+    assert_eq!(record.header("hookrelay-reason"), Some("invalid_event"));
+    let error = record.header("hookrelay-last-error").unwrap();
+    assert!(error.contains("record headers are 10000 bytes, over the limit of 8192: dropped"), "{error}");
+    assert_eq!(record.value, value.as_bytes(), "the value kept");
+    assert_eq!(record.key.as_deref(), Some(&b"the-key"[..]), "the key kept");
+    assert!(record.headers.iter().all(|(k, _)| k.starts_with("hookrelay-")), "{:?}", record.headers.len());
+    assert!(!receiver.delivered_ids().contains("bombed"));
+}
