@@ -31,9 +31,13 @@ impl<R> Partitions<R> {
         Partitions { map: HashMap::new(), generation: 0, abandon: CancellationToken::new(), held: 0 }
     }
 
-    /// Starts a fresh partition per assigned one; returns them all, to resume.
-    pub fn assign(&mut self, assigned: Vec<(String, i32)>) -> TopicPartitionList {
+    /// Starts a fresh partition per assigned one; returns them all, to resume, and
+    /// the records still in flight of the entries they replaced (a partition assigned
+    /// again after a revoke whose ack timed out): their completions belong to an earlier
+    /// generation and are ignored, so the caller gives their slots back now.
+    pub fn assign(&mut self, assigned: Vec<(String, i32)>) -> (TopicPartitionList, usize) {
         let mut tpl = TopicPartitionList::new();
+        let mut replaced_in_flight = 0;
         for (topic, partition) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
@@ -41,9 +45,10 @@ impl<R> Partitions<R> {
             if let Some(old) = self.map.insert((Arc::<str>::from(topic), partition), fresh) {
                 old.cancel.cancel();
                 self.held -= old.held;
+                replaced_in_flight += old.in_flight;
             }
         }
-        tpl
+        (tpl, replaced_in_flight)
     }
 
     /// Takes a record into its partition's backlog; returns the partition to schedule.
@@ -120,5 +125,22 @@ impl<R> Deref for Partitions<R> {
 impl<R> DerefMut for Partitions<R> {
     fn deref_mut(&mut self) -> &mut Self::Target {
         &mut self.map
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn assigning_a_partition_again_gives_back_the_replaced_entrys_in_flight() {
+        let mut partitions = Partitions::<()>::new();
+        let (_, replaced) = partitions.assign(vec![("t".into(), 0), ("t".into(), 1)]);
+        assert_eq!(replaced, 0);
+        partitions.get_mut(&(Arc::from("t"), 0)).unwrap().in_flight = 3;
+        // Revoked, its ack timed out, assigned again: the 3 completions will be from an earlier generation.
+        let (_, replaced) = partitions.assign(vec![("t".into(), 0)]);
+        assert_eq!(replaced, 3, "before: the slots were lost for good");
+        assert_eq!(partitions[&(Arc::from("t"), 0)].in_flight, 0);
     }
 }

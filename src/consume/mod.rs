@@ -332,7 +332,9 @@ impl<H: Handler> Loop<H> {
 
     /// A fresh partition per assigned one, each starting unpaused.
     fn assign(&mut self, assigned: Vec<(String, i32)>) {
-        let tpl = self.partitions.assign(assigned);
+        let (tpl, replaced_in_flight) = self.partitions.assign(assigned);
+        // Their completions are from an earlier generation: the slots are freed here.
+        self.in_flight.records -= replaced_in_flight;
         // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
         if let Err(error) = self.consumer.resume(&tpl) {
             tracing::debug!(%error, "resume of assigned partitions failed");

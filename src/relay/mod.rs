@@ -341,6 +341,7 @@ impl Relay {
                 // Cannot happen above a few KiB of max.message.bytes (start-up refuses a dead
                 // topic smaller than the event topics): hold the record rather than lose it.
                 tracing::error!(topic, error, "dead record too large even without value and headers");
+                router.hold_until_cancelled(topic, cancel).await;
                 return Done::Abandoned;
             }
         }

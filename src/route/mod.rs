@@ -286,6 +286,15 @@ impl Router {
         }
     }
 
+    /// Holds the route to `topic` until `cancel` fires, for a record that can
+    /// never be written there (too large even without its value and headers):
+    /// it pins its offset, so it shows as held (`hookrelay_route_held_*`,
+    /// `/ready`) instead of only a log line.
+    pub async fn hold_until_cancelled(&self, topic: &str, cancel: &CancellationToken) {
+        let _held = self.held.hold(topic, Instant::now());
+        cancel.cancelled().await;
+    }
+
     /// Waits for queued records to be acknowledged (shutdown).
     pub fn flush(&self, timeout: Duration) {
         if let Err(error) = self.producer.flush(Timeout::After(timeout)) {
@@ -310,6 +319,25 @@ mod tests {
 
     fn retryable(after: Option<u64>) -> Outcome {
         Outcome::Retryable { status: Some(503), error: "HTTP 503".into(), retry_after: after.map(Duration::from_secs) }
+    }
+
+    #[tokio::test]
+    async fn a_record_that_can_never_be_written_holds_its_route_visibly() {
+        let held = Arc::new(Held::default());
+        let router = Arc::new(Router::new(&crate::config::Config::default(), 1 << 20, held.clone()).unwrap());
+        let cancel = CancellationToken::new();
+        let holding = tokio::spawn({
+            let (router, cancel) = (router.clone(), cancel.clone());
+            async move { router.hold_until_cancelled("webhooks.dead", &cancel).await }
+        });
+        let now = || std::time::Instant::now();
+        while held.holding("webhooks.dead", now()).records == 0 {
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(held.holding("webhooks.retry-1m", now()).records, 0);
+        cancel.cancel();
+        holding.await.unwrap();
+        assert_eq!(held.holding("webhooks.dead", now()).records, 0, "released once abandoned");
     }
 
     #[test]
