@@ -304,13 +304,16 @@ fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValu
     <&RawValue>::deserialize(d).map(Some)
 }
 
-/// The event's own `id`, if the value is an event that has one.
+/// The event's own `id`, if the value is an event that has a valid one (SPEC:
+/// 1-256 bytes of visible ASCII). An invalid event's id reaches logs, metrics,
+/// notifications and `replay`'s terminal: a megabyte of it, or a line break or
+/// an ESC in it, is not taken (its origin's default id is used instead).
 pub fn event_id(value: Option<&[u8]>) -> Option<String> {
     #[derive(serde::Deserialize)]
     struct Id {
         id: Option<String>,
     }
-    serde_json::from_slice::<Id>(value?).ok()?.id
+    serde_json::from_slice::<Id>(value?).ok()?.id.filter(|id| valid_id(id))
 }
 
 #[cfg(test)]
@@ -488,6 +491,10 @@ pub(crate) mod tests {
     fn event_ids_come_from_the_value_when_present() {
         assert_eq!(event_id(Some(br#"{"id":"evt_9","payload":1}"#)), Some("evt_9".into()));
         assert_eq!(event_id(Some(b"not json")), None);
+        for bad in ["line\nbreak", "esc\u{1b}[31m", "", &"a".repeat(1 << 20)] {
+            let value = serde_json::json!({"id": bad, "payload": 1}).to_string();
+            assert_eq!(event_id(Some(value.as_bytes())), None, "{:?}", &bad[..bad.len().min(20)]);
+        }
         assert_eq!(event_id(None), None);
     }
 }

@@ -149,7 +149,7 @@ fn email_body(n: &Notification) -> String {
     body.push_str(&format!("First: {}\nLast: {}\n", n.first_failed_at, n.last_failed_at));
     if let Some(error) = &n.last_error {
         // One line, so a receiver's text cannot pose as the relay's own lines.
-        body.push_str(&format!("Last error: {}\n", one_line(error, crate::observe::metrics::MAX_LOGGED_ERROR_BYTES)));
+        body.push_str(&format!("Last error: {}\n", one_line(error, super::window::MAX_EXCERPT_CHARS)));
     }
     if !n.event_ids.is_empty() {
         body.push_str(&format!("Event ids: {}\n", n.event_ids.join(", ")));
@@ -190,6 +190,12 @@ mod tests {
         let line = email.lines().find(|l| l.starts_with("Last error: ")).unwrap();
         assert!(line.contains("more Re-drive: run this"), "the receiver's line break is gone: {line}");
         assert!(!email.lines().any(|l| l.starts_with("Re-drive: run this")));
+        assert_eq!(line.chars().count(), "Last error: ".len() + 301, "300 characters and an ellipsis, as promised");
+        // The JSON and log sinks carry the same inert excerpt, not the raw text.
+        let error = n.last_error.as_deref().unwrap();
+        assert!(!error.contains('\n') && error.chars().count() == 301, "{error}");
+        let json = serde_json::to_string(&n).unwrap();
+        assert!(!json.contains("\\n"), "{json}");
     }
 
     #[test]

@@ -14,6 +14,9 @@ use crate::route::outcome::DeadReason;
 /// Event ids listed in one notification, at most.
 const MAX_IDS: usize = 20;
 
+/// The most of one event id shown (SPEC: an id is at most 256 bytes).
+const MAX_ID_CHARS: usize = 256;
+
 /// The most of the last error (a receiver's text) quoted in the one-line summary, in characters.
 pub(super) const MAX_EXCERPT_CHARS: usize = 300;
 
@@ -78,11 +81,12 @@ impl Group {
             endpoint: endpoint.to_string(),
             count: self.count,
             reasons: self.reasons.clone(),
-            last_error: self.last_error.clone(),
+            // Receiver text, inert and short in every sink (JSON, log, email).
+            last_error: self.last_error.as_deref().map(|error| one_line(error, MAX_EXCERPT_CHARS)),
             last_status: self.last_status,
             first_failed_at: rfc3339(self.first_ms),
             last_failed_at: rfc3339(self.last_ms),
-            event_ids: self.event_ids.clone(),
+            event_ids: self.event_ids.iter().map(|id| one_line(id, MAX_ID_CHARS)).collect(),
         }
     }
 }

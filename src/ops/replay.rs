@@ -229,11 +229,14 @@ fn target_topic<'a>(config: &'a Config, origin: &'a String) -> &'a str {
 fn describe(letter: &DeadLetter, target: &str, dry_run: bool) -> String {
     let DeadLetter { here, id, endpoint, reason, last_status, last_error, .. } = letter;
     format!(
-        "{} {}/{}/{} id={id} endpoint={endpoint} reason={} status={} error={:?} -> {target}",
+        "{} {}/{}/{} id={} endpoint={} reason={} status={} error={:?} -> {target}",
         if dry_run { "would replay" } else { "replay" },
         here.topic,
         here.partition,
         here.offset,
+        // Escaped: nothing read from a record reaches the terminal raw.
+        id.escape_debug(),
+        endpoint.escape_debug(),
         reason.map_or("", DeadReason::as_str),
         last_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
         last_error.as_deref().unwrap_or(""),
