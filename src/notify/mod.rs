@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use self::sinks::Sink;
 pub use self::sinks::SinkError;
 pub use self::window::Notification;
-use self::window::Windows;
+use self::window::{Admit, Cap, Group, Windows, MAX_MESSAGES_PER_WINDOW};
 use crate::app::clock::now_ms;
 use crate::config::Config;
 use crate::consume::{Decider, Done, Handler, Later, Ticket, Work};
@@ -38,6 +38,8 @@ pub struct FailureHandler {
     give_up_after: Duration,
     sinks: Arc<Vec<Sink>>,
     windows: Arc<Mutex<Windows>>,
+    /// At most [`MAX_MESSAGES_PER_WINDOW`] messages a window; the rest in one summary.
+    cap: Arc<Mutex<Cap>>,
     /// Fired by [`Handler::flush`]: every open window is sent now. Replaced
     /// after firing, so windows opened later wait their full time again.
     flush: Mutex<CancellationToken>,
@@ -51,6 +53,7 @@ impl FailureHandler {
             give_up_after: config.notify.give_up_after,
             sinks: Arc::new(sinks),
             windows: Arc::default(),
+            cap: Arc::new(Mutex::new(Cap::new(MAX_MESSAGES_PER_WINDOW, config.notify.window.as_millis() as i64))),
             flush: Mutex::default(),
         })
     }
@@ -61,23 +64,40 @@ impl FailureHandler {
         let at_ms = dead.at_ms.unwrap_or_else(now_ms);
         let opened = self.windows.lock().expect("windows lock poisoned").add(dead, at_ms, held);
         if opened {
-            let (windows, sinks, endpoint) = (self.windows.clone(), self.sinks.clone(), dead.endpoint.clone());
-            let (window, give_up_after) = (self.window, self.give_up_after);
+            let (windows, cap, endpoint) = (self.windows.clone(), self.cap.clone(), dead.endpoint.clone());
+            let (sinks, window, give_up_after) = (self.sinks.clone(), self.window, self.give_up_after);
             let flush = self.flush.lock().expect("flush lock poisoned").clone();
             tokio::spawn(async move {
                 tokio::select! {
                     _ = tokio::time::sleep(window) => {}
                     _ = flush.cancelled() => {}
                 }
-                let group = windows.lock().expect("windows lock poisoned").close(&endpoint);
-                if let Some(group) = group {
-                    let notification = group.notification(&endpoint);
-                    futures::future::join_all(sinks.iter().map(|s| s.deliver(&notification, give_up_after))).await;
-                    group.held.into_iter().for_each(Later::decide);
+                let Some(group) = windows.lock().expect("windows lock poisoned").close(&endpoint) else { return };
+                let admitted = cap.lock().expect("cap lock poisoned").admit(group, now_ms());
+                match admitted {
+                    (Admit::Send, Some(group)) => send(&sinks, group.notification(&endpoint), group, give_up_after).await,
+                    (Admit::Rolled(Some(at_ms)), _) => {
+                        let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(0) as u64);
+                        tokio::select! {
+                            _ = tokio::time::sleep(wait) => {}
+                            _ = flush.cancelled() => {}
+                        }
+                        let summary = cap.lock().expect("cap lock poisoned").summary(now_ms());
+                        if let Some((notification, group)) = summary {
+                            send(&sinks, notification, group, give_up_after).await;
+                        }
+                    }
+                    _ => {}
                 }
             });
         }
     }
+}
+
+/// Sends `notification` to every sink, then decides the offsets of `group`'s dead records.
+async fn send(sinks: &[Sink], notification: Notification, group: Group, give_up_after: Duration) {
+    futures::future::join_all(sinks.iter().map(|s| s.deliver(&notification, give_up_after))).await;
+    group.held.into_iter().for_each(Later::decide);
 }
 
 impl Handler for FailureHandler {

@@ -115,6 +115,86 @@ impl Windows {
     }
 }
 
+/// Messages sent per window (`notify.window`), at most: dead letters to many
+/// inline hosts must not become as many Slack messages or emails. The groups
+/// past it roll into one summary, sent when the window ends.
+pub(super) const MAX_MESSAGES_PER_WINDOW: usize = 20;
+
+/// The message budget of one window and the groups rolled past it.
+#[derive(Debug)]
+pub(super) struct Cap {
+    max: usize,
+    window_ms: i64,
+    started_ms: i64,
+    sent: usize,
+    /// The groups rolled into the summary, merged, and how many endpoints they were.
+    rolled: Option<(Group, u64)>,
+}
+
+/// What becomes of a group whose window closed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Admit {
+    /// Its own message.
+    Send,
+    /// Rolled into the summary; `Some(at_ms)` when it is the first, so the
+    /// caller sends the summary then ([`Cap::summary`]).
+    Rolled(Option<i64>),
+}
+
+impl Cap {
+    pub(super) fn new(max: usize, window_ms: i64) -> Cap {
+        Cap { max, window_ms: window_ms.max(1), started_ms: i64::MIN, sent: 0, rolled: None }
+    }
+
+    /// Counts a group closing at `now_ms` against the window's budget.
+    pub(super) fn admit(&mut self, group: Group, now_ms: i64) -> (Admit, Option<Group>) {
+        if now_ms.saturating_sub(self.started_ms) >= self.window_ms && self.rolled.is_none() {
+            (self.started_ms, self.sent) = (now_ms, 0);
+        }
+        if self.sent < self.max && self.rolled.is_none() {
+            self.sent += 1;
+            return (Admit::Send, Some(group));
+        }
+        let first = self.rolled.is_none();
+        let (summary, endpoints) = self.rolled.get_or_insert_with(|| (Group { first_ms: i64::MAX, ..Group::default() }, 0));
+        summary.merge(group);
+        *endpoints += 1;
+        (Admit::Rolled(first.then_some(self.started_ms.saturating_add(self.window_ms))), None)
+    }
+
+    /// The summary of the rolled groups ("and 312 other endpoints"), taken;
+    /// a new window starts with it.
+    pub(super) fn summary(&mut self, now_ms: i64) -> Option<(Notification, Group)> {
+        let (group, endpoints) = self.rolled.take()?;
+        (self.started_ms, self.sent) = (now_ms, 1);
+        let mut n = group.notification(&format!("{endpoints} other endpoints"));
+        let noun = if group.count == 1 { "webhook" } else { "webhooks" };
+        n.text = n.text.replacen(
+            &format!("{} {noun} to {endpoints} other endpoints failed", group.count),
+            &format!("and {endpoints} other endpoints: {} {noun} failed", group.count),
+            1,
+        );
+        Some((n, group))
+    }
+}
+
+impl Group {
+    /// Adds `other`'s counts and offsets to this group (the summary).
+    fn merge(&mut self, other: Group) {
+        self.count += other.count;
+        for (reason, n) in other.reasons {
+            *self.reasons.entry(reason).or_default() += n;
+        }
+        if other.last_error.is_some() {
+            (self.last_error, self.last_status) = (other.last_error, other.last_status);
+        }
+        self.first_ms = self.first_ms.min(other.first_ms);
+        self.last_ms = self.last_ms.max(other.last_ms);
+        self.event_ids.extend(other.event_ids.into_iter().take(MAX_IDS.saturating_sub(self.event_ids.len())));
+        self.held.extend(other.held);
+    }
+}
+
 /// Receiver text made inert for a one-line message: control characters
 /// (line breaks included) become spaces, and it is cut to `max_chars` with `…`.
 pub(super) fn one_line(text: &str, max_chars: usize) -> String {
@@ -128,6 +208,28 @@ pub(super) fn one_line(text: &str, max_chars: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn past_the_cap_groups_roll_into_one_summary_per_window() {
+        let group = |ms| {
+            let mut g = Group { count: 2, first_ms: ms, last_ms: ms, ..Group::default() };
+            g.reasons.insert("forbidden_target".into(), 2);
+            g
+        };
+        let mut cap = Cap::new(3, 60_000);
+        let t0 = 1_700_000_000_000;
+        let admitted: Vec<Admit> = (0..10).map(|i| cap.admit(group(t0 + i), t0 + i).0).collect();
+        assert_eq!(&admitted[..3], &[Admit::Send, Admit::Send, Admit::Send]);
+        assert_eq!(admitted[3], Admit::Rolled(Some(t0 + 60_000)), "the first rolled one schedules the summary");
+        assert!(admitted[4..].iter().all(|a| *a == Admit::Rolled(None)));
+        let (n, _) = cap.summary(t0 + 60_000).unwrap();
+        assert!(n.text.starts_with("and 7 other endpoints: 14 webhooks failed (forbidden_target: 14)"), "{}", n.text);
+        assert_eq!(n.count, 14);
+        assert!(cap.summary(t0 + 60_000).is_none(), "sent once");
+        // The summary was this window's first message: two more go on their own, then they roll again.
+        let next: Vec<Admit> = (0..3).map(|i| cap.admit(group(t0 + 60_001), t0 + 60_001 + i).0).collect();
+        assert_eq!(next, vec![Admit::Send, Admit::Send, Admit::Rolled(Some(t0 + 120_000))]);
+    }
 
     #[test]
     fn a_group_reads_as_one_message() {

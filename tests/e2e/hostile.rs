@@ -202,3 +202,32 @@ async fn a_record_header_bomb_is_dead_with_its_value_and_key_and_without_its_hea
     assert!(record.headers.iter().all(|(k, _)| k.starts_with("hookrelay-")), "{:?}", record.headers.len());
     assert!(!receiver.delivered_ids().contains("bombed"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_to_many_inline_hosts_make_at_most_twenty_messages_and_one_summary() {
+    let ops = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[LONG_TIER]).await;
+    let sink = table([("kind", "http".into()), ("url", ops.url("/ops").into()), ("format", "json".into())]);
+    let config = Config::new(&topics)
+        .set("delivery.allow_private_networks", false)
+        .set("notify.window", "3s")
+        .push("notify.sinks", sink);
+    // 32 inline hosts, each refused by the guard at once (a private literal): 32 dead letters, 32 endpoints.
+    let values: Vec<String> =
+        (0..32).map(|i| format!(r#"{{"url":"http://10.0.0.{i}/x","payload":1,"id":"host-{i}"}}"#)).collect();
+    produce_values(&topics.events, &values).await;
+    let _relay = Relay::start(&config, &[]).await;
+    let dead = read_topic(&topics.dead, values.len(), Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), values.len());
+    eventually("twenty messages and the summary", Duration::from_secs(60), || (ops.count() >= 21).then_some(())).await;
+    holds_for("nothing more", Duration::from_secs(4), || ops.count() == 21).await;
+    let bodies: Vec<serde_json::Value> =
+        ops.received().iter().map(|r| serde_json::from_slice(&r.body).expect("a JSON body")).collect();
+    let summaries: Vec<_> =
+        bodies.iter().filter(|b| b["text"].as_str().unwrap().starts_with("and ")).collect();
+    assert_eq!(summaries.len(), 1, "{bodies:?}");
+    let text = summaries[0]["text"].as_str().unwrap();
+    // However the windows fell, every dead letter is counted once: 20 alone, the rest in the summary.
+    let rolled = 32 - 20;
+    assert!(text.starts_with(&format!("and {rolled} other endpoints: {rolled} webhooks failed")), "{text}");
+}
