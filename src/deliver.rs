@@ -209,7 +209,7 @@ fn build(
 
 /// Resolves the target's name as the proxy will and refuses it when any of
 /// its addresses is not global. A rebinding between this lookup and the
-/// proxy's is the proxy's to stop (README, "Egress through a proxy").
+/// proxy's is the proxy's to stop (handbook: integrations/proxy.md).
 async fn check_before_proxy(event: &Event) -> Result<(), Attempt> {
     let host = event.url.host_str().unwrap_or_default();
     let port = event.url.port_or_known_default().unwrap_or(443);

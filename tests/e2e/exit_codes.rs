@@ -1,4 +1,4 @@
-//! The exit codes of the README's table, one test per code: 0, 1, 64, 69, 130.
+//! The exit codes of the handbook's table (docs/src/reference/exit-codes.md), one test per code: 0, 1, 64, 69, 130.
 
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
