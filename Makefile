@@ -7,13 +7,14 @@ KAFKA_BOOTSTRAP ?=
 # make bench BENCH_ARGS="--scenario S0,S2 --scale 0.2"
 BENCH_ARGS ?=
 
-.PHONY: help build release run test unit lint fmt bench drill kafka-up kafka-down deploy-check clean
+.PHONY: help build release run test unit lint doc-check docs fmt bench drill kafka-up kafka-down deploy-check clean
 
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
 	@echo "make test         local Kafka + every test (unit, end-to-end, deploy checks) + stop"
 	@echo "make unit         unit tests only (no broker)"
-	@echo "make lint         cargo fmt --check and clippy -D warnings"
+	@echo "make lint         cargo fmt --check, clippy -D warnings, cargo doc -D warnings"
+	@echo "make docs         the handbook (docs/) into docs/book, internal links checked"
 	@echo "make bench        the benchmark (S0..S8: null pipeline vs hookrelay, many endpoints), table + .bench/*.json"
 	@echo "make drill        fault drills (kill -9, broker down, malformed, ...): one ledger line each, lost = 0"
 	@echo "make kafka-up     start the local broker (127.0.0.1:9092; SASL on :9094)"
@@ -44,9 +45,16 @@ test:
 unit:
 	$(CARGO) test --locked --lib --bins
 
-lint:
+lint: doc-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# The crate's API docs: a broken intra-doc link or bad doc markup fails.
+doc-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps
+
+docs:
+	@scripts/docs.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# make docs: the handbook (docs/) built with mdBook into docs/book, then its
+# internal links checked (scripts/linkcheck.py). mdBook is installed from the
+# crate registry into .cache/mdbook the first time (pinned; rebuilt only when
+# missing or another version).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+MDBOOK_VERSION=0.5.4   # needs rustc 1.88 or newer
+MDBOOK=.cache/mdbook/bin/mdbook
+if ! [[ -x "$MDBOOK" ]] || [[ "$("$MDBOOK" --version)" != "mdbook v$MDBOOK_VERSION" ]]; then
+    echo "== installing mdbook $MDBOOK_VERSION into .cache/mdbook (once)"
+    cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search \
+        --root .cache/mdbook --force
+fi
+"$MDBOOK" build docs
+python3 scripts/linkcheck.py docs/book
