@@ -3,7 +3,7 @@
 //! its page in `docs/src/reference/` fails here. No broker needed.
 //!
 //! What this uses of the library: `config::Config` (its defaults and serde
-//! shape), `metrics::names()` and `outcome::DeadReason::ALL`; the CLI is read
+//! shape), `observe::metrics::names()` and `route::outcome::DeadReason::ALL`; the CLI is read
 //! from the built binary's `--help`.
 
 use std::collections::BTreeSet;
@@ -125,7 +125,7 @@ fn the_configuration_page_has_every_key_and_its_default() {
 
 #[test]
 fn the_metrics_page_has_every_series() {
-    let names = hookrelay::metrics::names();
+    let names = hookrelay::observe::metrics::names();
     assert!(names.iter().any(|n| n == "hookrelay_deliveries_total"), "{names:?}");
     let text = page("metrics.md");
     let rows = rows(&text);
@@ -145,7 +145,7 @@ fn the_metrics_page_has_every_series() {
 fn the_dead_reasons_page_has_every_reason() {
     let text = page("dead-reasons.md");
     let rows = rows(&text);
-    let missing: Vec<_> = hookrelay::outcome::DeadReason::ALL
+    let missing: Vec<_> = hookrelay::route::outcome::DeadReason::ALL
         .iter()
         .map(|reason| reason.as_str())
         .filter(|reason| row_of(&rows, reason).is_none())

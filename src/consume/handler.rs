@@ -11,9 +11,9 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::LiveLimit;
-use crate::metrics;
-use crate::pace::Pace;
+use crate::endpoint::limit::LiveLimit;
+use crate::endpoint::pace::Pace;
+use crate::observe::metrics;
 
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -92,7 +92,7 @@ impl Dispatch {
 /// waiting for its due time, which never pauses the partition for time.
 /// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
-/// An endpoint's pace ([`crate::pace`]) goes first: a record waits for its
+/// An endpoint's pace ([`crate::endpoint::pace`]) goes first: a record waits for its
 /// token (or for a `Retry-After` hold to end) without taking a slot, and the
 /// partition is woken when the next one is due. One that would wait longer
 /// than the endpoint's `rate_max_wait` is taken to be deferred at once
@@ -345,11 +345,11 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
     use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
-    use crate::pace::{Pace, Rule};
+    use crate::endpoint::limit::LiveLimit;
+    use crate::endpoint::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
     const LIMITS: Limits = Limits {

@@ -14,23 +14,23 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::circuit::{Admission, Circuits, Transition, Verdict};
-use crate::clock::now_ms;
-use crate::concurrency::{Limiter, Signal};
+use crate::app::clock::now_ms;
 use crate::config::Config;
 use crate::consume::order::order_key;
 use crate::consume::{Decider, Done, EndpointSlot, Handler, Ticket, Work};
-use crate::deliver::Deliverer;
+use crate::endpoint::circuit::{Admission, Circuits, Transition, Verdict};
+use crate::endpoint::deliver::Deliverer;
+use crate::endpoint::limit::{Limiter, Signal};
+use crate::event::headers::RecordHeaders;
+use crate::event::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use crate::event::seal::ReplayKey;
+use crate::event::trace_context::TraceContext;
 use crate::event::{Endpoints, Event, InvalidEvent};
-use crate::headers::RecordHeaders;
-use crate::held::Held;
-use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
-use crate::metrics::{self, Retry};
-use crate::otel;
-use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
+use crate::observe::metrics::{self, Retry};
+use crate::observe::otel;
+use crate::route::held::Held;
+use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
-use crate::seal::ReplayKey;
-use crate::trace::TraceContext;
 
 /// A span inside the record's, or none when the record has none (no
 /// `traceparent` and no export): spans cost nothing on the common path.
@@ -365,7 +365,7 @@ impl Relay {
         if let Err(Unrouted::TooLarge { error, .. }) = &produced {
             let lost = format!("value dropped, too large for the dead topic {topic} ({error})");
             let last_error = match relay.last_error {
-                Some(before) => format!("{}; {lost}", crate::hop::truncate(before, 512)),
+                Some(before) => format!("{}; {lost}", crate::event::hop::truncate(before, 512)),
                 None => lost,
             };
             let without_value = Original { value: None, ..original.clone() };

@@ -5,6 +5,10 @@
 //! (overwritten, never appended). A produce decides a record's fate only once
 //! the broker acknowledged it (idempotent producer, `acks=all`).
 
+pub mod held;
+pub mod outcome;
+pub mod sizes;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,10 +19,10 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::headers::RecordHeaders;
-use crate::held::Held;
-use crate::metrics;
-use crate::outcome::{DeadReason, FinalReason, Outcome, Route};
+use crate::event::headers::RecordHeaders;
+use crate::observe::metrics;
+use crate::route::held::Held;
+use crate::route::outcome::{DeadReason, FinalReason, Outcome, Route};
 
 /// The retry ladder: one fixed delay per tier; the last repeats.
 #[derive(Debug, Clone)]
@@ -178,10 +182,10 @@ pub fn classify_produce(error: &KafkaError, fatal: bool) -> ProduceFailure {
 }
 
 impl Router {
-    /// A router whose producer takes records up to `message_max_bytes` (see [`crate::sizes`]).
+    /// A router whose producer takes records up to `message_max_bytes` (see [`crate::route::sizes`]).
     pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Router, KafkaError> {
         let producer: FutureProducer =
-            crate::kafka::sized_producer_config(&config.kafka, message_max_bytes).create()?;
+            crate::config::client::sized_producer_config(&config.kafka, message_max_bytes).create()?;
         Ok(Router {
             producer,
             tier_topics: config.retry.tiers.iter().map(|t| t.topic.clone()).collect(),

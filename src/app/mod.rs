@@ -1,5 +1,8 @@
 //! `hookrelay run`: one consumer for the event topics, one per retry tier, one for the dead topic, and the admin server.
 
+pub mod clock;
+pub mod shutdown;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::consume::budget::Budget;
 use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
-use crate::held::Held;
-use crate::readiness::Readiness;
+use crate::observe::readiness::Readiness;
 use crate::relay::{Relay, Shared, Source};
+use crate::route::held::Held;
 use crate::route::Router;
 
 /// How long start-up waits for the brokers before giving up.
@@ -58,12 +61,12 @@ pub enum RolesError {
     None,
 }
 
-pub use crate::kafka::Unavailable;
+pub use crate::config::client::Unavailable;
 
 /// Checks that the brokers answer (and accept our credentials) before anything starts.
 pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
     let kafka = config.kafka.clone();
-    tokio::task::spawn_blocking(move || crate::kafka::check_connection(&kafka, CONNECT_TIMEOUT))
+    tokio::task::spawn_blocking(move || crate::config::client::check_connection(&kafka, CONNECT_TIMEOUT))
         .await
         .unwrap_or_else(|e| Err(Unavailable { brokers: config.kafka.brokers.clone(), why: e.to_string() }))
 }
@@ -72,7 +75,7 @@ pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     preflight(&config).await?;
     // A tier or dead topic that takes less than the event topics refuses the start (exit 64).
-    let message_max_bytes = crate::sizes::producer_limit(&crate::sizes::read(&config).await)?;
+    let message_max_bytes = crate::route::sizes::producer_limit(&crate::route::sizes::read(&config).await)?;
     tracing::debug!(message_max_bytes, "producer record size limit");
     let mut specs: Vec<(Spec, Source)> = Vec::new();
     let spec = |role, group_id: String, topics: Vec<String>| Spec {
@@ -98,7 +101,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let consumers = specs.len() + usize::from(roles.dead);
     init_series(&config, roles);
-    crate::labels::init(crate::labels::EndpointLabels::new(
+    crate::observe::labels::init(crate::observe::labels::EndpointLabels::new(
         config.endpoints.keys().cloned(),
         config.delivery.max_endpoint_labels,
     ));
@@ -106,7 +109,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
     let admin_stop = CancellationToken::new();
-    let admin = crate::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
+    let admin = crate::observe::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
     let shared = Shared::new(&config, message_max_bytes, held.clone())?;
     // A fatal error in one consumer stops them all.
@@ -164,7 +167,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 /// Every series an alert or the dashboard reads, at 0 from start-up.
 fn init_series(config: &Config, roles: Roles) {
     let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
-    crate::series::init(&crate::series::Known {
+    crate::observe::series::init(&crate::observe::series::Known {
         tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
         dead_topic: &config.topics.dead,
         endpoints: config.endpoints.keys().map(String::as_str).collect(),
@@ -190,7 +193,7 @@ async fn watch_router(
                 let now = std::time::Instant::now();
                 for topic in &topics {
                     let holding = held.holding(topic, now);
-                    crate::metrics::route_held(topic, holding.records, holding.oldest);
+                    crate::observe::metrics::route_held(topic, holding.records, holding.oldest);
                 }
             }
             why = router.fatal_error() => {
@@ -211,10 +214,10 @@ async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> R
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
                 for endpoint in shared.circuits.evict_idle(now) {
-                    crate::metrics::endpoint_evicted(&endpoint, true);
+                    crate::observe::metrics::endpoint_evicted(&endpoint, true);
                 }
                 for endpoint in shared.limiter.evict_idle(now) {
-                    crate::metrics::endpoint_evicted(&endpoint, false);
+                    crate::observe::metrics::endpoint_evicted(&endpoint, false);
                 }
             }
             _ = stop.cancelled() => return Ok(()),

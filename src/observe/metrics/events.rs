@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use super::get;
-use crate::circuit::{CircuitState, Transition};
-use crate::hop::DeadLetter;
-use crate::labels;
-use crate::outcome::DeadReason;
+use crate::endpoint::circuit::{CircuitState, Transition};
+use crate::event::hop::DeadLetter;
+use crate::observe::labels;
+use crate::route::outcome::DeadReason;
 
 // Events that are both logged and counted: one function each, so the log
 // fields and the metric labels cannot drift apart.
@@ -18,13 +18,13 @@ pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
 
 /// An error text cut to [`MAX_LOGGED_ERROR_BYTES`] on a character boundary.
 pub(super) fn capped(error: Option<&str>) -> Option<&str> {
-    error.map(|e| crate::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
+    error.map(|e| crate::event::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
 }
 
 /// A displayable error as a capped log field.
 pub(super) fn capped_display(error: &dyn std::fmt::Display) -> String {
     let text = error.to_string();
-    crate::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
+    crate::event::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
 }
 
 /// One HTTP attempt finished (whatever its result).
@@ -134,7 +134,7 @@ pub fn route_held(topic: &str, records: usize, oldest: Duration) {
 }
 
 /// An event-topic record carried relay headers the relay does not believe.
-pub fn relay_headers_ignored(record: &crate::hop::Coordinates, headers: usize) {
+pub fn relay_headers_ignored(record: &crate::event::hop::Coordinates, headers: usize) {
     get().relay_headers_ignored.with_label_values(&[&record.topic]).inc();
     tracing::debug!(
         topic = record.topic,
