@@ -51,7 +51,7 @@ def broken_links(book):
             url = urllib.parse.urlsplit(href)
             if url.scheme or url.netloc:
                 continue
-            target = (path.parent / urllib.parse.unquote(url.path)).resolve() if url.path else path
+            target = (path.parent / urllib.parse.unquote(url.path) if url.path else path).resolve()
             if target.is_dir():
                 target = target / "index.html"
             where = f"{path.relative_to(book)}: {href}"
