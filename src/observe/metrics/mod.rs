@@ -3,7 +3,7 @@
 //! Label values are bounded: endpoint names or URL hosts, at most
 //! `delivery.max_endpoint_labels` hosts then `other` ([`crate::observe::labels`]; never
 //! URLs or ids), topic names, reasons, roles and sink kinds. Every function
-//! here that takes an endpoint labels it through [`labels::endpoint`] and logs
+//! here that takes an endpoint labels it through [`labels::endpoint`](crate::observe::labels::endpoint) and logs
 //! the real one.
 
 use std::sync::{LazyLock, Mutex};
