@@ -12,7 +12,7 @@ BENCH_ARGS ?=
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
 	@echo "make test         local Kafka + every test (unit, end-to-end, deploy checks) + stop"
-	@echo "make unit         unit tests only (no broker)"
+	@echo "make unit         unit tests and the handbook reference checks (no broker)"
 	@echo "make lint         cargo fmt --check, clippy -D warnings, cargo doc -D warnings"
 	@echo "make docs         the handbook (docs/) into docs/book, internal links checked"
 	@echo "make bench        the benchmark (S0..S8: null pipeline vs hookrelay, many endpoints), table + .bench/*.json"
@@ -43,7 +43,7 @@ test:
 	@scripts/test.sh
 
 unit:
-	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked --lib --bins --test docs
 
 lint: doc-check
 	$(CARGO) fmt --all -- --check

@@ -7,7 +7,10 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MDBOOK_VERSION=0.5.4   # needs rustc 1.88 or newer
 MDBOOK=.cache/mdbook/bin/mdbook
-if ! [[ -x "$MDBOOK" ]] || [[ "$("$MDBOOK" --version)" != "mdbook v$MDBOOK_VERSION" ]]; then
+# One already on PATH at the pinned version will do (no build).
+if [[ "$(mdbook --version 2>/dev/null)" == "mdbook v$MDBOOK_VERSION" ]]; then
+    MDBOOK=mdbook
+elif ! [[ -x "$MDBOOK" ]] || [[ "$("$MDBOOK" --version)" != "mdbook v$MDBOOK_VERSION" ]]; then
     echo "== installing mdbook $MDBOOK_VERSION into .cache/mdbook (once)"
     cargo install --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search \
         --root .cache/mdbook --force
