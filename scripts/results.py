@@ -19,10 +19,10 @@ import sys
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 LEDGER = re.compile(
-    r"DRILL (?P<drill>\S+)\s+produced\s+(?P<produced>\d+)\s+delivered\s+(?P<delivered>\d+)\s+"
+    r"DRILL (?P<drill>.+?)\s+produced\s+(?P<produced>\d+)\s+delivered\s+(?P<delivered>\d+)\s+"
     r"duplicates\s+(?P<duplicates>\d+)\s+dead (?P<dead>\S+)\s+pending (?P<pending>\d+)\s+lost (?P<lost>\d+)"
 )
-NOT_RUN = re.compile(r"DRILL (?P<drill>\S+)\s+not run: (?P<why>.*)")
+NOT_RUN = re.compile(r"DRILL (?P<drill>.+?)\s+not run: (?P<why>.*)")
 
 
 def parse(text):

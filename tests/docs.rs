@@ -229,3 +229,34 @@ fn the_cli_page_has_every_command_and_flag() {
     }
     assert!(missing.is_empty(), "missing from docs/src/reference/cli.md: {missing:?}");
 }
+
+/// `make drill` turns its ledger lines into the results page (scripts/results.py).
+#[test]
+fn the_drill_results_page_is_written_from_the_ledger_lines() {
+    let dir = tempfile::tempdir().unwrap();
+    let (log, page) = (dir.path().join("drill.log"), dir.path().join("drill.md"));
+    std::fs::write(
+        &log,
+        "running 7 tests\n\
+         DRILL kill-9 (short)         produced    300  delivered    300  duplicates   112  dead 0  pending 0  lost 0\n\
+         DRILL blackholed-receiver    produced   2000  delivered   1000  duplicates     0  dead expired=1000  pending 0  lost 0\n\
+         DRILL broker-down-20s       not run: KAFKA_BOOTSTRAP=k:9092 is not a broker scripts/drill.sh started\n\
+         test result: ok. 7 passed; 0 failed\n",
+    )
+    .unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results.py");
+    let output = Command::new("python3").arg(&script).arg("drill").arg(&log).arg(&page).output().expect("python3 runs");
+    assert!(output.status.success(), "{output:?}");
+    let text = std::fs::read_to_string(&page).unwrap();
+    for line in [
+        "| `kill-9 (short)` | 300 | 300 | 112 | 0 | 0 | **0** |",
+        "| `blackholed-receiver` | 2,000 | 1,000 | 0 | expired 1,000 | 0 | **0** |",
+        "Not run: `broker-down-20s`",
+        "- result: every drill lost 0",
+        "- commit: ",
+        "- machine: ",
+        "- date: ",
+    ] {
+        assert!(text.contains(line), "{line:?} not in the page:\n{text}");
+    }
+}
