@@ -12,7 +12,7 @@ use crate::config::Config;
 use crate::consume::budget::Budget;
 use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
 use crate::observe::readiness::Readiness;
-use crate::relay::{Relay, Shared, Source};
+use crate::relay::{Relay, Shared};
 use crate::route::held::Held;
 use crate::route::Router;
 
@@ -77,7 +77,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     // A tier or dead topic that takes less than the event topics refuses the start (exit 64).
     let message_max_bytes = crate::route::sizes::producer_limit(&crate::route::sizes::read(&config).await)?;
     tracing::debug!(message_max_bytes, "producer record size limit");
-    let mut specs: Vec<(Spec, Source)> = Vec::new();
+    let mut specs: Vec<Spec> = Vec::new();
     let spec = |role, group_id: String, topics: Vec<String>| Spec {
         role,
         group_id,
@@ -91,12 +91,11 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     };
     let group = &config.kafka.group_id;
     if roles.events {
-        specs.push((spec(Role::Events, group.clone(), config.topics.events.clone()), Source::Events));
+        specs.push(spec(Role::Events, group.clone(), config.topics.events.clone()));
     }
     if roles.retry {
         for (index, tier) in config.retry.tiers.iter().enumerate() {
-            let tier_spec = spec(Role::Retry, tier_group(group, &tier.topic), vec![tier.topic.clone()]);
-            specs.push((tier_spec, Source::Tier(index)));
+            specs.push(spec(Role::Tier(index), tier_group(group, &tier.topic), vec![tier.topic.clone()]));
         }
     }
     let consumers = specs.len() + usize::from(roles.dead);
@@ -126,8 +125,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_router(shared.router.clone(), held, config.kafka.brokers.clone(), stop.clone()));
     tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
-    for (spec, source) in specs {
-        let handler = Arc::new(Relay::new(shared.clone(), source));
+    for spec in specs {
+        let handler = Arc::new(Relay::new(shared.clone(), spec.role));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
         let budget = budget.clone();
         tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
@@ -166,7 +165,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 
 /// Every series an alert or the dashboard reads, at 0 from start-up.
 fn init_series(config: &Config, roles: Roles) {
-    let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
+    let run = [(roles.events, Role::Events), (roles.retry, Role::Tier(0)), (roles.dead, Role::Dead)];
     crate::observe::series::init(&crate::observe::series::Known {
         tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
         dead_topic: &config.topics.dead,
@@ -205,7 +204,7 @@ async fn watch_router(
     }
 }
 
-/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// Forgets the state (limit, pace, circuit) of endpoints idle for a while
 /// (inline URLs can name any number of hosts), once a minute.
 async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -213,11 +212,8 @@ async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> R
         tokio::select! {
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
-                for endpoint in shared.circuits.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, true);
-                }
-                for endpoint in shared.limiter.evict_idle(now) {
-                    crate::observe::metrics::endpoint_evicted(&endpoint, false);
+                for endpoint in shared.states.evict_idle(now) {
+                    crate::observe::metrics::endpoint_evicted(&endpoint);
                 }
             }
             _ = stop.cancelled() => return Ok(()),

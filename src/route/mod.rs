@@ -104,7 +104,7 @@ pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
         Outcome::Final { reason: FinalReason::ForbiddenTarget, .. } => {
             return Route::Dead { reason: DeadReason::ForbiddenTarget }
         }
-        Outcome::Deferred => (input.from_tier.map_or(0, |i| i + 1).min(ladder.last()), None),
+        Outcome::Deferred(_) => (input.from_tier.map_or(0, |i| i + 1).min(ladder.last()), None),
         Outcome::Retryable { retry_after, .. } => {
             if input.max_attempts > 0 && input.attempts >= input.max_attempts {
                 return Route::Dead { reason: DeadReason::MaxAttempts };
@@ -281,6 +281,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::outcome::Why;
     use proptest::prelude::*;
 
     fn ladder() -> Ladder {
@@ -308,9 +309,9 @@ mod tests {
             (retryable(Some(2)), input(3, Some(2)), Route::Tier { index: 1, due_ms: 12_000 }),
             (retryable(Some(60)), input(1, None), Route::Tier { index: 2, due_ms: 70_000 }),
             (retryable(Some(0)), input(2, Some(0)), Route::Tier { index: 0, due_ms: 11_000 }),
-            (Outcome::Deferred, input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
-            (Outcome::Deferred, input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
-            (Outcome::Deferred, input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (Outcome::Deferred(Why::Circuit), input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
+            (Outcome::Deferred(Why::Circuit), input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
+            (Outcome::Deferred(Why::Circuit), input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
             (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(2)), Route::Tier { index: 2, due_ms: 70_000 }),
             (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(0)), Route::Tier { index: 2, due_ms: 70_000 }),
             (
@@ -330,7 +331,7 @@ mod tests {
                 Route::Tier { index: 0, due_ms: 11_000 },
             ),
             (
-                Outcome::Deferred,
+                Outcome::Deferred(Why::Circuit),
                 PlanInput { deadline_ms: 5_000, ..input(0, None) },
                 Route::Dead { reason: DeadReason::Expired },
             ),
@@ -345,7 +346,7 @@ mod tests {
                 Route::Tier { index: 1, due_ms: 12_000 },
             ),
             (
-                Outcome::Deferred,
+                Outcome::Deferred(Why::Circuit),
                 PlanInput { max_attempts: 1, ..input(1, Some(0)) },
                 Route::Tier { index: 1, due_ms: 12_000 },
             ),
