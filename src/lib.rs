@@ -56,6 +56,7 @@ pub mod config;
 pub mod consume;
 pub mod deliver;
 pub mod egress;
+pub mod endpoint;
 pub mod event;
 pub mod headers;
 pub mod held;

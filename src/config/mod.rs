@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, Ordering, RetryConfig, TierConfig};
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
+pub use self::registry::RegistryConfig;
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
 use crate::egress;
 use crate::sign::SigningKey;
@@ -25,6 +26,7 @@ use crate::sign::SigningKey;
 mod delivery;
 mod kafka;
 mod notify;
+mod registry;
 mod secret;
 
 /// The file read when `--config` is not given, if it exists.
@@ -64,6 +66,7 @@ pub struct Config {
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub notify: NotifyConfig,
     pub replay: ReplayConfig,
+    pub registry: RegistryConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -76,6 +79,9 @@ pub struct TopicsConfig {
     pub events: Vec<String>,
     /// Dead letters. Default `webhooks.dead`.
     pub dead: String,
+    /// The endpoint registry (compacted): endpoints as data, key = name.
+    /// `""` turns the registry off. Default `webhooks.endpoints`.
+    pub endpoints: String,
     /// Partitions for topics that `topics ensure` creates. Default 6.
     pub partitions: i32,
     /// Replication factor for created topics; -1 = the broker's default. Default -1.
@@ -93,6 +99,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             events: vec!["webhooks.events".into()],
             dead: "webhooks.dead".into(),
+            endpoints: "webhooks.endpoints".into(),
             partitions: 6,
             replication_factor: -1,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -137,6 +144,51 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { grace: Duration::from_secs(20) }
     }
+}
+
+/// Whether [`validate_endpoint`] reads the TLS files an endpoint names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Read them (the file at load; each replica when it applies a registry record).
+    Check,
+    /// Leave them (`endpoints put`: the paths are the replicas', not this machine's).
+    Skip,
+}
+
+/// The one validator of an endpoint's spec, for both sources: a
+/// `[endpoints.NAME]` table of the file and a registry record. Each error
+/// names the key at fault (`endpoints.NAME.FIELD`).
+pub fn validate_endpoint(name: &str, endpoint: &EndpointConfig, files: Files) -> Result<(), ConfigError> {
+    let key = |field: &str| format!("endpoints.{name}.{field}");
+    crate::target::parse_target_url(endpoint.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
+    for (i, secret) in endpoint.secrets.iter().enumerate() {
+        SigningKey::parse(secret.expose()).map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
+    }
+    if endpoint.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(invalid(key("timeout"), "must be more than 0"));
+    }
+    if endpoint.max_in_flight == Some(0) {
+        return Err(invalid(key("max_in_flight"), "must be more than 0"));
+    }
+    for (header, value) in &endpoint.headers {
+        crate::target::check_header(header, value.expose()).map_err(|e| invalid(key("headers"), e.to_string()))?;
+    }
+    if files == Files::Check {
+        egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
+            .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
+        if let Some(ca) = &endpoint.ca {
+            egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
+        }
+    } else if endpoint.client_cert.is_some() != endpoint.client_key.is_some() {
+        return Err(invalid(key("client_cert"), "client_cert and client_key go together"));
+    }
+    if let Some(proxy) = &endpoint.proxy {
+        egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
+    }
+    if endpoint.rate_burst == Some(0) {
+        return Err(invalid(key("rate_burst"), "must be at least 1"));
+    }
+    Ok(())
 }
 
 impl Config {
@@ -196,7 +248,8 @@ impl Config {
             return Err(invalid("retry.tiers", "needs at least one tier"));
         }
         let mut seen = std::collections::BTreeSet::new();
-        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead));
+        let registry = Some(&self.topics.endpoints).filter(|t| !t.is_empty());
+        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(registry);
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
             // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
             let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -259,33 +312,13 @@ impl Config {
                 .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;
         }
         for (name, endpoint) in &self.endpoints {
-            let key = |field: &str| format!("endpoints.{name}.{field}");
-            crate::target::parse_target_url(endpoint.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
-            for (i, secret) in endpoint.secrets.iter().enumerate() {
-                SigningKey::parse(secret.expose())
-                    .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
-            }
-            if endpoint.timeout.is_some_and(|t| t.is_zero()) {
-                return Err(invalid(key("timeout"), "must be more than 0"));
-            }
-            if endpoint.max_in_flight == Some(0) {
-                return Err(invalid(key("max_in_flight"), "must be more than 0"));
-            }
-            for (header, value) in &endpoint.headers {
-                crate::target::check_header(header, value.expose())
-                    .map_err(|e| invalid(key("headers"), e.to_string()))?;
-            }
-            egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
-                .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
-            if let Some(ca) = &endpoint.ca {
-                egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
-            }
-            if let Some(proxy) = &endpoint.proxy {
-                egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
-            }
-            if endpoint.rate_burst == Some(0) {
-                return Err(invalid(key("rate_burst"), "must be at least 1"));
-            }
+            validate_endpoint(name, endpoint, Files::Check)?;
+        }
+        if let Some(Err(problem)) = self.registry.key_bytes() {
+            return Err(invalid("registry.key", problem));
+        }
+        if self.registry.max_lag.is_zero() {
+            return Err(invalid("registry.max_lag", "must be more than 0"));
         }
         if self.circuit.enabled && self.circuit.failure_threshold == 0 {
             return Err(invalid("circuit.failure_threshold", "must be more than 0"));
