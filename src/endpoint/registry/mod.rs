@@ -18,6 +18,7 @@
 //! in flight finish with the spec they started with.
 
 pub mod follow;
+mod metrics;
 pub mod record;
 pub mod seal;
 
