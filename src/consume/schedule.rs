@@ -4,6 +4,7 @@
 use super::handler::{EndpointSlot, IdMap, Work};
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
 use super::partition::{Lifecycle, Partition, PauseReason, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use crate::route::outcome::Why;
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
 /// this long: by the endpoint's round trip and limit (Little's law), or, before
@@ -67,8 +68,8 @@ impl Dispatch {
     /// What the handler is to do with the record at backlog index `index` (one of `take`).
     pub fn work(&self, index: usize) -> Work {
         match () {
-            _ if self.defer.binary_search(&index).is_ok() => Work::Defer,
-            _ if self.paced.binary_search(&index).is_ok() => Work::Paced,
+            _ if self.defer.binary_search(&index).is_ok() => Work::Defer(Why::Overflow),
+            _ if self.paced.binary_search(&index).is_ok() => Work::Defer(Why::Pace),
             _ => Work::Attempt,
         }
     }
@@ -92,7 +93,7 @@ impl Dispatch {
 /// waiting for its due time, which never pauses the partition for time.
 /// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
-/// An endpoint's pace ([`crate::pace`]) goes first: a record waits for its
+/// An endpoint's pace ([`crate::endpoint::pace`]) goes first: a record waits for its
 /// token (or for a `Retry-After` hold to end) without taking a slot, and the
 /// partition is woken when the next one is due. One that would wait longer
 /// than the endpoint's `rate_max_wait` is taken to be deferred at once
@@ -345,11 +346,11 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
     use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
-    use crate::pace::{Pace, Rule};
+    use crate::endpoint::limit::LiveLimit;
+    use crate::endpoint::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
     const LIMITS: Limits = Limits {
@@ -687,7 +688,7 @@ pub(crate) mod tests {
         assert_eq!(d.paced, late, "the 22nd from now would wait 1050 ms: it and the ones after go on at once");
         assert_eq!(d.take, [vec![0], late.clone(), vec![40]].concat(), "20 wait within the second, fast goes");
         assert!(d.defer.is_empty());
-        assert_eq!((d.work(0), d.work(21), d.work(40)), (Work::Attempt, Work::Paced, Work::Attempt));
+        assert_eq!((d.work(0), d.work(21), d.work(40)), (Work::Attempt, Work::Defer(Why::Pace), Work::Attempt));
         let mut young = partition(paced("paced", Some("20/s"), 1, 30_000, 40));
         for w in young.backlog.iter_mut() {
             w.read_ms = NOW;

@@ -1,3 +1,17 @@
-//! Endpoints: where records are delivered. `registry`: endpoints as data, from a compacted topic.
+//! The endpoint: what a record is sent to and the state kept per endpoint.
+//!
+//! - [`guard`]: URL and header rules, the endpoint key, the address ranges the target guard refuses.
+//! - [`circuit`]: the circuit breaker (pure; returns its transitions).
+//! - [`limit`]: the adaptive concurrency limit (AIMD with slow start), which also keeps each endpoint's pace.
+//! - [`pace`]: `rate_limit` as a token bucket, and the `Retry-After` hold.
+//! - [`egress`]: client certificates, CAs, proxies; [`deliver`]: one HTTP attempt; [`sign`]: Standard Webhooks signatures.
+//! - [`registry`]: endpoints as data, from a compacted topic every replica follows.
 
+pub mod circuit;
+pub mod deliver;
+pub mod egress;
+pub mod guard;
+pub mod limit;
+pub mod pace;
 pub mod registry;
+pub mod sign;

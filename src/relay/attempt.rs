@@ -16,23 +16,18 @@ fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
 impl Relay {
     /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
     /// unless it defers (and why). `None`: cancelled (shutdown or revoke) on the way.
-    pub(super) async fn attempt(
-        &self,
-        event: &Event,
-        hop: &mut Hop,
-        cancel: &CancellationToken,
-    ) -> Option<(Outcome, Deferral)> {
-        let s = &*self.shared;
+    pub(super) async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
+        let shared = &*self.shared;
         let endpoint = &event.endpoint_key;
         let circuit_changed = |change: Option<Transition>| {
             if let Some(change) = change {
-                metrics::circuit_changed(endpoint, change, s.circuits.cool_down());
+                metrics::circuit_changed(endpoint, change, shared.circuits.cool_down());
             }
         };
         // The circuit is asked once the endpoint's permit is held, so records
         // queued behind a failing endpoint see the circuit it opened.
         let permit = tokio::select! {
-            permit = s.limiter.acquire(endpoint) => permit,
+            permit = shared.limiter.acquire(endpoint) => permit,
             _ = cancel.cancelled() => return None,
         };
         // Dispatched before a `Retry-After` came back: the hold applies to it too.
@@ -43,31 +38,31 @@ impl Relay {
             }
             if held > permit.pace().max_wait_ms() {
                 permit.finish(Signal::None);
-                return Some((Outcome::Deferred, Deferral::Pace));
+                return Some(Outcome::Deferred(Why::Pace));
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(held as u64)) => {}
                 _ = cancel.cancelled() => return None,
             }
         }
-        let (admission, change) = s.circuits.admit(endpoint, Instant::now());
+        let (admission, change) = shared.circuits.admit(endpoint, Instant::now());
         circuit_changed(change);
         if admission == Admission::Defer {
             permit.finish(Signal::None);
-            return Some((Outcome::Deferred, Deferral::Circuit));
+            return Some(Outcome::Deferred(Why::Circuit));
         }
         let attempt = tokio::select! {
-            attempt = s.deliverer.attempt(event, SystemTime::now())
+            attempt = shared.deliverer.attempt(event, SystemTime::now())
                 .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
             _ = cancel.cancelled() => {
                 if admission == Admission::Probe {
-                    s.circuits.probe_abandoned(endpoint, Instant::now());
+                    shared.circuits.probe_abandoned(endpoint, Instant::now());
                 }
                 return None;
             }
         };
         let took = permit.elapsed();
-        let outcome = classify(&attempt, &s.permanent_statuses, SystemTime::now());
+        let outcome = classify(&attempt, &shared.permanent_statuses, SystemTime::now());
         // SPEC: a 429 or 503 with `Retry-After` holds the endpoint (no request) for that long.
         if let (Attempt::Response { status: 429 | 503, .. }, Outcome::Retryable { retry_after: Some(after), .. }) =
             (&attempt, &outcome)
@@ -84,7 +79,7 @@ impl Relay {
         // Only retryable failures count against the circuit: a 410 is the
         // receiver answering, so it is up.
         let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
-        circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
-        Some((outcome, Deferral::Circuit))
+        circuit_changed(shared.circuits.report(endpoint, admission, verdict, Instant::now()));
+        Some(outcome)
     }
 }

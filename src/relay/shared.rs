@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::pace;
+use crate::endpoint::pace;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -24,13 +24,13 @@ pub struct Shared {
 #[derive(Debug, thiserror::Error)]
 pub enum SetupError {
     #[error(transparent)]
-    Http(#[from] crate::deliver::ClientError),
+    Http(#[from] crate::endpoint::deliver::ClientError),
     #[error("cannot create the Kafka producer: {0}")]
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
 impl Shared {
-    /// `message_max_bytes` is the producer's limit ([`crate::sizes`]); `held` counts routes held by a failing produce.
+    /// `message_max_bytes` is the producer's limit ([`crate::route::sizes`]); `held` counts routes held by a failing produce.
     pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::record::{self, Change};
 use super::{metrics, Effect, Registry, RegistryKey};
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
 use crate::config::{Config, Files, RegistryConfig};
 
 /// How long one metadata or watermark request may take.
@@ -58,7 +58,7 @@ pub struct Follower {
 }
 
 fn client(config: &Config) -> rdkafka::ClientConfig {
-    let mut c = crate::kafka::admin_config(&config.kafka);
+    let mut c = crate::config::client::admin_config(&config.kafka);
     c.set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "100")

@@ -15,7 +15,7 @@ struct Metrics {
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let registry = &crate::metrics::get().registry;
+    let registry = &crate::observe::metrics::get().registry;
     let endpoints = IntGaugeVec::new(
         Opts::new("hookrelay_registry_endpoints", "Named endpoints this replica knows, by source (file, registry)."),
         &["source"],

@@ -27,11 +27,11 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering as AtomicOrdering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
 use crate::config::{Config, Ordering};
 use crate::event::NamedEndpoint;
-use crate::pace;
-use crate::sign::SigningKey;
+use crate::endpoint::pace;
+use crate::endpoint::sign::SigningKey;
 
 pub use self::record::{Change, Spec};
 pub use self::seal::RegistryKey;
@@ -176,7 +176,7 @@ impl Registry {
         };
         Some(Entry {
             at_ms,
-            host: crate::target::endpoint_key(&named.url),
+            host: crate::endpoint::guard::endpoint_key(&named.url),
             keys: keys.collect(),
             named,
             ceiling: e.max_in_flight,

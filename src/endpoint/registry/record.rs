@@ -12,7 +12,7 @@
 use serde_json::{Map, Value};
 
 use super::seal::{RegistryKey, Unsealed, SEALED_PREFIX};
-use crate::clock::parse_rfc3339_ms;
+use crate::app::clock::parse_rfc3339_ms;
 use crate::config::{validate_endpoint, ConfigError, EndpointConfig, Files, RegistryConfig, REDACTED};
 
 /// Header with the record's write time, ms since the epoch (decimal).
@@ -155,7 +155,7 @@ pub fn redacted(clear: &Value) -> Value {
     let mut shown = clear.as_object().cloned().unwrap_or_default();
     let _ = each_secret::<()>(&mut shown, |field, value| {
         Ok(match field {
-            "url" | "proxy" => crate::target::redact_url(value),
+            "url" | "proxy" => crate::endpoint::guard::redact_url(value),
             _ => REDACTED.to_string(),
         })
     });

@@ -20,9 +20,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
-use crate::clock::now_ms;
-use crate::metrics;
-use crate::pace::{self, Pace};
+use crate::app::clock::now_ms;
+use crate::endpoint::pace::{self, Pace};
+use crate::observe::metrics;
 
 /// Where the limit starts: low enough not to flood a receiver that was never seen.
 pub const INITIAL: usize = 16;
