@@ -173,7 +173,8 @@ pub fn validate_endpoint(name: &str, endpoint: &EndpointConfig, files: Files) ->
         return Err(invalid(key("max_in_flight"), "must be more than 0"));
     }
     for (header, value) in &endpoint.headers {
-        crate::endpoint::guard::check_header(header, value.expose()).map_err(|e| invalid(key("headers"), e.to_string()))?;
+        crate::endpoint::guard::check_header(header, value.expose())
+            .map_err(|e| invalid(key("headers"), e.to_string()))?;
     }
     if files == Files::Check {
         egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())

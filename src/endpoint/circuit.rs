@@ -155,6 +155,11 @@ impl Circuits {
         transition(Some(before), *state)
     }
 
+    /// Forgets `endpoint`'s circuit (its registry spec moved it to another host): it starts closed.
+    pub fn forget(&self, endpoint: &str) {
+        self.states.lock().expect("circuit lock poisoned").remove(endpoint);
+    }
+
     /// The probe was abandoned (shutdown): let the next record probe at once.
     pub fn probe_abandoned(&self, endpoint: &Arc<str>, now: Instant) {
         let mut states = self.states.lock().expect("circuit lock poisoned");

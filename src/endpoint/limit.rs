@@ -194,12 +194,20 @@ pub struct Limiter {
     ceilings: HashMap<String, usize>,
     paces: pace::Rules,
     endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
+    /// Registry endpoints' own ceilings and paces, looked up when their state is made.
+    registry: Option<Arc<crate::endpoint::registry::Registry>>,
 }
 
 impl Limiter {
     /// `ceilings` are the configured endpoints' own; others get `default_ceiling`.
     pub fn new(default_ceiling: usize, ceilings: HashMap<String, usize>) -> Limiter {
-        Limiter { default_ceiling, ceilings, paces: pace::Rules::default(), endpoints: Mutex::default() }
+        Limiter {
+            default_ceiling,
+            ceilings,
+            paces: pace::Rules::default(),
+            endpoints: Mutex::default(),
+            registry: None,
+        }
     }
 
     /// The same, with each endpoint's pace set by `rules` (without: no rate, `Retry-After` holds only).
@@ -207,17 +215,31 @@ impl Limiter {
         Limiter { paces: rules, ..self }
     }
 
+    /// The same, with the ceilings and paces of the registry's endpoints.
+    pub fn with_registry(self, registry: Option<Arc<crate::endpoint::registry::Registry>>) -> Limiter {
+        Limiter { registry, ..self }
+    }
+
+    /// Forgets `key`'s limit and pace (its registry spec changed them): the
+    /// next record starts afresh; records holding the old ones finish with them.
+    pub fn forget(&self, key: &str) {
+        self.endpoints.lock().expect("limiter lock poisoned").remove(key);
+    }
+
     fn endpoint(&self, key: &Arc<str>) -> Arc<Endpoint> {
         let mut endpoints = self.endpoints.lock().expect("limiter lock poisoned");
         endpoints
             .entry(key.clone())
             .or_insert_with(|| {
-                let ceiling = self.ceilings.get(&**key).copied().unwrap_or(self.default_ceiling);
+                let own = self.registry.as_ref().and_then(|r| r.rules_of(key));
+                let ceiling = own.and_then(|(c, _)| c).or(self.ceilings.get(&**key).copied());
+                let ceiling = ceiling.unwrap_or(self.default_ceiling);
+                let rule = own.map_or_else(|| self.paces.of(key), |(_, rule)| rule);
                 let aimd = Aimd::new(ceiling);
                 metrics::concurrency_limit(key, aimd.limit(), ceiling);
                 Arc::new(Endpoint {
                     live: LiveLimit::fixed(aimd.limit()),
-                    pace: Arc::new(Pace::new(self.paces.of(key), now_ms())),
+                    pace: Arc::new(Pace::new(rule, now_ms())),
                     aimd: Mutex::new(aimd),
                     in_flight: AtomicUsize::new(0),
                     freed: Notify::new(),

@@ -27,7 +27,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum FollowError {
     #[error("kafka: {0}")]
     Kafka(#[from] KafkaError),
-    #[error("the registry topic {topic} holds {records} record(s) but registry.key is not set: they cannot be verified")]
+    #[error(
+        "the registry topic {topic} holds {records} record(s) but registry.key is not set: they cannot be verified"
+    )]
     NoKey { topic: String, records: u64 },
     #[error("the registry topic {0} was not read to its end within {1:?}")]
     Slow(String, Duration),
@@ -51,6 +53,8 @@ pub struct Follower {
     topic: String,
     key: Option<RegistryKey>,
     config: RegistryConfig,
+    /// Whether a record's TLS files are read (a replica) or not (`hookrelay endpoints`, elsewhere).
+    files: Files,
     /// Next offset to apply, per partition.
     next: HashMap<i32, i64>,
     /// Partitions at their end since their last record (librdkafka's EOF: it sees past compacted gaps).
@@ -89,7 +93,7 @@ async fn watermarks_of(config: &Config, topic: &str) -> Result<Option<Vec<(i32, 
 
 impl Follower {
     /// A reader of `topics.endpoints` from its start; `None` when the topic does not exist.
-    pub async fn open(config: &Config) -> Result<Option<Follower>, KafkaError> {
+    pub async fn open(config: &Config, files: Files) -> Result<Option<Follower>, KafkaError> {
         let topic = config.topics.endpoints.clone();
         let Some(partitions) = watermarks_of(config, &topic).await? else { return Ok(None) };
         let consumer: StreamConsumer = client(config).create()?;
@@ -104,6 +108,7 @@ impl Follower {
             topic,
             key,
             config: config.registry.clone(),
+            files,
             next: partitions.iter().map(|(p, low, _)| (*p, *low)).collect(),
             at_end: partitions.iter().map(|(p, low, high)| (*p, low >= high)).collect(),
         }))
@@ -168,9 +173,15 @@ impl Follower {
             headers.iter().find(|h| h.key == name).and_then(|h| h.value.map(<[u8]>::to_vec))
         };
         let name = String::from_utf8_lossy(message.key().unwrap_or_default()).into_owned();
-        let files = Files::Check;
-        let decoded =
-            record::decode(self.key.as_ref(), message.key().unwrap_or_default(), message.payload(), header, &self.config, files);
+        let files = self.files;
+        let decoded = record::decode(
+            self.key.as_ref(),
+            message.key().unwrap_or_default(),
+            message.payload(),
+            header,
+            &self.config,
+            files,
+        );
         let (name, at_ms, change) = match decoded {
             Ok(decoded) => decoded,
             Err(why) => {
@@ -185,7 +196,8 @@ impl Follower {
         match registry.apply(&name, at_ms, change) {
             Effect::Refused => {
                 counts.refused += 1;
-                metrics::refused(&name, partition, offset, "older than the applied record of this name (a replay)");
+                let why = "defined in the config file, or older than the applied record of this name (a replay)";
+                metrics::refused(&name, partition, offset, why);
             }
             effect => {
                 counts.applied += 1;
@@ -196,7 +208,13 @@ impl Follower {
     }
 
     /// Follows the topic until `stop`, checking once a second that the view reaches the topic's end.
-    pub async fn follow(mut self, config: Config, registry: Arc<Registry>, on_change: OnChange, stop: CancellationToken) {
+    pub async fn follow(
+        mut self,
+        config: Config,
+        registry: Arc<Registry>,
+        on_change: OnChange,
+        stop: CancellationToken,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut counts = Counts::default();
         let consumer = self.consumer.clone();
@@ -238,12 +256,12 @@ impl Follower {
 /// that cannot be verified for want of `registry.key` refuse the start.
 pub async fn start(
     config: &Config,
+    registry: &Arc<Registry>,
     on_change: OnChange,
     stop: CancellationToken,
-) -> Result<Arc<Registry>, FollowError> {
-    let registry = Arc::new(Registry::new(config));
+) -> Result<(), FollowError> {
     metrics::init(config.endpoints.len());
-    let opened = match Follower::open(config).await {
+    let opened = match Follower::open(config, Files::Check).await {
         Ok(Some(follower)) => Some(follower),
         Ok(None) => {
             tracing::warn!(topic = config.topics.endpoints, "the registry topic does not exist: empty registry");
@@ -260,10 +278,11 @@ pub async fn start(
         metrics::up(false);
         registry.caught_up(now_ms());
         spawn_freshness(registry.clone(), stop);
-        return Ok(registry);
+        return Ok(());
     };
     let started = std::time::Instant::now();
-    let counts = follower.catch_up(config, &registry, &on_change, config.registry.max_lag.max(Duration::from_secs(30))).await?;
+    let within = config.registry.max_lag.max(Duration::from_secs(30));
+    let counts = follower.catch_up(config, registry, &on_change, within).await?;
     if counts.no_key > 0 {
         return Err(FollowError::NoKey { topic: follower.topic.clone(), records: counts.no_key });
     }
@@ -278,7 +297,7 @@ pub async fn start(
     registry.set_up(true);
     metrics::up(true);
     tokio::spawn(follower.follow(config.clone(), registry.clone(), on_change, stop));
-    Ok(registry)
+    Ok(())
 }
 
 /// Without a topic, the empty view stays fresh.

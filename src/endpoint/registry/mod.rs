@@ -29,9 +29,9 @@ use std::time::Duration;
 
 use crate::app::clock::now_ms;
 use crate::config::{Config, Ordering};
-use crate::event::NamedEndpoint;
 use crate::endpoint::pace;
 use crate::endpoint::sign::SigningKey;
+use crate::event::NamedEndpoint;
 
 pub use self::record::{Change, Spec};
 pub use self::seal::RegistryKey;
@@ -69,6 +69,8 @@ pub enum Effect {
 /// The live view of the registry, shared by every consumer of the process.
 pub struct Registry {
     entries: RwLock<HashMap<String, Arc<Entry>>>,
+    /// The file's names: the file wins, a registry record for one is refused.
+    file: std::collections::HashSet<String>,
     default_ordering: Ordering,
     delivery: crate::config::DeliveryConfig,
     grace_ms: i64,
@@ -90,6 +92,7 @@ impl Registry {
     pub fn new(config: &Config) -> Registry {
         Registry {
             entries: RwLock::default(),
+            file: config.endpoints.keys().cloned().collect(),
             default_ordering: config.delivery.ordering,
             delivery: config.delivery.clone(),
             grace_ms: config.registry.unknown_grace.as_millis() as i64,
@@ -134,6 +137,9 @@ impl Registry {
 
     /// Applies one verified change written at `at_ms`.
     pub fn apply(&self, name: &str, at_ms: i64, change: Change) -> Effect {
+        if self.file.contains(name) {
+            return Effect::Refused;
+        }
         let mut entries = self.entries.write().expect("registry lock poisoned");
         let before = entries.get(name).cloned();
         if before.as_ref().is_some_and(|e| at_ms < e.at_ms) {
