@@ -44,12 +44,26 @@ pub struct Counts {
     pub no_key: u64,
 }
 
+/// The consumer's context: librdkafka reports reaching a partition's end as
+/// an error, which this reader asks for (`enable.partition.eof`): not logged.
+pub struct Quiet;
+
+impl rdkafka::ClientContext for Quiet {
+    fn error(&self, error: KafkaError, reason: &str) {
+        if !matches!(error, KafkaError::PartitionEOF(_)) {
+            tracing::error!(%error, reason, "registry reader");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for Quiet {}
+
 /// Called with each applied change's name and effect (circuits, limits, clients).
 pub type OnChange = Arc<dyn Fn(&str, Effect, Option<&super::Entry>) + Send + Sync>;
 
 /// The registry's reader.
 pub struct Follower {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<Quiet>>,
     topic: String,
     key: Option<RegistryKey>,
     config: RegistryConfig,
@@ -63,7 +77,11 @@ pub struct Follower {
 
 fn client(config: &Config) -> rdkafka::ClientConfig {
     let mut c = crate::config::client::admin_config(&config.kafka);
-    c.set("enable.auto.commit", "false")
+    // librdkafka's assign() needs a group.id, but this consumer never joins
+    // nor commits (no subscribe, offsets assigned): the group is never used.
+    let group = format!("hookrelay-registry-reader-{:016x}", rand::random::<u64>());
+    c.set("group.id", group)
+        .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "100")
         .set("auto.offset.reset", "earliest");
@@ -96,7 +114,7 @@ impl Follower {
     pub async fn open(config: &Config, files: Files) -> Result<Option<Follower>, KafkaError> {
         let topic = config.topics.endpoints.clone();
         let Some(partitions) = watermarks_of(config, &topic).await? else { return Ok(None) };
-        let consumer: StreamConsumer = client(config).create()?;
+        let consumer: StreamConsumer<Quiet> = client(config).create_with_context(Quiet)?;
         let mut assignment = TopicPartitionList::new();
         for (partition, low, _) in &partitions {
             assignment.add_partition_offset(&topic, *partition, Offset::Offset(*low))?;
