@@ -151,7 +151,10 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             };
             // A name the file does not define may be the registry's.
             let registry = match &target {
-                topics::Target::Endpoint(name) if !config.endpoints.contains_key(name) => {
+                // Only Kafka can say whether the registry has it: unreachable is exit 69.
+                topics::Target::Endpoint(name)
+                    if !config.endpoints.contains_key(name) && !config.topics.endpoints.is_empty() =>
+                {
                     app::preflight(&config).await?;
                     endpoints::load(&config).await.ok()
                 }

@@ -132,7 +132,7 @@ pub async fn load(config: &Config) -> Result<Arc<Registry>, EndpointsError> {
     }
     if let Some(mut follower) = Follower::open(config, Files::Skip).await? {
         let ignore: OnChange = Arc::new(|_, _, _| {});
-        let counts = follower.catch_up(config, &registry, &ignore, TIMEOUT).await?;
+        let counts = follower.catch_up(&registry, &ignore, TIMEOUT).await?;
         if counts.no_key > 0 {
             return Err(usage("registry.key", "is not set (needed to read and write the registry)"));
         }

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Headers, Message};
 use rdkafka::{Offset, TopicPartitionList};
@@ -88,8 +88,11 @@ fn client(config: &Config) -> rdkafka::ClientConfig {
     c
 }
 
+/// Each partition of a topic with its low and high watermarks.
+type Watermarks = Vec<(i32, i64, i64)>;
+
 /// The partitions of `topic` with their low and high watermarks; `None` when it does not exist.
-fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Option<Vec<(i32, i64, i64)>>, KafkaError> {
+fn watermarks(consumer: &StreamConsumer<Quiet>, topic: &str) -> Result<Option<Watermarks>, KafkaError> {
     let metadata = consumer.fetch_metadata(Some(topic), REQUEST_TIMEOUT)?;
     let Some(meta) = metadata.topics().first().filter(|t| t.error().is_none() && !t.partitions().is_empty()) else {
         return Ok(None);
@@ -102,9 +105,10 @@ fn watermarks(consumer: &BaseConsumer, topic: &str) -> Result<Option<Vec<(i32, i
     Ok(Some(out))
 }
 
-async fn watermarks_of(config: &Config, topic: &str) -> Result<Option<Vec<(i32, i64, i64)>>, KafkaError> {
-    let (client, topic) = (client(config), topic.to_string());
-    tokio::task::spawn_blocking(move || watermarks(&client.create()?, &topic))
+/// The same, off the runtime's threads (librdkafka's calls block), with the reader's own client.
+async fn watermarks_of(consumer: Arc<StreamConsumer<Quiet>>, topic: &str) -> Result<Option<Watermarks>, KafkaError> {
+    let topic = topic.to_string();
+    tokio::task::spawn_blocking(move || watermarks(&consumer, &topic))
         .await
         .unwrap_or_else(|e| Err(KafkaError::Canceled).inspect_err(|_| tracing::error!(error = %e, "watermark task")))
 }
@@ -113,8 +117,8 @@ impl Follower {
     /// A reader of `topics.endpoints` from its start; `None` when the topic does not exist.
     pub async fn open(config: &Config, files: Files) -> Result<Option<Follower>, KafkaError> {
         let topic = config.topics.endpoints.clone();
-        let Some(partitions) = watermarks_of(config, &topic).await? else { return Ok(None) };
-        let consumer: StreamConsumer<Quiet> = client(config).create_with_context(Quiet)?;
+        let consumer: Arc<StreamConsumer<Quiet>> = Arc::new(client(config).create_with_context(Quiet)?);
+        let Some(partitions) = watermarks_of(consumer.clone(), &topic).await? else { return Ok(None) };
         let mut assignment = TopicPartitionList::new();
         for (partition, low, _) in &partitions {
             assignment.add_partition_offset(&topic, *partition, Offset::Offset(*low))?;
@@ -122,7 +126,7 @@ impl Follower {
         consumer.assign(&assignment)?;
         let key = config.registry.key_bytes().and_then(Result::ok).map(|bytes| RegistryKey::new(&bytes));
         Ok(Some(Follower {
-            consumer: Arc::new(consumer),
+            consumer,
             topic,
             key,
             config: config.registry.clone(),
@@ -135,12 +139,11 @@ impl Follower {
     /// Reads up to the topic's end as it is now (its high watermarks), within `within`.
     pub async fn catch_up(
         &mut self,
-        config: &Config,
         registry: &Registry,
         on_change: &OnChange,
         within: Duration,
     ) -> Result<Counts, FollowError> {
-        let ends = watermarks_of(config, &self.topic).await?.unwrap_or_default();
+        let ends = watermarks_of(self.consumer.clone(), &self.topic).await?.unwrap_or_default();
         let ends: HashMap<i32, i64> = ends.into_iter().map(|(p, _, high)| (p, high)).collect();
         let deadline = tokio::time::Instant::now() + within;
         let mut counts = Counts::default();
@@ -226,13 +229,7 @@ impl Follower {
     }
 
     /// Follows the topic until `stop`, checking once a second that the view reaches the topic's end.
-    pub async fn follow(
-        mut self,
-        config: Config,
-        registry: Arc<Registry>,
-        on_change: OnChange,
-        stop: CancellationToken,
-    ) {
+    pub async fn follow(mut self, registry: Arc<Registry>, on_change: OnChange, stop: CancellationToken) {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         let mut counts = Counts::default();
         let consumer = self.consumer.clone();
@@ -243,15 +240,15 @@ impl Follower {
                         tracing::warn!(%error, topic = self.topic, "registry read failed; retrying");
                     }
                 }
-                _ = tick.tick() => self.check_end(&config, &registry).await,
+                _ = tick.tick() => self.check_end(&registry).await,
                 _ = stop.cancelled() => return,
             }
         }
     }
 
-    async fn check_end(&self, config: &Config, registry: &Registry) {
+    async fn check_end(&self, registry: &Registry) {
         let asked = now_ms();
-        match watermarks_of(config, &self.topic).await {
+        match watermarks_of(self.consumer.clone(), &self.topic).await {
             Ok(Some(ends)) => {
                 let ends = ends.into_iter().map(|(p, _, high)| (p, high)).collect();
                 if self.reached(&ends) {
@@ -300,7 +297,7 @@ pub async fn start(
     };
     let started = std::time::Instant::now();
     let within = config.registry.max_lag.max(Duration::from_secs(30));
-    let counts = follower.catch_up(config, registry, &on_change, within).await?;
+    let counts = follower.catch_up(registry, &on_change, within).await?;
     if counts.no_key > 0 {
         return Err(FollowError::NoKey { topic: follower.topic.clone(), records: counts.no_key });
     }
@@ -314,7 +311,7 @@ pub async fn start(
     );
     registry.set_up(true);
     metrics::up(true);
-    tokio::spawn(follower.follow(config.clone(), registry.clone(), on_change, stop));
+    tokio::spawn(follower.follow(registry.clone(), on_change, stop));
     Ok(())
 }
 
