@@ -360,3 +360,161 @@ async fn a_put_reaches_every_replica_and_a_later_one_delivers_at_once() {
     let tier = read_topic(&topics.tiers[0].0, 1, Duration::from_secs(1)).await;
     assert!(tier.is_empty(), "nothing deferred: {tier:?}");
 }
+
+/// The relay's resident memory (VmRSS), in KiB.
+fn rss_kib(relay: &Relay) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.child.id())).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Scale (SPEC: 10,000 registry endpoints load in under 5 s and take under
+/// 64 MiB): a relay reads a registry of 10,000 endpoints, each with a secret
+/// and a header, and is compared with one whose registry is empty.
+/// `cargo test --test e2e registry::ten_thousand -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement: run it by name"]
+async fn ten_thousand_endpoints_load_quickly_and_small() {
+    use hookrelay::endpoint::registry::{record, RegistryKey};
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    const COUNT: usize = 10_000;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let (empty, full) = (registry_topic().await, registry_topic().await);
+    let key = RegistryKey::new(&base64_decode(KEY));
+    let producer = producer();
+    let at = now_ms();
+    let mut sends = Vec::new();
+    for i in 0..COUNT {
+        let name = format!("tenant-{i:05}");
+        let spec = json!({
+            "url": format!("https://{name}.example.com/webhooks"),
+            "secrets": [SECRET_A],
+            "headers": {"authorization": format!("Bearer token-{i}")},
+        });
+        let encoded = record::encode(&key, &name, Some(&spec), at);
+        let mut headers = OwnedHeaders::new();
+        for (header, value) in &encoded.headers {
+            headers = headers.insert(Header { key: header, value: Some(value) });
+        }
+        let value = encoded.value.unwrap();
+        let record = FutureRecord::to(&full).key(&name).payload(&value).headers(headers);
+        sends.push(producer.send_result(record).map_err(|(e, _)| e).expect("queued"));
+        if sends.len() == 1000 {
+            for send in sends.drain(..) {
+                send.await.unwrap().map_err(|(e, _)| e).expect("written");
+            }
+        }
+    }
+    for send in sends {
+        send.await.unwrap().map_err(|(e, _)| e).expect("written");
+    }
+    let mut rss = Vec::new();
+    for registry in [&empty, &full] {
+        let config = with_registry(&topics, registry);
+        let started = Instant::now();
+        let relay = Relay::start(&config, &[]).await;
+        let ready = started.elapsed();
+        let log = relay.log_text();
+        let line =
+            log.lines().find(|l| l.contains("registry read to its end")).expect("the load is logged").to_string();
+        let gauge = metric(&relay.metrics().await, "hookrelay_registry_endpoints{source=\"registry\"}");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let kib = rss_kib(&relay);
+        println!("{registry}: ready after {ready:?}, RSS {} MiB, endpoints {gauge:?}; {line}", kib / 1024);
+        rss.push(kib);
+        if registry == &full {
+            assert_eq!(gauge, Some(COUNT as f64));
+            let ms: u64 = line
+                .split("\"ms\":")
+                .nth(1)
+                .unwrap()
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(ms < 5_000, "SPEC: under 5 s, took {ms} ms");
+        }
+    }
+    let extra_mib = (rss[1].saturating_sub(rss[0])) as f64 / 1024.0;
+    println!("10,000 registry endpoints: +{extra_mib:.1} MiB RSS over an empty registry");
+    assert!(extra_mib < 64.0, "SPEC: under 64 MiB");
+}
+
+fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).unwrap()
+}
+
+/// Splits one shell command line: words, and '...' or "..." quoted words (no escapes).
+fn shell_words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quote, mut started) = (Vec::new(), String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '\'' | '"') => (quote, started) = (Some(c), true),
+            (Some(q), c) if c == q => quote = None,
+            (None, c) if c.is_whitespace() => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            (_, c) => (word, started) = (word + &c.to_string(), true),
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+}
+
+/// The code block of `language` that contains `needle`, from the registry page.
+fn page_block(page: &str, language: &str, needle: &str) -> String {
+    let fence = format!("```{language}\n");
+    page.split(&fence)
+        .skip(1)
+        .map(|rest| rest.split("```").next().unwrap())
+        .find(|block| block.contains(needle))
+        .unwrap_or_else(|| panic!("no ```{language} block with {needle:?} in the registry page"))
+        .to_string()
+}
+
+/// docs/src/concepts/registry.md's worked example, its spec and commands as
+/// written there, against a local receiver (the URL swapped for the receiver's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_registry_pages_worked_example_runs() {
+    let page = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/src/concepts/registry.md")).unwrap();
+    let mut spec: serde_json::Value = serde_json::from_str(&page_block(&page, "json", "\"url\"")).unwrap();
+    let receiver = Receiver::start(Behaviour::default()).await;
+    spec["url"] = receiver.url("/webhooks").into();
+    let secret = spec["secrets"][0].as_str().unwrap().to_string();
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let registry = registry_topic().await;
+    let config = with_registry(&topics, &registry);
+    let _relay = Relay::start(&config, &[]).await;
+    let cli = Cli::new(&config);
+    std::fs::write(cli.dir.path().join("acme.json"), spec.to_string()).unwrap();
+    let commands = page_block(&page, "sh", "endpoints put acme --file acme.json");
+    let mut outputs = Vec::new();
+    for line in commands.lines().filter(|l| l.starts_with("hookrelay ")) {
+        let words = shell_words(line);
+        let args: Vec<&str> = words[1..].iter().map(String::as_str).collect();
+        outputs.push(cli.ok(&args));
+    }
+    assert!(outputs[0].starts_with("put acme (127.0.0.1:"), "{}", outputs[0]);
+    assert!(outputs[1].starts_with("acme\tregistry\t127.0.0.1:"), "{}", outputs[1]);
+    assert!(outputs[2].contains("<redacted>") && !outputs[2].contains(&secret[6..]), "{}", outputs[2]);
+    let delivered = eventually("evt-1001", Duration::from_secs(30), || received_id(&receiver, "evt-1001")).await;
+    assert!(verifies(&secret, &delivered, delivered.header("webhook-signature")));
+    assert_eq!(delivered.header("x-tenant"), "acme");
+    assert_eq!(delivered.path, "/webhooks");
+    let body: serde_json::Value = serde_json::from_slice(&delivered.body).unwrap();
+    assert_eq!(body, json!({"invoice": "in_1001", "status": "paid"}));
+}
+
+#[test]
+fn shell_words_split_like_the_shell_for_the_pages_lines() {
+    assert_eq!(shell_words("a  'b c' \"d\" e"), ["a", "b c", "d", "e"]);
+    assert_eq!(shell_words("send --payload '{\"a\":1}' --id x"), ["send", "--payload", "{\"a\":1}", "--id", "x"]);
+}

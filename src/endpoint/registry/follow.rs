@@ -84,6 +84,10 @@ fn client(config: &Config) -> rdkafka::ClientConfig {
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "true")
         .set("fetch.wait.max.ms", "100")
+        // A small prefetch (the registry is read once whole, then a record now
+        // and then), fetched again within 10 ms once taken, not librdkafka's 1 s.
+        .set("queued.max.messages.kbytes", "4096")
+        .set("fetch.queue.backoff.ms", "10")
         .set("auto.offset.reset", "earliest");
     c
 }
