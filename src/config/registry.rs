@@ -45,6 +45,17 @@ impl Default for RegistryConfig {
 }
 
 impl RegistryConfig {
+    pub(super) fn validate(&self) -> Result<(), super::ConfigError> {
+        let invalid = |problem: String, key: &str| super::ConfigError::Invalid { key: key.into(), problem };
+        if let Some(Err(problem)) = self.key_bytes() {
+            return Err(invalid(problem, "registry.key"));
+        }
+        if self.max_lag.is_zero() {
+            return Err(invalid("must be more than 0".into(), "registry.max_lag"));
+        }
+        Ok(())
+    }
+
     /// The key's bytes, or why it is not a key (the problem, for `registry.key: ...`).
     pub fn key_bytes(&self) -> Option<Result<Vec<u8>, String>> {
         self.key.as_ref().map(|key| {

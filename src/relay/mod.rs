@@ -19,18 +19,20 @@ use crate::app::clock::now_ms;
 use crate::config::Config;
 use crate::consume::order::order_key;
 use crate::consume::{Decider, Done, EndpointSlot, Handler, Role, Ticket, Work};
-use crate::endpoint::circuit::{Admission, Circuits, Transition, Verdict};
+use crate::endpoint::circuit::{Transition, Verdict};
 use crate::endpoint::deliver::Deliverer;
-use crate::endpoint::limit::{Limiter, Signal};
+use crate::endpoint::limit::Signal;
+use crate::endpoint::state::{Ready, States};
 use crate::event::headers::RecordHeaders;
-use crate::event::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use crate::event::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
 use crate::event::seal::ReplayKey;
 use crate::event::trace_context::TraceContext;
+use crate::event::trust::trusted_on_event_topic;
 use crate::event::{Endpoints, Event, InvalidEvent};
 use crate::observe::metrics;
 use crate::observe::otel;
 use crate::route::held::Held;
-use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route, Why};
+use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
 
 /// A span inside the record's, or none when the record has none (no
@@ -132,7 +134,7 @@ impl Handler for Relay {
         let ticket = Ticket {
             due_ms,
             endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
-                let (limit, pace) = shared.limiter.slot(&e.endpoint_key);
+                let (limit, pace) = shared.states.slot(&e.endpoint_key);
                 EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
             }),
             order,
@@ -281,7 +283,7 @@ impl Relay {
         };
         if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
             let deferred = matches!(outcome, Outcome::Deferred(_));
-            let due_ms = in_place::due_ms(*due_ms, deferred, now, shared.circuits.cool_down().as_millis() as i64);
+            let due_ms = in_place::due_ms(*due_ms, deferred, now, shared.states.cool_down().as_millis() as i64);
             kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
             metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
             return Done::Again { due_ms };

@@ -1,19 +1,18 @@
-//! What every relay consumer of a process shares: endpoints, the HTTP client, circuits, limits, the router.
+//! What every relay consumer of a process shares: endpoints, the HTTP client, endpoint state, the router.
 
 use std::sync::Arc;
 
 use super::*;
-use crate::endpoint::pace;
 use crate::endpoint::registry::{Effect, Entry, Registry};
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
     pub endpoints: Endpoints,
     pub deliverer: Deliverer,
-    pub circuits: Circuits,
+    /// Every endpoint's limit, pace and circuit.
+    pub states: States,
     pub router: Router,
     pub ladder: Ladder,
-    pub limiter: Limiter,
     pub permanent_statuses: Vec<u16>,
     pub max_age_ms: i64,
     pub max_attempts: u32,
@@ -44,10 +43,9 @@ impl Shared {
         Ok(Arc::new(Shared {
             endpoints: Endpoints::new(config).with_registry(registry.clone()),
             deliverer: Deliverer::new(config)?,
-            circuits: Circuits::new(config.circuit.clone()),
+            states: States::new(config).with_registry(registry.clone()),
             router: Router::new(config, message_max_bytes, held)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
-            limiter: limiter(config).with_registry(registry.clone()),
             permanent_statuses: config.delivery.permanent_statuses.clone(),
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
@@ -55,68 +53,16 @@ impl Shared {
             registry,
         }))
     }
-}
 
-impl Shared {
     /// Keeps the per-endpoint state in step with an applied registry change:
-    /// a new host starts with a closed circuit and a fresh limit and pace, new
-    /// limits with a fresh limit and pace; secrets and headers keep them all.
+    /// a new host, or new limits or pace, start its state afresh (limit, pace
+    /// and circuit); secrets, headers and paths keep it.
     pub fn registry_changed(&self, name: &str, effect: Effect, entry: Option<&Entry>) {
-        if effect == Effect::Host {
-            self.circuits.forget(name);
-        }
         if matches!(effect, Effect::Host | Effect::Limits) {
-            self.limiter.forget(name);
+            self.states.forget(name);
         }
         if let Err(error) = self.deliverer.set_registered(name, entry.map(|e| &e.spec.endpoint)) {
             tracing::error!(endpoint = name, %error, "the registry endpoint's own HTTP client cannot be built; it uses the shared one");
         }
-    }
-}
-
-/// The adaptive per-endpoint limits, with each configured endpoint's own ceiling and pace.
-fn limiter(config: &Config) -> Limiter {
-    let ceilings = config.endpoints.iter().filter_map(|(name, e)| e.max_in_flight.map(|n| (name.clone(), n))).collect();
-    Limiter::new(config.delivery.max_in_flight_per_endpoint, ceilings).paced(pace_rules(config))
-}
-
-/// Each key of an endpoint's pace is its own or `[delivery]`'s; the rest (inline URLs) get `[delivery]`'s.
-pub(crate) fn pace_rules(config: &Config) -> pace::Rules {
-    let d = &config.delivery;
-    let rule = |rate: Option<pace::Rate>, burst: Option<u32>, max_wait: Option<std::time::Duration>| pace::Rule {
-        rate,
-        burst: burst.or(rate.map(pace::Rate::default_burst)).unwrap_or(1),
-        max_wait: max_wait.unwrap_or(d.rate_max_wait),
-    };
-    let endpoints = config.endpoints.iter().map(|(name, e)| {
-        let rate = e.rate_limit.or(d.rate_limit);
-        (name.clone(), rule(rate, e.rate_burst.or(d.rate_burst), e.rate_max_wait))
-    });
-    pace::Rules { default: rule(d.rate_limit, d.rate_burst, None), endpoints: endpoints.collect() }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_pace_key_is_the_endpoints_own_or_the_delivery_default() {
-        let config = Config::from_toml(
-            "[delivery]\nrate_limit = \"600/m\"\nrate_max_wait = \"5s\"\n\
-             [endpoints.own]\nurl = \"https://own.example/\"\nrate_limit = \"20/s\"\nrate_burst = 1\n\
-             [endpoints.fallback]\nurl = \"https://fallback.example/\"\nrate_max_wait = \"1s\"\n",
-        )
-        .unwrap();
-        let rules = pace_rules(&config);
-        let rule = |rate: &str, burst, secs| pace::Rule {
-            rate: Some(rate.parse().unwrap()),
-            burst,
-            max_wait: std::time::Duration::from_secs(secs),
-        };
-        assert_eq!(rules.of("own"), rule("20/s", 1, 5));
-        assert_eq!(rules.of("fallback"), rule("600/m", 10, 1), "one second's worth of 600/m");
-        assert_eq!(rules.of("host.example:443"), rule("600/m", 10, 5), "inline URLs get [delivery]'s");
-        let none = pace_rules(&Config::default());
-        assert_eq!(none.of("any"), pace::Rule::default(), "no rate, 30 s");
     }
 }

@@ -5,6 +5,7 @@
 //! after the event's first timestamp, then dead `invalid_event`.
 
 use super::*;
+use crate::route::outcome::Why;
 
 impl Relay {
     /// The event, once its endpoint is known; else the record routed (deferred or dead).

@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use super::get;
 use crate::endpoint::circuit::{CircuitState, Transition};
-use crate::event::hop::DeadLetter;
+use crate::event::dead_letter::DeadLetter;
 use crate::observe::labels;
 use crate::route::outcome::{DeadReason, Outcome, Why};
-
-// Events that are both logged and counted: one function each, so the log
-// fields and the metric labels cannot drift apart.
 
 /// The most of an error text put in one log field: a receiver's body or a
 /// long error chain must not flood the logs.
@@ -209,20 +206,19 @@ pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
 
 /// An idle endpoint's circuit (`circuit`) or concurrency limit was evicted:
 /// its gauge goes too, unless its label is shared (`other`).
-pub fn endpoint_evicted(endpoint: &str, circuit: bool) {
+pub fn endpoint_evicted(endpoint: &str) {
     if labels::get().owns(endpoint) {
         let m = get();
-        if circuit && labels::get().is_configured(endpoint) {
-            // A configured endpoint's series stays, as it was at start-up (closed).
+        if labels::get().is_configured(endpoint) {
+            // A configured endpoint's circuit series stays, as it was at start-up (closed).
             m.circuit_state.with_label_values(&[endpoint]).set(CircuitState::Closed.gauge());
-        } else if circuit {
-            let _ = m.circuit_state.remove_label_values(&[endpoint]);
         } else {
-            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
-            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
+            let _ = m.circuit_state.remove_label_values(&[endpoint]);
         }
+        let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
+        let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
     }
-    tracing::debug!(endpoint, circuit, "idle endpoint state evicted");
+    tracing::debug!(endpoint, "idle endpoint state evicted");
 }
 
 /// Bytes of records read and not yet decided, in the whole process.
