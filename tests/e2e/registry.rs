@@ -518,3 +518,50 @@ fn shell_words_split_like_the_shell_for_the_pages_lines() {
     assert_eq!(shell_words("a  'b c' \"d\" e"), ["a", "b c", "d", "e"]);
     assert_eq!(shell_words("send --payload '{\"a\":1}' --id x"), ["send", "--payload", "{\"a\":1}", "--id", "x"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_record_is_refused_and_the_endpoint_keeps_its_spec() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::FutureRecord;
+    use rdkafka::util::Timeout;
+    let receiver = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(1)]).await;
+    let registry = registry_topic().await;
+    let config = with_registry(&topics, &registry);
+    let relay = Relay::start(&config, &[]).await;
+    let cli = Cli::new(&config);
+    put_ok(&cli, "acme", &json!({"url": receiver.url("/acme")}));
+    // Someone with Write on the topic but not the key repoints acme, with and without a made-up tag.
+    let producer = producer();
+    let forged = json!({"url": "http://127.0.0.1:1/stolen"}).to_string();
+    for tag in [None, Some("bm90IGEgdGFn")] {
+        let mut headers =
+            OwnedHeaders::new().insert(Header { key: "hookrelay-registry-at", value: Some(&now_ms().to_string()) });
+        if let Some(tag) = tag {
+            headers = headers.insert(Header { key: "hookrelay-registry-tag", value: Some(tag) });
+        }
+        let record = FutureRecord::to(&registry).key("acme").payload(&forged).headers(headers);
+        producer.send(record, Timeout::After(Duration::from_secs(10))).await.expect("written");
+    }
+    eventually_async("both forged records refused", Duration::from_secs(10), || async {
+        (metric(&relay.metrics().await, "hookrelay_registry_updates_total{result=\"refused\"}") == Some(2.0))
+            .then_some(())
+    })
+    .await;
+    produce(&producer, &topics.events, None, None, &event("acme", "still-acme")).await;
+    let got =
+        eventually("the original URL keeps it", Duration::from_secs(30), || received_id(&receiver, "still-acme")).await;
+    assert_eq!(got.path, "/acme");
+    assert!(relay.log_text().contains("registry record refused, previous spec kept"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_registry_topic_is_an_empty_registry_not_a_crash() {
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let missing = unique("registry-missing");
+    let relay = Relay::start(&with_registry(&topics, &missing), &[]).await;
+    let metrics = relay.metrics().await;
+    assert_eq!(metric(&metrics, "hookrelay_registry_up"), Some(0.0), "{metrics}");
+    assert_eq!(metric(&metrics, "hookrelay_registry_endpoints{source=\"registry\"}"), Some(0.0));
+    assert!(relay.log_text().contains("the registry topic does not exist: empty registry"));
+}

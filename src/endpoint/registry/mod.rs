@@ -260,6 +260,24 @@ mod tests {
     }
 
     #[test]
+    fn the_view_is_stale_until_read_and_past_max_lag() {
+        let registry = Registry::new(&Config::from_toml("[registry]\nmax_lag = \"30s\"\n").unwrap());
+        assert!(registry.is_stale(1_000_000), "never read to its end");
+        registry.caught_up(1_000_000);
+        assert!(!registry.is_stale(1_000_000 + 30_000));
+        assert!(registry.is_stale(1_000_000 + 30_001), "more than max_lag behind");
+    }
+
+    #[test]
+    fn a_file_name_is_never_taken_from_the_registry() {
+        let config = Config::from_toml("[endpoints.acme]\nurl = \"https://file.example/\"\n").unwrap();
+        let registry = Registry::new(&config);
+        let change = Change::Put(spec(serde_json::json!({"url": "https://evil.example/"})));
+        assert_eq!(registry.apply("acme", 1, change), Effect::Refused);
+        assert!(registry.lookup("acme").is_none());
+    }
+
+    #[test]
     fn expired_secrets_stop_signing() {
         let registry = Registry::new(&Config::default());
         let old = serde_json::json!({"secret": "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "not_after": "2001-01-01T00:00:00Z"});
