@@ -44,6 +44,19 @@ impl Relay {
             };
             return Err(self.send_dead(original, relay, cancel).await);
         }
+        Err(self.defer_unknown(original, hop, name, now, cancel).await)
+    }
+
+    /// Passes the record to the next tier without an attempt (or to the dead topic past its deadline).
+    async fn defer_unknown(
+        &self,
+        original: &Original<'_>,
+        hop: &mut Hop,
+        name: &str,
+        now: i64,
+        cancel: &CancellationToken,
+    ) -> Done {
+        let shared = &*self.shared;
         let first_attempt = *hop.first_attempt_ms.get_or_insert(now);
         let deadline_ms = *hop.deadline_ms.get_or_insert(first_attempt + shared.max_age_ms);
         let input = PlanInput {
@@ -63,7 +76,7 @@ impl Relay {
             last_error: Some(&last_error),
             endpoint: name,
         };
-        let done = match plan(&shared.ladder, &outcome, input) {
+        match plan(&shared.ladder, &outcome, input) {
             Route::Tier { index, due_ms } => {
                 let topic = shared.router.tier_topic(index);
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
@@ -88,7 +101,6 @@ impl Relay {
             }
             Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
             Route::Delivered => unreachable!("a deferral is never delivered"),
-        };
-        Err(done)
+        }
     }
 }
