@@ -38,6 +38,8 @@ pub struct States {
     max_hold_ms: i64,
     /// Keyed by (inline?, key).
     entries: Mutex<HashMap<(bool, Arc<str>), Arc<Entry>>>,
+    /// Registry endpoints' own ceilings and paces, looked up when their state is made.
+    registry: Option<Arc<super::registry::Registry>>,
 }
 
 /// One endpoint: its limit, pace and circuit, the requests in flight, and who waits for a slot.
@@ -75,7 +77,20 @@ impl States {
             circuit: config.circuit.clone(),
             max_hold_ms: config.delivery.max_hold.as_millis().min(i64::MAX as u128) as i64,
             entries: Mutex::default(),
+            registry: None,
         }
+    }
+
+    /// The same, with the ceilings and paces of the registry's endpoints.
+    pub fn with_registry(self, registry: Option<Arc<super::registry::Registry>>) -> States {
+        States { registry, ..self }
+    }
+
+    /// Forgets `key`'s state (its registry spec changed host, limits or pace):
+    /// the next record starts afresh; records holding the old state finish with it.
+    pub fn forget(&self, key: &str) {
+        // A registry endpoint is named: an inline host of the same name keeps its own state.
+        self.entries.lock().expect("endpoint map lock poisoned").remove(&(false, Arc::<str>::from(key)));
     }
 
     /// How long an open circuit waits before its probe.
@@ -86,13 +101,20 @@ impl States {
     fn entry(&self, key: &Arc<str>, inline: bool) -> Arc<Entry> {
         let mut entries = self.entries.lock().expect("endpoint map lock poisoned");
         let entry = entries.entry((inline, key.clone())).or_insert_with(|| {
-            let own = if inline { None } else { self.ceilings.get(&**key).copied() };
-            let ceiling = own.unwrap_or(self.default_ceiling);
+            // An inline host never gets a named endpoint's ceiling or pace.
+            let own = if inline { None } else { self.registry.as_ref().and_then(|r| r.rules_of(key)) };
+            let configured = if inline { None } else { self.ceilings.get(&**key).copied() };
+            let ceiling = own.and_then(|(c, _)| c).or(configured).unwrap_or(self.default_ceiling);
+            let rule = match (inline, own) {
+                (true, _) => self.paces.default,
+                (false, Some((_, rule))) => rule,
+                (false, None) => self.paces.of(key),
+            };
             let aimd = Aimd::new(ceiling);
             metrics::concurrency_limit(key, aimd.limit(), ceiling);
             Arc::new(Entry {
                 live: LiveLimit::fixed(aimd.limit()),
-                pace: Arc::new(Pace::new(if inline { self.paces.default } else { self.paces.of(key) }, now_ms())),
+                pace: Arc::new(Pace::new(rule, now_ms())),
                 aimd: Mutex::new(aimd),
                 circuit: Mutex::default(),
                 in_flight: AtomicUsize::new(0),
