@@ -421,9 +421,18 @@ mod tests {
 
     #[test]
     fn properties_that_undo_at_least_once_are_refused_by_name() {
-        for key in ["enable.auto.commit", "enable.auto.offset.store", "enable.idempotence", "acks", "isolation.level",
-            "auto.offset.reset", "group.id", "transactional.id", "partitioner", "Request.Required.Acks"]
-        {
+        for key in [
+            "enable.auto.commit",
+            "enable.auto.offset.store",
+            "enable.idempotence",
+            "acks",
+            "isolation.level",
+            "auto.offset.reset",
+            "group.id",
+            "transactional.id",
+            "partitioner",
+            "Request.Required.Acks",
+        ] {
             let err = Config::from_toml(&format!("[kafka.properties]\n\"{key}\" = \"1\"\n")).unwrap_err();
             let text = err.to_string();
             assert!(text.starts_with(&format!("kafka.properties.\"{key}\": is set by the relay")), "{text}");
@@ -442,7 +451,9 @@ mod tests {
             let config = Config::load(Some(Path::new("s.toml"))).map_err(|e| e.to_string())?;
             assert_eq!(config.kafka.sasl.as_ref().map(|s| s.password.expose()), Some("123456"));
             // A value of the wrong type elsewhere: the error names the key and the type, never the value.
-            for (name, value) in [("MAX_IN_FLIGHT", "s3cret-word"), ("ORDERING", "s3cret-variant"), ("TIMEOUT", "s3cret")] {
+            for (name, value) in
+                [("MAX_IN_FLIGHT", "s3cret-word"), ("ORDERING", "s3cret-variant"), ("TIMEOUT", "s3cret")]
+            {
                 jail.clear_env();
                 jail.set_env(format!("HOOKRELAY_DELIVERY__{name}"), value);
                 let err = Config::load(Some(Path::new("s.toml"))).unwrap_err().to_string();

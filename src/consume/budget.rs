@@ -22,9 +22,7 @@ pub const HEADER_OVERHEAD: usize = 64;
 
 /// Bytes of a record's headers, names and values: what `max_record_header_bytes` bounds.
 pub fn header_bytes(record: &impl Message) -> usize {
-    record.headers().map_or(0, |headers| {
-        headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum()
-    })
+    record.headers().map_or(0, |headers| headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum())
 }
 
 /// What a record costs the budget while it is read and not yet decided: its

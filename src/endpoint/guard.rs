@@ -371,8 +371,12 @@ mod tests {
         assert_eq!(why, "forbidden target: 2001::f5ff:fffe (Teredo of 10.0.0.1, private address)");
         let why = check_resolved("internal.example", "10.20.30.40".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(why, "forbidden target: internal.example resolves to a non-global address (private)", "no address");
-        let why = check_resolved("internal.example", "::ffff:169.254.169.254".parse().unwrap()).unwrap_err().to_string();
-        assert_eq!(why, "forbidden target: internal.example resolves to a non-global address (IPv4-mapped of link-local)");
+        let why =
+            check_resolved("internal.example", "::ffff:169.254.169.254".parse().unwrap()).unwrap_err().to_string();
+        assert_eq!(
+            why,
+            "forbidden target: internal.example resolves to a non-global address (IPv4-mapped of link-local)"
+        );
         assert!(check_resolved("public.example", "8.8.8.8".parse().unwrap()).is_ok());
         let why = check_address("::ffff:127.0.0.1".parse().unwrap()).unwrap_err().to_string();
         assert_eq!(why, "forbidden target: ::ffff:127.0.0.1 (IPv4-mapped of 127.0.0.1, loopback address)");

@@ -75,7 +75,9 @@ impl FailureHandler {
                 let Some(group) = windows.lock().expect("windows lock poisoned").close(&endpoint) else { return };
                 let admitted = cap.lock().expect("cap lock poisoned").admit(group, now_ms());
                 match admitted {
-                    (Admit::Send, Some(group)) => send(&sinks, group.notification(&endpoint), group, give_up_after).await,
+                    (Admit::Send, Some(group)) => {
+                        send(&sinks, group.notification(&endpoint), group, give_up_after).await
+                    }
                     (Admit::Rolled(Some(at_ms)), _) => {
                         let wait = Duration::from_millis(at_ms.saturating_sub(now_ms()).max(0) as u64);
                         tokio::select! {

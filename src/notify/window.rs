@@ -156,7 +156,8 @@ impl Cap {
             return (Admit::Send, Some(group));
         }
         let first = self.rolled.is_none();
-        let (summary, endpoints) = self.rolled.get_or_insert_with(|| (Group { first_ms: i64::MAX, ..Group::default() }, 0));
+        let (summary, endpoints) =
+            self.rolled.get_or_insert_with(|| (Group { first_ms: i64::MAX, ..Group::default() }, 0));
         summary.merge(group);
         *endpoints += 1;
         (Admit::Rolled(first.then_some(self.started_ms.saturating_add(self.window_ms))), None)

@@ -114,7 +114,9 @@ impl Handler for Relay {
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
         let mut event = match bomb {
-            true => Err(InvalidEvent::RecordHeadersTooLarge { size: header_bytes, limit: shared.max_record_header_bytes }),
+            true => {
+                Err(InvalidEvent::RecordHeadersTooLarge { size: header_bytes, limit: shared.max_record_header_bytes })
+            }
             false => shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()),
         };
         // The record's trace context goes on every attempt; tier and dead

@@ -585,3 +585,124 @@ async fn drill_three_replicas_one_stopped_one_killed_one_joining() {
     let ledger = account("three-replicas", &topics, &produced, &[&fast, &flaky], Duration::from_secs(240)).await;
     assert_eq!(ledger.delivered, n, "every event delivered");
 }
+
+/// The pod's memory limit (deploy/kubernetes/base/deployment.yaml).
+const POD_MEMORY_LIMIT_MIB: u64 = 512;
+
+/// The relay's resident memory (VmRSS), in KiB.
+fn relay_rss_kib(relay: &Relay) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.child.id())).unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap_or("VmRSS: 0 kB");
+    line.split_whitespace().nth(1).and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+/// A JSON `headers` map of `n` unique names: a header bomb (refused by `max_event_headers`).
+fn header_bomb(url: &str, n: usize) -> Vec<u8> {
+    let names: serde_json::Map<String, serde_json::Value> = (0..n).map(|i| (format!("x-{i}"), "".into())).collect();
+    serde_json::json!({"url": url, "payload": 1, "headers": names}).to_string().into_bytes()
+}
+
+/// What the good events went through: their ledger, p99 latency (receipt minus produce), and the largest RSS.
+struct HostileRun {
+    ledger: Ledger,
+    p99_ms: i64,
+    rss_mib: u64,
+}
+
+/// Good traffic (half to the named endpoint `shared`, half inline to the same receiver), with or
+/// without the attackers: header bombs, record-header bombs, `timeout_ms: 1` floods at `shared`,
+/// and a receiver that answers `503 Retry-After: 99999999`.
+async fn hostile_mix(drill: &'static str, hostile: bool, batches: usize) -> HostileRun {
+    let good = Receiver::start(Behaviour { delay: Duration::from_millis(5), ..Behaviour::default() }).await;
+    let attack = Receiver::start(Behaviour {
+        fail_matching: Some(("attack".into(), usize::MAX)),
+        fail_status: 503,
+        retry_after: Some("99999999".into()),
+        ..Behaviour::default()
+    })
+    .await;
+    let topics = Topics::create(4, &[Duration::from_secs(1)]).await;
+    let config = Config::new(&topics).endpoint("shared", &good.url("/shared"));
+    let relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let mut produced = Produced::default();
+    let (rss_stop, rss_max) =
+        (tokio_util::sync::CancellationToken::new(), std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0)));
+    let pid_relay = relay.child.id();
+    let sampler = tokio::spawn({
+        let (stop, max) = (rss_stop.clone(), rss_max.clone());
+        async move {
+            while !stop.is_cancelled() {
+                let status = std::fs::read_to_string(format!("/proc/{pid_relay}/status")).unwrap_or_default();
+                let kib = status
+                    .lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .unwrap_or(0);
+                max.fetch_max(kib, std::sync::atomic::Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    });
+    for batch in 0..batches {
+        let mut values: Vec<(Option<String>, Vec<u8>, RawHeaders)> = Vec::new();
+        for i in 0..100 {
+            let id = format!("good-{batch}-{i}");
+            let target = if i % 2 == 0 {
+                r#""endpoint":"shared""#.to_string()
+            } else {
+                format!(r#""url":"{}""#, good.url("/inline"))
+            };
+            let value = format!(r#"{{{target},"payload":{{"t":{}}},"id":"{id}"}}"#, now_ms());
+            values.push((Some(id), value.into_bytes(), RawHeaders::new()));
+        }
+        if hostile {
+            for _ in 0..2 {
+                values.push((None, header_bomb(&good.url("/bomb"), 60_000), RawHeaders::new()));
+                let headers: RawHeaders =
+                    (0..1_000).map(|k| (format!("k{k}").into_bytes(), Some(vec![b'v'; 100]))).collect();
+                values.push((None, format!(r#"{{"url":"{}","payload":1}}"#, good.url("/rh")).into_bytes(), headers));
+            }
+            for _ in 0..25 {
+                let value = r#"{"endpoint":"shared","payload":"flood","timeout_ms":1,"max_attempts":1}"#;
+                values.push((None, value.as_bytes().to_vec(), RawHeaders::new()));
+            }
+            let value = format!(r#"{{"url":"{}","payload":"attack"}}"#, attack.url("/bad"));
+            values.push((None, value.into_bytes(), RawHeaders::new()));
+        }
+        produced.send_with_headers(&producer, &topics.events, values).await;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let ledger = account(drill, &topics, &produced, &[&good], Duration::from_secs(300)).await;
+    rss_stop.cancel();
+    let _ = sampler.await;
+    let mut latencies: Vec<i64> = good
+        .received()
+        .iter()
+        .filter(|r| r.status == 200 && r.header("webhook-id").starts_with("good-"))
+        .filter_map(|r| serde_json::from_slice::<serde_json::Value>(&r.body).ok()?["t"].as_i64().map(|t| r.at_ms - t))
+        .collect();
+    latencies.sort_unstable();
+    let p99_ms = latencies.get(latencies.len() * 99 / 100).copied().unwrap_or(i64::MAX);
+    let rss_mib = rss_max.load(std::sync::atomic::Ordering::Relaxed).max(relay_rss_kib(&relay)) / 1024;
+    assert!(!relay.log_text().contains("panicked"), "no panic");
+    HostileRun { ledger, p99_ms, rss_mib }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "drill: make drill"]
+async fn drill_hostile_input_does_not_hurt_good_traffic() {
+    let batches = 20;
+    let calm = hostile_mix("hostile (baseline)", false, batches).await;
+    let run = hostile_mix("hostile", true, batches).await;
+    let good = batches * 100;
+    println!(
+        "DRILL hostile good delivered {}/{good}  p99 {} ms (without the attackers {} ms)  RSS max {} MiB (pod limit {} MiB)  lost {}",
+        run.ledger.delivered, run.p99_ms, calm.p99_ms, run.rss_mib, POD_MEMORY_LIMIT_MIB, run.ledger.lost
+    );
+    assert_eq!(run.ledger.delivered, good, "every good event delivered");
+    // Within 2x of the calm run; a floor of 50 ms, as a calm p99 of a few ms moves by that on a shared machine.
+    assert!(run.p99_ms <= 2 * calm.p99_ms.max(50), "p99 {} ms vs {} ms calm", run.p99_ms, calm.p99_ms);
+    assert!(run.rss_mib < POD_MEMORY_LIMIT_MIB, "RSS {} MiB", run.rss_mib);
+}

@@ -26,7 +26,13 @@ async fn all_delivered(receiver: &Receiver, ids: &[String], within: Duration) {
     eventually_explained("every good event delivered", within, || {
         let delivered = receiver.delivered_ids();
         let missing: Vec<_> = ids.iter().filter(|id| !delivered.contains(*id)).collect();
-        async move { if missing.is_empty() { Ok(()) } else { Err(format!("missing {missing:?}")) } }
+        async move {
+            if missing.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("missing {missing:?}"))
+            }
+        }
     })
     .await;
 }
@@ -36,19 +42,16 @@ async fn a_timeout_ms_1_flood_does_not_open_a_shared_endpoints_circuit() {
     // Every answer takes 300 ms: a 1 ms timeout always times out, billing's own 5 s never does.
     let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(300), ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[LONG_TIER]).await;
-    let config =
-        Config::new(&topics).endpoint("billing", &receiver.url("/b")).set("circuit.failure_threshold", 3);
+    let config = Config::new(&topics).endpoint("billing", &receiver.url("/b")).set("circuit.failure_threshold", 3);
     let _relay = Relay::start(&config, &[]).await;
-    let flood: Vec<String> = (0..10)
-        .map(|i| format!(r#"{{"endpoint":"billing","payload":{i},"id":"flood-{i}","timeout_ms":1}}"#))
-        .collect();
+    let flood: Vec<String> =
+        (0..10).map(|i| format!(r#"{{"endpoint":"billing","payload":{i},"id":"flood-{i}","timeout_ms":1}}"#)).collect();
     produce_values(&topics.events, &flood).await;
     let timed_out = read_topic(&topics.tiers[0].0, flood.len(), Duration::from_secs(60)).await;
     assert_eq!(timed_out.len(), flood.len(), "every flood event timed out into the tier");
     // Before: ten timeouts opened billing's circuit and every tenant's billing event was deferred.
     let ids: Vec<String> = (0..5).map(|i| format!("good-{i}")).collect();
-    produce_values(&topics.events, &ids.iter().map(|id| good(r#""endpoint":"billing""#, id)).collect::<Vec<_>>())
-        .await;
+    produce_values(&topics.events, &ids.iter().map(|id| good(r#""endpoint":"billing""#, id)).collect::<Vec<_>>()).await;
     all_delivered(&receiver, &ids, Duration::from_secs(60)).await;
 }
 
@@ -68,8 +71,7 @@ async fn an_inline_host_named_like_an_endpoint_does_not_share_its_circuit() {
     let failed = read_topic(&topics.tiers[0].0, attacks.len(), Duration::from_secs(60)).await;
     assert_eq!(failed.len(), attacks.len(), "every inline event failed into the tier");
     let ids: Vec<String> = (0..5).map(|i| format!("good-{i}")).collect();
-    produce_values(&topics.events, &ids.iter().map(|id| good(r#""endpoint":"billing""#, id)).collect::<Vec<_>>())
-        .await;
+    produce_values(&topics.events, &ids.iter().map(|id| good(r#""endpoint":"billing""#, id)).collect::<Vec<_>>()).await;
     all_delivered(&receiver, &ids, Duration::from_secs(60)).await;
 }
 
@@ -114,11 +116,9 @@ async fn a_header_bomb_is_invalid_and_the_partition_keeps_flowing() {
     let url = receiver.url("/h");
     // 60,000 unique names (about 0.8 MB): quadratic to merge before, and past the ~24.5k
     // entries at which the request's header map panics.
-    let bomb: serde_json::Map<String, serde_json::Value> =
-        (0..60_000).map(|i| (format!("x-{i}"), "".into())).collect();
+    let bomb: serde_json::Map<String, serde_json::Value> = (0..60_000).map(|i| (format!("x-{i}"), "".into())).collect();
     let bomb = serde_json::json!({"url": url, "payload": 1, "id": "bomb", "headers": bomb}).to_string();
-    let wide: serde_json::Map<String, serde_json::Value> =
-        (0..65).map(|i| (format!("x-{i}"), "v".into())).collect();
+    let wide: serde_json::Map<String, serde_json::Value> = (0..65).map(|i| (format!("x-{i}"), "v".into())).collect();
     let wide = serde_json::json!({"url": url, "payload": 1, "id": "wide", "headers": wide}).to_string();
     let big = serde_json::json!({"url": url, "payload": 1, "id": "big", "headers": {"x-big": "v".repeat(17_000)}});
     let ids: Vec<String> = (0..5).map(|i| format!("good-{i}")).collect();
@@ -158,7 +158,8 @@ async fn one_endpoint_may_reach_private_networks_while_inline_urls_stay_guarded(
     for record in &dead {
         assert_eq!(record.header("hookrelay-reason"), Some("forbidden_target"), "{:?}", record.headers);
     }
-    let named = dead.iter().find(|r| String::from_utf8_lossy(&r.value).contains("localhost")).expect("the localhost event");
+    let named =
+        dead.iter().find(|r| String::from_utf8_lossy(&r.value).contains("localhost")).expect("the localhost event");
     let error = named.header("hookrelay-last-error").unwrap();
     // The name is the producer's own; what it resolves to is internal DNS and stays out.
     assert!(error.contains("localhost resolves to a non-global address (loopback)"), "{error}");
@@ -223,8 +224,7 @@ async fn dead_letters_to_many_inline_hosts_make_at_most_twenty_messages_and_one_
     holds_for("nothing more", Duration::from_secs(4), || ops.count() == 21).await;
     let bodies: Vec<serde_json::Value> =
         ops.received().iter().map(|r| serde_json::from_slice(&r.body).expect("a JSON body")).collect();
-    let summaries: Vec<_> =
-        bodies.iter().filter(|b| b["text"].as_str().unwrap().starts_with("and ")).collect();
+    let summaries: Vec<_> = bodies.iter().filter(|b| b["text"].as_str().unwrap().starts_with("and ")).collect();
     assert_eq!(summaries.len(), 1, "{bodies:?}");
     let text = summaries[0]["text"].as_str().unwrap();
     // However the windows fell, every dead letter is counted once: 20 alone, the rest in the summary.
