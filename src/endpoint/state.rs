@@ -28,6 +28,9 @@ use crate::route::outcome::Why;
 /// starts afresh (closed circuit, limit at [`super::limit::INITIAL`], a new [`LiveLimit`]).
 pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
 
+/// An entry's key: whether it is an inline URL's host, and the name or `host:port`.
+type EntryKey = (bool, Arc<str>);
+
 /// The state of every endpoint of the process.
 pub struct States {
     default_ceiling: usize,
@@ -36,8 +39,7 @@ pub struct States {
     circuit: CircuitConfig,
     /// `delivery.max_hold`, in ms: the longest one `Retry-After` holds an endpoint.
     max_hold_ms: i64,
-    /// Keyed by (inline?, key).
-    entries: Mutex<HashMap<(bool, Arc<str>), Arc<Entry>>>,
+    entries: Mutex<HashMap<EntryKey, Arc<Entry>>>,
     /// Registry endpoints' own ceilings and paces, looked up when their state is made.
     registry: Option<Arc<super::registry::Registry>>,
 }
