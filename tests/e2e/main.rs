@@ -18,6 +18,7 @@ mod otlp;
 mod pace;
 mod proxy;
 mod refused;
+mod registry;
 mod replay;
 mod retry;
 mod security;
