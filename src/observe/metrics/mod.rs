@@ -61,6 +61,14 @@ pub struct Metrics {
     pub route_held_seconds: IntGaugeVec,
     /// topic (tiers and dead)
     pub route_held_records: IntGaugeVec,
+    /// source (file | registry)
+    pub registry_endpoints: IntGaugeVec,
+    /// result (applied | refused)
+    pub registry_updates: IntCounterVec,
+    /// no labels: 1 while the registry topic can be read
+    pub registry_up: IntGaugeVec,
+    /// partition
+    pub registry_offset: IntGaugeVec,
 }
 
 /// The name of every metric registered, in order: the registry's `gather()`
@@ -192,6 +200,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hookrelay_endpoint_concurrency",
             "Adaptive concurrency per endpoint: the current limit and its ceiling.",
             &["endpoint", "bound"],
+        ),
+        registry_endpoints: gauge(
+            &r,
+            "hookrelay_registry_endpoints",
+            "Named endpoints this replica knows, by source (file, registry).",
+            &["source"],
+        ),
+        registry_updates: counter(
+            &r,
+            "hookrelay_registry_updates_total",
+            "Registry records read, by result (applied, refused).",
+            &["result"],
+        ),
+        registry_up: gauge(&r, "hookrelay_registry_up", "1 while the registry topic can be read, else 0.", &[]),
+        registry_offset: gauge(
+            &r,
+            "hookrelay_registry_offset",
+            "Next registry offset to apply, by partition (the applied position).",
+            &["partition"],
         ),
         relay_headers_ignored: counter(
             &r,
