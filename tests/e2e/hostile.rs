@@ -231,3 +231,34 @@ async fn dead_letters_to_many_inline_hosts_make_at_most_twenty_messages_and_one_
     let rolled = 32 - 20;
     assert!(text.starts_with(&format!("and {rolled} other endpoints: {rolled} webhooks failed")), "{text}");
 }
+
+#[test]
+fn a_property_that_undoes_at_least_once_exits_64_naming_it_and_a_numeric_secret_is_accepted() {
+    let (_dir, path, _) = write_config("[kafka.properties]\n\"enable.auto.offset.store\" = \"true\"\n");
+    let output = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run hookrelay");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("kafka.properties.\"enable.auto.offset.store\": is set by the relay"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "one line: {stderr}");
+    // A password of digits from the environment (a Kubernetes Secret, say) is its text, not an error.
+    let (_dir, path, _) = write_config("[kafka]\nsecurity_protocol = \"sasl_plaintext\"\n");
+    let output = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("check-config")
+        .env("HOOKRELAY_KAFKA__SASL__MECHANISM", "PLAIN")
+        .env("HOOKRELAY_KAFKA__SASL__USERNAME", "hookrelay")
+        .env("HOOKRELAY_KAFKA__SASL__PASSWORD", "123456")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run hookrelay");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("123456"), "shown redacted");
+}
