@@ -625,7 +625,11 @@ async fn hostile_mix(drill: &'static str, hostile: bool, batches: usize) -> Host
     // A 5 s max_hold (under rate_max_wait): the attacker's records wait out its holds in place
     // instead of lapping the tier every second (with the default 60 s they do, and the ledger's
     // read of a record hopping between tier copies can miss it: 1 "lost" of 20 so counted, see the report).
-    let config = Config::new(&topics).endpoint("shared", &good.url("/shared")).set("delivery.max_hold", "5s");
+    let config = Config::new(&topics)
+        .endpoint("shared", &good.url("/shared"))
+        .set("delivery.max_hold", "5s")
+        // Nor does the attacker's circuit open (its 503s would defer its records to the tier, lapping until the probe).
+        .set("circuit.failure_threshold", 1000);
     let relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let mut produced = Produced::default();
