@@ -102,6 +102,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         config.endpoints.keys().cloned(),
         config.delivery.max_endpoint_labels,
     ));
+    crate::observe::waiting::init(config.endpoints.keys().map(String::as_str));
     let held = Arc::new(Held::default());
     let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
@@ -154,6 +155,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         }
     }
     shared.router.flush(Duration::from_secs(5));
+    // Best effort: the last decisions' log records, if the broker takes them quickly.
+    shared.attempts.flush(Duration::from_secs(2));
     shutdown.cancel();
     admin_stop.cancel();
     let _ = admin.await;

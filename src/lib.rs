@@ -23,6 +23,9 @@
 //!   records retried in place).
 //! - [`notify`]: the failure handler on the dead topic: grouping and sinks (http, email, log).
 //! - [`replay`]: re-drives dead records to the event topic. [`topics`]: `topics ensure` and `send`.
+//!   [`ops`]: `trace` (the attempt-log records of one event).
+//! - [`observe`]: the attempt log (`attempts`: one record per attempt and decision, best effort,
+//!   counted) and the age of each endpoint's oldest undecided record (`waiting`).
 //! - [`circuit`]: the per-endpoint circuit breaker (pure; returns its transitions).
 //! - [`concurrency`]: the adaptive concurrency limit per endpoint (AIMD with slow start); it keeps each endpoint's pace.
 //! - [`deliver`]: one HTTP attempt (signing, timeout, target guard, the endpoint's own client); no retry logic.
@@ -64,7 +67,9 @@ pub mod kafka;
 pub mod labels;
 pub mod metrics;
 pub mod notify;
+pub mod observe;
 pub mod offsets;
+pub mod ops;
 pub mod otel;
 pub mod outcome;
 pub mod pace;

@@ -76,6 +76,10 @@ pub struct TopicsConfig {
     pub events: Vec<String>,
     /// Dead letters. Default `webhooks.dead`.
     pub dead: String,
+    /// The attempt log: one JSON record per attempt and per decision, keyed by
+    /// event id, kept 7 days (`hookrelay trace` reads it). `""` turns it off.
+    /// Default `webhooks.attempts`.
+    pub attempts: String,
     /// Partitions for topics that `topics ensure` creates. Default 6.
     pub partitions: i32,
     /// Replication factor for created topics; -1 = the broker's default. Default -1.
@@ -93,6 +97,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             events: vec!["webhooks.events".into()],
             dead: "webhooks.dead".into(),
+            attempts: "webhooks.attempts".into(),
             partitions: 6,
             replication_factor: -1,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -196,7 +201,8 @@ impl Config {
             return Err(invalid("retry.tiers", "needs at least one tier"));
         }
         let mut seen = std::collections::BTreeSet::new();
-        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead));
+        let attempts = Some(&self.topics.attempts).filter(|t| !t.is_empty());
+        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(attempts);
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
             // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
             let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));

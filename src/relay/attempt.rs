@@ -1,5 +1,7 @@
 //! One attempt: the endpoint's permit, the circuit, the request, and what it tells the limiter.
 
+use std::time::Duration;
+
 use super::*;
 
 /// What an attempt says about the receiver's capacity.
@@ -15,13 +17,14 @@ fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
 
 impl Relay {
     /// Waits for the endpoint's permit, asks the circuit, and makes the attempt
-    /// unless it defers (and why). `None`: cancelled (shutdown or revoke) on the way.
+    /// unless it defers (and why), with how long the request took (none: no request).
+    /// `None`: cancelled (shutdown or revoke) on the way.
     pub(super) async fn attempt(
         &self,
         event: &Event,
         hop: &mut Hop,
         cancel: &CancellationToken,
-    ) -> Option<(Outcome, Deferral)> {
+    ) -> Option<(Outcome, Deferral, Option<Duration>)> {
         let s = &*self.shared;
         let endpoint = &event.endpoint_key;
         let circuit_changed = |change: Option<Transition>| {
@@ -43,7 +46,7 @@ impl Relay {
             }
             if held > permit.pace().max_wait_ms() {
                 permit.finish(Signal::None);
-                return Some((Outcome::Deferred, Deferral::Pace));
+                return Some((Outcome::Deferred, Deferral::Pace, None));
             }
             tokio::select! {
                 _ = tokio::time::sleep(std::time::Duration::from_millis(held as u64)) => {}
@@ -54,8 +57,9 @@ impl Relay {
         circuit_changed(change);
         if admission == Admission::Defer {
             permit.finish(Signal::None);
-            return Some((Outcome::Deferred, Deferral::Circuit));
+            return Some((Outcome::Deferred, Deferral::Circuit, None));
         }
+        let started = Instant::now();
         let attempt = tokio::select! {
             attempt = s.deliverer.attempt(event, SystemTime::now())
                 .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
@@ -85,6 +89,6 @@ impl Relay {
         // receiver answering, so it is up.
         let verdict = if matches!(outcome, Outcome::Retryable { .. }) { Verdict::Failed } else { Verdict::Up };
         circuit_changed(s.circuits.report(endpoint, admission, verdict, Instant::now()));
-        Some((outcome, Deferral::Circuit))
+        Some((outcome, Deferral::Circuit, Some(started.elapsed())))
     }
 }

@@ -26,6 +26,8 @@ use crate::headers::RecordHeaders;
 use crate::held::Held;
 use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
 use crate::metrics::{self, Retry};
+use crate::observe::attempts::{id_of_invalid, At, Entry, Step};
+use crate::observe::waiting::{self, Waiting};
 use crate::otel;
 use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
@@ -75,6 +77,15 @@ enum Deferral {
 }
 
 impl Deferral {
+    /// The attempt log's `reason` for a deferred record.
+    fn as_str(self) -> &'static str {
+        match self {
+            Deferral::Circuit => "circuit",
+            Deferral::Overflow => "overflow",
+            Deferral::Pace => "pace",
+        }
+    }
+
     fn describe(self, endpoint: &str) -> String {
         match self {
             Deferral::Circuit => format!("deferred: circuit open for {endpoint}"),
@@ -96,6 +107,8 @@ pub struct Prepared {
     trace: Option<TraceContext>,
     /// A record of an ordered key on an event topic: retried in place, keeping its hop state here.
     in_place: Option<in_place::Kept>,
+    /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
+    _waiting: Option<Waiting>,
 }
 
 impl Handler for Relay {
@@ -156,7 +169,9 @@ impl Handler for Relay {
             order,
         };
         let in_place = order.map(|_| in_place::Kept::default());
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place })
+        let since_ms = hop.event_ms.unwrap_or_else(now_ms);
+        let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting })
     }
 
     fn handle(
@@ -205,7 +220,10 @@ impl Handler for Relay {
                 last_error: Some(&error),
                 endpoint,
             };
-            self.send_dead(&original, relay(Destination::Dead { reason: DeadReason::InternalError }), &cancel).await
+            let id = event.as_ref().map_or_else(|_| hop.origin.default_id(), |e| e.id.clone());
+            let log = Entry::without_attempt(&id, endpoint, hop.attempts, At::of(record), Some(&error));
+            let dead = relay(Destination::Dead { reason: DeadReason::InternalError });
+            self.send_dead(&original, dead, &log, &cancel).await
         }
         .boxed()
     }
@@ -231,7 +249,9 @@ impl Relay {
                     last_error: Some(&error),
                     endpoint: "invalid",
                 };
-                return self.send_dead(&original, relay, &cancel).await;
+                let id = id_of_invalid(record.payload()).unwrap_or_else(|| hop.origin.default_id());
+                let log = Entry::without_attempt(&id, "invalid", hop.attempts, At::of(record), Some(&error));
+                return self.send_dead(&original, relay, &log, &cancel).await;
             }
         };
         // Set on the first hop and carried in headers afterwards; a replay sets
@@ -251,20 +271,22 @@ impl Relay {
             Work::Paced => Some(Deferral::Pace),
         };
         if let Some(deferral) = deferral {
+            let step = Step { record: At::of(record), took: None };
             return self
-                .route(&original, &hop, event, Outcome::Deferred, deferral, deadline, in_place.as_ref(), &cancel)
+                .route(&original, &hop, event, Outcome::Deferred, deferral, deadline, in_place.as_ref(), step, &cancel)
                 .instrument(child(|| tracing::info_span!("route")))
                 .await;
         }
-        let (outcome, deferral) = match lap {
-            Some(due_ms) => (Outcome::NotYet { due_ms }, Deferral::Circuit),
+        let (outcome, deferral, took) = match lap {
+            Some(due_ms) => (Outcome::NotYet { due_ms }, Deferral::Circuit, None),
             None => match self.attempt(event, &mut hop, &cancel).await {
                 Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
 
-        self.route(&original, &hop, event, outcome, deferral, deadline, in_place.as_ref(), &cancel)
+        let step = Step { record: At::of(record), took };
+        self.route(&original, &hop, event, outcome, deferral, deadline, in_place.as_ref(), step, &cancel)
             .instrument(child(|| tracing::info_span!("route")))
             .await
     }
@@ -282,6 +304,7 @@ impl Relay {
         deferral: Deferral,
         deadline_ms: i64,
         in_place: Option<&in_place::Kept>,
+        step: Step<'_>,
         cancel: &CancellationToken,
     ) -> Done {
         let s = &*self.shared;
@@ -307,11 +330,13 @@ impl Relay {
             Outcome::Deferred => (hop.last_status, Some(deferral.describe(endpoint))),
             Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
+        let log = step.entry(&event.id, endpoint, hop.attempts, last_status, last_error.as_deref());
         if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
             let (now, deferred) = (now_ms(), outcome == Outcome::Deferred);
             let due_ms = in_place::due_ms(*due_ms, deferred, now, s.circuits.cool_down().as_millis() as i64);
             kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
             metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
+            s.attempts.passed_on(&log, &outcome, deferral.as_str(), "in-place", None);
             return Done::Again { due_ms };
         }
         let relay =
@@ -320,6 +345,7 @@ impl Relay {
             Route::Delivered => {
                 let latency_ms = hop.event_ms.map(|t| now_ms() - t);
                 metrics::delivered(endpoint, &event.id, hop.attempts, latency_ms);
+                s.attempts.delivered(&log);
                 Done::Decided
             }
             Route::Tier { index, due_ms } => {
@@ -327,17 +353,17 @@ impl Relay {
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record, or
                 // once it is known that the tier can never take it.
-                match s.router.produce(topic, original, built, cancel).await {
-                    Ok(()) => {}
+                let to = match s.router.produce(topic, original, built, cancel).await {
+                    Ok((partition, offset)) => At { topic, partition, offset },
                     Err(Unrouted::Abandoned) => return Done::Abandoned,
                     Err(too_large @ Unrouted::TooLarge { .. }) => {
                         let error = too_large.to_string();
                         metrics::produce_too_large(topic, &event.id, &error);
                         let reason = DeadReason::TooLarge;
                         let dead = RelayHeaders { last_error: Some(&error), ..relay(Destination::Dead { reason }) };
-                        return self.send_dead(original, dead, cancel).await;
+                        return self.send_dead(original, dead, &Entry { error: Some(&error), ..log }, cancel).await;
                     }
-                }
+                };
                 let why = match (&outcome, deferral) {
                     (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
                     (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
@@ -346,17 +372,24 @@ impl Relay {
                     _ => Retry::Failed,
                 };
                 metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
+                s.attempts.passed_on(&log, &outcome, deferral.as_str(), topic, Some(to));
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
+            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), &log, cancel).await,
         }
     }
 
     /// Writes the dead record. A dead topic that cannot take the value gets
     /// the record without it (headers kept, and the loss said in
     /// `hookrelay-last-error`); one that cannot take even the original headers
-    /// gets the relay's headers alone.
-    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
+    /// gets the relay's headers alone. `log` is its attempt-log record, written once acknowledged.
+    async fn send_dead(
+        &self,
+        original: &Original<'_>,
+        relay: RelayHeaders<'_>,
+        log: &Entry<'_>,
+        cancel: &CancellationToken,
+    ) -> Done {
         let router = &self.shared.router;
         let topic = router.dead_topic();
         let Destination::Dead { reason } = relay.destination else { unreachable!("send_dead writes dead records") };
@@ -377,8 +410,8 @@ impl Relay {
             }
             dropped = Some(last_error);
         }
-        match produced {
-            Ok(()) => {}
+        let (partition, offset) = match produced {
+            Ok(to) => to,
             Err(Unrouted::Abandoned) => return Done::Abandoned,
             Err(Unrouted::TooLarge { error, .. }) => {
                 // Cannot happen above a few KiB of max.message.bytes (start-up refuses a dead
@@ -386,7 +419,8 @@ impl Relay {
                 tracing::error!(topic, error, "dead record too large even without value and headers");
                 return Done::Abandoned;
             }
-        }
+        };
+        self.shared.attempts.dead(log, reason.as_str(), At { topic, partition, offset });
         metrics::dead_routed(
             relay.endpoint,
             &relay.hop.origin.default_id(),

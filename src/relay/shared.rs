@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::observe::attempts::AttemptLog;
 use crate::pace;
 
 /// What every relay consumer (events and each tier) shares.
@@ -18,6 +19,8 @@ pub struct Shared {
     pub max_attempts: u32,
     /// Checks the seal of `replay`'s headers on event topics.
     pub replay_key: Option<ReplayKey>,
+    /// The attempt log (a no-op when `topics.attempts` is off).
+    pub attempts: AttemptLog,
 }
 
 /// The relay could not set up its clients.
@@ -43,6 +46,7 @@ impl Shared {
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
+            attempts: AttemptLog::new(config)?,
         }))
     }
 }

@@ -1,0 +1,3 @@
+//! Operator commands beside `run`.
+
+pub mod trace;
