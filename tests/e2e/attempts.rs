@@ -213,12 +213,14 @@ async fn dead_events_are_logged_with_their_dead_letter_and_unknown_ids_exit_1() 
     assert!(lines[0].contains("dead") && lines[0].contains("410") && lines[0].contains("reason=rejected"), "{stdout}");
     assert_eq!(lines[1], format!("dead letter: {} (reason rejected)", dead_at("gone-1")));
     assert!(lines[2].starts_with("replay it: hookrelay replay --endpoint crm --reason rejected --since "), "{stdout}");
+    println!("hookrelay trace gone-1\n{stdout}");
 
     let (code, stdout, stderr) = trace(&config, &["never-sent", "--since", "1h"]).await;
     assert_eq!(code, Some(1), "{stdout}{stderr}");
     assert_eq!(stdout, "");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.starts_with("no record of never-sent since "), "{stderr}");
+    println!("hookrelay trace never-sent --since 1h\n{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
