@@ -11,15 +11,19 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::LiveLimit;
-use crate::metrics;
-use crate::pace::Pace;
+use crate::endpoint::limit::LiveLimit;
+use crate::endpoint::pace::Pace;
+use crate::observe::metrics;
+use crate::route::outcome::Why;
 
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The event topics: first attempts.
     Events,
-    Retry,
+    /// Tier `index` of the ladder: records wait there until they are due.
+    Tier(usize),
+    /// The dead topic: the failure handler.
     Dead,
 }
 
@@ -27,7 +31,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Events => "events",
-            Role::Retry => "retry",
+            Role::Tier(_) => "retry",
             Role::Dead => "dead",
         }
     }
@@ -164,12 +168,10 @@ pub struct Ticket {
 pub enum Work {
     /// Work on it: attempt, classify, route.
     Attempt,
-    /// Its endpoint has more records waiting in this partition than allowed:
-    /// pass it on without an attempt, as an open circuit does.
-    Defer,
-    /// Its endpoint's pace (`rate_limit`, or a `Retry-After` hold) would keep
-    /// it waiting longer than `rate_max_wait`: pass it on without an attempt.
-    Paced,
+    /// Its endpoint cannot take it in time (too many of its records waiting in
+    /// this partition, or its pace would keep it waiting longer than
+    /// `rate_max_wait`): pass it on without an attempt, as an open circuit does.
+    Defer(Why),
 }
 
 /// Works on one record at a time; many run concurrently.
@@ -311,7 +313,7 @@ mod tests {
         );
         assert!(handler.recovered.lock().unwrap().is_empty(), "no panic, no recovery");
         assert_eq!(
-            guarded(handler.clone(), Role::Retry, Arc::new(3), Work::Attempt, cancel.clone(), decider()).await,
+            guarded(handler.clone(), Role::Tier(0), Arc::new(3), Work::Attempt, cancel.clone(), decider()).await,
             Done::Decided
         );
         assert_eq!(*handler.recovered.lock().unwrap(), vec![(3, "odd record 3".to_string())]);

@@ -11,7 +11,7 @@ use super::budget::RECORD_OVERHEAD;
 use super::handler::Handler;
 use super::partition::{Lifecycle, Partition, Waiting};
 use super::Loop;
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
 
 impl<H: Handler> Loop<H> {
     pub(super) fn assign(&mut self, assigned: Vec<(String, i32)>) {

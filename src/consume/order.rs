@@ -107,11 +107,11 @@ mod tests {
 
     /// The scheduler's rules for ordered records (`schedule::schedule`), by table.
     mod schedule {
-        use crate::concurrency::LiveLimit;
         use crate::consume::handler::Ticket;
         use crate::consume::partition::{Partition, PauseReason, Waiting, RESUME_LEAD_MS};
         use crate::consume::schedule::tests::{self, slot};
         use crate::consume::schedule::{schedule, Limits};
+        use crate::endpoint::limit::LiveLimit;
 
         const NOW: i64 = 1_000_000;
         /// Read-ahead 4: at most 16 records behind keys.

@@ -16,7 +16,7 @@ use prometheus::core::{Collector, Desc};
 use prometheus::proto::MetricFamily;
 use prometheus::{GaugeVec, Opts};
 
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
 
 /// Per endpoint label: the event times of its undecided records (time -> how many).
 #[derive(Default)]
@@ -43,7 +43,7 @@ static TRACKER: LazyLock<Arc<Tracker>> = LazyLock::new(|| {
     let tracker =
         Arc::new(Tracker { ages: Mutex::default(), gauge: GaugeVec::new(opts, &["endpoint"]).expect("valid metric") });
     let collector = Collected(tracker.clone());
-    crate::metrics::get().registry.register(Box::new(collector)).expect("metric registered once");
+    crate::observe::metrics::get().registry.register(Box::new(collector)).expect("metric registered once");
     tracker
 });
 
@@ -68,7 +68,7 @@ impl Collector for Collected {
 pub fn init<'a>(endpoints: impl IntoIterator<Item = &'a str>) {
     let mut ages = TRACKER.lock();
     for endpoint in endpoints {
-        let label = crate::labels::endpoint(endpoint);
+        let label = crate::observe::labels::endpoint(endpoint);
         if !ages.0.contains_key(label) {
             ages.0.insert(label.into(), BTreeMap::new());
         }
@@ -85,7 +85,7 @@ pub struct Waiting {
 /// Tracks a record of `endpoint` (its key; labelled as the other endpoint
 /// series) whose event was written at `since_ms`.
 pub fn track(endpoint: &str, since_ms: i64) -> Waiting {
-    let label = crate::labels::endpoint(endpoint);
+    let label = crate::observe::labels::endpoint(endpoint);
     let mut ages = TRACKER.lock();
     let label = match ages.0.get_key_value(label) {
         Some((key, _)) => key.clone(),
@@ -136,7 +136,7 @@ mod tests {
         assert_eq!(oldest_ms(endpoint, 10_000), Some(5_000));
         drop(young);
         assert_eq!(oldest_ms(endpoint, 10_000), Some(0), "nothing waiting: 0, the series stays");
-        let text = crate::metrics::render();
+        let text = crate::observe::metrics::render();
         assert!(
             text.contains("hookrelay_endpoint_oldest_waiting_seconds{endpoint=\"waiting-test.example\"} 0"),
             "{text}"

@@ -8,7 +8,7 @@ use rdkafka::error::KafkaError;
 use rdkafka::message::Message;
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::clock::rfc3339;
+use crate::app::clock::rfc3339;
 use crate::config::Config;
 use crate::observe::attempts::{partition_of, Logged, Read};
 
@@ -54,7 +54,7 @@ pub async fn find(config: &Config, id: &str, since_ms: i64) -> Result<Vec<Found>
 
 fn read_partition(config: &Config, id: &str, since_ms: i64) -> Result<Vec<Found>, TraceError> {
     let topic = config.topics.attempts.as_str();
-    let mut consumer_config = crate::kafka::admin_config(&config.kafka);
+    let mut consumer_config = crate::config::client::admin_config(&config.kafka);
     consumer_config
         .set("group.id", format!("{}.trace", config.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -178,7 +178,7 @@ fn dead_letter(dead: &Read) -> Vec<String> {
         dead.to.as_deref().unwrap_or("not acknowledged"),
         dead.reason.as_deref().unwrap_or("unknown")
     )];
-    if let Ok(at) = crate::clock::parse_rfc3339_ms(&dead.at) {
+    if let Ok(at) = crate::app::clock::parse_rfc3339_ms(&dead.at) {
         // The dead letter's own timestamp is taken just before the log's `at`.
         let (since, until) = (rfc3339(at - 10_000), rfc3339(at + 1_000));
         let reason = dead.reason.as_deref().map(|r| format!(" --reason {r}")).unwrap_or_default();

@@ -26,9 +26,9 @@ use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext};
 
 pub use self::record::{scrub, At, Logged, Read, Written, MAX_ERROR_BYTES};
-use crate::clock::{now_ms, rfc3339};
+use crate::app::clock::{now_ms, rfc3339};
 use crate::config::{Config, KafkaConfig};
-use crate::outcome::Outcome;
+use crate::route::outcome::{Outcome, Why};
 
 /// How long the log's topic keeps records (SPEC: 7 days).
 pub const RETENTION: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -43,8 +43,12 @@ const QUEUE_MAX_MESSAGES: &str = "100000";
 const QUEUE_MAX_KBYTES: &str = "16384";
 
 /// The log's topic as `topics ensure` creates it: 7 days, stored lz4-compressed.
-pub fn wanted(topic: &str) -> crate::topics::Wanted {
-    crate::topics::Wanted { name: topic.to_string(), retention_ms: RETENTION.as_millis(), compression: Some("lz4") }
+pub fn wanted(topic: &str) -> crate::ops::topics::Wanted {
+    crate::ops::topics::Wanted {
+        name: topic.to_string(),
+        retention_ms: RETENTION.as_millis(),
+        compression: Some("lz4"),
+    }
 }
 
 /// The partition Kafka's key partitioner gives `key` among `partitions`:
@@ -59,7 +63,7 @@ pub fn partition_of(key: &[u8], partitions: i32) -> i32 {
 /// timeout, batching (latency does not matter here, CPU does), then
 /// `kafka.properties`, then the partitioner, which nothing may change.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
-    let mut c = crate::kafka::client_config(kafka);
+    let mut c = crate::config::client::client_config(kafka);
     c.set("acks", "1")
         .set("enable.idempotence", "false")
         .set("linger.ms", "100")
@@ -67,9 +71,18 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
         .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES)
         .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES);
-    let mut c = crate::kafka::with_properties(c, kafka);
+    let mut c = crate::config::client::with_properties(c, kafka);
     c.set("partitioner", "murmur2_random");
     c
+}
+
+/// The `reason` of a deferred record.
+fn deferred_reason(why: Why) -> &'static str {
+    match why {
+        Why::Circuit => "circuit",
+        Why::Overflow => "overflow",
+        Why::Pace => "pace",
+    }
 }
 
 /// `hookrelay_attempt_log_dropped_total`, registered with the other metrics on first use.
@@ -80,7 +93,7 @@ fn dropped_total() -> &'static IntCounter {
             "Attempt-log records dropped because the log's queue was full or its topic failed (the log is best effort).",
         )
         .expect("valid metric");
-        crate::metrics::get().registry.register(Box::new(counter.clone())).expect("metric registered once");
+        crate::observe::metrics::get().registry.register(Box::new(counter.clone())).expect("metric registered once");
         counter
     });
     &DROPPED
@@ -238,11 +251,11 @@ impl AttemptLog {
     }
 
     /// A record routed to `tier` (or kept in place) after `outcome`: a retry
-    /// when an attempt failed, a deferral (for `why`) when none was made. A lap
+    /// when an attempt failed, a deferral (and why) when none was made. A lap
     /// of the last tier before the record is due decides nothing and is not logged.
-    pub fn passed_on(&self, entry: &Entry<'_>, outcome: &Outcome, why: &str, tier: &str, to: Option<At<'_>>) {
+    pub fn passed_on(&self, entry: &Entry<'_>, outcome: &Outcome, tier: &str, to: Option<At<'_>>) {
         match outcome {
-            Outcome::Deferred => self.deferred(entry, tier, why),
+            Outcome::Deferred(why) => self.deferred(entry, tier, deferred_reason(*why)),
             Outcome::NotYet { .. } => {}
             _ => self.retry(entry, tier, to),
         }

@@ -133,7 +133,7 @@ pub fn scrub(text: &str) -> Cow<'_, str> {
     }
     out.push_str(rest);
     let one_line: String = out.split_whitespace().collect::<Vec<_>>().join(" ");
-    Cow::Owned(crate::hop::truncate(&one_line, MAX_ERROR_BYTES).to_string())
+    Cow::Owned(crate::event::hop::truncate(&one_line, MAX_ERROR_BYTES).to_string())
 }
 
 /// `scheme://user:pass@host/path?query#fragment` -> `scheme://host/path`;
