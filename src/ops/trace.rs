@@ -58,6 +58,8 @@ fn read_partition(config: &Config, id: &str, since_ms: i64) -> Result<Vec<Found>
     consumer_config
         .set("group.id", format!("{}.trace", config.kafka.group_id))
         .set("enable.auto.commit", "false")
+        // Retention may delete the first records between the seek and the read.
+        .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = consumer_config.create()?;
     let metadata = consumer.fetch_metadata(Some(topic), TIMEOUT)?;
