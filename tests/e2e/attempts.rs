@@ -293,3 +293,48 @@ async fn the_oldest_waiting_age_names_the_endpoint_that_holds_records() {
     .await;
     assert_eq!(receiver.delivered_ids().len(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ordered_retries_are_logged_in_place() {
+    let receiver = Receiver::start(Behaviour { fail_first: 2, ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &TIERS).await;
+    let log = attempts_log(&topics).await;
+    let config = Config::new(&topics)
+        .set("circuit.enabled", false)
+        .endpoint("ordered", &receiver.url("/o"))
+        .set("endpoints.ordered.ordering", "key");
+    let _relay = Relay::start(&config, &[]).await;
+    let value = br#"{"endpoint":"ordered","payload":{},"id":"ord-1"}"#;
+    let (partition, offset) = produce(&producer(), &topics.events, None, Some("k1"), value).await;
+    let records = read_topic(&log, 3, Duration::from_secs(30)).await;
+    let records = of_id(&records, "ord-1");
+    assert_eq!(outcomes(&records), ["retry", "retry", "delivered"]);
+    let event = format!("{}/{partition}/{offset}", topics.events);
+    for (_, value) in &records[..2] {
+        assert_eq!((value["tier"].as_str(), value["to"].clone()), (Some("in-place"), Value::Null), "{value}");
+        assert_eq!((value["status"].clone(), value["record"].as_str()), (Value::from(503), Some(event.as_str())));
+    }
+    assert_eq!(records[2].1["attempt"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deferral_by_an_open_circuit_is_logged_without_an_attempt() {
+    let receiver = Receiver::start(Behaviour { status: 503, ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &TIERS).await;
+    let log = attempts_log(&topics).await;
+    let config = Config::new(&topics)
+        .set("circuit.failure_threshold", 1)
+        .set("circuit.cool_down", "60s")
+        .endpoint("down", &receiver.url("/d"));
+    let _relay = Relay::start(&config, &[]).await;
+    produce(&producer(), &topics.events, None, None, br#"{"endpoint":"down","payload":{},"id":"down-1"}"#).await;
+    let records = read_topic(&log, 2, Duration::from_secs(30)).await;
+    let records = of_id(&records, "down-1");
+    assert_eq!(outcomes(&records), ["retry", "deferred"]);
+    let (_, deferred) = &records[1];
+    assert_eq!((deferred["reason"].as_str(), deferred["attempt"].clone()), (Some("circuit"), Value::from(1)));
+    assert_eq!((deferred["status"].clone(), deferred["duration_ms"].clone()), (Value::Null, Value::Null));
+    assert_eq!(deferred["tier"], topics.tiers[1].0.as_str(), "deferred from the first tier to the next");
+    assert_eq!(deferred["record"], records[0].1["to"], "the tier record the retry wrote");
+    assert_eq!(receiver.count(), 1, "no attempt while the circuit is open");
+}
