@@ -126,26 +126,8 @@ impl EndpointSlot {
     }
 }
 
-/// Counts keyed by [`EndpointSlot::id`], hashed by one multiplication.
-pub type IdMap<V> = std::collections::HashMap<usize, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// The hasher of [`IdMap`]: ids are addresses, distinct already; a multiply spreads them.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+/// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
+pub type IdMap<V> = rustc_hash::FxHashMap<usize, V>;
 
 /// The order key of a record of an ordered endpoint: its endpoint and its
 /// Kafka record key, hashed (see `order::order_key`).

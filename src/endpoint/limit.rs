@@ -41,12 +41,24 @@ const SMOOTHING: f64 = 0.1;
 const MIN_RTT_DRIFT: f64 = 1.001;
 
 /// An endpoint's limit and smoothed round trip, which the loop reads while the limiter changes them.
-#[derive(Debug, Clone, Default)]
-pub struct LiveLimit(Arc<(AtomicUsize, AtomicU64)>);
+#[derive(Debug, Clone)]
+pub struct LiveLimit(Arc<Live>);
+
+#[derive(Debug)]
+struct Live {
+    limit: AtomicUsize,
+    rtt_us: AtomicU64,
+    /// Tells endpoints apart without hashing their names (see [`LiveLimit::id`]).
+    id: usize,
+}
+
+/// The next [`LiveLimit::id`].
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl LiveLimit {
     pub fn fixed(limit: usize) -> LiveLimit {
-        LiveLimit(Arc::new((AtomicUsize::new(limit), AtomicU64::new(0))))
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        LiveLimit(Arc::new(Live { limit: AtomicUsize::new(limit), rtt_us: AtomicU64::new(0), id }))
     }
     /// A limit whose endpoint answered in `rtt` (tables of the scheduler).
     pub fn measured(limit: usize, rtt: Duration) -> LiveLimit {
@@ -55,33 +67,34 @@ impl LiveLimit {
         live
     }
     pub fn get(&self) -> usize {
-        self.0 .0.load(Ordering::Relaxed)
+        self.0.limit.load(Ordering::Relaxed)
     }
     pub(super) fn set(&self, limit: usize) {
-        self.0 .0.store(limit, Ordering::Relaxed);
+        self.0.limit.store(limit, Ordering::Relaxed);
     }
     pub(super) fn set_rtt(&self, rtt: Duration) {
-        self.0 .1.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+        self.0.rtt_us.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
     }
     /// An endpoint whose answers take a second or more (smoothed): its records
     /// hold slots long, so together such endpoints get at most a share of them.
     pub fn is_slow(&self) -> bool {
-        self.0 .1.load(Ordering::Relaxed) >= SLOW_RTT_US
+        self.0.rtt_us.load(Ordering::Relaxed) >= SLOW_RTT_US
     }
 
     /// How long the `ahead`-th record waiting for this endpoint will wait (ms),
     /// by Little's law: `ahead × round trip / limit`. `None` before the first answer.
     pub fn expected_wait_ms(&self, ahead: usize) -> Option<i64> {
-        let rtt_us = self.0 .1.load(Ordering::Relaxed);
+        let rtt_us = self.0.rtt_us.load(Ordering::Relaxed);
         (rtt_us > 0).then(|| (ahead as u64 * rtt_us / self.get().max(1) as u64 / 1000) as i64)
     }
 }
 
 impl LiveLimit {
-    /// Tells endpoints apart without hashing their names: every record of one
-    /// endpoint carries the same live limit (see [`super::state::States::slot`]).
+    /// The endpoint's identity for the loop's counts: every record of one
+    /// endpoint carries the same live limit (see [`super::state::States::slot`]),
+    /// and one that was evicted and came back gets a new one.
     pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
+        self.0.id
     }
 
     /// Does a record's slot (or anything but the endpoint's own entry) still hold it?
