@@ -17,8 +17,8 @@ use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::error::ConsumeError;
 use super::handler::{Role, Spec};
-use super::ConsumeError;
 use crate::config::client::Refusal;
 use crate::config::Config;
 use crate::observe::metrics;

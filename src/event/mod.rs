@@ -3,12 +3,14 @@
 //! A decode error is final: the record goes to the dead topic with reason
 //! `invalid_event` and the error text in `hookrelay-last-error`.
 
+pub mod dead_letter;
 #[cfg(test)]
 mod fuzz;
 pub mod headers;
 pub mod hop;
 pub mod seal;
 pub mod trace_context;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -123,43 +125,14 @@ impl Endpoints {
 
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
     pub fn decode(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Event, InvalidEvent> {
-        let envelope: Envelope<'_> = match serde_json::from_slice(value) {
-            Ok(envelope) => envelope,
-            Err(e) if e.classify() == serde_json::error::Category::Data => {
-                // Valid JSON of the wrong shape: say which, rather than serde's text.
-                return match serde_json::from_slice::<serde_json::Value>(value) {
-                    Ok(serde_json::Value::Object(_)) => Err(InvalidEvent::NotJson(e.to_string())),
-                    Ok(_) => Err(InvalidEvent::NotObject),
-                    Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
-                };
-            }
-            Err(e) => return Err(InvalidEvent::NotJson(e.to_string())),
-        };
+        let envelope = Envelope::parse(value)?;
         let payload = envelope.payload.ok_or(InvalidEvent::MissingPayload)?;
         let body = payload.get().as_bytes();
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let (url, endpoint_key, keys, endpoint_timeout, mut headers, ordered) =
-            match (&envelope.url, &envelope.endpoint) {
-                (Some(url), None) => {
-                    let url = parse_target_url(url)?;
-                    let key: Arc<str> = endpoint_key(&url).into();
-                    (url, key, self.default_keys.clone(), None, Vec::new(), self.default_ordered)
-                }
-                (None, Some(name)) => {
-                    let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
-                    (
-                        endpoint.url.clone(),
-                        Arc::from(name.as_str()),
-                        endpoint.keys.clone(),
-                        endpoint.timeout,
-                        endpoint.headers.clone(),
-                        endpoint.ordered,
-                    )
-                }
-                _ => return Err(InvalidEvent::Target),
-            };
+        let Target { url, endpoint_key, keys, timeout: endpoint_timeout, mut headers, ordered } =
+            self.target(&envelope)?;
         for (name, value) in envelope.headers.unwrap_or_default() {
             let (name, value) = check_header(&name, &value)?;
             headers.retain(|(existing, _)| existing != name);
@@ -199,6 +172,48 @@ impl Endpoints {
             ordered,
         })
     }
+
+    /// Where the event goes: its inline `url` with the defaults, or its named `endpoint`.
+    fn target(&self, envelope: &Envelope<'_>) -> Result<Target, InvalidEvent> {
+        match (&envelope.url, &envelope.endpoint) {
+            (Some(url), None) => {
+                let url = parse_target_url(url)?;
+                Ok(Target {
+                    endpoint_key: endpoint_key(&url).into(),
+                    url,
+                    keys: self.default_keys.clone(),
+                    timeout: None,
+                    headers: Vec::new(),
+                    ordered: self.default_ordered,
+                })
+            }
+            (None, Some(name)) => {
+                let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                Ok(Target {
+                    url: endpoint.url.clone(),
+                    endpoint_key: Arc::from(name.as_str()),
+                    keys: endpoint.keys.clone(),
+                    timeout: endpoint.timeout,
+                    headers: endpoint.headers.clone(),
+                    ordered: endpoint.ordered,
+                })
+            }
+            _ => Err(InvalidEvent::Target),
+        }
+    }
+}
+
+/// An event's receiver before the event's own fields apply.
+struct Target {
+    url: url::Url,
+    /// See [`Event::endpoint_key`].
+    endpoint_key: Arc<str>,
+    keys: Arc<[SigningKey]>,
+    /// The endpoint's timeout, if it sets one.
+    timeout: Option<Duration>,
+    /// The endpoint's headers.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    ordered: bool,
 }
 
 /// SPEC: an `id` is 1-256 bytes of visible ASCII (0x21-0x7E).
@@ -222,6 +237,23 @@ struct Envelope<'a> {
     timeout_ms: Option<u64>,
     retry_until: Option<String>,
     max_attempts: Option<u32>,
+}
+
+impl<'a> Envelope<'a> {
+    fn parse(value: &'a [u8]) -> Result<Envelope<'a>, InvalidEvent> {
+        match serde_json::from_slice(value) {
+            Ok(envelope) => Ok(envelope),
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                // Valid JSON of the wrong shape: say which, rather than serde's text.
+                match serde_json::from_slice::<serde_json::Value>(value) {
+                    Ok(serde_json::Value::Object(_)) => Err(InvalidEvent::NotJson(e.to_string())),
+                    Ok(_) => Err(InvalidEvent::NotObject),
+                    Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
+                }
+            }
+            Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
+        }
+    }
 }
 
 /// `"payload": null` is a payload (JSON null); only a missing field is `None`.
