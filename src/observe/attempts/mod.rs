@@ -69,6 +69,9 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("linger.ms", "100")
         .set("compression.type", "lz4")
         .set("message.timeout.ms", MESSAGE_TIMEOUT_MS)
+        // Only failures are counted: a delivery report per written record would
+        // cost the poll thread a callback per decision for nothing.
+        .set("delivery.report.only.error", "true")
         .set("queue.buffering.max.messages", QUEUE_MAX_MESSAGES)
         .set("queue.buffering.max.kbytes", QUEUE_MAX_KBYTES);
     let mut c = crate::config::client::with_properties(c, kafka);
