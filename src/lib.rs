@@ -26,6 +26,7 @@
 //!   through the endpoint's permit; `in_place`: ordered records retried in place).
 //! - [`notify`]: the failure handler on the dead topic: `window` (grouping) and `sinks` (http, email, log).
 //! - [`ops`]: operator commands: `replay` (dead records back to the event topic), `topics` (`topics ensure`, `send`),
+//!   `endpoints` (the endpoint registry: put, get, list, delete, rotate-secret),
 //!   `trace` (the attempt-log records of one event).
 //! - [`observe`]: metrics and logged events, the bounded endpoint label, alerted series, readiness,
 //!   the admin server, OTLP span export; `attempts` (the attempt log: one record per attempt and
@@ -37,7 +38,7 @@
 //! - [`endpoint`]: where a record is sent and the state kept per endpoint: `state` (the one map of
 //!   per-endpoint state: limit, pace and circuit, one eviction; its permit answers whether the
 //!   endpoint may take a record now), `guard`, `circuit`, `limit`, `pace`, `egress`, `deliver` (one
-//!   HTTP attempt), `sign`.
+//!   HTTP attempt), `sign`, `registry` (endpoints as data: a compacted topic every replica follows).
 //! - [`event`]: record -> `Event` (decode + validate); `hop` (the relay's headers), `trust` (which of
 //!   them an event topic may carry), `dead_letter` (the dead-letter reader), `seal` (the replay seal),
 //!   `headers` (a record's headers as bytes: the one `unsafe` module), `trace_context` (the W3C trace

@@ -3,11 +3,14 @@
 pub mod clock;
 pub mod shutdown;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::registry::follow::{self, OnChange};
+use crate::endpoint::registry::{Effect, Registry};
 
 use crate::config::Config;
 use crate::consume::budget::Budget;
@@ -87,12 +90,31 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     ));
     crate::observe::waiting::init(config.endpoints.keys().map(String::as_str));
     let held = Arc::new(Held::default());
-    let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
+    // Empty and stale (not ready) until it is read to its end, before any role consumes.
+    let registry = (!config.topics.endpoints.is_empty()).then(|| Arc::new(Registry::new(&config)));
+    let readiness = Readiness::new(consumers)
+        .held_bound(held.clone(), config.kafka.route_held_not_ready_after)
+        .registry_bound(registry.clone());
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
     let admin_stop = CancellationToken::new();
     let admin = crate::observe::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
-    let shared = Shared::new(&config, message_max_bytes, held.clone())?;
+    // Changes reach the per-endpoint state once it exists; those read before, it is made from.
+    let state: Arc<OnceLock<Arc<Shared>>> = Arc::default();
+    if let Some(registry) = &registry {
+        let state = state.clone();
+        let on_change: OnChange = Arc::new(move |name, effect, entry| {
+            if let Some(shared) = state.get() {
+                shared.registry_changed(name, effect, entry);
+            }
+        });
+        follow::start(&config, registry, on_change, shutdown.clone()).await?;
+    }
+    let shared = Shared::new(&config, message_max_bytes, held.clone(), registry.clone())?;
+    let _ = state.set(shared.clone());
+    for (name, entry) in registry.as_ref().map(|r| r.all()).unwrap_or_default() {
+        shared.registry_changed(&name, Effect::Kept, Some(&entry));
+    }
     // A fatal error in one consumer stops them all.
     let stop = shutdown.child_token();
     {

@@ -301,7 +301,7 @@ pub struct EndpointConfig {
 
 impl EndpointConfig {
     /// Checks the endpoint called `name` (`endpoints.<name>.*` in errors).
-    pub(super) fn validate(&self, name: &str) -> Result<(), ConfigError> {
+    pub(super) fn validate(&self, name: &str, files: super::Files) -> Result<(), ConfigError> {
         let key = |field: &str| format!("endpoints.{name}.{field}");
         parse_target_url(self.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
         for (i, secret) in self.secrets.iter().enumerate() {
@@ -317,10 +317,14 @@ impl EndpointConfig {
         for (header, value) in &self.headers {
             check_header(header, value.expose()).map_err(|e| invalid(key("headers"), e.to_string()))?;
         }
-        egress::identity_of(self.client_cert.as_deref(), self.client_key.as_deref())
-            .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
-        if let Some(ca) = &self.ca {
-            egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
+        if files == super::Files::Check {
+            egress::identity_of(self.client_cert.as_deref(), self.client_key.as_deref())
+                .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
+            if let Some(ca) = &self.ca {
+                egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
+            }
+        } else if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(key("client_cert"), "client_cert and client_key go together"));
         }
         if let Some(proxy) = &self.proxy {
             egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;

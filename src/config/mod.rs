@@ -22,12 +22,14 @@ use self::error::invalid;
 pub use self::error::ConfigError;
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
+pub use self::registry::RegistryConfig;
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
 
 mod delivery;
 mod error;
 mod kafka;
 mod notify;
+mod registry;
 mod secret;
 
 /// The file read when `--config` is not given, if it exists.
@@ -52,6 +54,7 @@ pub struct Config {
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub notify: NotifyConfig,
     pub replay: ReplayConfig,
+    pub registry: RegistryConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -68,6 +71,9 @@ pub struct TopicsConfig {
     /// event id, kept 7 days (`hookrelay trace` reads it). `""` turns it off.
     /// Default `webhooks.attempts`.
     pub attempts: String,
+    /// The endpoint registry (compacted): endpoints as data, key = name.
+    /// `""` turns the registry off. Default `webhooks.endpoints`.
+    pub endpoints: String,
     /// Partitions for topics that `topics ensure` creates. Default 6.
     pub partitions: i32,
     /// Replication factor for created topics; -1 = the broker's default. Default -1.
@@ -86,6 +92,7 @@ impl Default for TopicsConfig {
             events: vec!["webhooks.events".into()],
             dead: "webhooks.dead".into(),
             attempts: "webhooks.attempts".into(),
+            endpoints: "webhooks.endpoints".into(),
             partitions: 6,
             replication_factor: -1,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -160,6 +167,22 @@ impl ShutdownConfig {
     }
 }
 
+/// Whether an endpoint's validation reads the TLS files it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Read them (the file at load; each replica when it applies a registry record).
+    Check,
+    /// Leave them (`endpoints put`: the paths are the replicas', not this machine's).
+    Skip,
+}
+
+/// The one validator of an endpoint's spec, for both sources: a
+/// `[endpoints.NAME]` table of the file and a registry record. Each error
+/// names the key at fault (`endpoints.NAME.FIELD`).
+pub fn validate_endpoint(name: &str, endpoint: &EndpointConfig, files: Files) -> Result<(), ConfigError> {
+    endpoint.validate(name, files)
+}
+
 impl Config {
     /// Loads defaults, then the file (`path`, or `hookrelay.toml` if present),
     /// then `HOOKRELAY_` environment variables, and validates the result.
@@ -205,8 +228,9 @@ impl Config {
         self.topic_names_are_legal_and_distinct()?;
         self.delivery.validate()?;
         for (name, endpoint) in &self.endpoints {
-            endpoint.validate(name)?;
+            endpoint.validate(name, Files::Check)?;
         }
+        self.registry.validate()?;
         self.circuit.validate()?;
         self.notify.validate()?;
         self.replay.validate()?;
@@ -216,8 +240,10 @@ impl Config {
     /// Event, dead and tier topics are legal Kafka names, each used for one role only.
     fn topic_names_are_legal_and_distinct(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::BTreeSet::new();
+        let registry = Some(&self.topics.endpoints).filter(|t| !t.is_empty());
         let attempts = Some(&self.topics.attempts).filter(|t| !t.is_empty());
-        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(attempts);
+        let all_topics =
+            self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(registry).chain(attempts);
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
             // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
             let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));

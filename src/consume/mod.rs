@@ -9,7 +9,7 @@
 //! - `error`: why a consumer stopped ([`ConsumeError`]).
 //! - [`handler`]: the contract with the work on each record; [`later`]: records whose offset a
 //!   handler decides after their slot is free; [`panics`]: the guard that turns a panic into a [`Done`].
-//! - `intake`: [`Partitions`](intake::Partitions), the partition map, and
+//! - `intake`: `Partitions`, the partition map, and
 //!   assignments and records from the poll thread into it.
 //! - [`ticket`]: what the loop learns of a record when it reads it (due time, endpoint slot, order key).
 //! - [`partition`]: one partition's state (backlog, counts, pause, lifecycle).

@@ -118,7 +118,7 @@ pub struct Partition<R> {
     pub slow_in_flight: usize,
     /// Order keys of the records in flight here (`ordering = "key"`).
     pub keys_in_flight: KeySet,
-    /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`]).
+    /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`](crate::consume::schedule::Dispatch::key_waiting)).
     pub key_waiting: usize,
     /// Since when its read-ahead has been full without a pause (ms).
     pub full_since: Option<i64>,

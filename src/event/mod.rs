@@ -78,6 +78,8 @@ pub struct Event {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     named: BTreeMap<String, NamedEndpoint>,
+    /// The endpoint registry, when it is on: names the file does not define.
+    registry: Option<Arc<crate::endpoint::registry::Registry>>,
     default_keys: Arc<[SigningKey]>,
     default_timeout: Duration,
     max_payload_bytes: usize,
@@ -85,13 +87,26 @@ pub struct Endpoints {
     default_ordered: bool,
 }
 
+/// A named endpoint as events use it (file or registry).
 #[derive(Debug, Clone)]
-struct NamedEndpoint {
-    url: url::Url,
-    keys: Arc<[SigningKey]>,
-    timeout: Option<Duration>,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    ordered: bool,
+pub(crate) struct NamedEndpoint {
+    pub(crate) url: url::Url,
+    pub(crate) keys: Arc<[SigningKey]>,
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
+    pub(crate) ordered: bool,
+}
+
+impl NamedEndpoint {
+    /// From a validated spec; `None` where it does not hold (validation refuses that first).
+    pub(crate) fn of(e: &EndpointConfig, default_ordering: Ordering) -> Option<NamedEndpoint> {
+        let url = parse_target_url(e.url.expose()).ok()?;
+        let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
+        let ordered = e.ordering.unwrap_or(default_ordering) == Ordering::Key;
+        // validate() has parsed every secret already.
+        let keys = e.secrets.iter().filter_map(|s| SigningKey::parse(s.expose()).ok()).collect();
+        Some(NamedEndpoint { url, keys, timeout: e.timeout, headers, ordered })
+    }
 }
 
 impl Endpoints {
@@ -104,23 +119,21 @@ impl Endpoints {
         let named = config
             .endpoints
             .iter()
-            .filter_map(|(name, e): (&String, &EndpointConfig)| {
-                let url = parse_target_url(e.url.expose()).ok()?;
-                let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
-                let ordered = e.ordering.unwrap_or(config.delivery.ordering) == Ordering::Key;
-                Some((
-                    name.clone(),
-                    NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers, ordered },
-                ))
-            })
+            .filter_map(|(name, e)| Some((name.clone(), NamedEndpoint::of(e, config.delivery.ordering)?)))
             .collect();
         Endpoints {
             named,
+            registry: None,
             default_keys: keys(&config.delivery.signing_secrets),
             default_timeout: config.delivery.timeout,
             max_payload_bytes: config.delivery.max_payload_bytes,
             default_ordered: config.delivery.ordering == Ordering::Key,
         }
+    }
+
+    /// The same, with the names of `registry` besides the file's (the file's win).
+    pub fn with_registry(self, registry: Option<Arc<crate::endpoint::registry::Registry>>) -> Endpoints {
+        Endpoints { registry, ..self }
     }
 
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
@@ -188,7 +201,9 @@ impl Endpoints {
                 })
             }
             (None, Some(name)) => {
-                let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                let registered = || self.registry.as_ref()?.lookup(name);
+                let endpoint = self.named.get(name).cloned().or_else(registered);
+                let endpoint = endpoint.ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
                 Ok(Target {
                     url: endpoint.url.clone(),
                     endpoint_key: Arc::from(name.as_str()),

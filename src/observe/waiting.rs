@@ -42,12 +42,18 @@ static TRACKER: LazyLock<Arc<Tracker>> = LazyLock::new(|| {
     );
     let tracker =
         Arc::new(Tracker { ages: Mutex::default(), gauge: GaugeVec::new(opts, &["endpoint"]).expect("valid metric") });
-    let collector = Collected(tracker.clone());
-    crate::observe::metrics::get().registry.register(Box::new(collector)).expect("metric registered once");
+    crate::observe::metrics::register(&crate::observe::metrics::get().registry, Collected(tracker.clone()));
     tracker
 });
 
+#[derive(Clone)]
 struct Collected(Arc<Tracker>);
+
+/// Registers the gauge (on first use; for the list of metric names).
+pub(crate) fn registered() -> bool {
+    LazyLock::force(&TRACKER);
+    true
+}
 
 impl Collector for Collected {
     fn desc(&self) -> Vec<&Desc> {

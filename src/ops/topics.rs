@@ -22,6 +22,9 @@ pub enum TopicsError {
     Create(String, RDKafkaErrorCode),
     #[error("cannot produce to {0}: {1}")]
     Produce(String, rdkafka::error::KafkaError),
+    /// The registry must keep every endpoint's last record: exit 64.
+    #[error("topic {0} is not compacted (cleanup.policy={1}); the endpoint registry needs cleanup.policy=compact")]
+    NotCompacted(String, String),
 }
 
 /// One topic the relay needs, with its settings.
@@ -86,6 +89,7 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
             Err((name, code)) => return Err(TopicsError::Create(name, code)),
         }
     }
+    lines.extend(crate::ops::endpoints::ensure_topic(config).await?);
     Ok(lines)
 }
 
@@ -106,7 +110,14 @@ pub enum SendUsage {
 }
 
 /// The record value `send` produces, checked as the relay will decode it.
-pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&str>) -> Result<Vec<u8>, SendUsage> {
+/// `registry`: the endpoint registry as read now, for registry names.
+pub fn event_value(
+    config: &Config,
+    registry: Option<std::sync::Arc<crate::endpoint::registry::Registry>>,
+    target: Target,
+    payload: &str,
+    id: Option<&str>,
+) -> Result<Vec<u8>, SendUsage> {
     let payload: serde_json::Value = serde_json::from_str(payload).map_err(SendUsage::Payload)?;
     let mut event = serde_json::json!({ "payload": payload });
     match target {
@@ -117,7 +128,7 @@ pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&s
         event["id"] = id.into();
     }
     let value = event.to_string().into_bytes();
-    crate::event::Endpoints::new(config).decode(&value, || "send".to_string())?;
+    crate::event::Endpoints::new(config).with_registry(registry).decode(&value, || "send".to_string())?;
     Ok(value)
 }
 
@@ -152,7 +163,7 @@ mod tests {
             (Target::Url("ftp://example.com/".into()), "1", None, Some("bad url")),
         ];
         for (target, payload, id, refused) in cases {
-            match (event_value(&config, target, payload, id), refused) {
+            match (event_value(&config, None, target, payload, id), refused) {
                 (Ok(value), None) => assert!(serde_json::from_slice::<serde_json::Value>(&value).is_ok()),
                 (Err(e), Some(expected)) => assert!(e.to_string().contains(expected), "{e} lacks {expected:?}"),
                 (result, expected) => panic!("{payload}: got {result:?}, expected refusal {expected:?}"),

@@ -3,6 +3,7 @@
 mod attempt;
 mod in_place;
 mod shared;
+mod unknown;
 
 pub use self::shared::{SetupError, Shared};
 use std::sync::Arc;
@@ -213,8 +214,24 @@ impl Relay {
         let Prepared { record, headers, hop, event, in_place, .. } = prepared;
         let mut hop = in_place.as_ref().map_or_else(|| hop.clone(), |kept| kept.hop(hop));
         let original = Original { key: record.key(), value: record.payload(), headers };
+        // No event is judged on a stale view of the registry (SPEC): wait for it.
+        if let (None, Some(registry)) = (self.tier, &shared.registry) {
+            if !registry.wait_fresh(&cancel).await {
+                return Done::Abandoned;
+            }
+        }
+        let found;
         let event = match event {
             Ok(event) => event,
+            Err(InvalidEvent::UnknownEndpoint(name)) if shared.registry.is_some() => {
+                match self.unknown(prepared, &original, &mut hop, name, &cancel).await {
+                    Ok(event) => {
+                        found = event;
+                        &found
+                    }
+                    Err(done) => return done,
+                }
+            }
             Err(invalid) => {
                 // Bad data is a dead letter, never a crash or a stalled partition.
                 let error = invalid.to_string();

@@ -136,7 +136,7 @@ pub struct Config {
 impl Config {
     /// The base of every test: `topics` and their tiers, the local broker, quick
     /// commits and statistics, private targets allowed (the receivers are on
-    /// 127.0.0.1) and a 1 s notification window.
+    /// 127.0.0.1), a 1 s notification window and the endpoint registry off.
     pub fn new(topics: &Topics) -> Config {
         let mut config = Config { table: toml::Table::new() }
             .set("kafka.brokers", bootstrap())
@@ -148,6 +148,8 @@ impl Config {
             // Each relay its own attempt log, as its own event topic (created on first write).
             .set("topics.attempts", attempts_topic(topics))
             .set("delivery.allow_private_networks", true)
+            // The endpoint registry off: tests of it give each relay a registry topic of its own (registry.rs).
+            .set("topics.endpoints", "")
             .set("notify.window", "1s");
         for (topic, delay) in &topics.tiers {
             config = config.tier(topic, *delay);

@@ -19,6 +19,7 @@ mod otlp;
 mod pace;
 mod proxy;
 mod refused;
+mod registry;
 mod replay;
 mod retry;
 mod security;

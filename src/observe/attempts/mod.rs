@@ -87,19 +87,19 @@ fn deferred_reason(why: Why) -> &'static str {
         Why::Circuit => "circuit",
         Why::Overflow => "overflow",
         Why::Pace => "pace",
+        Why::Unknown => "unknown",
     }
 }
 
 /// `hookrelay_attempt_log_dropped_total`, registered with the other metrics on first use.
-fn dropped_total() -> &'static IntCounter {
+pub(crate) fn dropped_total() -> &'static IntCounter {
     static DROPPED: LazyLock<IntCounter> = LazyLock::new(|| {
         let counter = IntCounter::new(
             "hookrelay_attempt_log_dropped_total",
             "Attempt-log records dropped because the log's queue was full or its topic failed (the log is best effort).",
         )
         .expect("valid metric");
-        crate::observe::metrics::get().registry.register(Box::new(counter.clone())).expect("metric registered once");
-        counter
+        crate::observe::metrics::register(&crate::observe::metrics::get().registry, counter)
     });
     &DROPPED
 }
