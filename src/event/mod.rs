@@ -8,6 +8,7 @@ pub mod dead_letter;
 mod fuzz;
 pub mod headers;
 pub mod hop;
+pub mod named;
 pub mod seal;
 pub mod trace_context;
 pub mod trust;
@@ -20,8 +21,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub(crate) use self::named::NamedEndpoint;
 use crate::app::clock::parse_rfc3339_ms;
-use crate::config::{Config, EndpointConfig, Ordering};
+use crate::config::{Config, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
 use crate::endpoint::sign::SigningKey;
 
@@ -95,28 +97,6 @@ pub struct Endpoints {
     /// `delivery.max_event_headers` and `delivery.max_event_header_bytes`.
     max_headers: usize,
     max_header_bytes: usize,
-}
-
-/// A named endpoint as events use it (file or registry).
-#[derive(Debug, Clone)]
-pub(crate) struct NamedEndpoint {
-    pub(crate) url: url::Url,
-    pub(crate) keys: Arc<[SigningKey]>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) ordered: bool,
-}
-
-impl NamedEndpoint {
-    /// From a validated spec; `None` where it does not hold (validation refuses that first).
-    pub(crate) fn of(e: &EndpointConfig, default_ordering: Ordering) -> Option<NamedEndpoint> {
-        let url = parse_target_url(e.url.expose()).ok()?;
-        let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
-        let ordered = e.ordering.unwrap_or(default_ordering) == Ordering::Key;
-        // validate() has parsed every secret already.
-        let keys = e.secrets.iter().filter_map(|s| SigningKey::parse(s.expose()).ok()).collect();
-        Some(NamedEndpoint { url, keys, timeout: e.timeout, headers, ordered })
-    }
 }
 
 impl Endpoints {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::endpoint::registry::{Effect, Entry, Registry};
+use crate::observe::attempts::AttemptLog;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -20,6 +21,8 @@ pub struct Shared {
     pub max_record_header_bytes: usize,
     /// Checks the seal of `replay`'s headers on event topics.
     pub replay_key: Option<ReplayKey>,
+    /// The attempt log (a no-op when `topics.attempts` is off).
+    pub attempts: AttemptLog,
     /// The endpoint registry, when it is on.
     pub registry: Option<Arc<Registry>>,
 }
@@ -54,6 +57,7 @@ impl Shared {
             max_record_header_bytes: usize::try_from(config.delivery.max_record_header_bytes.as_u64())
                 .unwrap_or(usize::MAX),
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
+            attempts: AttemptLog::new(config)?,
             registry,
         }))
     }

@@ -75,7 +75,7 @@ pub struct Metrics {
 /// leaves out a labelled metric until a label value is set.
 static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+pub(crate) fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
     let names: Vec<String> = metric.desc().into_iter().map(|desc| desc.fq_name.clone()).collect();
     NAMES.lock().unwrap_or_else(|e| e.into_inner()).extend(names);
     registry.register(Box::new(metric.clone())).expect("metric registered once");
@@ -260,8 +260,7 @@ pub fn get() -> &'static Metrics {
     &METRICS
 }
 
-/// The name of every metric the process has, whether or not it has a value yet
-/// (the handbook's metrics page is checked against it).
+/// The name of every metric registered so far (see [`crate::observe::metric_names`] for all of them).
 pub fn names() -> Vec<String> {
     let _registered = get();
     NAMES.lock().unwrap_or_else(|e| e.into_inner()).clone()
