@@ -3,6 +3,7 @@
 //! A decode error is final: the record goes to the dead topic with reason
 //! `invalid_event` and the error text in `hookrelay-last-error`.
 
+pub mod attributes;
 pub mod dead_letter;
 #[cfg(test)]
 mod fuzz;
@@ -20,6 +21,7 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use self::attributes::{Attributes, RawAttributes, Strictness};
 use crate::app::clock::parse_rfc3339_ms;
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
@@ -72,6 +74,11 @@ pub struct Event {
     pub max_attempts: Option<u32>,
     /// Its endpoint keeps each record key's order (`ordering = "key"`).
     pub ordered: bool,
+    /// `type`, `source`, `subject` and `attributes`, as far as well-formed.
+    pub attributes: Attributes,
+    /// Malformed attributes dropped from an event that names its receiver
+    /// (counted by the relay, never `invalid_event`).
+    pub ignored_attributes: usize,
 }
 
 /// The endpoint table, with secrets decoded once at start-up.
@@ -138,7 +145,8 @@ impl Endpoints {
 
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
     pub fn decode(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Event, InvalidEvent> {
-        let envelope = Envelope::parse(value)?;
+        let mut envelope = Envelope::parse(value)?;
+        let (attributes, ignored_attributes) = envelope.raw_attributes().read(Strictness::Carried)?;
         let payload = envelope.payload.ok_or(InvalidEvent::MissingPayload)?;
         let body = payload.get().as_bytes();
         if body.len() > self.max_payload_bytes {
@@ -183,6 +191,8 @@ impl Endpoints {
             retry_until_ms,
             max_attempts: envelope.max_attempts,
             ordered,
+            attributes,
+            ignored_attributes,
         })
     }
 
@@ -252,6 +262,23 @@ struct Envelope<'a> {
     timeout_ms: Option<u64>,
     retry_until: Option<String>,
     max_attempts: Option<u32>,
+    #[serde(rename = "type")]
+    r#type: Option<serde_json::Value>,
+    source: Option<serde_json::Value>,
+    subject: Option<serde_json::Value>,
+    attributes: Option<serde_json::Value>,
+}
+
+impl Envelope<'_> {
+    /// The attribute fields, taken out for [`RawAttributes::read`].
+    fn raw_attributes(&mut self) -> RawAttributes {
+        RawAttributes {
+            r#type: self.r#type.take(),
+            source: self.source.take(),
+            subject: self.subject.take(),
+            attributes: self.attributes.take(),
+        }
+    }
 }
 
 impl<'a> Envelope<'a> {
@@ -421,6 +448,25 @@ pub(crate) mod tests {
         let edges = format!("!{}~", "a".repeat(254));
         assert_eq!(with_id(&edges).unwrap().id, edges, "256 bytes, 0x21 and 0x7E included");
         assert!(matches!(with_id(&"a".repeat(257)), Err(InvalidEvent::Field { field: "id", .. })));
+    }
+
+    #[test]
+    fn attributes_beside_a_receiver_are_carried_and_malformed_ones_dropped() {
+        let e = decode(r#"{"endpoint":"billing","payload":1,"type":"invoice.paid","subject":"inv-42","attributes":{"tenant":"acme"}}"#).unwrap();
+        assert_eq!(e.attributes.r#type.as_deref(), Some("invoice.paid"));
+        assert_eq!(e.attributes.subject.as_deref(), Some("inv-42"));
+        assert_eq!(e.attributes.extensions["tenant"], "acme");
+        assert_eq!(e.ignored_attributes, 0);
+        // Never invalid_event: the event is delivered without them, and they are counted.
+        let e = decode(
+            r#"{"url":"https://a/x","payload":1,"type":"has space","source":3,"attributes":{"Bad":"x"},"subject":"s"}"#,
+        )
+        .unwrap();
+        assert_eq!(e.attributes.r#type, None);
+        assert_eq!(e.attributes.source, None);
+        assert!(e.attributes.extensions.is_empty());
+        assert_eq!(e.attributes.subject.as_deref(), Some("s"));
+        assert_eq!(e.ignored_attributes, 3);
     }
 
     #[test]

@@ -110,6 +110,10 @@ impl Handler for Relay {
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
         let mut event = shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        // Counted once, where the record enters: a tier record carries the same value.
+        if let (Ok(Event { ignored_attributes: fields @ 1.., .. }), None) = (&event, self.tier) {
+            metrics::event_attributes_ignored(&Coordinates::of(&record), *fields);
+        }
         // The record's trace context goes on every attempt; tier and dead
         // records carry it on, as they keep every header that is not ours.
         let context = TraceContext::of(&headers);

@@ -55,6 +55,8 @@ pub struct Metrics {
     pub endpoint_concurrency: IntGaugeVec,
     /// topic
     pub relay_headers_ignored: IntCounterVec,
+    /// topic
+    pub event_attributes_ignored: IntCounterVec,
     /// role
     pub handler_panics: IntCounterVec,
     /// topic (tiers and dead)
@@ -224,6 +226,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hookrelay_relay_headers_ignored_total",
             "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
+            &["topic"],
+        ),
+        event_attributes_ignored: counter(
+            &r,
+            "hookrelay_event_attributes_ignored_total",
+            "Malformed type, source, subject or attributes fields dropped from events that name their url or endpoint.",
             &["topic"],
         ),
         handler_panics: {
