@@ -12,6 +12,7 @@ use crate::endpoint::egress;
 use crate::endpoint::guard::{check_header, parse_target_url};
 use crate::endpoint::pace::Rate;
 use crate::endpoint::sign::SigningKey;
+use crate::endpoint::subscription::{Filter, TypePattern};
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -297,6 +298,16 @@ pub struct EndpointConfig {
     /// Delivery order for this endpoint, as `delivery.ordering`. Default: `delivery.ordering`.
     #[serde(default)]
     pub ordering: Option<Ordering>,
+    /// Event types this endpoint subscribes to: exact (`"invoice.paid"`) or a
+    /// prefix ending in `*` (`"invoice.*"`). Default: none (with a `filter`:
+    /// every type; without one, the endpoint subscribes to nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// A CloudEvents subscription filter (`exact`, `prefix`, `suffix`, `all`,
+    /// `any`, `not`) over the event's `type`, `id`, `source`, `subject` and
+    /// `attributes`, e.g. `{ exact = { tenant = "acme" } }`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 impl EndpointConfig {
@@ -331,6 +342,12 @@ impl EndpointConfig {
         }
         if self.rate_burst == Some(0) {
             return Err(invalid(key("rate_burst"), "must be at least 1"));
+        }
+        for (i, entry) in self.types.iter().enumerate() {
+            TypePattern::parse(entry).map_err(|e| invalid(format!("{}[{i}]", key("types")), e))?;
+        }
+        if let Some(filter) = &self.filter {
+            filter.validate().map_err(|e| invalid(key("filter"), e))?;
         }
         Ok(())
     }

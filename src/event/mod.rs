@@ -242,7 +242,7 @@ struct Target {
 }
 
 /// SPEC: an `id` is 1-256 bytes of visible ASCII (0x21-0x7E).
-fn valid_id(id: &str) -> bool {
+pub(crate) fn valid_id(id: &str) -> bool {
     (1..=256).contains(&id.len()) && id.bytes().all(|b| (0x21..=0x7E).contains(&b))
 }
 
