@@ -4,6 +4,7 @@
 //! `invalid_event` and the error text in `hookrelay-last-error`.
 
 pub mod attributes;
+pub mod cloudevents;
 pub mod dead_letter;
 #[cfg(test)]
 mod fuzz;
@@ -51,6 +52,8 @@ pub enum InvalidEvent {
     Header(#[from] BadHeader),
     #[error("bad field {field:?}: {problem}")]
     Field { field: &'static str, problem: String },
+    #[error("bad CloudEvent: {0}")]
+    CloudEvent(String),
 }
 
 /// A validated event, ready to deliver.
