@@ -6,6 +6,7 @@
 pub mod attributes;
 pub mod cloudevents;
 pub mod dead_letter;
+pub mod fanout;
 #[cfg(test)]
 mod fuzz;
 pub mod headers;
@@ -23,6 +24,7 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use self::attributes::{Attributes, RawAttributes, Strictness};
+pub use self::fanout::{Decoded, Fanout};
 use crate::app::clock::parse_rfc3339_ms;
 use crate::config::{Config, EndpointConfig, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
@@ -147,56 +149,67 @@ impl Endpoints {
     }
 
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
+    /// An event that names no receiver is `InvalidEvent::Target` here (see [`Endpoints::decode_record`]).
     pub fn decode(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Event, InvalidEvent> {
+        match self.decode_envelope(value, default_id)? {
+            Decoded::One(event) => Ok(event),
+            Decoded::Fanout(_) => Err(InvalidEvent::Target),
+        }
+    }
+
+    /// The envelope: an event for its `url` or `endpoint`, or one that fans
+    /// out (a `type` and neither `url` nor `endpoint`).
+    fn decode_envelope(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Decoded, InvalidEvent> {
         let mut envelope = Envelope::parse(value)?;
-        let (attributes, ignored_attributes) = envelope.raw_attributes().read(Strictness::Carried)?;
+        let fans_out = envelope.url.is_none() && envelope.endpoint.is_none() && envelope.r#type.is_some();
+        let strictness = if fans_out { Strictness::Routing } else { Strictness::Carried };
+        let (attributes, ignored_attributes) = envelope.raw_attributes().read(strictness)?;
         let payload = envelope.payload.ok_or(InvalidEvent::MissingPayload)?;
         let body = payload.get().as_bytes();
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let Target { url, endpoint_key, keys, timeout: endpoint_timeout, mut headers, ordered } =
-            self.target(&envelope)?;
-        for (name, value) in envelope.headers.unwrap_or_default() {
-            let (name, value) = check_header(&name, &value)?;
+        let body = bytes::Bytes::copy_from_slice(body);
+        if fans_out {
+            let own = Own::of(&mut envelope, default_id)?;
+            return Ok(Decoded::Fanout(Fanout { attributes, body, own }));
+        }
+        let target = self.target(&envelope)?;
+        let own = Own::of(&mut envelope, default_id)?;
+        let endpoint_name = envelope.endpoint.is_some().then(|| target.endpoint_key.clone());
+        Ok(Decoded::One(self.event_of(target, own, endpoint_name, body, attributes, ignored_attributes)))
+    }
+
+    /// The event of a receiver and the event's own fields (its headers and timeout win).
+    fn event_of(
+        &self,
+        target: Target,
+        own: Own,
+        endpoint_name: Option<Arc<str>>,
+        body: bytes::Bytes,
+        attributes: Attributes,
+        ignored_attributes: usize,
+    ) -> Event {
+        let Target { url, endpoint_key, keys, timeout: endpoint_timeout, mut headers, ordered } = target;
+        for (name, value) in own.headers {
             headers.retain(|(existing, _)| existing != name);
             headers.push((name, value));
         }
-        let timeout = match envelope.timeout_ms {
-            Some(0) => return Err(field("timeout_ms", "must be more than 0")),
-            Some(ms) if ms > MAX_TIMEOUT_MS => return Err(field("timeout_ms", "must be at most 300000")),
-            Some(ms) => Duration::from_millis(ms),
-            None => endpoint_timeout.unwrap_or(self.default_timeout),
-        };
-        let retry_until_ms = match envelope.retry_until {
-            Some(text) => Some(parse_rfc3339_ms(&text).map_err(|e| field("retry_until", e.to_string()))?),
-            None => None,
-        };
-        let id = match envelope.id {
-            // It is sent as the `webhook-id` header on every attempt: an id that
-            // cannot be a header value would fail every attempt until expiry.
-            Some(id) if !valid_id(&id) => {
-                return Err(field("id", "must be 1 to 256 bytes of visible ASCII (0x21-0x7E)"))
-            }
-            Some(id) => id,
-            None => default_id(),
-        };
-        let endpoint_name = envelope.endpoint.is_some().then(|| endpoint_key.clone());
-        Ok(Event {
-            id,
+        Event {
+            id: own.id,
             url,
             endpoint_key,
             endpoint_name,
-            body: bytes::Bytes::copy_from_slice(body),
+            body,
             headers,
-            timeout,
+            timeout: own.timeout.or(endpoint_timeout).unwrap_or(self.default_timeout),
             keys,
-            retry_until_ms,
-            max_attempts: envelope.max_attempts,
+            retry_until_ms: own.retry_until_ms,
+            max_attempts: own.max_attempts,
             ordered,
             attributes,
             ignored_attributes,
-        })
+        }
     }
 
     /// Where the event goes: its inline `url` with the defaults, or its named `endpoint`.
@@ -213,21 +226,24 @@ impl Endpoints {
                     ordered: self.default_ordered,
                 })
             }
-            (None, Some(name)) => {
-                let registered = || self.registry.as_ref()?.lookup(name);
-                let endpoint = self.named.get(name).cloned().or_else(registered);
-                let endpoint = endpoint.ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
-                Ok(Target {
-                    url: endpoint.url.clone(),
-                    endpoint_key: Arc::from(name.as_str()),
-                    keys: endpoint.keys.clone(),
-                    timeout: endpoint.timeout,
-                    headers: endpoint.headers.clone(),
-                    ordered: endpoint.ordered,
-                })
-            }
+            (None, Some(name)) => self.named_target(name),
             _ => Err(InvalidEvent::Target),
         }
+    }
+
+    /// A named endpoint (file, else registry) as a receiver.
+    fn named_target(&self, name: &str) -> Result<Target, InvalidEvent> {
+        let registered = || self.registry.as_ref()?.lookup(name);
+        let endpoint = self.named.get(name).cloned().or_else(registered);
+        let endpoint = endpoint.ok_or_else(|| InvalidEvent::UnknownEndpoint(name.to_string()))?;
+        Ok(Target {
+            url: endpoint.url,
+            endpoint_key: Arc::from(name),
+            keys: endpoint.keys,
+            timeout: endpoint.timeout,
+            headers: endpoint.headers,
+            ordered: endpoint.ordered,
+        })
     }
 }
 
@@ -242,6 +258,50 @@ struct Target {
     /// The endpoint's headers.
     headers: Vec<(HeaderName, HeaderValue)>,
     ordered: bool,
+}
+
+/// An event's own fields beside its receiver, checked.
+#[derive(Debug, Clone)]
+pub struct Own {
+    pub id: String,
+    /// The event's `headers`; they replace an endpoint's of the same name.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// `timeout_ms`; `None`: the endpoint's, else `delivery.timeout`.
+    pub timeout: Option<Duration>,
+    /// `retry_until`, in ms since the epoch.
+    pub retry_until_ms: Option<i64>,
+    pub max_attempts: Option<u32>,
+}
+
+impl Own {
+    fn of(envelope: &mut Envelope<'_>, default_id: impl FnOnce() -> String) -> Result<Own, InvalidEvent> {
+        let mut headers = Vec::new();
+        for (name, value) in envelope.headers.take().unwrap_or_default() {
+            let (name, value) = check_header(&name, &value)?;
+            headers.retain(|(existing, _)| existing != name);
+            headers.push((name, value));
+        }
+        let timeout = match envelope.timeout_ms {
+            Some(0) => return Err(field("timeout_ms", "must be more than 0")),
+            Some(ms) if ms > MAX_TIMEOUT_MS => return Err(field("timeout_ms", "must be at most 300000")),
+            Some(ms) => Some(Duration::from_millis(ms)),
+            None => None,
+        };
+        let retry_until_ms = match envelope.retry_until.take() {
+            Some(text) => Some(parse_rfc3339_ms(&text).map_err(|e| field("retry_until", e.to_string()))?),
+            None => None,
+        };
+        let id = match envelope.id.take() {
+            // It is sent as the `webhook-id` header on every attempt: an id that
+            // cannot be a header value would fail every attempt until expiry.
+            Some(id) if !valid_id(&id) => {
+                return Err(field("id", "must be 1 to 256 bytes of visible ASCII (0x21-0x7E)"))
+            }
+            Some(id) => id,
+            None => default_id(),
+        };
+        Ok(Own { id, headers, timeout, retry_until_ms, max_attempts: envelope.max_attempts })
+    }
 }
 
 /// SPEC: an `id` is 1-256 bytes of visible ASCII (0x21-0x7E).
