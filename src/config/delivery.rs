@@ -144,6 +144,9 @@ pub struct DeliveryConfig {
     /// for inline URLs: `"none"` (records worked on concurrently) or `"key"`
     /// (one at a time per Kafka record key, in offset order). Default `"none"`.
     pub ordering: Ordering,
+    /// The most endpoints one event may fan out to (legs per record); above
+    /// it the record is dead `invalid_event` with the count. Default 1000.
+    pub max_fanout: usize,
 }
 
 /// Whether records of one endpoint keep their order (SPEC: `ordering = "none" | "key"`).
@@ -179,6 +182,7 @@ impl Default for DeliveryConfig {
             rate_limit: None,
             rate_burst: None,
             rate_max_wait: crate::endpoint::pace::DEFAULT_MAX_WAIT,
+            max_fanout: 1000,
         }
     }
 }
@@ -203,6 +207,7 @@ impl DeliveryConfig {
             ("delivery.max_in_flight_per_endpoint", self.max_in_flight_per_endpoint),
             ("delivery.max_read_ahead_per_partition", self.max_read_ahead_per_partition),
             ("delivery.max_payload_bytes", self.max_payload_bytes),
+            ("delivery.max_fanout", self.max_fanout),
         ];
         for (key, value) in limits {
             if value == 0 {

@@ -233,6 +233,54 @@ impl Index {
     }
 }
 
+/// The index of the process: the file's endpoints and the registry's,
+/// rebuilt on the first lookup after the set of endpoints changed (a registry
+/// read at start-up applies many records: one rebuild, not one per record).
+pub struct Live {
+    file: Vec<(String, Option<Subscription>)>,
+    registry: Option<std::sync::Arc<crate::endpoint::registry::Registry>>,
+    /// `None` once the registry changed: rebuilt on the next lookup.
+    built: std::sync::Mutex<Option<std::sync::Arc<Index>>>,
+}
+
+impl Live {
+    pub fn new(
+        config: &crate::config::Config,
+        registry: Option<std::sync::Arc<crate::endpoint::registry::Registry>>,
+    ) -> Live {
+        let file = config
+            .endpoints
+            .iter()
+            .map(|(name, e)| (name.clone(), Subscription::of(&e.types, e.filter.as_ref())))
+            .collect();
+        Live { file, registry, built: std::sync::Mutex::new(None) }
+    }
+
+    /// The set of endpoints changed (a registry put or delete).
+    pub fn changed(&self) {
+        *self.built.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
+    /// The current index (built now if the endpoints changed since).
+    pub fn index(&self) -> std::sync::Arc<Index> {
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(index) = built.as_ref() {
+            return index.clone();
+        }
+        let registered = self.registry.as_ref().map(|r| r.all()).unwrap_or_default();
+        // The file's names win over the registry's (as for events that name an endpoint).
+        let from_registry =
+            registered.iter().filter(|(name, _)| !self.file.iter().any(|(f, _)| f == name)).map(|(name, entry)| {
+                let e = &entry.spec.endpoint;
+                (name.as_str(), Subscription::of(&e.types, e.filter.as_ref()))
+            });
+        let from_file = self.file.iter().map(|(name, s)| (name.as_str(), s.clone()));
+        let index = std::sync::Arc::new(Index::new(from_file.chain(from_registry)));
+        *built = Some(index.clone());
+        index
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use proptest::prelude::*;

@@ -1,6 +1,7 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
 mod attempt;
+mod fanout;
 mod in_place;
 mod shared;
 mod unknown;
@@ -82,6 +83,8 @@ pub struct Prepared {
     trace: Option<TraceContext>,
     /// A record of an ordered key on an event topic: retried in place, keeping its hop state here.
     in_place: Option<in_place::Kept>,
+    /// An event that fans out by subscription (then `event` is not read).
+    fanout: Option<crate::event::Fanout>,
 }
 
 impl Handler for Relay {
@@ -109,7 +112,8 @@ impl Handler for Relay {
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let mut event = shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let fanout::Decode { mut event, fanout } =
+            self.decode(&headers, record.payload().unwrap_or_default(), || hop.origin.default_id());
         // Counted once, where the record enters: a tier record carries the same value.
         if let (Ok(Event { ignored_attributes: fields @ 1.., .. }), None) = (&event, self.tier) {
             metrics::event_attributes_ignored(&Coordinates::of(&record), *fields);
@@ -144,7 +148,7 @@ impl Handler for Relay {
             order,
         };
         let in_place = order.map(|_| in_place::Kept::default());
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place })
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, fanout })
     }
 
     fn handle(
@@ -213,6 +217,9 @@ impl Relay {
                 return Done::Abandoned;
             }
         }
+        if let Some(fanout) = &prepared.fanout {
+            return self.fan_out(prepared, fanout, &cancel).await;
+        }
         let found;
         let event = match event {
             Ok(event) => event,
@@ -238,6 +245,20 @@ impl Relay {
                 return self.send_dead(&original, relay, &cancel).await;
             }
         };
+        self.deliver(&original, hop, event, work, in_place.as_ref(), &cancel).await
+    }
+
+    /// One delivery (the record's, or one leg of a fan-out) from its attempt to an acknowledged route.
+    async fn deliver(
+        &self,
+        original: &Original<'_>,
+        mut hop: Hop,
+        event: &Event,
+        work: Work,
+        in_place: Option<&in_place::Kept>,
+        cancel: &CancellationToken,
+    ) -> Done {
+        let shared = &*self.shared;
         // Set on the first hop and carried in headers afterwards; a replay sets
         // a fresh deadline header, which wins over the event's own retry_until.
         let now = now_ms();
@@ -249,13 +270,13 @@ impl Relay {
         let outcome = match (work, lap) {
             (Work::Defer(why), _) => Outcome::Deferred(why),
             (Work::Attempt, Some(due_ms)) => Outcome::NotYet { due_ms },
-            (Work::Attempt, None) => match self.attempt(event, &mut hop, &cancel).await {
+            (Work::Attempt, None) => match self.attempt(event, &mut hop, cancel).await {
                 Some(outcome) => outcome,
                 None => return Done::Abandoned,
             },
         };
-        let record = Record { original: &original, hop: &hop, event, in_place: in_place.as_ref() };
-        self.route(record, outcome, &cancel).instrument(child(|| tracing::info_span!("route"))).await
+        let record = Record { original, hop: &hop, event, in_place };
+        self.route(record, outcome, cancel).instrument(child(|| tracing::info_span!("route"))).await
     }
 
     /// Plans where the record goes after `outcome` and takes it there; decided

@@ -20,6 +20,10 @@ pub struct Shared {
     pub replay_key: Option<ReplayKey>,
     /// The endpoint registry, when it is on.
     pub registry: Option<Arc<Registry>>,
+    /// Which endpoints an event that names none goes to.
+    pub subscriptions: crate::endpoint::subscription::Live,
+    /// `delivery.max_fanout`: the most legs of one event.
+    pub max_fanout: usize,
 }
 
 /// The relay could not set up its clients.
@@ -50,6 +54,8 @@ impl Shared {
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
+            subscriptions: crate::endpoint::subscription::Live::new(config, registry.clone()),
+            max_fanout: config.delivery.max_fanout,
             registry,
         }))
     }
@@ -58,6 +64,7 @@ impl Shared {
     /// a new host, or new limits or pace, start its state afresh (limit, pace
     /// and circuit); secrets, headers and paths keep it.
     pub fn registry_changed(&self, name: &str, effect: Effect, entry: Option<&Entry>) {
+        self.subscriptions.changed();
         if matches!(effect, Effect::Host | Effect::Limits) {
             self.states.forget(name);
         }

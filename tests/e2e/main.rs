@@ -7,6 +7,7 @@ mod delivery;
 mod drill;
 mod endpoint_tls;
 mod exit_codes;
+mod fanout;
 mod harness;
 mod hosts;
 mod isolation;

@@ -140,6 +140,17 @@ pub fn event_attributes_ignored(record: &crate::event::hop::Coordinates, fields:
     );
 }
 
+/// An event that names no receiver matched no subscription: decided at once.
+pub fn event_unmatched(topic: &str, id: &str, r#type: Option<&str>) {
+    get().events_unmatched.with_label_values(&[topic]).inc();
+    tracing::debug!(topic, id, r#type, "event matched no subscription");
+}
+
+/// An event fanned out to `legs` endpoints.
+pub fn fanned_out(legs: usize) {
+    get().fanout_legs.with_label_values::<&str>(&[]).observe(legs as f64);
+}
+
 /// An endpoint's circuit changed (or was seen for the first time).
 pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) {
     get().circuit_state.with_label_values(&[labels::endpoint(endpoint)]).set(change.to.gauge());
