@@ -26,9 +26,11 @@
 //!   through the endpoint's permit; `in_place`: ordered records retried in place).
 //! - [`notify`]: the failure handler on the dead topic: `window` (grouping) and `sinks` (http, email, log).
 //! - [`ops`]: operator commands: `replay` (dead records back to the event topic), `topics` (`topics ensure`, `send`),
-//!   `endpoints` (the endpoint registry: put, get, list, delete, rotate-secret).
+//!   `endpoints` (the endpoint registry: put, get, list, delete, rotate-secret),
+//!   `trace` (the attempt-log records of one event).
 //! - [`observe`]: metrics and logged events, the bounded endpoint label, alerted series, readiness,
-//!   the admin server, OTLP span export.
+//!   the admin server, OTLP span export; `attempts` (the attempt log: one record per attempt and
+//!   decision, best effort, counted), `waiting` (the age of each endpoint's oldest undecided record).
 //! - [`route`]: pure `plan(outcome) -> Route` over the retry ladder and the producer of tier and dead
 //!   records; `outcome` (`classify`, `Outcome`, `Why` a record was deferred, `Route`, `DeadReason`),
 //!   `sizes` (the producer's record size limit), `held` (routes held by a failing produce),

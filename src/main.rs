@@ -74,6 +74,17 @@ enum Command {
         #[command(subcommand)]
         command: TopicsCommand,
     },
+    /// Print what happened to one event: its attempt-log records, oldest first.
+    Trace {
+        /// The event id.
+        id: String,
+        /// Records since (RFC 3339, or a duration meaning that long ago: 24h).
+        #[arg(long, default_value = "24h")]
+        since: String,
+        /// One JSON record per line, as written.
+        #[arg(long)]
+        json: bool,
+    },
     /// Validate and print the effective config (secrets redacted).
     CheckConfig,
     /// The endpoint registry: put, get, list, delete, rotate-secret.
@@ -206,6 +217,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
                 println!("{line}");
             }
         }
+        Command::Trace { id, since, json } => return trace(&config, &id, &since, json).await,
         Command::Endpoints { command } => {
             // A broker that does not answer is exit 69, as for every command that needs one.
             app::preflight(&config).await?;
@@ -225,6 +237,35 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => {
             println!("# effective config (secrets redacted)\n{}", config.to_redacted_toml());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hookrelay trace`: exit 0 when something was found, 1 with one line when nothing was.
+async fn trace(config: &Config, id: &str, since: &str, json: bool) -> anyhow::Result<ExitCode> {
+    let since_ms = match replay::parse_time(since, hookrelay::app::clock::now_ms()) {
+        Ok(ms) => ms,
+        Err(error) => {
+            eprintln!("hookrelay: {error}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+    };
+    app::preflight(config).await?;
+    let found = match hookrelay::ops::trace::find(config, id, since_ms).await {
+        Ok(found) => found,
+        Err(error @ hookrelay::ops::trace::TraceError::Off) => {
+            eprintln!("hookrelay: {error}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+        Err(error) => return Err(error.into()),
+    };
+    if found.is_empty() {
+        eprintln!("no record of {id} since {}", hookrelay::app::clock::rfc3339(since_ms));
+        return Ok(ExitCode::FAILURE);
+    }
+    let lines = if json { found.into_iter().map(|f| f.json).collect() } else { hookrelay::ops::trace::lines(&found) };
+    for line in lines {
+        println!("{line}");
     }
     Ok(ExitCode::SUCCESS)
 }

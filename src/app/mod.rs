@@ -88,6 +88,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
         config.endpoints.keys().cloned(),
         config.delivery.max_endpoint_labels,
     ));
+    crate::observe::waiting::init(config.endpoints.keys().map(String::as_str));
     let held = Arc::new(Held::default());
     // Empty and stale (not ready) until it is read to its end, before any role consumes.
     let registry = (!config.topics.endpoints.is_empty()).then(|| Arc::new(Registry::new(&config)));
@@ -141,6 +142,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     }
     let result = join_consumers(tasks, &stop).await;
     shared.router.flush(Duration::from_secs(5));
+    // Best effort: the last decisions' log records, if the broker takes them quickly.
+    shared.attempts.flush(Duration::from_secs(2));
     shutdown.cancel();
     admin_stop.cancel();
     let _ = admin.await;

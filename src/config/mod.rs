@@ -67,6 +67,10 @@ pub struct TopicsConfig {
     pub events: Vec<String>,
     /// Dead letters. Default `webhooks.dead`.
     pub dead: String,
+    /// The attempt log: one JSON record per attempt and per decision, keyed by
+    /// event id, kept 7 days (`hookrelay trace` reads it). `""` turns it off.
+    /// Default `webhooks.attempts`.
+    pub attempts: String,
     /// The endpoint registry (compacted): endpoints as data, key = name.
     /// `""` turns the registry off. Default `webhooks.endpoints`.
     pub endpoints: String,
@@ -87,6 +91,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             events: vec!["webhooks.events".into()],
             dead: "webhooks.dead".into(),
+            attempts: "webhooks.attempts".into(),
             endpoints: "webhooks.endpoints".into(),
             partitions: 6,
             replication_factor: -1,
@@ -236,7 +241,9 @@ impl Config {
     fn topic_names_are_legal_and_distinct(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::BTreeSet::new();
         let registry = Some(&self.topics.endpoints).filter(|t| !t.is_empty());
-        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(registry);
+        let attempts = Some(&self.topics.attempts).filter(|t| !t.is_empty());
+        let all_topics =
+            self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(registry).chain(attempts);
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
             // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
             let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));

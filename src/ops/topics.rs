@@ -32,19 +32,24 @@ pub enum TopicsError {
 pub struct Wanted {
     pub name: String,
     pub retention_ms: u128,
+    /// Stored compressed whatever the producer sent (`compression.type`), or as sent.
+    pub compression: Option<&'static str>,
 }
 
-/// Every topic of the config: events, tiers, dead.
+/// Every topic of the config: events, tiers, dead, and the attempt log unless it is off.
 pub fn wanted(config: &Config) -> Vec<Wanted> {
     let t = &config.topics;
     let retention_ms = t.retention.as_millis();
-    let mut out: Vec<Wanted> = t.events.iter().map(|name| Wanted { name: name.clone(), retention_ms }).collect();
+    let topic = |name: &String, retention_ms| Wanted { name: name.clone(), retention_ms, compression: None };
+    let mut out: Vec<Wanted> = t.events.iter().map(|name| topic(name, retention_ms)).collect();
     // A tier must keep a record at least as long as the record may wait in it.
     for tier in &config.retry.tiers {
-        let keep = retention_ms.max(tier.delay.as_millis() * 2);
-        out.push(Wanted { name: tier.topic.clone(), retention_ms: keep });
+        out.push(topic(&tier.topic, retention_ms.max(tier.delay.as_millis() * 2)));
     }
-    out.push(Wanted { name: t.dead.clone(), retention_ms: t.dead_retention.as_millis() });
+    out.push(topic(&t.dead, t.dead_retention.as_millis()));
+    if !t.attempts.is_empty() {
+        out.push(crate::observe::attempts::wanted(&t.attempts));
+    }
     out
 }
 
@@ -58,8 +63,12 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
         .iter()
         .zip(&retention)
         .map(|(w, retention)| {
-            NewTopic::new(&w.name, config.topics.partitions, TopicReplication::Fixed(replication))
-                .set("retention.ms", retention)
+            let topic = NewTopic::new(&w.name, config.topics.partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", retention);
+            match w.compression {
+                Some(codec) => topic.set("compression.type", codec),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));

@@ -56,11 +56,11 @@ impl Relay {
                 last_error: Some(&error),
                 endpoint: "invalid",
             };
-            return self.send_dead(&original, relay, cancel).await;
+            let log = Entry::without_attempt(&fanout.own.id, "invalid", hop.attempts, At::of(record), Some(&error));
+            return self.send_dead(&original, relay, &log, cancel).await;
         }
         metrics::fanned_out(names.len());
         let legs = names.iter().map(|name| {
-            let original = &original;
             async move {
                 let mut event = match shared.endpoints.leg(fanout, name) {
                     Ok(event) => event,
@@ -70,7 +70,7 @@ impl Relay {
                 if let Some(context) = trace {
                     context.apply(&mut event.headers);
                 }
-                self.deliver(original, hop.clone(), &event, Work::Attempt, None, cancel).await
+                self.deliver(prepared, hop.clone(), &event, Work::Attempt, None, cancel).await
             }
         });
         let done = join_all(legs).await;

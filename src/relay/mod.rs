@@ -30,8 +30,10 @@ use crate::event::seal::ReplayKey;
 use crate::event::trace_context::TraceContext;
 use crate::event::trust::trusted_on_event_topic;
 use crate::event::{Endpoints, Event, InvalidEvent};
+use crate::observe::attempts::{id_of_invalid, At, Entry, Step};
 use crate::observe::metrics;
 use crate::observe::otel;
+use crate::observe::waiting::{self, Waiting};
 use crate::route::held::Held;
 use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
@@ -71,6 +73,8 @@ struct Record<'a> {
     hop: &'a Hop,
     event: &'a Event,
     in_place: Option<&'a in_place::Kept>,
+    /// Where it was read and how long this processing's attempt took, for the attempt log.
+    step: Step<'a>,
 }
 
 /// A record read by a relay consumer, decoded once when it was accepted.
@@ -85,6 +89,8 @@ pub struct Prepared {
     in_place: Option<in_place::Kept>,
     /// An event that fans out by subscription (then `event` is not read).
     fanout: Option<crate::event::Fanout>,
+    /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
+    _waiting: Option<Waiting>,
 }
 
 impl Handler for Relay {
@@ -148,7 +154,9 @@ impl Handler for Relay {
             order,
         };
         let in_place = order.map(|_| in_place::Kept::default());
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, fanout })
+        let since_ms = hop.event_ms.unwrap_or_else(now_ms);
+        let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout })
     }
 
     fn handle(
@@ -197,7 +205,10 @@ impl Handler for Relay {
                 last_error: Some(&error),
                 endpoint,
             };
-            self.send_dead(&original, relay(Destination::Dead { reason: DeadReason::InternalError }), &cancel).await
+            let id = event.as_ref().map_or_else(|_| hop.origin.default_id(), |e| e.id.clone());
+            let log = Entry::without_attempt(&id, endpoint, hop.attempts, At::of(record), Some(&error));
+            let dead = relay(Destination::Dead { reason: DeadReason::InternalError });
+            self.send_dead(&original, dead, &log, &cancel).await
         }
         .boxed()
     }
@@ -242,16 +253,19 @@ impl Relay {
                     last_error: Some(&error),
                     endpoint: "invalid",
                 };
-                return self.send_dead(&original, relay, &cancel).await;
+                let id = id_of_invalid(record.payload()).unwrap_or_else(|| hop.origin.default_id());
+                let log = Entry::without_attempt(&id, "invalid", hop.attempts, At::of(record), Some(&error));
+                return self.send_dead(&original, relay, &log, &cancel).await;
             }
         };
-        self.deliver(&original, hop, event, work, in_place.as_ref(), &cancel).await
+        self.deliver(prepared, hop, event, work, in_place.as_ref(), &cancel).await
     }
 
-    /// One delivery (the record's, or one leg of a fan-out) from its attempt to an acknowledged route.
+    /// One delivery of `prepared` (the record's, or one leg of a fan-out)
+    /// from its attempt to an acknowledged route.
     async fn deliver(
         &self,
-        original: &Original<'_>,
+        prepared: &Prepared,
         mut hop: Hop,
         event: &Event,
         work: Work,
@@ -259,6 +273,8 @@ impl Relay {
         cancel: &CancellationToken,
     ) -> Done {
         let shared = &*self.shared;
+        let original =
+            Original { key: prepared.record.key(), value: prepared.record.payload(), headers: &prepared.headers };
         // Set on the first hop and carried in headers afterwards; a replay sets
         // a fresh deadline header, which wins over the event's own retry_until.
         let now = now_ms();
@@ -267,15 +283,16 @@ impl Relay {
         // A tier lets a record go after at most its delay (see `prepare`); one
         // whose own due time is still ahead laps the last tier, unattempted.
         let lap = self.tier.and_then(|_| not_yet(hop.due_ms, now, deadline));
-        let outcome = match (work, lap) {
-            (Work::Defer(why), _) => Outcome::Deferred(why),
-            (Work::Attempt, Some(due_ms)) => Outcome::NotYet { due_ms },
+        let (outcome, took) = match (work, lap) {
+            (Work::Defer(why), _) => (Outcome::Deferred(why), None),
+            (Work::Attempt, Some(due_ms)) => (Outcome::NotYet { due_ms }, None),
             (Work::Attempt, None) => match self.attempt(event, &mut hop, cancel).await {
-                Some(outcome) => outcome,
+                Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
-        let record = Record { original, hop: &hop, event, in_place };
+        let step = Step { record: At::of(&prepared.record), took };
+        let record = Record { original: &original, hop: &hop, event, in_place, step };
         self.route(record, outcome, cancel).instrument(child(|| tracing::info_span!("route"))).await
     }
 
@@ -284,7 +301,7 @@ impl Relay {
     /// ordered key (`in_place`) waits in place instead of going to a tier.
     async fn route(&self, record: Record<'_>, outcome: Outcome, cancel: &CancellationToken) -> Done {
         let shared = &*self.shared;
-        let Record { original, hop, event, in_place } = record;
+        let Record { original, hop, event, in_place, step } = record;
         let endpoint = &*event.endpoint_key;
         // One reading of the clock for the whole decision.
         let now = now_ms();
@@ -306,11 +323,13 @@ impl Relay {
             Outcome::Deferred(why) => (hop.last_status, Some(why.describe(endpoint))),
             Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
+        let log = step.entry(&event.id, endpoint, hop.attempts, last_status, last_error.as_deref());
         if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
             let deferred = matches!(outcome, Outcome::Deferred(_));
             let due_ms = in_place::due_ms(*due_ms, deferred, now, shared.states.cool_down().as_millis() as i64);
             kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
             metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
+            shared.attempts.passed_on(&log, &outcome, "in-place", None);
             return Done::Again { due_ms };
         }
         let relay =
@@ -319,6 +338,7 @@ impl Relay {
             Route::Delivered => {
                 let latency_ms = hop.event_ms.map(|t| now - t);
                 metrics::delivered(endpoint, &event.id, hop.attempts, latency_ms);
+                shared.attempts.delivered(&log);
                 Done::Decided
             }
             Route::Tier { index, due_ms } => {
@@ -326,29 +346,36 @@ impl Relay {
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record, or
                 // once it is known that the tier can never take it.
-                match shared.router.produce(topic, original, built, cancel).await {
-                    Ok(()) => {}
+                let to = match shared.router.produce(topic, original, built, cancel).await {
+                    Ok((partition, offset)) => At { topic, partition, offset },
                     Err(Unrouted::Abandoned) => return Done::Abandoned,
                     Err(too_large @ Unrouted::TooLarge { .. }) => {
                         let error = too_large.to_string();
                         metrics::produce_too_large(topic, &event.id, &error);
                         let reason = DeadReason::TooLarge;
                         let dead = RelayHeaders { last_error: Some(&error), ..relay(Destination::Dead { reason }) };
-                        return self.send_dead(original, dead, cancel).await;
+                        return self.send_dead(original, dead, &Entry { error: Some(&error), ..log }, cancel).await;
                     }
-                }
+                };
                 metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, &outcome, last_error.as_deref());
+                shared.attempts.passed_on(&log, &outcome, topic, Some(to));
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
+            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), &log, cancel).await,
         }
     }
 
     /// Writes the dead record. A dead topic that cannot take the value gets
     /// the record without it (headers kept, and the loss said in
     /// `hookrelay-last-error`); one that cannot take even the original headers
-    /// gets the relay's headers alone.
-    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
+    /// gets the relay's headers alone. `log` is its attempt-log record, written once acknowledged.
+    async fn send_dead(
+        &self,
+        original: &Original<'_>,
+        relay: RelayHeaders<'_>,
+        log: &Entry<'_>,
+        cancel: &CancellationToken,
+    ) -> Done {
         let router = &self.shared.router;
         let topic = router.dead_topic();
         let Destination::Dead { reason } = relay.destination else { unreachable!("send_dead writes dead records") };
@@ -369,8 +396,8 @@ impl Relay {
             }
             dropped = Some(last_error);
         }
-        match produced {
-            Ok(()) => {}
+        let (partition, offset) = match produced {
+            Ok(to) => to,
             Err(Unrouted::Abandoned) => return Done::Abandoned,
             Err(Unrouted::TooLarge { error, .. }) => {
                 // Cannot happen above a few KiB of max.message.bytes (start-up refuses a dead
@@ -378,7 +405,8 @@ impl Relay {
                 tracing::error!(topic, error, "dead record too large even without value and headers");
                 return Done::Abandoned;
             }
-        }
+        };
+        self.shared.attempts.dead(log, reason.as_str(), At { topic, partition, offset });
         metrics::dead_routed(
             relay.endpoint,
             &relay.hop.origin.default_id(),

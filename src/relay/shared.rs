@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::endpoint::registry::{Effect, Entry, Registry};
+use crate::observe::attempts::AttemptLog;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -18,6 +19,8 @@ pub struct Shared {
     pub max_attempts: u32,
     /// Checks the seal of `replay`'s headers on event topics.
     pub replay_key: Option<ReplayKey>,
+    /// The attempt log (a no-op when `topics.attempts` is off).
+    pub attempts: AttemptLog,
     /// The endpoint registry, when it is on.
     pub registry: Option<Arc<Registry>>,
     /// Which endpoints an event that names none goes to.
@@ -54,6 +57,7 @@ impl Shared {
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
+            attempts: AttemptLog::new(config)?,
             subscriptions: crate::endpoint::subscription::Live::new(config, registry.clone()),
             max_fanout: config.delivery.max_fanout,
             registry,

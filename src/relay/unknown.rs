@@ -31,6 +31,7 @@ impl Relay {
             }
             Err(invalid) => invalid.to_string(),
         };
+        let id = id_of_invalid(Some(value)).unwrap_or_else(|| hop.origin.default_id());
         // The event's first timestamp, never later than now (SPEC).
         let first = hop.event_ms.unwrap_or(now).min(now);
         if now >= first.saturating_add(registry.grace_ms()) && !registry.is_stale(now) {
@@ -42,9 +43,11 @@ impl Relay {
                 last_error: Some(&error),
                 endpoint: "unknown",
             };
-            return Err(self.send_dead(original, relay, cancel).await);
+            let log = Entry::without_attempt(&id, "unknown", hop.attempts, At::of(&prepared.record), Some(&error));
+            return Err(self.send_dead(original, relay, &log, cancel).await);
         }
-        Err(self.defer_unknown(original, hop, name, now, cancel).await)
+        let log = Entry::without_attempt(&id, name, hop.attempts, At::of(&prepared.record), None);
+        Err(self.defer_unknown(original, hop, name, now, &log, cancel).await)
     }
 
     /// Passes the record to the next tier without an attempt (or to the dead topic past its deadline).
@@ -54,6 +57,7 @@ impl Relay {
         hop: &mut Hop,
         name: &str,
         now: i64,
+        log: &Entry<'_>,
         cancel: &CancellationToken,
     ) -> Done {
         let shared = &*self.shared;
@@ -81,7 +85,8 @@ impl Relay {
                 let topic = shared.router.tier_topic(index);
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 match shared.router.produce(topic, original, built, cancel).await {
-                    Ok(()) => {
+                    Ok(_) => {
+                        shared.attempts.passed_on(&Entry { error: Some(&last_error), ..*log }, &outcome, topic, None);
                         metrics::retry_routed(
                             "unknown",
                             &hop.origin.default_id(),
@@ -95,11 +100,11 @@ impl Relay {
                     Err(Unrouted::Abandoned) => Done::Abandoned,
                     Err(Unrouted::TooLarge { .. }) => {
                         let dead = Destination::Dead { reason: DeadReason::TooLarge };
-                        self.send_dead(original, relay(dead), cancel).await
+                        self.send_dead(original, relay(dead), log, cancel).await
                     }
                 }
             }
-            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
+            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), log, cancel).await,
             Route::Delivered => unreachable!("a deferral is never delivered"),
         }
     }

@@ -238,14 +238,15 @@ impl Router {
     /// inside `message.timeout.ms`; this loop covers longer outages, during
     /// which the record stays undecided, its offset is not committed and the
     /// route counts as held ([`Held`]). A record too large for the producer or
-    /// the topic is returned as [`Unrouted::TooLarge`], never retried.
+    /// the topic is returned as [`Unrouted::TooLarge`], never retried. Ok: the
+    /// partition and offset the broker acknowledged.
     pub async fn produce(
         &self,
         topic: &str,
         original: &Original<'_>,
         headers: OwnedHeaders,
         cancel: &CancellationToken,
-    ) -> Result<(), Unrouted> {
+    ) -> Result<(i32, i64), Unrouted> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut held = None;
         loop {
@@ -255,7 +256,7 @@ impl Router {
                 _ = cancel.cancelled() => return Err(Unrouted::Abandoned),
             };
             let error = match sent {
-                Ok(_) => return Ok(()),
+                Ok(delivery) => return Ok((delivery.partition, delivery.offset)),
                 Err((error, _)) => error,
             };
             let fatal = self.producer.client().fatal_error();

@@ -145,6 +145,8 @@ impl Config {
             .set("kafka.statistics_interval", "1s")
             .set("topics.events", vec![topics.events.as_str()])
             .set("topics.dead", topics.dead.as_str())
+            // Each relay its own attempt log, as its own event topic (created on first write).
+            .set("topics.attempts", attempts_topic(topics))
             .set("delivery.allow_private_networks", true)
             // The endpoint registry off: tests of it give each relay a registry topic of its own (registry.rs).
             .set("topics.endpoints", "")
@@ -240,6 +242,11 @@ impl Topics {
         create_topics(&names, partitions).await;
         topics
     }
+}
+
+/// The attempt-log topic [`Config::new`] gives a test's relay.
+pub fn attempts_topic(topics: &Topics) -> String {
+    format!("{}.attempts", topics.events)
 }
 
 pub async fn create_topics(names: &[String], partitions: i32) {

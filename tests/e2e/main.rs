@@ -1,6 +1,7 @@
 //! End-to-end tests: a real Kafka broker (`KAFKA_BOOTSTRAP`, started by `make test`),
 //! real local HTTP receivers and SMTP server, real `hookrelay` processes.
 
+mod attempts;
 mod connections;
 mod dead_flood;
 mod delivery;

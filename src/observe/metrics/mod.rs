@@ -81,7 +81,7 @@ pub struct Metrics {
 /// leaves out a labelled metric until a label value is set.
 static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
-fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+pub(crate) fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
     let names: Vec<String> = metric.desc().into_iter().map(|desc| desc.fq_name.clone()).collect();
     NAMES.lock().unwrap_or_else(|e| e.into_inner()).extend(names);
     registry.register(Box::new(metric.clone())).expect("metric registered once");
@@ -288,7 +288,8 @@ pub fn get() -> &'static Metrics {
 /// The name of every metric the process has, whether or not it has a value yet
 /// (the handbook's metrics page is checked against it).
 pub fn names() -> Vec<String> {
-    let _registered = get();
+    // The attempt log's and the oldest-waiting series register on first use, in their own modules.
+    let _registered = (get(), crate::observe::attempts::dropped_total(), crate::observe::waiting::registered());
     NAMES.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
