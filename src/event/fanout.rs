@@ -102,7 +102,7 @@ mod tests {
         assert_eq!(leg.id, "t-0-7", "every leg has the event's id");
         assert_eq!(leg.body.as_ptr(), f.body.as_ptr(), "the payload is shared, not copied");
         let names: Vec<&str> = leg.headers.iter().map(|(k, _)| k.as_str()).collect();
-        assert_eq!(names, ["x-tenant", "x-a"], "the endpoint's headers, then the event's");
+        assert_eq!(names, ["x-tenant", "webhook-type", "x-a"], "the endpoint's headers, the type, then the event's");
         assert!(matches!(endpoints_with(64).leg(&f, "nope"), Err(InvalidEvent::UnknownEndpoint(_))));
     }
 

@@ -30,6 +30,9 @@ use crate::config::{Config, EndpointConfig, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
 use crate::endpoint::sign::SigningKey;
 
+/// The request header that carries the event's `type`.
+pub const WEBHOOK_TYPE: &str = "webhook-type";
+
 /// The longest per-event timeout accepted (`timeout_ms`): 5 minutes.
 const MAX_TIMEOUT_MS: u64 = 300_000;
 
@@ -191,6 +194,13 @@ impl Endpoints {
         ignored_attributes: usize,
     ) -> Event {
         let Target { url, endpoint_key, keys, timeout: endpoint_timeout, mut headers, ordered } = target;
+        // The event's type reaches the receiver (outside the signed content,
+        // as every header); a header of that name set by the endpoint or the event wins.
+        let webhook_type = HeaderName::from_static(WEBHOOK_TYPE);
+        let typed = attributes.r#type.as_deref().and_then(|t| HeaderValue::from_str(t).ok());
+        if let (Some(value), false) = (typed, headers.iter().any(|(n, _)| *n == webhook_type)) {
+            headers.push((webhook_type, value));
+        }
         for (name, value) in own.headers {
             headers.retain(|(existing, _)| existing != name);
             headers.push((name, value));
@@ -520,6 +530,13 @@ pub(crate) mod tests {
         assert_eq!(e.attributes.subject.as_deref(), Some("inv-42"));
         assert_eq!(e.attributes.extensions["tenant"], "acme");
         assert_eq!(e.ignored_attributes, 0);
+        let sent = e.headers.iter().find(|(n, _)| n == WEBHOOK_TYPE).map(|(_, v)| v.to_str().unwrap());
+        assert_eq!(sent, Some("invoice.paid"), "the type reaches the receiver");
+        let own =
+            decode(r#"{"url":"https://a/x","payload":1,"type":"t.a","headers":{"webhook-type":"mine"}}"#).unwrap();
+        let sent: Vec<_> =
+            own.headers.iter().filter(|(n, _)| n == WEBHOOK_TYPE).map(|(_, v)| v.to_str().unwrap()).collect();
+        assert_eq!(sent, ["mine"], "the event's own header wins");
         // Never invalid_event: the event is delivered without them, and they are counted.
         let e = decode(
             r#"{"url":"https://a/x","payload":1,"type":"has space","source":3,"attributes":{"Bad":"x"},"subject":"s"}"#,

@@ -83,6 +83,12 @@ async fn each_subscriber_gets_exactly_its_events_signed_with_its_own_secret() {
             verify(secret, &request).unwrap();
             let body: serde_json::Value = serde_json::from_slice(&request.body).unwrap();
             assert_eq!(body["event"], request.header("webhook-id"), "the payload is the body");
+            let expected = match request.header("webhook-id") {
+                "e1" => "invoice.paid",
+                "e2" => "invoice.void",
+                _ => "user.created",
+            };
+            assert_eq!(request.header("webhook-type"), expected);
         }
     }
     let text = relay.metrics().await;
