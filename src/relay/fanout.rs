@@ -7,11 +7,56 @@
 //! source record is decided once every leg is. No match: decided at once,
 //! counted unmatched.
 
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use futures::future::join_all;
 
 use super::*;
 use crate::event::hop::header;
 use crate::event::{Decoded, Fanout};
+use crate::route::outcome::Why;
+
+/// Legs in flight per endpoint, in this process. A slow subscriber must not
+/// hold the other subscribers' legs by filling the partitions' in-flight
+/// slots with records that wait for it: past its limit plus
+/// `delivery.max_waiting_per_endpoint`, its legs are deferred to the next tier
+/// without an attempt (as the overflow of single deliveries is).
+#[derive(Debug, Default)]
+pub struct LegLoad {
+    in_flight: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// One leg counted in its endpoint's load until dropped.
+struct Counted<'a> {
+    load: &'a LegLoad,
+    endpoint: Arc<str>,
+}
+
+impl LegLoad {
+    /// Counts a leg of `endpoint` unless `bound` legs of it are in flight already.
+    fn enter(&self, endpoint: &Arc<str>, bound: usize) -> Option<Counted<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = in_flight.entry(endpoint.clone()).or_default();
+        if *n >= bound {
+            return None;
+        }
+        *n += 1;
+        Some(Counted { load: self, endpoint: endpoint.clone() })
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.load.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.endpoint);
+            }
+        }
+    }
+}
 
 /// What `prepare` decoded: one event (or why not), or a fan-out.
 pub(super) struct Decode {
@@ -70,7 +115,10 @@ impl Relay {
                 if let Some(context) = trace {
                     context.apply(&mut event.headers);
                 }
-                self.deliver(prepared, hop.clone(), &event, Work::Attempt, None, cancel).await
+                let (limit, _) = shared.states.slot(&event.endpoint_key);
+                let counted = shared.leg_load.enter(&event.endpoint_key, limit.get() + shared.max_waiting_per_endpoint);
+                let work = if counted.is_some() { Work::Attempt } else { Work::Defer(Why::Overflow) };
+                self.deliver(prepared, hop.clone(), &event, work, None, cancel).await
             }
         });
         let done = join_all(legs).await;

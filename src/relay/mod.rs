@@ -1,7 +1,7 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
 mod attempt;
-mod fanout;
+pub mod fanout;
 mod in_place;
 mod shared;
 mod unknown;

@@ -27,6 +27,10 @@ pub struct Shared {
     pub subscriptions: crate::endpoint::subscription::Live,
     /// `delivery.max_fanout`: the most legs of one event.
     pub max_fanout: usize,
+    /// Fan-out legs in flight per endpoint (see [`super::fanout::LegLoad`]).
+    pub leg_load: super::fanout::LegLoad,
+    /// `delivery.max_waiting_per_endpoint`.
+    pub max_waiting_per_endpoint: usize,
 }
 
 /// The relay could not set up its clients.
@@ -60,6 +64,8 @@ impl Shared {
             attempts: AttemptLog::new(config)?,
             subscriptions: crate::endpoint::subscription::Live::new(config, registry.clone()),
             max_fanout: config.delivery.max_fanout,
+            leg_load: Default::default(),
+            max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
             registry,
         }))
     }

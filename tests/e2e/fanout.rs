@@ -254,3 +254,30 @@ async fn records_of_the_cloudevents_python_sdk_fan_out() {
     assert_eq!(body(&c, "py-2"), serde_json::json!({"user": 7}), "structured mode: data is the body");
     assert_eq!((a.count(), b.count(), c.count()), (1, 1, 1));
 }
+
+/// A slow subscriber does not hold the others: past its limit and `max_waiting_per_endpoint`,
+/// its legs go to the tier, so the records waiting for it do not fill the partition's slots.
+/// (Without that, a fast subscriber got one event per slow answer: 16 slots all waiting on B.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_does_not_hold_the_others_legs() {
+    let slow = Behaviour { delay: Duration::from_secs(3), ..Behaviour::default() };
+    let (topics, config, [a, b, _c]) = three(slow, Duration::from_secs(3600)).await;
+    let config = config
+        .set("endpoints.b.max_in_flight", 1)
+        .set("delivery.max_waiting_per_endpoint", 8)
+        .set("delivery.max_in_flight_per_partition", 16);
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    let total = 100;
+    for i in 0..total {
+        let value = format!(r#"{{"id":"p{i}","type":"invoice.paid","payload":{{"n":{i}}}}}"#);
+        produce(&producer, &topics.events, Some(0), None, value.as_bytes()).await;
+    }
+    // Time is the feature: B takes 3 s a request one at a time, so held legs would need ~250 s.
+    eventually("a got every event while b is slow", Duration::from_secs(30), || (a.count() >= total).then_some(()))
+        .await;
+    assert!(b.count() < 20, "b got {} requests: the overflow went to the tier", b.count());
+    let tier = read_topic(&topics.tiers[0].0, 50, Duration::from_secs(10)).await;
+    assert!(tier.len() >= 50, "b's overflowed legs are in the tier: {}", tier.len());
+    assert!(tier.iter().all(|r| r.header("hookrelay-endpoint") == Some("b")));
+}
