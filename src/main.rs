@@ -157,59 +157,10 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             app::run(config, role, shutdown).await?;
         }
         Command::Send { url, endpoint, payload, id, key } => {
-            let target = match (url, endpoint) {
-                (Some(url), _) => topics::Target::Url(url),
-                (None, Some(name)) => topics::Target::Endpoint(name),
-                (None, None) => unreachable!("clap requires one of --url and --endpoint"),
-            };
-            // A name the file does not define may be the registry's.
-            let registry = match &target {
-                // Only Kafka can say whether the registry has it: unreachable is exit 69.
-                topics::Target::Endpoint(name)
-                    if !config.endpoints.contains_key(name) && !config.topics.endpoints.is_empty() =>
-                {
-                    app::preflight(&config).await?;
-                    endpoints::load(&config).await.ok()
-                }
-                _ => None,
-            };
-            let value = match topics::event_value(&config, registry, target, &payload, id.as_deref()) {
-                Ok(value) => value,
-                Err(error) => {
-                    eprintln!("hookrelay: {error}");
-                    return Ok(ExitCode::from(EX_USAGE));
-                }
-            };
-            // Without it a down broker shows as a produce timeout (exit 1 after 30 s).
-            app::preflight(&config).await?;
-            println!("{}", topics::send(&config, &value, key.as_deref()).await?);
+            return send(&config, url, endpoint, &payload, id.as_deref(), key.as_deref()).await
         }
         Command::Replay { since, until, reason, endpoint, dry_run } => {
-            let now = hookrelay::app::clock::now_ms();
-            let time = |t: Option<String>| t.map(|t| replay::parse_time(&t, now)).transpose();
-            let (since_ms, until_ms) = match (time(since), time(until)) {
-                (Ok(s), Ok(u)) => (s, u),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("hookrelay: {e}");
-                    return Ok(ExitCode::from(EX_USAGE));
-                }
-            };
-            let reason = match reason.as_deref().map(|r| (r, DeadReason::parse(r))) {
-                None => None,
-                Some((_, Some(reason))) => Some(reason),
-                Some((r, None)) => {
-                    eprintln!("hookrelay: unknown reason {r:?}");
-                    return Ok(ExitCode::from(EX_USAGE));
-                }
-            };
-            let filter = replay::Filter { since_ms, until_ms, reason, endpoint };
-            app::preflight(&config).await?;
-            let summary = replay::replay(&config, &filter, dry_run, |line| println!("{line}")).await?;
-            if dry_run {
-                println!("dry run: would replay {} of {} scanned, moved nothing", summary.matched, summary.scanned);
-            } else {
-                println!("replayed {} of {} scanned", summary.replayed, summary.scanned);
-            }
+            return replay_dead(&config, since, until, reason, endpoint, dry_run).await
         }
         Command::Topics { command: TopicsCommand::Ensure } => {
             app::preflight(&config).await?;
@@ -237,6 +188,81 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
         Command::CheckConfig => {
             println!("# effective config (secrets redacted)\n{}", config.to_redacted_toml());
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hookrelay send`: one event to the first event topic.
+async fn send(
+    config: &Config,
+    url: Option<String>,
+    endpoint: Option<String>,
+    payload: &str,
+    id: Option<&str>,
+    key: Option<&str>,
+) -> anyhow::Result<ExitCode> {
+    let target = match (url, endpoint) {
+        (Some(url), _) => topics::Target::Url(url),
+        (None, Some(name)) => topics::Target::Endpoint(name),
+        (None, None) => unreachable!("clap requires one of --url and --endpoint"),
+    };
+    // A name the file does not define may be the registry's.
+    let registry = match &target {
+        // Only Kafka can say whether the registry has it: unreachable is exit 69.
+        topics::Target::Endpoint(name)
+            if !config.endpoints.contains_key(name) && !config.topics.endpoints.is_empty() =>
+        {
+            app::preflight(config).await?;
+            endpoints::load(config).await.ok()
+        }
+        _ => None,
+    };
+    let value = match topics::event_value(config, registry, target, payload, id) {
+        Ok(value) => value,
+        Err(error) => {
+            eprintln!("hookrelay: {error}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+    };
+    // Without it a down broker shows as a produce timeout (exit 1 after 30 s).
+    app::preflight(config).await?;
+    println!("{}", topics::send(config, &value, key).await?);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `hookrelay replay`: dead records back to the event topic.
+async fn replay_dead(
+    config: &Config,
+    since: Option<String>,
+    until: Option<String>,
+    reason: Option<String>,
+    endpoint: Option<String>,
+    dry_run: bool,
+) -> anyhow::Result<ExitCode> {
+    let now = hookrelay::app::clock::now_ms();
+    let time = |t: Option<String>| t.map(|t| replay::parse_time(&t, now)).transpose();
+    let (since_ms, until_ms) = match (time(since), time(until)) {
+        (Ok(s), Ok(u)) => (s, u),
+        (Err(e), _) | (_, Err(e)) => {
+            eprintln!("hookrelay: {e}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+    };
+    let reason = match reason.as_deref().map(|r| (r, DeadReason::parse(r))) {
+        None => None,
+        Some((_, Some(reason))) => Some(reason),
+        Some((r, None)) => {
+            eprintln!("hookrelay: unknown reason {r:?}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+    };
+    let filter = replay::Filter { since_ms, until_ms, reason, endpoint };
+    app::preflight(config).await?;
+    let summary = replay::replay(config, &filter, dry_run, |line| println!("{line}")).await?;
+    if dry_run {
+        println!("dry run: would replay {} of {} scanned, moved nothing", summary.matched, summary.scanned);
+    } else {
+        println!("replayed {} of {} scanned", summary.replayed, summary.scanned);
     }
     Ok(ExitCode::SUCCESS)
 }

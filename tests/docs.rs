@@ -3,7 +3,7 @@
 //! its page in `docs/src/reference/` fails here. No broker needed.
 //!
 //! What this uses of the library: `config::Config` (its defaults and serde
-//! shape), `observe::metrics::names()` and `route::outcome::DeadReason::ALL`; the CLI is read
+//! shape), `observe::metric_names()` and `route::outcome::DeadReason::ALL`; the CLI is read
 //! from the built binary's `--help`.
 
 use std::collections::BTreeSet;
@@ -126,7 +126,7 @@ fn the_configuration_page_has_every_key_and_its_default() {
 
 #[test]
 fn the_metrics_page_has_every_series() {
-    let names = hookrelay::observe::metrics::names();
+    let names = hookrelay::observe::metric_names();
     assert!(names.iter().any(|n| n == "hookrelay_deliveries_total"), "{names:?}");
     let text = page("metrics.md");
     let rows = rows(&text);

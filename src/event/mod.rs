@@ -11,6 +11,7 @@ pub mod fanout;
 mod fuzz;
 pub mod headers;
 pub mod hop;
+pub mod named;
 pub mod seal;
 pub mod trace_context;
 pub mod trust;
@@ -25,8 +26,9 @@ use serde_json::value::RawValue;
 
 use self::attributes::{Attributes, RawAttributes, Strictness};
 pub use self::fanout::{Decoded, Fanout};
+pub(crate) use self::named::NamedEndpoint;
 use crate::app::clock::parse_rfc3339_ms;
-use crate::config::{Config, EndpointConfig, Ordering};
+use crate::config::{Config, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
 use crate::endpoint::sign::SigningKey;
 
@@ -100,28 +102,6 @@ pub struct Endpoints {
     max_payload_bytes: usize,
     /// `delivery.ordering` is `"key"`: for inline URLs.
     default_ordered: bool,
-}
-
-/// A named endpoint as events use it (file or registry).
-#[derive(Debug, Clone)]
-pub(crate) struct NamedEndpoint {
-    pub(crate) url: url::Url,
-    pub(crate) keys: Arc<[SigningKey]>,
-    pub(crate) timeout: Option<Duration>,
-    pub(crate) headers: Vec<(HeaderName, HeaderValue)>,
-    pub(crate) ordered: bool,
-}
-
-impl NamedEndpoint {
-    /// From a validated spec; `None` where it does not hold (validation refuses that first).
-    pub(crate) fn of(e: &EndpointConfig, default_ordering: Ordering) -> Option<NamedEndpoint> {
-        let url = parse_target_url(e.url.expose()).ok()?;
-        let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
-        let ordered = e.ordering.unwrap_or(default_ordering) == Ordering::Key;
-        // validate() has parsed every secret already.
-        let keys = e.secrets.iter().filter_map(|s| SigningKey::parse(s.expose()).ok()).collect();
-        Some(NamedEndpoint { url, keys, timeout: e.timeout, headers, ordered })
-    }
 }
 
 impl Endpoints {

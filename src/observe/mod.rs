@@ -17,3 +17,11 @@ pub mod otel;
 pub mod readiness;
 pub mod series;
 pub mod waiting;
+
+/// The name of every metric the process has, whether or not it has a value yet
+/// (the handbook's metrics page is checked against it): the attempt log's and the
+/// oldest-waiting series register on first use, in their own modules.
+pub fn metric_names() -> Vec<String> {
+    let _registered = (attempts::dropped_total(), waiting::registered());
+    metrics::names()
+}

@@ -12,11 +12,8 @@ use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use serde_json::Value;
 
@@ -253,35 +250,4 @@ pub async fn rotate_secret(config: &Config, name: &str, keep: Duration) -> Resul
     let kept = clear["secrets"].as_array().map_or(0, |s| s.len() - 1);
     let line = format!("rotated {name}: {kept} older secret(s) sign until {} ({at})", rfc3339(until));
     Ok((new, line))
-}
-
-/// The registry topic's part of `topics ensure`: created compacted (one
-/// partition: a small topic that every replica reads whole), or checked to be.
-pub async fn ensure_topic(config: &Config) -> Result<Option<String>, crate::ops::topics::TopicsError> {
-    use crate::ops::topics::TopicsError;
-    let topic = &config.topics.endpoints;
-    if topic.is_empty() {
-        return Ok(None);
-    }
-    let admin: AdminClient<DefaultClientContext> = crate::config::client::admin_config(&config.kafka).create()?;
-    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(TIMEOUT)));
-    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(config.topics.replication_factor))
-        .set("cleanup.policy", "compact");
-    match admin.create_topics([&new], &options).await?.remove(0) {
-        Ok(name) => return Ok(Some(format!("created {name} (1 partition, compacted)"))),
-        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-        Err((name, code)) => return Err(TopicsError::Create(name, code)),
-    }
-    let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await?;
-    let policy = described
-        .into_iter()
-        .flatten()
-        .flat_map(|resource| resource.entries)
-        .find(|entry| entry.name == "cleanup.policy")
-        .and_then(|entry| entry.value)
-        .unwrap_or_default();
-    if !policy.split(',').any(|p| p.trim() == "compact") {
-        return Err(TopicsError::NotCompacted(topic.clone(), policy));
-    }
-    Ok(Some(format!("exists  {topic} (compacted)")))
 }

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -48,7 +48,13 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
     }
     out.push(topic(&t.dead, t.dead_retention.as_millis()));
     if !t.attempts.is_empty() {
-        out.push(crate::observe::attempts::wanted(&t.attempts));
+        // The attempt log: 7 days, stored compressed.
+        let retention_ms = crate::observe::attempts::RETENTION.as_millis();
+        out.push(Wanted {
+            name: t.attempts.clone(),
+            retention_ms,
+            compression: Some(crate::observe::attempts::COMPRESSION),
+        });
     }
     out
 }
@@ -89,7 +95,7 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
             Err((name, code)) => return Err(TopicsError::Create(name, code)),
         }
     }
-    lines.extend(crate::ops::endpoints::ensure_topic(config).await?);
+    lines.extend(ensure_registry_topic(config).await?);
     Ok(lines)
 }
 
@@ -145,6 +151,36 @@ pub async fn send(config: &Config, value: &[u8], key: Option<&str>) -> Result<St
         .await
         .map_err(|(e, _)| TopicsError::Produce(topic.clone(), e))?;
     Ok(format!("sent to {topic} partition {} offset {}", delivery.partition, delivery.offset))
+}
+
+/// The registry topic's part of `topics ensure`: created compacted (one
+/// partition: a small topic that every replica reads whole), or checked to be.
+async fn ensure_registry_topic(config: &Config) -> Result<Option<String>, TopicsError> {
+    let topic = &config.topics.endpoints;
+    if topic.is_empty() {
+        return Ok(None);
+    }
+    let admin: AdminClient<DefaultClientContext> = crate::config::client::admin_config(&config.kafka).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(config.topics.replication_factor))
+        .set("cleanup.policy", "compact");
+    match admin.create_topics([&new], &options).await?.remove(0) {
+        Ok(name) => return Ok(Some(format!("created {name} (1 partition, compacted)"))),
+        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+        Err((name, code)) => return Err(TopicsError::Create(name, code)),
+    }
+    let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await?;
+    let policy = described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "cleanup.policy")
+        .and_then(|entry| entry.value)
+        .unwrap_or_default();
+    if !policy.split(',').any(|p| p.trim() == "compact") {
+        return Err(TopicsError::NotCompacted(topic.clone(), policy));
+    }
+    Ok(Some(format!("exists  {topic} (compacted)")))
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use crate::app::clock::now_ms;
 use crate::config::{Config, Ordering};
 use crate::endpoint::pace;
 use crate::endpoint::sign::SigningKey;
-use crate::event::NamedEndpoint;
+use crate::event::named::NamedEndpoint;
 
 pub use self::record::{Change, Spec};
 pub use self::seal::RegistryKey;

@@ -42,14 +42,8 @@ const MESSAGE_TIMEOUT_MS: &str = "5000";
 const QUEUE_MAX_MESSAGES: &str = "100000";
 const QUEUE_MAX_KBYTES: &str = "16384";
 
-/// The log's topic as `topics ensure` creates it: 7 days, stored lz4-compressed.
-pub fn wanted(topic: &str) -> crate::ops::topics::Wanted {
-    crate::ops::topics::Wanted {
-        name: topic.to_string(),
-        retention_ms: RETENTION.as_millis(),
-        compression: Some("lz4"),
-    }
-}
+/// How `topics ensure` creates the log's topic: stored lz4-compressed (and kept [`RETENTION`]).
+pub const COMPRESSION: &str = "lz4";
 
 /// The partition Kafka's key partitioner gives `key` among `partitions`:
 /// librdkafka's `murmur2_random` and the Java client's default (murmur2 with
