@@ -281,3 +281,34 @@ async fn a_slow_subscriber_does_not_hold_the_others_legs() {
     assert!(tier.len() >= 50, "b's overflowed legs are in the tier: {}", tier.len());
     assert!(tier.iter().all(|r| r.header("hookrelay-endpoint") == Some("b")));
 }
+
+/// A leg in the tiers whose registry endpoint is deleted is deferred as an unknown endpoint,
+/// then dead naming that endpoint (not "needs a url or endpoint": it is still that endpoint's leg).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leg_whose_endpoint_is_deleted_is_dead_naming_it() {
+    let failing = Receiver::start(Behaviour { fail_first: 1000, ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(1)]).await;
+    let registry = crate::registry::registry_topic().await;
+    let config = Config::new(&topics)
+        .set("topics.endpoints", registry.as_str())
+        .set("registry.key", crate::registry::KEY)
+        .set("registry.unknown_grace", "3s");
+    let _relay = Relay::start(&config, &[]).await;
+    let cli = crate::registry::Cli::new(&config);
+    let spec = serde_json::json!({"url": failing.url("/late"), "types": ["invoice.*"]});
+    assert_eq!(cli.put("late", &spec).status.code(), Some(0));
+    let value = br#"{"id":"gone-1","type":"invoice.paid","payload":{}}"#;
+    // Until the put is applied the event is unmatched: send again until the endpoint got one.
+    let producer = producer();
+    let started = std::time::Instant::now();
+    while failing.count() == 0 {
+        assert!(started.elapsed() < Duration::from_secs(10), "the put endpoint never got the event");
+        produce(&producer, &topics.events, Some(0), None, value).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    cli.ok(&["endpoints", "delete", "late"]);
+    let dead = read_topic(&topics.dead, 1, Duration::from_secs(60)).await;
+    assert_eq!(dead.len(), 1, "one dead leg");
+    let error = dead[0].header("hookrelay-last-error").unwrap_or_default();
+    assert!(error.contains("unknown endpoint \"late\""), "{error}");
+}
