@@ -1,9 +1,15 @@
 #!/usr/bin/env bash
 # Installs what the end-to-end tests need besides Rust and Kafka: a real SMTP
-# server (aiosmtpd, from PyPI) for the email sink. Idempotent and quiet.
+# server (aiosmtpd, from PyPI) for the email sink, and the CloudEvents Python
+# SDK (cloudevents, from PyPI) whose Kafka records the fan-out tests read.
+# Idempotent and quiet.
 set -euo pipefail
 if ! python3 -c "import aiosmtpd" 2>/dev/null; then
     python3 -m pip install --quiet --disable-pip-version-check aiosmtpd
+fi
+# Records made by a CloudEvents SDK (its Kafka binding) for the fan-out tests.
+if ! python3 -c "import cloudevents.v1.kafka" 2>/dev/null; then
+    python3 -m pip install --quiet --disable-pip-version-check 'cloudevents>=2,<3'
 fi
 # A real Prometheus scrapes a running relay in the end-to-end tests (Debian's package).
 if ! command -v prometheus >/dev/null; then

@@ -23,7 +23,8 @@
 //!   memory budget in bytes), `offsets` (highest contiguous decided offset), `offset_store` (decided
 //!   positions to librdkafka), `revoke` (letting partitions go within the grace), `error`, and the loop.
 //! - [`relay`]: the handler of event and tier records, from decode to route (`attempt`: one attempt
-//!   through the endpoint's permit; `in_place`: ordered records retried in place).
+//!   through the endpoint's permit; `in_place`: ordered records retried in place; `fanout`: an event
+//!   that names no receiver, one leg per subscribed endpoint).
 //! - [`notify`]: the failure handler on the dead topic: `window` (grouping) and `sinks` (http, email, log).
 //! - [`ops`]: operator commands: `replay` (dead records back to the event topic), `topics` (`topics ensure`, `send`),
 //!   `endpoints` (the endpoint registry: put, get, list, delete, rotate-secret),
@@ -38,11 +39,14 @@
 //! - [`endpoint`]: where a record is sent and the state kept per endpoint: `state` (the one map of
 //!   per-endpoint state: limit, pace and circuit, one eviction; its permit answers whether the
 //!   endpoint may take a record now), `guard`, `circuit`, `limit`, `pace`, `egress`, `deliver` (one
-//!   HTTP attempt), `sign`, `registry` (endpoints as data: a compacted topic every replica follows).
+//!   HTTP attempt), `sign`, `registry` (endpoints as data: a compacted topic every replica follows), `subscription`
+//!   (`types` and `filter`, and the index by type that fan-out matches against).
 //! - [`event`]: record -> `Event` (decode + validate); `hop` (the relay's headers), `trust` (which of
 //!   them an event topic may carry), `dead_letter` (the dead-letter reader), `seal` (the replay seal),
 //!   `headers` (a record's headers as bytes: the one `unsafe` module), `trace_context` (the W3C trace
-//!   context a record carries to its requests). Tests only: `fuzz`.
+//!   context a record carries to its requests), `attributes` (`type`, `source`, `subject`, `attributes`),
+//!   `cloudevents` (CloudEvents in, binary and structured mode), `fanout` (`Decoded`: one event or a
+//!   fan-out; one leg's event). Tests only: `fuzz`.
 //! - [`config`]: figment layers, one struct per section that validates itself (`kafka`, `delivery`,
 //!   `notify`), the redacting secret types (`secret`), `error`, and `client`: librdkafka settings
 //!   shared by every client, and what counts as a refusal.

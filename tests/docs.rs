@@ -37,7 +37,8 @@ fn row_of<'a>(rows: &[&'a str], key: &str) -> Option<&'a str> {
 }
 
 /// Tables whose keys are the user's (free-form maps): documented as the table itself.
-const MAPS: [&str; 3] = ["kafka.properties", "endpoints.<name>.headers", "notify.sinks[].headers"];
+const MAPS: [&str; 4] =
+    ["kafka.properties", "endpoints.<name>.headers", "endpoints.<name>.filter", "notify.sinks[].headers"];
 
 /// Every key path of a config value as the handbook writes it: named endpoints as
 /// `endpoints.<name>`, arrays of tables as `[]`, free-form maps as themselves.

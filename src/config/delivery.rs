@@ -12,6 +12,7 @@ use crate::endpoint::egress;
 use crate::endpoint::guard::{check_header, parse_target_url};
 use crate::endpoint::pace::Rate;
 use crate::endpoint::sign::SigningKey;
+use crate::endpoint::subscription::{Filter, TypePattern};
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -159,6 +160,9 @@ pub struct DeliveryConfig {
     /// deadline. Default `60s`.
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
+    /// The most endpoints one event may fan out to (legs per record); above
+    /// it the record is dead `invalid_event` with the count. Default 1000.
+    pub max_fanout: usize,
 }
 
 /// Whether records of one endpoint keep their order (SPEC: `ordering = "none" | "key"`).
@@ -198,6 +202,7 @@ impl Default for DeliveryConfig {
             max_event_header_bytes: bytesize::ByteSize::kib(16),
             max_record_header_bytes: bytesize::ByteSize::kib(64),
             max_hold: Duration::from_secs(60),
+            max_fanout: 1000,
         }
     }
 }
@@ -222,6 +227,7 @@ impl DeliveryConfig {
             ("delivery.max_in_flight_per_endpoint", self.max_in_flight_per_endpoint),
             ("delivery.max_read_ahead_per_partition", self.max_read_ahead_per_partition),
             ("delivery.max_payload_bytes", self.max_payload_bytes),
+            ("delivery.max_fanout", self.max_fanout),
         ];
         for (key, value) in limits {
             if value == 0 {
@@ -329,6 +335,16 @@ pub struct EndpointConfig {
     /// `delivery.allow_private_networks`). Default false.
     #[serde(default)]
     pub allow_private_networks: bool,
+    /// Event types this endpoint subscribes to: exact (`"invoice.paid"`) or a
+    /// prefix ending in `*` (`"invoice.*"`). Default: none (with a `filter`:
+    /// every type; without one, the endpoint subscribes to nothing).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// A CloudEvents subscription filter (`exact`, `prefix`, `suffix`, `all`,
+    /// `any`, `not`) over the event's `type`, `id`, `source`, `subject` and
+    /// `attributes`, e.g. `{ exact = { tenant = "acme" } }`. Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<Filter>,
 }
 
 impl EndpointConfig {
@@ -363,6 +379,12 @@ impl EndpointConfig {
         }
         if self.rate_burst == Some(0) {
             return Err(invalid(key("rate_burst"), "must be at least 1"));
+        }
+        for (i, entry) in self.types.iter().enumerate() {
+            TypePattern::parse(entry).map_err(|e| invalid(format!("{}[{i}]", key("types")), e))?;
+        }
+        if let Some(filter) = &self.filter {
+            filter.validate().map_err(|e| invalid(key("filter"), e))?;
         }
         Ok(())
     }

@@ -590,6 +590,30 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_are_read_and_bad_ones_refused_with_the_key() {
+        let endpoint = |extra: &str| format!("[endpoints.x]\nurl = \"https://x.example/\"\n{extra}");
+        let ok = Config::from_toml(&endpoint(
+            "types = [\"invoice.*\", \"user.created\"]\nfilter = { any = [{ exact = { tenant = \"acme\" } }, { not = { prefix = { source = \"/test\" } } }] }\n",
+        ))
+        .unwrap();
+        assert_eq!(ok.endpoints["x"].types, ["invoice.*", "user.created"]);
+        assert!(
+            matches!(ok.endpoints["x"].filter, Some(crate::endpoint::subscription::Filter::Any(ref f)) if f.len() == 2)
+        );
+        let cases = [
+            ("types = [\"in voice\"]\n", "endpoints.x.types[0]"),
+            ("types = [\"a\", \"b**\"]\n", "endpoints.x.types[1]"),
+            ("filter = { exact = { Tenant = \"acme\" } }\n", "endpoints.x.filter: exact: attribute name"),
+            ("filter = { all = [] }\n", "endpoints.x.filter: all: needs at least one filter"),
+            ("filter = { regex = { type = \"x\" } }\n", "regex"),
+        ];
+        for (extra, expected) in cases {
+            let err = Config::from_toml(&endpoint(extra)).unwrap_err().to_string();
+            assert!(err.contains(expected), "{extra}: {err}");
+        }
+    }
+
+    #[test]
     fn bad_pace_values_are_refused_with_the_key() {
         let endpoint = |extra: &str| format!("[endpoints.x]\nurl = \"https://x.example/\"\n{extra}");
         let cases = [

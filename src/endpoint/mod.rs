@@ -18,3 +18,4 @@ pub mod pace;
 pub mod registry;
 pub mod sign;
 pub mod state;
+pub mod subscription;

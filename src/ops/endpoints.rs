@@ -199,25 +199,17 @@ pub async fn list(config: &Config) -> Result<Vec<String>, EndpointsError> {
         crate::endpoint::guard::parse_target_url(url)
             .map_or_else(|_| "-".into(), |u| crate::endpoint::guard::endpoint_key(&u))
     };
-    let types = |clear: Option<&Value>| {
-        let listed = clear.and_then(|c| c.get("types")?.as_array().cloned()).unwrap_or_default();
-        let names: Vec<&str> = listed.iter().filter_map(Value::as_str).collect();
-        if names.is_empty() {
-            "-".to_string()
-        } else {
-            names.join(",")
-        }
-    };
+    let types = |types: &[String]| if types.is_empty() { "-".to_string() } else { types.join(",") };
     let mut lines: Vec<String> = config
         .endpoints
         .iter()
-        .map(|(name, e)| format!("{name}\tfile\t{}\t{}", host(e.url.expose()), types(None)))
+        .map(|(name, e)| format!("{name}\tfile\t{}\t{}", host(e.url.expose()), types(&e.types)))
         .collect();
     if !config.topics.endpoints.is_empty() {
         key(config)?;
         for (name, entry) in load(config).await?.all() {
             let url = entry.spec.endpoint.url.expose();
-            lines.push(format!("{name}\tregistry\t{}\t{}", host(url), types(Some(&entry.spec.clear))));
+            lines.push(format!("{name}\tregistry\t{}\t{}", host(url), types(&entry.spec.endpoint.types)));
         }
     }
     Ok(lines)

@@ -1,6 +1,7 @@
 //! The handler of event and tier records: decode -> circuit -> endpoint limit -> attempt -> classify -> plan -> route.
 
 mod attempt;
+pub mod fanout;
 mod in_place;
 mod shared;
 mod unknown;
@@ -86,6 +87,8 @@ pub struct Prepared {
     trace: Option<TraceContext>,
     /// A record of an ordered key on an event topic: retried in place, keeping its hop state here.
     in_place: Option<in_place::Kept>,
+    /// An event that fans out by subscription (then `event` is not read).
+    fanout: Option<crate::event::Fanout>,
     /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
     _waiting: Option<Waiting>,
 }
@@ -119,12 +122,20 @@ impl Handler for Relay {
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let mut event = match bomb {
-            true => {
-                Err(InvalidEvent::RecordHeadersTooLarge { size: header_bytes, limit: shared.max_record_header_bytes })
-            }
-            false => shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id()),
+        let fanout::Decode { mut event, fanout } = match bomb {
+            true => fanout::Decode {
+                event: Err(InvalidEvent::RecordHeadersTooLarge {
+                    size: header_bytes,
+                    limit: shared.max_record_header_bytes,
+                }),
+                fanout: None,
+            },
+            false => self.decode(&headers, record.payload().unwrap_or_default(), || hop.origin.default_id()),
         };
+        // Counted once, where the record enters: a tier record carries the same value.
+        if let (Ok(Event { ignored_attributes: fields @ 1.., .. }), None) = (&event, self.tier) {
+            metrics::event_attributes_ignored(&Coordinates::of(&record), *fields);
+        }
         // The record's trace context goes on every attempt; tier and dead
         // records carry it on, as they keep every header that is not ours.
         let context = TraceContext::of(&headers);
@@ -157,7 +168,7 @@ impl Handler for Relay {
         let in_place = order.map(|_| in_place::Kept::default());
         let since_ms = hop.event_ms.unwrap_or_else(now_ms);
         let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting })
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout })
     }
 
     fn handle(
@@ -229,6 +240,9 @@ impl Relay {
                 return Done::Abandoned;
             }
         }
+        if let Some(fanout) = &prepared.fanout {
+            return self.fan_out(prepared, fanout, &cancel).await;
+        }
         let found;
         let event = match event {
             Ok(event) => event,
@@ -256,6 +270,23 @@ impl Relay {
                 return self.send_dead(&original, relay, &log, &cancel).await;
             }
         };
+        self.deliver(prepared, hop, event, work, in_place.as_ref(), &cancel).await
+    }
+
+    /// One delivery of `prepared` (the record's, or one leg of a fan-out)
+    /// from its attempt to an acknowledged route.
+    async fn deliver(
+        &self,
+        prepared: &Prepared,
+        mut hop: Hop,
+        event: &Event,
+        work: Work,
+        in_place: Option<&in_place::Kept>,
+        cancel: &CancellationToken,
+    ) -> Done {
+        let shared = &*self.shared;
+        let original =
+            Original { key: prepared.record.key(), value: prepared.record.payload(), headers: &prepared.headers };
         // Set on the first hop and carried in headers afterwards; a replay sets
         // a fresh deadline header, which wins over the event's own retry_until.
         let now = now_ms();
@@ -267,14 +298,14 @@ impl Relay {
         let (outcome, took) = match (work, lap) {
             (Work::Defer(why), _) => (Outcome::Deferred(why), None),
             (Work::Attempt, Some(due_ms)) => (Outcome::NotYet { due_ms }, None),
-            (Work::Attempt, None) => match self.attempt(event, &mut hop, &cancel).await {
+            (Work::Attempt, None) => match self.attempt(event, &mut hop, cancel).await {
                 Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
-        let step = Step { record: At::of(record), took };
-        let record = Record { original: &original, hop: &hop, event, in_place: in_place.as_ref(), step };
-        self.route(record, outcome, &cancel).instrument(child(|| tracing::info_span!("route"))).await
+        let step = Step { record: At::of(&prepared.record), took };
+        let record = Record { original: &original, hop: &hop, event, in_place, step };
+        self.route(record, outcome, cancel).instrument(child(|| tracing::info_span!("route"))).await
     }
 
     /// Plans where the record goes after `outcome` and takes it there; decided

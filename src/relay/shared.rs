@@ -25,6 +25,14 @@ pub struct Shared {
     pub attempts: AttemptLog,
     /// The endpoint registry, when it is on.
     pub registry: Option<Arc<Registry>>,
+    /// Which endpoints an event that names none goes to.
+    pub subscriptions: crate::endpoint::subscription::Live,
+    /// `delivery.max_fanout`: the most legs of one event.
+    pub max_fanout: usize,
+    /// Fan-out legs in flight per endpoint (see [`super::fanout::LegLoad`]).
+    pub leg_load: super::fanout::LegLoad,
+    /// `delivery.max_waiting_per_endpoint`.
+    pub max_waiting_per_endpoint: usize,
 }
 
 /// The relay could not set up its clients.
@@ -58,6 +66,10 @@ impl Shared {
                 .unwrap_or(usize::MAX),
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
             attempts: AttemptLog::new(config)?,
+            subscriptions: crate::endpoint::subscription::Live::new(config, registry.clone()),
+            max_fanout: config.delivery.max_fanout,
+            leg_load: Default::default(),
+            max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
             registry,
         }))
     }
@@ -66,6 +78,7 @@ impl Shared {
     /// a new host, or new limits or pace, start its state afresh (limit, pace
     /// and circuit); secrets, headers and paths keep it.
     pub fn registry_changed(&self, name: &str, effect: Effect, entry: Option<&Entry>) {
+        self.subscriptions.changed();
         if matches!(effect, Effect::Host | Effect::Limits) {
             self.states.forget(name);
         }

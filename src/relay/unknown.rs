@@ -20,7 +20,8 @@ impl Relay {
         let shared = &*self.shared;
         let registry = shared.registry.as_ref().expect("called only with the registry on");
         let value = prepared.record.payload().unwrap_or_default();
-        let again = shared.endpoints.decode(value, || hop.origin.default_id());
+        // As `prepare` decodes: a fan-out leg on a tier is its named endpoint's event again.
+        let again = self.decode(&prepared.headers, value, || hop.origin.default_id()).event;
         let now = now_ms();
         let error = match again {
             Ok(mut event) => {

@@ -8,6 +8,7 @@ mod delivery;
 mod drill;
 mod endpoint_tls;
 mod exit_codes;
+mod fanout;
 mod harness;
 mod hostile;
 mod hosts;

@@ -290,6 +290,24 @@ mod tests {
     }
 
     #[test]
+    fn a_registry_spec_subscribes_as_a_file_endpoint_does() {
+        let k = key(7);
+        let mut clear = acme();
+        clear["types"] = serde_json::json!(["invoice.*"]);
+        clear["filter"] = serde_json::json!({"exact": {"tenant": "acme"}});
+        let (_, _, change) = decode_with(Some(&k), "acme", &encode(&k, "acme", Some(&clear), 1)).unwrap();
+        let Change::Put(spec) = change else { panic!("a put") };
+        assert_eq!(spec.endpoint.types, ["invoice.*"]);
+        assert!(spec.endpoint.filter.is_some());
+        clear["types"] = serde_json::json!(["in voice"]);
+        let refused = decode_with(Some(&k), "acme", &encode(&k, "acme", Some(&clear), 2));
+        assert!(
+            matches!(refused, Err(Refused::Invalid(ref e)) if e.to_string().contains("endpoints.acme.types[0]")),
+            "{refused:?}"
+        );
+    }
+
+    #[test]
     fn tampered_moved_or_unkeyed_records_are_refused() {
         let k = key(7);
         let encoded = encode(&k, "acme", Some(&acme()), 1234);

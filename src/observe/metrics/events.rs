@@ -127,6 +127,30 @@ pub fn relay_headers_ignored(record: &crate::event::hop::Coordinates, headers: u
     );
 }
 
+/// An event that names its receiver carried malformed attribute fields
+/// (`type`, `source`, `subject`, `attributes`): dropped, the event delivered.
+pub fn event_attributes_ignored(record: &crate::event::hop::Coordinates, fields: usize) {
+    get().event_attributes_ignored.with_label_values(&[&record.topic]).inc_by(fields as u64);
+    tracing::debug!(
+        topic = record.topic,
+        partition = record.partition,
+        offset = record.offset,
+        fields,
+        "malformed event attributes ignored"
+    );
+}
+
+/// An event that names no receiver matched no subscription: decided at once.
+pub fn event_unmatched(topic: &str, id: &str, r#type: Option<&str>) {
+    get().events_unmatched.with_label_values(&[topic]).inc();
+    tracing::debug!(topic, id, r#type, "event matched no subscription");
+}
+
+/// An event fanned out to `legs` endpoints.
+pub fn fanned_out(legs: usize) {
+    get().fanout_legs.with_label_values::<&str>(&[]).observe(legs as f64);
+}
+
 /// An endpoint's circuit changed (or was seen for the first time).
 pub fn circuit_changed(endpoint: &str, change: Transition, cool_down: Duration) {
     get().circuit_state.with_label_values(&[labels::endpoint(endpoint)]).set(change.to.gauge());

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub endpoint_concurrency: IntGaugeVec,
     /// topic
     pub relay_headers_ignored: IntCounterVec,
+    /// topic
+    pub event_attributes_ignored: IntCounterVec,
+    /// topic
+    pub events_unmatched: IntCounterVec,
+    /// no labels
+    pub fanout_legs: HistogramVec,
     /// role
     pub handler_panics: IntCounterVec,
     /// topic (tiers and dead)
@@ -225,6 +231,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "hookrelay_relay_headers_ignored_total",
             "Event-topic records whose hookrelay-* headers were ignored (not written by the relay, or a replay without a valid seal).",
             &["topic"],
+        ),
+        event_attributes_ignored: counter(
+            &r,
+            "hookrelay_event_attributes_ignored_total",
+            "Malformed type, source, subject or attributes fields dropped from events that name their url or endpoint.",
+            &["topic"],
+        ),
+        events_unmatched: counter(
+            &r,
+            "hookrelay_events_unmatched_total",
+            "Events with a type and no receiver that no endpoint subscribes to (decided at once, no dead letter).",
+            &["topic"],
+        ),
+        fanout_legs: histogram(
+            &r,
+            "hookrelay_fanout_legs",
+            "Legs (matching endpoints) per fanned-out event.",
+            &[],
+            vec![1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0],
         ),
         handler_panics: {
             let panics = counter(

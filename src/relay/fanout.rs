@@ -1,0 +1,131 @@
+//! Fan-out (SPEC "Event types, subscriptions, fan-out"): an event with a
+//! `type` and no receiver goes to every endpoint whose subscription matches
+//! it, one leg each. Every leg is a delivery of its own (its endpoint's
+//! secrets, headers, timeout, limit, pace and circuit; its own tier records,
+//! which name the leg's endpoint in `hookrelay-endpoint`, and its own dead
+//! letter); the legs run concurrently, share the payload's bytes, and the
+//! source record is decided once every leg is. No match: decided at once,
+//! counted unmatched.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use futures::future::join_all;
+
+use super::*;
+use crate::event::hop::header;
+use crate::event::{Decoded, Fanout};
+use crate::route::outcome::Why;
+
+/// Legs in flight per endpoint, in this process. A slow subscriber must not
+/// hold the other subscribers' legs by filling the partitions' in-flight
+/// slots with records that wait for it: past its limit plus
+/// `delivery.max_waiting_per_endpoint`, its legs are deferred to the next tier
+/// without an attempt (as the overflow of single deliveries is).
+#[derive(Debug, Default)]
+pub struct LegLoad {
+    in_flight: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// One leg counted in its endpoint's load until dropped.
+struct Counted<'a> {
+    load: &'a LegLoad,
+    endpoint: Arc<str>,
+}
+
+impl LegLoad {
+    /// Counts a leg of `endpoint` unless `bound` legs of it are in flight already.
+    fn enter(&self, endpoint: &Arc<str>, bound: usize) -> Option<Counted<'_>> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = in_flight.entry(endpoint.clone()).or_default();
+        if *n >= bound {
+            return None;
+        }
+        *n += 1;
+        Some(Counted { load: self, endpoint: endpoint.clone() })
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = self.load.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = in_flight.get_mut(&self.endpoint) {
+            *n -= 1;
+            if *n == 0 {
+                in_flight.remove(&self.endpoint);
+            }
+        }
+    }
+}
+
+/// What `prepare` decoded: one event (or why not), or a fan-out.
+pub(super) struct Decode {
+    pub(super) event: Result<Event, InvalidEvent>,
+    pub(super) fanout: Option<Fanout>,
+}
+
+impl Relay {
+    /// Decodes a record. On a tier, a fan-out event is the one leg its
+    /// `hookrelay-endpoint` header names; on an event topic it fans out.
+    pub(super) fn decode(&self, headers: &RecordHeaders, value: &[u8], default_id: impl FnOnce() -> String) -> Decode {
+        let endpoints = &self.shared.endpoints;
+        match endpoints.decode_record(headers, value, default_id) {
+            Ok(Decoded::One(event)) => Decode { event: Ok(event), fanout: None },
+            Err(invalid) => Decode { event: Err(invalid), fanout: None },
+            Ok(Decoded::Fanout(fanout)) => match (self.tier, headers.last(header::ENDPOINT)) {
+                (Some(_), Some(name)) => Decode { event: endpoints.leg(&fanout, name), fanout: None },
+                // Never read: `process` fans out first.
+                _ => Decode { event: Err(InvalidEvent::Target), fanout: Some(fanout) },
+            },
+        }
+    }
+
+    /// One leg per matching endpoint, concurrently; decided once every leg is.
+    pub(super) async fn fan_out(&self, prepared: &Prepared, fanout: &Fanout, cancel: &CancellationToken) -> Done {
+        let shared = &*self.shared;
+        let Prepared { record, headers, hop, trace, .. } = prepared;
+        let original = Original { key: record.key(), value: record.payload(), headers };
+        let index = shared.subscriptions.index();
+        let names = index.matching(&fanout.subject());
+        if names.is_empty() {
+            metrics::event_unmatched(record.topic(), &fanout.own.id, fanout.attributes.r#type.as_deref());
+            return Done::Decided;
+        }
+        if names.len() > shared.max_fanout {
+            let error =
+                format!("the event matches {} endpoints, over delivery.max_fanout {}", names.len(), shared.max_fanout);
+            let relay = RelayHeaders {
+                hop,
+                destination: Destination::Dead { reason: DeadReason::InvalidEvent },
+                last_status: None,
+                last_error: Some(&error),
+                endpoint: "invalid",
+            };
+            let log = Entry::without_attempt(&fanout.own.id, "invalid", hop.attempts, At::of(record), Some(&error));
+            return self.send_dead(&original, relay, &log, cancel).await;
+        }
+        metrics::fanned_out(names.len());
+        let legs = names.iter().map(|name| {
+            async move {
+                let mut event = match shared.endpoints.leg(fanout, name) {
+                    Ok(event) => event,
+                    // Matched a moment ago, deleted since: nothing to deliver to.
+                    Err(_) => return Done::Decided,
+                };
+                if let Some(context) = trace {
+                    context.apply(&mut event.headers);
+                }
+                let (limit, _) = shared.states.slot(&event.endpoint_key, event.endpoint_name.is_none());
+                let counted = shared.leg_load.enter(&event.endpoint_key, limit.get() + shared.max_waiting_per_endpoint);
+                let work = if counted.is_some() { Work::Attempt } else { Work::Defer(Why::Overflow) };
+                self.deliver(prepared, hop.clone(), &event, work, None, cancel).await
+            }
+        });
+        let done = join_all(legs).await;
+        if done.iter().any(|d| matches!(d, Done::Abandoned)) {
+            // Read again later: the legs that were delivered may repeat (same webhook-id).
+            return Done::Abandoned;
+        }
+        Done::Decided
+    }
+}
