@@ -29,6 +29,7 @@ mod client;
 pub mod handler;
 mod held;
 mod intake;
+pub mod offset_map;
 pub mod order;
 pub mod partition;
 mod pump;
