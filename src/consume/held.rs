@@ -5,16 +5,11 @@
 //! takes decisions in any order. A decision for an assignment that is gone
 //! (its generation differs) is ignored: the next owner reads the record again.
 
-use std::sync::Arc;
-
-use rdkafka::consumer::Consumer;
-use rdkafka::{Offset, TopicPartitionList};
-
 use super::handler::Decision;
 use super::{Handler, Loop};
 
 impl<H: Handler> Loop<H> {
-    /// A held record was decided (or let go): count it out, and move the offset.
+    /// A held record was decided (or let go): count it out, and decide its offset.
     pub(super) fn apply(&mut self, decision: Decision) {
         let Some(partition) = self.partitions.get_mut(&decision.key) else { return };
         if partition.generation != decision.generation {
@@ -24,23 +19,12 @@ impl<H: Handler> Loop<H> {
         partition.held -= 1;
         self.held -= 1;
         if decision.decided {
-            if let Some(position) = partition.tracker.decide(decision.offset) {
-                self.store(&decision.key, position);
-            }
+            partition.tracker.decide(decision.offset);
+            partition.dirty = true;
+            self.commits.decisions += 1;
         }
         if was_full {
             self.pump_all();
-        }
-    }
-
-    /// Stores a partition's new commit position; librdkafka commits it in the background, on revoke and on close.
-    pub(super) fn store(&self, key: &(Arc<str>, i32), position: i64) {
-        let mut tpl = TopicPartitionList::new();
-        let stored = tpl
-            .add_partition_offset(&key.0, key.1, Offset::Offset(position))
-            .and_then(|()| self.consumer.store_offsets(&tpl));
-        if let Err(error) = stored {
-            tracing::debug!(topic = &*key.0, partition = key.1, position, %error, "offset not stored");
         }
     }
 }
@@ -49,6 +33,7 @@ impl<H: Handler> Loop<H> {
 mod tests {
     use super::*;
     use crate::consume::handler::{Decider, Held};
+    use std::sync::Arc;
     use tokio::sync::mpsc;
 
     fn decider(tx: &mpsc::UnboundedSender<Decision>, offset: i64) -> Decider {

@@ -1,5 +1,5 @@
 //! Assignments and records from the poll thread into partition state: a fresh partition per assignment,
-//! each record prepared once and put into its partition's backlog.
+//! each record prepared once and put into its partition's backlog, unless the last owner's commit said it is decided.
 
 use std::sync::Arc;
 
@@ -9,17 +9,20 @@ use rdkafka::TopicPartitionList;
 
 use super::budget::RECORD_OVERHEAD;
 use super::handler::Handler;
+use super::offset_map::OffsetMap;
 use super::partition::{Lifecycle, Partition, Waiting};
 use super::Loop;
 use crate::clock::now_ms;
+use crate::metrics;
 
 impl<H: Handler> Loop<H> {
-    pub(super) fn assign(&mut self, assigned: Vec<(String, i32)>) {
+    pub(super) fn assign(&mut self, assigned: Vec<(String, i32, Option<OffsetMap>)>) {
         let mut tpl = TopicPartitionList::new();
-        for (topic, partition) in assigned {
+        for (topic, partition, skip) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
-            let fresh = Partition::new(self.generation, self.abandon.child_token());
+            let mut fresh = Partition::new(self.generation, self.abandon.child_token());
+            fresh.skip = skip;
             if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
                 old.cancel.cancel();
                 self.held -= old.held;
@@ -45,6 +48,20 @@ impl<H: Handler> Loop<H> {
             return None; // not ours any more: the next owner reads it again
         }
         let offset = record.offset();
+        if let Some(skip) = &partition.skip {
+            if skip.contains(offset) {
+                // Decided by the last owner (its commit's map): decided here too, not delivered again.
+                partition.tracker.begin(offset);
+                partition.tracker.decide(offset);
+                partition.dirty = true;
+                self.commits.decisions += 1;
+                metrics::offsets_skipped(&key.0);
+                return None;
+            }
+            if offset >= skip.end() {
+                partition.skip = None;
+            }
+        }
         let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
         self.budget.take(bytes);
         let (ticket, record) = self.handler.prepare(record);

@@ -10,9 +10,9 @@
 //! - `intake`: assignments and records from the poll thread into partition state.
 //! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
 //! - here: the loop. Handlers run as tasks and report back on a second channel.
-//!   Offsets are stored (and then committed by librdkafka's background commit,
-//!   on revoke and on close) only at the highest contiguous decided offset of
-//!   each partition.
+//!   Each partition's commit is its first undecided offset, with the decided
+//!   offsets above it in the commit's metadata (`commit`, [`offset_map`]): a
+//!   new owner skips those.
 //!
 //! - `schedule`: the pure scheduler; `pump`: handing its choice to handlers,
 //!   pausing, and gating reads.
@@ -26,6 +26,7 @@
 
 pub mod budget;
 mod client;
+mod commit;
 pub mod handler;
 mod held;
 mod intake;
@@ -92,7 +93,8 @@ pub async fn run<H: Handler>(
     readiness: Readiness,
 ) -> Result<(), ConsumeError> {
     let (client, rx) = Client::start(config, &spec, readiness)?;
-    let mut state = Loop::new(spec, client.consumer(), budget, handler);
+    let commits = commit::Commits::new(client.commit_state(), config.kafka.commit_interval);
+    let mut state = Loop::new(spec, client.consumer(), budget, handler, commits);
     let result = state.run(rx, shutdown).await;
     let brokers = config.kafka.brokers.clone();
     drop(state);
@@ -162,10 +164,17 @@ struct Loop<H: Handler> {
     /// Held records of all partitions (the sum of [`Partition::held`]).
     held: i64,
     coalesced: Coalesced,
+    commits: commit::Commits,
 }
 
 impl<H: Handler> Loop<H> {
-    fn new(spec: Spec, consumer: Arc<KafkaConsumer>, budget: Arc<Budget>, handler: Arc<H>) -> Loop<H> {
+    fn new(
+        spec: Spec,
+        consumer: Arc<KafkaConsumer>,
+        budget: Arc<Budget>,
+        handler: Arc<H>,
+        commits: commit::Commits,
+    ) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
         let (decide_tx, decide_rx) = mpsc::unbounded_channel();
@@ -189,12 +198,15 @@ impl<H: Handler> Loop<H> {
             decide_rx,
             held: 0,
             coalesced: Coalesced::default(),
+            commits,
         }
     }
 
     /// Until shutdown; `Err` carries librdkafka's reason when the brokers refused the client.
     async fn run(&mut self, mut rx: mpsc::Receiver<Polled>, shutdown: CancellationToken) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut commit_tick = tokio::time::interval(self.commits.interval());
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused = None;
         loop {
             let next_due = self.next_due();
@@ -254,6 +266,7 @@ impl<H: Handler> Loop<H> {
                         break;
                     }
                 },
+                _ = commit_tick.tick() => self.commit_due(true),
                 _ = tick.tick() => {
                     self.publish_gauges();
                     // The budget is the process's: other consumers' completions free it too.
@@ -263,6 +276,7 @@ impl<H: Handler> Loop<H> {
                 }
             }
             self.check_revoke();
+            self.commit_due(false);
         }
         self.drain().await;
         refused.map_or(Ok(()), Err)
@@ -301,9 +315,9 @@ impl<H: Handler> Loop<H> {
         }
         match done.done {
             Done::Decided => {
-                if let Some(position) = partition.tracker.decide(done.offset) {
-                    self.store(&done.key, position);
-                }
+                partition.tracker.decide(done.offset);
+                partition.dirty = true;
+                self.commits.decisions += 1;
             }
             Done::Held => {
                 partition.held += 1;

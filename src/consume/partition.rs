@@ -13,6 +13,7 @@ use std::collections::VecDeque;
 use tokio_util::sync::CancellationToken;
 
 use super::handler::{EndpointSlot, IdMap, Ticket};
+use super::offset_map::OffsetMap;
 use super::order::KeySet;
 use crate::offsets::OffsetTracker;
 
@@ -110,6 +111,10 @@ pub struct Partition<R> {
     /// Cancels this partition's handlers once it is let go: work abandoned
     /// past a revoke's grace must stop, or it would race the next owner.
     pub cancel: CancellationToken,
+    /// Offsets the last owner's commit said are decided: skipped when read (see [`super::offset_map`]).
+    pub skip: Option<OffsetMap>,
+    /// Decided on since its last commit.
+    pub dirty: bool,
 }
 
 impl<R> Partition<R> {
@@ -131,6 +136,8 @@ impl<R> Partition<R> {
             full_since: None,
             paused: None,
             wake_ms: None,
+            skip: None,
+            dirty: false,
         }
     }
 

@@ -1,5 +1,5 @@
 //! Letting partitions go: a revoke drains the revoked partitions within `shutdown.grace` and then answers
-//! the poll thread, which commits; a shutdown drains them all. Work past the grace is cancelled, not forgotten.
+//! the poll thread with what to commit; a shutdown drains them all and commits. Work past the grace is cancelled, not forgotten.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use super::{Loop, Touched};
 /// A revoke the poll thread is waiting on.
 pub(super) struct PendingRevoke {
     partitions: Vec<(Arc<str>, i32)>,
-    ack: std::sync::mpsc::Sender<()>,
+    ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>,
     pub(super) deadline: Instant,
 }
 
@@ -63,13 +63,19 @@ impl<H: Handler> Loop<H> {
                 self.complete(done, &mut Touched::default());
             }
         }
+        // Closing: what is decided is committed now, with its map (a revoke waiting on this too).
+        self.commit_all();
         if let Some(revoke) = self.revoke.take() {
-            let _ = revoke.ack.send(());
+            let _ = revoke.ack.send(None);
         }
         self.publish_gauges();
     }
 
-    pub(super) fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
+    pub(super) fn start_revoke(
+        &mut self,
+        revoked: Vec<(String, i32)>,
+        ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>,
+    ) {
         let mut keys = Vec::new();
         let mut paused = TopicPartitionList::new();
         // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
@@ -104,10 +110,11 @@ impl<H: Handler> Loop<H> {
         }
     }
 
-    /// Lets go of the revoked partitions: their decided offsets are stored already,
-    /// the callback commits them once acknowledged.
+    /// Lets go of the revoked partitions: the callback commits what is decided of them
+    /// (the list sent with the acknowledgement).
     pub(super) fn finish_revoke(&mut self, timed_out: bool) {
         let Some(revoke) = self.revoke.take() else { return };
+        let list = self.commit_list_of(&revoke.partitions);
         for key in &revoke.partitions {
             if let Some(p) = self.partitions.remove(key) {
                 // Whatever still runs for it stops now: the next owner works on these records.
@@ -126,6 +133,6 @@ impl<H: Handler> Loop<H> {
                 self.held -= p.held;
             }
         }
-        let _ = revoke.ack.send(());
+        let _ = revoke.ack.send(Some(list));
     }
 }

@@ -1,0 +1,227 @@
+//! Explicit commits: each partition's first undecided offset, with the decided offsets above it
+//! ([`OffsetMap`]) as the commit's metadata; and reading them back on assignment.
+//!
+//! librdkafka's auto-commit commits a partition only when its stored offset
+//! moved, so a map growing behind a pinned head would never be written, and
+//! `commit_consumer_state` commits without metadata. So the loop commits
+//! itself: asynchronously once [`COMMIT_AFTER`] decisions gathered or every
+//! `kafka.commit_interval`, whichever comes first, at most one commit in flight
+//! per consumer (later decisions wait for the next); synchronously on revoke
+//! (on the poll thread, with the list the loop hands it) and on close.
+//!
+//! A map longer than the cap, or one the broker refuses (OFFSET_METADATA_TOO_LARGE),
+//! degrades to the offset alone, counted in `hookrelay_offset_map_overflow_total`:
+//! never an error, never a stop. A refusal also halves this consumer's cap.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::error::{KafkaError, KafkaResult};
+use rdkafka::topic_partition_list::TopicPartitionListElem;
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{Offset, TopicPartitionList};
+use tokio::time::Instant;
+
+use super::client::KafkaConsumer;
+use super::handler::Handler;
+use super::offset_map::{OffsetMap, MAX_METADATA};
+use super::Loop;
+use crate::metrics;
+
+/// Decisions that make a commit due before the interval is over. At thousands
+/// of decisions a second this is a few commits a second: what a crash sends
+/// again is bounded by it (plus what was in flight), not by the interval.
+pub const COMMIT_AFTER: usize = 256;
+
+/// A commit whose result has not come back after this long no longer holds the next one back
+/// (the poll thread that serves the result may be waiting on the loop).
+const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(5);
+
+/// How long the poll thread waits for the committed offsets of an assignment.
+const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Shared by the loop and the poll thread's commit callback.
+#[derive(Default)]
+pub struct CommitState {
+    in_flight: AtomicBool,
+    /// Partitions whose commit the broker refused as too large, to commit again without the map.
+    refused: Mutex<Vec<(String, i32)>>,
+}
+
+impl CommitState {
+    /// The result of an asynchronous commit (the poll thread's commit callback).
+    pub fn done(&self, result: &KafkaResult<()>, offsets: &TopicPartitionList) {
+        let elements = offsets.elements();
+        let mut refused: Vec<_> = elements
+            .iter()
+            .filter(|e| e.error().as_ref().err().is_some_and(too_large))
+            .map(|e| (e.topic().to_string(), e.partition()))
+            .collect();
+        if refused.is_empty() && result.as_ref().err().is_some_and(too_large) {
+            refused = elements.iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        }
+        match result {
+            Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+            Err(error) => tracing::debug!(%error, "commit failed"),
+        }
+        if !refused.is_empty() {
+            self.refused.lock().unwrap_or_else(|e| e.into_inner()).extend(refused);
+        }
+        self.in_flight.store(false, Ordering::SeqCst);
+    }
+}
+
+fn too_large(error: &KafkaError) -> bool {
+    error.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge)
+}
+
+/// The loop's side of committing.
+pub(super) struct Commits {
+    state: Arc<CommitState>,
+    interval: Duration,
+    /// Decisions since the last commit.
+    pub(super) decisions: usize,
+    sent_at: Instant,
+    /// The longest map written; halved at each refusal by the broker.
+    cap: usize,
+}
+
+impl Commits {
+    pub(super) fn new(state: Arc<CommitState>, interval: Duration) -> Commits {
+        Commits { state, interval, decisions: 0, sent_at: Instant::now(), cap: MAX_METADATA }
+    }
+
+    pub(super) fn interval(&self) -> Duration {
+        self.interval
+    }
+
+    fn busy(&self) -> bool {
+        self.state.in_flight.load(Ordering::SeqCst) && self.sent_at.elapsed() < IN_FLIGHT_EXPIRY
+    }
+
+    fn take_refused(&mut self) -> Vec<(String, i32)> {
+        let refused = std::mem::take(&mut *self.state.refused.lock().unwrap_or_else(|e| e.into_inner()));
+        if !refused.is_empty() {
+            self.cap /= 2;
+            tracing::warn!(
+                ?refused,
+                cap = self.cap,
+                "the broker refused an offset map as too large; committing without it"
+            );
+        }
+        refused
+    }
+}
+
+impl<H: Handler> Loop<H> {
+    /// Commits the partitions decided on since their last commit, asynchronously, when
+    /// enough decisions gathered or `tick` (the interval) says so, unless a commit is in flight.
+    pub(super) fn commit_due(&mut self, tick: bool) {
+        if !(tick || self.commits.decisions >= COMMIT_AFTER) || self.commits.busy() {
+            return;
+        }
+        let refused = self.commits.take_refused();
+        let tpl = self.commit_list(|_, p| p.dirty, &refused);
+        if tpl.count() == 0 {
+            return;
+        }
+        self.commits.decisions = 0;
+        self.commits.sent_at = Instant::now();
+        self.commits.state.in_flight.store(true, Ordering::SeqCst);
+        if let Err(error) = self.consumer.commit(&tpl, CommitMode::Async) {
+            self.commits.state.in_flight.store(false, Ordering::SeqCst);
+            tracing::debug!(%error, "commit not sent");
+        }
+    }
+
+    /// The commit list of the partitions `which` picks (and that read something):
+    /// each one's first undecided offset, with its map as metadata unless refused or too long.
+    pub(super) fn commit_list(
+        &mut self,
+        which: impl Fn(&(Arc<str>, i32), &super::Partition<H::Record>) -> bool,
+        refused: &[(String, i32)],
+    ) -> TopicPartitionList {
+        let mut tpl = TopicPartitionList::new();
+        for (key, partition) in self.partitions.iter_mut().filter(|(k, p)| which(k, p)) {
+            partition.dirty = false;
+            let tracker = &partition.tracker;
+            let Some(position) = tracker.position() else { continue };
+            let map = OffsetMap::between(position, tracker.pending_offsets(), tracker.next().unwrap_or(position));
+            let was_refused = refused.iter().any(|(t, p)| **t == *key.0 && *p == key.1);
+            let metadata = if was_refused { None } else { map.encode(self.commits.cap) };
+            if metadata.is_none() {
+                metrics::offset_map_overflow(&key.0);
+            }
+            let mut element = tpl.add_partition(&key.0, key.1);
+            if element.set_offset(Offset::Offset(position)).is_ok() {
+                element.set_metadata(metadata.unwrap_or_default());
+            }
+        }
+        tpl
+    }
+
+    /// The commit list of `keys` (for a revoke: the poll thread commits it).
+    pub(super) fn commit_list_of(&mut self, keys: &[(Arc<str>, i32)]) -> TopicPartitionList {
+        let refused = self.commits.take_refused();
+        self.commit_list(|key, _| keys.contains(key), &refused)
+    }
+
+    /// Commits every partition now, synchronously (at the end of a drain).
+    pub(super) fn commit_all(&mut self) {
+        let refused = self.commits.take_refused();
+        let tpl = self.commit_list(|_, _| true, &refused);
+        commit_sync(&self.consumer, &tpl);
+    }
+}
+
+/// Commits `tpl` and waits; a map the broker refuses as too large is committed again without it.
+pub fn commit_sync(consumer: &KafkaConsumer, tpl: &TopicPartitionList) {
+    if tpl.count() == 0 {
+        return;
+    }
+    match consumer.commit(tpl, CommitMode::Sync) {
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Err(error) if too_large(&error) => {
+            let mut plain = TopicPartitionList::new();
+            for element in tpl.elements() {
+                if metadata_of(&element).is_some_and(|m| !m.is_empty()) {
+                    metrics::offset_map_overflow(element.topic());
+                }
+                let _ = plain.add_partition_offset(element.topic(), element.partition(), element.offset());
+            }
+            if let Err(error) = consumer.commit(&plain, CommitMode::Sync) {
+                tracing::warn!(%error, "commit failed");
+            }
+        }
+        Err(error) => tracing::warn!(%error, "commit failed"),
+    }
+}
+
+/// An element's metadata, or `None` when it is not UTF-8: rdkafka's `metadata()`
+/// panics then (metadata another client wrote, say), and such metadata is not ours.
+/// The panic is caught here; the default hook still prints it once.
+pub fn metadata_of(element: &TopicPartitionListElem<'_>) -> Option<String> {
+    std::panic::catch_unwind(AssertUnwindSafe(|| element.metadata().to_owned())).ok()
+}
+
+/// The maps of decided offsets committed for `assigned` (its order), read from the group
+/// coordinator on the poll thread; `None` where there is none or it is not ours.
+pub fn committed_maps(consumer: &KafkaConsumer, assigned: &TopicPartitionList) -> Vec<Option<OffsetMap>> {
+    let committed = match consumer.committed_offsets(assigned.clone(), COMMITTED_TIMEOUT) {
+        Ok(committed) => committed,
+        Err(error) => {
+            tracing::warn!(%error, "committed offsets not read: records decided above them may be delivered again");
+            return vec![None; assigned.count()];
+        }
+    };
+    let map = |e: &TopicPartitionListElem<'_>| {
+        let found = committed.find_partition(e.topic(), e.partition())?;
+        let Offset::Offset(offset) = found.offset() else { return None };
+        let map = OffsetMap::decode(&metadata_of(&found)?, offset)?;
+        (!map.is_empty()).then_some(map)
+    };
+    assigned.elements().iter().map(map).collect()
+}
