@@ -4,17 +4,20 @@ CARGO ?= cargo
 CONFIG ?= hookrelay.example.toml
 # Set KAFKA_BOOTSTRAP to use your own broker; otherwise a local one is started.
 KAFKA_BOOTSTRAP ?=
-# make bench BENCH_ARGS="--scenario S0,S2 --scale 0.2"
+# make bench BENCH_ARGS="--scenario S0,S2 --quick"
 BENCH_ARGS ?=
+# make profile SCENARIO=S0
+SCENARIO ?= S0
 
-.PHONY: help build release run test unit lint fmt bench drill kafka-up kafka-down deploy-check clean
+.PHONY: help build release run test unit lint fmt bench profile drill kafka-up kafka-down deploy-check clean
 
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
 	@echo "make test         local Kafka + every test (unit, end-to-end, deploy checks) + stop"
 	@echo "make unit         unit tests only (no broker)"
 	@echo "make lint         cargo fmt --check and clippy -D warnings"
-	@echo "make bench        the benchmark (S0..S8: null pipeline vs hookrelay, many endpoints), table + .bench/*.json"
+	@echo "make bench        the benchmark (S0..S12, 3 repeats: medians, spreads, targets), .bench/*.json + docs/src/results/bench.md"
+	@echo "make profile      perf + flame graph of the relay during one scenario (SCENARIO=S0): .bench/flame-s0.svg"
 	@echo "make drill        fault drills (kill -9, broker down, malformed, ...): one ledger line each, lost = 0"
 	@echo "make kafka-up     start the local broker (127.0.0.1:9092; SASL on :9094)"
 	@echo "make kafka-down   stop it"
@@ -53,6 +56,9 @@ fmt:
 
 bench:
 	@scripts/bench.sh $(BENCH_ARGS)
+
+profile:
+	@scripts/profile.sh "$(SCENARIO)" $(BENCH_ARGS)
 
 drill:
 	@scripts/drill.sh

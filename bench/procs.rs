@@ -150,14 +150,51 @@ pub fn spawn_relay(
 }
 
 /// Starts the null pipeline on `topic` with its own `group`; it stops by itself after `max`.
-pub fn spawn_null(bootstrap: &str, topic: &str, group: &str, max: Duration, log: &Path) -> anyhow::Result<Managed> {
-    let child = Command::new(release_dir().join("examples/null_pipeline"))
+/// With `ca_file` it trusts that CA, as the relay does (the TLS baseline of S6).
+pub fn spawn_null(
+    bootstrap: &str,
+    topic: &str,
+    group: &str,
+    max: Duration,
+    log: &Path,
+    ca_file: Option<&Path>,
+) -> anyhow::Result<Managed> {
+    let mut command = Command::new(release_dir().join("examples/null_pipeline"));
+    command
         .args(["--brokers", bootstrap, "--topic", topic, "--group", group, "--in-flight", "512"])
         .args(["--max-secs", &max.as_secs().to_string()])
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log)?)
+        .stderr(std::fs::File::create(log)?);
+    if let Some(ca) = ca_file {
+        command.env("SSL_CERT_FILE", ca);
+    }
+    Ok(Managed { name: "null_pipeline", child: command.spawn()?, grace: Duration::from_secs(10) })
+}
+
+/// Attaches `perf record` with DWARF call graphs to a running process; it
+/// writes `out` when stopped (SIGTERM, as [`Managed::stop`] sends).
+pub fn spawn_perf(pid: &str, out: &Path) -> anyhow::Result<Managed> {
+    let child = Command::new("perf")
+        .args(["record", "-F", "499", "--call-graph", "dwarf,16384", "-p", pid, "-o"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
         .spawn()?;
-    Ok(Managed { name: "null_pipeline", child, grace: Duration::from_secs(10) })
+    Ok(Managed { name: "perf", child, grace: Duration::from_secs(120) })
+}
+
+/// The sum of every series of a counter on the relay's /metrics (None when unreadable).
+pub async fn metric_sum(admin: SocketAddr, name: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{admin}/metrics")).await.ok()?.text().await.ok()?;
+    Some(sum_series(&text, name))
+}
+
+/// Sums the samples of `name` (with or without labels) in a Prometheus text exposition.
+pub fn sum_series(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' ')))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 /// Waits until the relay's /ready answers 200.
@@ -216,4 +253,18 @@ pub fn make_tls(dir: &Path) -> anyhow::Result<(PathBuf, native_tls::Identity)> {
         &std::fs::read(dir.join("server.key"))?,
     )?;
     Ok((dir.join("ca.crt"), identity))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn sums_every_series_of_one_counter_only() {
+        let text = "# HELP hookrelay_retries_routed_total Records routed.\n\
+                    hookrelay_retries_routed_total{tier=\"a\"} 3\n\
+                    hookrelay_retries_routed_total{tier=\"b\"} 4\n\
+                    hookrelay_retries_routed_total_other 100\n\
+                    hookrelay_dead_letters_total{reason=\"x\"} 9\n";
+        assert_eq!(super::sum_series(text, "hookrelay_retries_routed_total"), 7.0);
+        assert_eq!(super::sum_series(text, "hookrelay_endpoint_overflow_total"), 0.0);
+    }
 }

@@ -1,210 +1,171 @@
-//! Figures from the runs: percentiles, ratios, the printed table and the JSON record.
+//! The printed table (medians and spreads over the repeats), the targets, and
+//! the JSON record of every run.
 
 use serde_json::{json, Value};
 
+use crate::figures::{self, Bound, Run, Stat, Summary, Verdict};
 use crate::run::{Outcome, Phase};
-use crate::sink::ClassStats;
 
-/// The p-th percentile (0..=1) in milliseconds, nearest rank; None without samples.
-pub fn percentile_ms(sorted_us: &[u64], p: f64) -> Option<f64> {
-    if sorted_us.is_empty() {
-        return None;
-    }
-    let rank = ((p * sorted_us.len() as f64).ceil() as usize).clamp(1, sorted_us.len());
-    Some(sorted_us[rank - 1] as f64 / 1000.0)
-}
-
-fn sorted(class: &ClassStats) -> Vec<u64> {
-    let mut v = class.latencies_us.clone();
-    v.sort_unstable();
-    v
-}
-
-/// The class a scenario is judged by: the fast endpoints, or the one instant endpoint.
-fn main_class(phase: &Phase) -> Option<&ClassStats> {
-    phase.seen.class("fast").or_else(|| phase.seen.class("instant"))
-}
-
-fn rate(phase: &Phase) -> f64 {
-    phase.seen.window().filter(|w| !w.is_zero()).map_or(0.0, |w| phase.seen.ids.len() as f64 / w.as_secs_f64())
-}
-
-fn per_1k(cpu_s: f64, delivered: u64) -> Option<f64> {
-    (delivered > 0).then(|| cpu_s / (delivered as f64 / 1000.0))
-}
-
-fn relay(o: &Outcome) -> Option<&Phase> {
-    o.phases.iter().find(|p| p.label == "hookrelay")
-}
-
-fn null(o: &Outcome) -> Option<&Phase> {
-    o.phases.iter().find(|p| p.label == "null")
-}
-
-fn main_p99(phase: &Phase) -> Option<f64> {
-    main_class(phase).and_then(|c| percentile_ms(&sorted(c), 0.99))
-}
-
-/// The ratios each scenario is judged by (see issue 9's targets).
-pub fn ratios(o: &Outcome, all: &[Outcome]) -> Vec<(String, f64)> {
-    let mut out = Vec::new();
-    let Some(r) = relay(o) else { return out };
-    if let Some(n) = null(o) {
-        out.push(("rate_vs_null".into(), rate(r) / rate(n)));
-        if let (Some(a), Some(b)) =
-            (per_1k(r.process.cpu_s, r.ledger.delivered), per_1k(n.process.cpu_s, n.ledger.delivered))
-        {
-            out.push(("cpu_per_1k_vs_null".into(), a / b));
+/// `12,348` style for rates, one decimal for small values, three for CPU figures.
+pub fn num(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1000.0 {
+        let s = format!("{:.0}", a);
+        let mut out = String::new();
+        for (i, c) in s.chars().enumerate() {
+            if i > 0 && (s.len() - i) % 3 == 0 {
+                out.push(',');
+            }
+            out.push(c);
         }
-    }
-    let s1 = all.iter().find(|x| x.scenario.name == "S1").and_then(relay);
-    if let (Some(s1), true) = (s1, ["S2", "S3", "S4", "S6", "S7"].contains(&o.scenario.name)) {
-        if let (Some(mine), Some(base)) = (main_class(r), main_class(s1)) {
-            out.push(("fast_rate_vs_s1".into(), mine.rate() / base.rate()));
-        }
-        if let (Some(mine), Some(base)) = (main_p99(r), main_p99(s1)) {
-            out.push(("fast_p99_vs_s1".into(), mine / base));
-        }
-    }
-    if o.scenario.name == "S5" && r.rss.len() >= 4 {
-        let quarter = r.rss[r.rss.len() / 4].1;
-        let last = r.rss.last().map_or(0.0, |x| x.1);
-        out.push(("rss_end_vs_quarter".into(), last / quarter));
-    }
-    out
-}
-
-fn ms(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| if v < 10.0 { format!("{v:.1}") } else { format!("{v:.0}") })
-}
-
-fn row(name: &str, o: &Outcome, p: &Phase, ratios: &[(String, f64)]) -> String {
-    let main = main_class(p);
-    let lat = main.map(sorted).unwrap_or_default();
-    let delivered = p.ledger.delivered;
-    let l = &p.ledger;
-    let ledger = if l.void() {
-        format!("VOID lost {}", l.lost)
+        format!("{}{out}", if v < 0.0 { "-" } else { "" })
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 || a == 0.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
     } else {
-        format!("ok: {} dead {} pend {} dup", l.dead_total, l.pending, l.duplicates)
-    };
-    let ratios: Vec<String> = ratios.iter().map(|(k, v)| format!("{k} {v:.2}")).collect();
-    format!(
-        "{name:<9} {:>8} {:>8.0} {:>8.0} {:>7} {:>7} {:>7} {:>6.0} {:>6} {:>6} {:>6}  {ledger:<28} {}{}",
-        o.produced,
-        rate(p),
-        main.map_or(0.0, ClassStats::rate),
-        ms(percentile_ms(&lat, 0.5)),
-        ms(percentile_ms(&lat, 0.99)),
-        ms(percentile_ms(&lat, 0.999)),
-        p.process.peak_rss_mib,
-        cpu(per_1k(p.process.cpu_s, delivered)),
-        cpu(p.broker_cpu_s.and_then(|c| per_1k(c, delivered))),
-        cpu(per_1k(p.driver_cpu_s, delivered)),
-        ratios.join(", "),
-        if p.timed_out { " (deadline reached)" } else { "" },
-    )
+        format!("{v:.3}")
+    }
 }
 
-fn cpu(v: Option<f64>) -> String {
-    v.map_or("-".into(), |v| format!("{v:.3}"))
+/// `median [min-max]`, or the median alone for one run.
+pub fn stat(s: Option<&Stat>) -> String {
+    match s {
+        None => "-".into(),
+        Some(s) if s.n == 1 || s.min == s.max => num(s.median),
+        Some(s) => format!("{} [{}-{}]", num(s.median), num(s.min), num(s.max)),
+    }
 }
 
-pub fn table(outcomes: &[Outcome]) -> String {
-    let mut out = format!(
-        "{:<9} {:>8} {:>8} {:>8} {:>7} {:>7} {:>7} {:>6} {:>6} {:>6} {:>6}  {:<28} {}\n",
-        "scenario",
-        "produced",
-        "deliv/s",
-        "main/s",
-        "p50ms",
-        "p99ms",
-        "p99.9ms",
-        "RSSMiB",
-        "relay",
-        "broker",
-        "sink",
-        "ledger",
-        "ratios"
-    );
-    for o in outcomes {
-        for p in &o.phases {
-            let name =
-                if p.label == "null" { format!("{} null", o.scenario.name) } else { o.scenario.name.to_string() };
-            let ratios = if p.label == "null" { Vec::new() } else { ratios(o, outcomes) };
-            out.push_str(&row(&name, o, p, &ratios));
-            out.push('\n');
+/// The columns of the table: (header, figure).
+pub const COLUMNS: [(&str, &str); 8] = [
+    ("deliv/s", "rate"),
+    ("main/s", "main_rate"),
+    ("p50 ms", "p50_ms"),
+    ("p99 ms", "p99_ms"),
+    ("relay CPU-s/1k", "cpu_per_1k"),
+    ("broker CPU-s/1k", "broker_per_1k"),
+    ("peak RSS MiB", "peak_rss_mib"),
+    ("null deliv/s", "null_rate"),
+];
+
+/// Figures printed on the ratio line under a scenario's row.
+pub const RATIOS: [&str; 9] = [
+    "rate_vs_null",
+    "cpu_vs_null",
+    "main_vs_s1",
+    "p99_vs_s1",
+    "offered",
+    "main_vs_offered",
+    "tiered",
+    "dead",
+    "rss_end_vs_quarter",
+];
+
+fn counts(runs: &[Run], label: &str) -> (usize, usize) {
+    let all = runs.iter().filter(|r| r.label == label).count();
+    (runs.iter().filter(|r| r.label == label && !r.void).count(), all)
+}
+
+pub fn bound(b: Bound) -> String {
+    match b {
+        Bound::AtLeast(v) => format!(">= {v}"),
+        Bound::AtMost(v) => format!("<= {v}"),
+    }
+}
+
+pub fn verdict_word(v: &Verdict) -> &'static str {
+    match v.holds {
+        Some(true) => "holds",
+        Some(false) => "FAILS",
+        None => "not measured",
+    }
+}
+
+pub fn table(runs: &[Run], summary: &Summary, verdicts: &[Verdict]) -> String {
+    let mut out = format!("{:<10} {:>5}", "scenario", "runs");
+    for (header, _) in COLUMNS {
+        out.push_str(&format!(" {header:>22}"));
+    }
+    out.push('\n');
+    for (label, stats) in summary {
+        let (ok, all) = counts(runs, label);
+        out.push_str(&format!("{label:<10} {:>5}", format!("{ok}/{all}")));
+        for (_, figure) in COLUMNS {
+            out.push_str(&format!(" {:>22}", stat(stats.get(figure))));
+        }
+        out.push('\n');
+        let ratios: Vec<String> =
+            RATIOS.iter().filter_map(|f| Some(format!("{f} {}", stat(Some(stats.get(*f)?))))).collect();
+        if !ratios.is_empty() {
+            out.push_str(&format!("{:<16} {}\n", "", ratios.join(", ")));
         }
     }
     out.push_str(
-        "deliv/s: unique deliveries / first-to-last delivery; main/s and p50..p99.9: the fast (or instant) endpoints,\n\
-         end-to-end from the scheduled produce time; relay/broker/sink: CPU-s per 1,000 deliveries (relay = the\n\
-         process measured, hookrelay or the null pipeline); RSSMiB: its peak (VmHWM).\n",
+        "median [min-max] over the runs whose ledger closed (runs: counted/run). deliv/s: unique deliveries /\n\
+         first-to-last delivery; main/s, p50, p99: the healthy class (fast, instant or lone endpoints), end to end\n\
+         from the scheduled produce time (a backlog: from the relay's start); CPU-s per 1,000 deliveries.\n\n",
     );
-    for o in outcomes {
-        for p in &o.phases {
-            for c in &p.seen.classes {
-                let lat = sorted(c);
-                out.push_str(&format!(
-                    "  {} {:<9} {:<10} {:>8} delivered {:>8.0}/s  p50 {} p99 {} p99.9 {} ms\n",
-                    o.scenario.name,
-                    p.label,
-                    c.name,
-                    c.delivered(),
-                    c.rate(),
-                    ms(percentile_ms(&lat, 0.5)),
-                    ms(percentile_ms(&lat, 0.99)),
-                    ms(percentile_ms(&lat, 0.999)),
-                ));
-            }
-            if !p.ledger.dead.is_empty() {
-                out.push_str(&format!("  {} {:<9} dead by reason: {:?}\n", o.scenario.name, p.label, p.ledger.dead));
-            }
-        }
+    out.push_str("targets (judged on medians):\n");
+    for v in verdicts {
+        let t = &v.target;
+        out.push_str(&format!(
+            "  {:<10} {:<16} {:<8} {:<22} {:<13} {}\n",
+            t.label,
+            t.figure,
+            bound(t.bound),
+            stat(v.stat.as_ref()),
+            verdict_word(v),
+            t.what
+        ));
     }
     out
 }
 
 fn phase_json(p: &Phase) -> Value {
-    let delivered = p.ledger.delivered;
     let classes: Vec<Value> = p
         .seen
         .classes
         .iter()
         .map(|c| {
-            let lat = sorted(c);
+            let lat = figures::sorted(c);
             json!({
                 "class": c.name, "delivered": c.delivered(), "rate": c.rate(),
-                "p50_ms": percentile_ms(&lat, 0.5), "p99_ms": percentile_ms(&lat, 0.99), "p999_ms": percentile_ms(&lat, 0.999),
+                "p50_ms": figures::percentile_ms(&lat, 0.5), "p99_ms": figures::percentile_ms(&lat, 0.99),
+                "p999_ms": figures::percentile_ms(&lat, 0.999),
             })
         })
         .collect();
     json!({
         "process": p.label, "wall_s": p.wall_s, "deadline_reached": p.timed_out,
-        "rate": rate(p), "requests": p.seen.requests, "classes": classes,
-        "cpu_s": p.process.cpu_s, "cpu_s_per_1k": per_1k(p.process.cpu_s, delivered),
-        "peak_rss_mib": p.process.peak_rss_mib,
-        "broker_cpu_s": p.broker_cpu_s, "broker_cpu_s_per_1k": p.broker_cpu_s.and_then(|c| per_1k(c, delivered)),
-        "sink_cpu_s": p.driver_cpu_s, "sink_cpu_s_per_1k": per_1k(p.driver_cpu_s, delivered),
-        "rss_mib_over_time": p.rss, "ledger": p.ledger, "void": p.ledger.void(),
+        "requests": p.seen.requests, "classes": classes, "cpu_s": p.process.cpu_s,
+        "broker_cpu_s": p.broker_cpu_s, "sink_cpu_s": p.driver_cpu_s,
+        "rss_mib_over_time": p.rss, "ledger": p.ledger, "void": p.ledger.void(), "tiered": p.tiered,
     })
 }
 
-pub fn json(outcomes: &[Outcome], meta: Value) -> Value {
-    let scenarios: Vec<Value> = outcomes
-        .iter()
-        .map(|o| {
-            let s = &o.scenario;
-            json!({
-                "name": s.name, "what": s.what, "events": s.events, "partitions": s.partitions,
-                "payload_bytes": s.payload_bytes, "endpoints": s.endpoints.len(), "tls": s.tls,
-                "produced": o.produced, "produce_s": o.produce_s,
-                "phases": o.phases.iter().map(phase_json).collect::<Vec<_>>(),
-                "ratios": ratios(o, outcomes).into_iter().map(|(k, v)| (k, json!(v))).collect::<serde_json::Map<String, Value>>(),
-            })
+/// One run in the JSON record: its figures and, when it ran, its phases in detail.
+pub fn run_json(run: &Run, outcome: Option<&Outcome>, error: Option<&str>) -> Value {
+    let detail = outcome.map(|o| {
+        let s = &o.scenario;
+        json!({
+            "what": s.what, "events": s.events, "partitions": s.partitions, "payload_bytes": s.payload_bytes,
+            "endpoints": s.endpoints.len(), "tls": s.tls, "load": o.load, "produced": o.produced,
+            "produce_s": o.produce_s, "phases": o.phases.iter().map(phase_json).collect::<Vec<_>>(),
         })
-        .collect();
-    json!({ "meta": meta, "scenarios": scenarios })
+    });
+    json!({
+        "label": run.label, "repeat": run.repeat, "void": run.void, "error": error,
+        "figures": run.figures, "detail": detail,
+    })
+}
+
+pub fn json(meta: Value, runs: Vec<Value>, summary: &Summary, verdicts: &[Verdict]) -> Value {
+    let summary: Vec<Value> =
+        summary.iter().map(|(label, stats)| json!({ "label": label, "figures": stats })).collect();
+    json!({ "meta": meta, "summary": summary, "targets": verdicts, "runs": runs })
 }
 
 #[cfg(test)]
@@ -212,12 +173,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percentiles_by_nearest_rank() {
-        let v: Vec<u64> = (1..=1000).map(|i| i * 1000).collect();
-        assert_eq!(percentile_ms(&v, 0.5), Some(500.0));
-        assert_eq!(percentile_ms(&v, 0.99), Some(990.0));
-        assert_eq!(percentile_ms(&v, 0.999), Some(999.0));
-        assert_eq!(percentile_ms(&[7000], 0.999), Some(7.0));
-        assert_eq!(percentile_ms(&[], 0.5), None);
+    fn numbers_and_spreads_read_at_a_glance() {
+        assert_eq!(num(12348.4), "12,348");
+        assert_eq!(num(1234567.0), "1,234,567");
+        assert_eq!(num(512.4), "512");
+        assert_eq!(num(15.26), "15.3");
+        assert_eq!(num(1.256), "1.26");
+        assert_eq!(num(0.0941), "0.094");
+        assert_eq!(num(0.0), "0.0");
+        let s = Stat { median: 0.78, min: 0.75, max: 0.8, n: 3 };
+        assert_eq!(stat(Some(&s)), "0.780 [0.750-0.800]");
+        assert_eq!(stat(Some(&Stat { n: 1, ..s })), "0.780");
+        assert_eq!(stat(None), "-");
     }
 }

@@ -14,9 +14,9 @@ use crate::sink::{Seen, Sink};
 pub struct Env {
     pub bootstrap: String,
     pub out_dir: PathBuf,
-    /// Events/s for scenarios produced while the relay runs; None = as fast as possible.
-    pub rate: Option<f64>,
     pub broker_pid: Option<String>,
+    /// Record the relay with `perf record` into this file (make profile).
+    pub perf: Option<PathBuf>,
 }
 
 /// What one process (null pipeline or hookrelay) did in a scenario.
@@ -31,10 +31,14 @@ pub struct Phase {
     /// (seconds since start, RSS MiB), sampled every second.
     pub rss: Vec<(f64, f64)>,
     pub ledger: Ledger,
+    /// Records the relay routed to a retry tier (its /metrics at the end); None for the null pipeline.
+    pub tiered: Option<f64>,
 }
 
 pub struct Outcome {
     pub scenario: Scenario,
+    /// The offered load of a fixed-load run (events/s).
+    pub load: Option<f64>,
     pub produced: u64,
     pub produce_s: f64,
     pub phases: Vec<Phase>,
@@ -48,16 +52,22 @@ fn broker_cpu(env: &Env) -> Option<f64> {
     procs::stats(env.broker_pid.as_deref()?).map(|s| s.cpu_s)
 }
 
-pub async fn run(s: &Scenario, env: &Env) -> anyhow::Result<Outcome> {
+/// Runs one scenario; `load` (events/s) is used by a fixed-load scenario and required there.
+pub async fn run(s: &Scenario, env: &Env, load: Option<f64>) -> anyhow::Result<Outcome> {
+    let load = if s.backlog() {
+        None
+    } else {
+        Some(load.ok_or_else(|| anyhow::anyhow!("{} needs an offered load", s.label()))?)
+    };
     let base = format!("bench-{}-{:x}-{}", std::process::id(), rand::random::<u32>(), s.name.to_lowercase());
     let topics = Topics::named(&base);
     kafka::create_topics(&env.bootstrap, &topics.all(), s.partitions).await?;
-    let result = run_on(s, env, &topics).await;
+    let result = run_on(s, env, &topics, load).await;
     kafka::delete_topics(&env.bootstrap, &topics.all()).await;
     result
 }
 
-async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outcome> {
+async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> anyhow::Result<Outcome> {
     let dir = tempfile::tempdir()?;
     let (acceptor, ca) = if s.tls {
         let (ca, identity) = procs::make_tls(dir.path())?;
@@ -73,11 +83,11 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outc
         count: s.events,
         payload_bytes: s.payload_bytes,
         urls: sink.urls.clone(),
-        rate: if s.backlog { None } else { env.rate },
+        rate: load,
     };
-    let mut outcome = Outcome { scenario: s.clone(), produced: 0, produce_s: 0.0, phases: Vec::new() };
+    let mut outcome = Outcome { scenario: s.clone(), load, produced: 0, produce_s: 0.0, phases: Vec::new() };
     let mut producing = None;
-    if s.backlog {
+    if s.backlog() {
         let (ok, failed, took) = tokio::task::spawn_blocking(move || kafka::produce(&batch)).await??;
         anyhow::ensure!(failed == 0, "{failed} events not acknowledged by the broker");
         (outcome.produced, outcome.produce_s) = (ok, took);
@@ -91,11 +101,11 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outc
         let (broker0, driver0) = (broker_cpu(env), self_cpu());
         sink.start_clock();
         let started = Instant::now();
-        let mut null =
-            procs::spawn_null(&env.bootstrap, &topics.events, &group, s.deadline + Duration::from_secs(30), &log)?;
+        let max = s.deadline + Duration::from_secs(30);
+        let mut null = procs::spawn_null(&env.bootstrap, &topics.events, &group, max, &log, ca.as_deref())?;
         let mut rss = Vec::new();
         let timed_out = wait(&sink, &mut null, None, outcome.produced, started, s.deadline, &mut rss).await?;
-        let phase = finish("null", null, started, timed_out, rss, broker0, driver0, env).await;
+        let phase = finish("null", null, None, started, timed_out, rss, broker0, driver0, env).await;
         let pending = pending_in(&env.bootstrap, &topics.events, &group, &[])?;
         let seen = sink.take();
         let ledger = ledger::close(outcome.produced, &seen.ids, seen.duplicates, &[], &pending);
@@ -104,11 +114,12 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outc
 
     let log = env.out_dir.join(format!("{}-hookrelay.log", s.name));
     let config = scenario::relay_config(s, &env.bootstrap, topics);
-    if s.backlog {
+    if s.backlog() {
         sink.start_clock();
     }
     let (mut relay, admin) = procs::spawn_relay(&config, dir.path(), &log, ca.as_deref())?;
     procs::wait_ready(&mut relay, admin, Duration::from_secs(90)).await?;
+    let perf = env.perf.as_deref().map(|out| procs::spawn_perf(&relay.pid(), out)).transpose()?;
     let dead_watch = DeadWatch::start(&env.bootstrap, &topics.dead)?;
     let (broker0, driver0) = (broker_cpu(env), self_cpu());
     let started = Instant::now();
@@ -122,7 +133,7 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outc
                 produced = producer => produced??,
                 result = watch => {
                     result?;
-                    anyhow::bail!("the deadline passed before all events were produced (lower --rate or raise --deadline-secs)");
+                    anyhow::bail!("the deadline passed before all events were produced (lower --load or raise --deadline-secs)");
                 }
             }
         };
@@ -134,7 +145,10 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics) -> anyhow::Result<Outc
         wait(&sink, &mut relay, Some(&dead_watch), outcome.produced, started, s.deadline, &mut rss).await?
     };
     drop(dead_watch);
-    let phase = finish("hookrelay", relay, started, timed_out, rss, broker0, driver0, env).await;
+    if let Some(mut perf) = perf {
+        tokio::task::spawn_blocking(move || perf.stop()).await.ok();
+    }
+    let phase = finish("hookrelay", relay, Some(admin), started, timed_out, rss, broker0, driver0, env).await;
     let tiers: Vec<String> = topics.tiers.iter().map(|(t, _)| t.clone()).collect();
     let pending = pending_in(&env.bootstrap, &topics.events, &topics.group, &tiers)?;
     let dead: Vec<(u64, Option<String>)> = kafka::read_ids(&env.bootstrap, &topics.dead, &HashMap::new())?
@@ -183,6 +197,7 @@ async fn wait(
 async fn finish(
     label: &'static str,
     mut process: Managed,
+    admin: Option<std::net::SocketAddr>,
     started: Instant,
     timed_out: bool,
     rss: Vec<(f64, f64)>,
@@ -194,6 +209,10 @@ async fn finish(
     let stats = process.stats().unwrap_or_default();
     let broker_cpu_s = broker_cpu(env).zip(broker0).map(|(now, then)| now - then);
     let driver_cpu_s = self_cpu() - driver0;
+    let tiered = match admin {
+        Some(admin) => procs::metric_sum(admin, "hookrelay_retries_routed_total").await,
+        None => None,
+    };
     tokio::task::spawn_blocking(move || process.stop()).await.ok();
     Phase {
         label,
@@ -205,6 +224,7 @@ async fn finish(
         driver_cpu_s,
         rss,
         ledger: Ledger::default(),
+        tiered,
     }
 }
 

@@ -1,19 +1,38 @@
-//! The scenarios (S0..S8 of issue 9): what each sends where, scaled by `--scale`.
+//! The scenarios (issue 9's S0..S8, issue 24's S12): what each sends where,
+//! sized for the default `make bench` (every scenario, 3 repeats, under 30
+//! minutes on 2 cores) and scaled by `--scale`.
+//!
+//! S1..S4, S6 and S7 run twice: a capacity run (the backlog on the topic before
+//! the relay starts, drained as fast as it goes) and a run at a fixed offered
+//! load (produced while the relay runs, at `--load`, by default half of S1's
+//! capacity measured first in the same run). To add a scenario, push one more
+//! [`Scenario`] in [`all`] (and its targets in `figures::TARGETS`).
 
 use std::time::Duration;
 
 use crate::sink::{Endpoint, Profile};
 
+/// How the events reach the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drive {
+    /// All events on the topic before the relay starts: capacity.
+    Backlog,
+    /// Produced while the relay runs, at the run's fixed load (events/s).
+    Load,
+}
+
 #[derive(Debug, Clone)]
 pub struct Scenario {
+    /// The family (`--scenario S2` picks every variant of S2).
     pub name: &'static str,
+    /// `cap`, `load`, `20ms`, ... or empty when the family has one variant.
+    pub variant: &'static str,
     pub what: &'static str,
     pub events: u64,
     pub partitions: i32,
     pub payload_bytes: usize,
     pub endpoints: Vec<Endpoint>,
-    /// All events on the topic before the relay starts (else produced while it runs).
-    pub backlog: bool,
+    pub drive: Drive,
     /// Also run the null pipeline on the same backlog, before hookrelay.
     pub null_baseline: bool,
     pub tls: bool,
@@ -21,6 +40,27 @@ pub struct Scenario {
     pub short_deadline: bool,
     /// Give up waiting for the last deliveries after this long (the ledger then counts them pending).
     pub deadline: Duration,
+}
+
+impl Scenario {
+    /// What the table and the targets call this run: `S2 load`, `S0`.
+    pub fn label(&self) -> String {
+        if self.variant.is_empty() {
+            self.name.to_string()
+        } else {
+            format!("{} {}", self.name, self.variant)
+        }
+    }
+
+    /// Whether `--scenario` picks it: by family (`S2`) or by label (`S2 load`, `s2-load`).
+    pub fn matches(&self, wanted: &str) -> bool {
+        let norm = |s: &str| s.to_uppercase().replace(['-', '_', ' '], "");
+        norm(wanted) == norm(self.name) || norm(wanted) == norm(&self.label())
+    }
+
+    pub fn backlog(&self) -> bool {
+        self.drive == Drive::Backlog
+    }
 }
 
 const FAST: Profile = Profile::Delay(Duration::from_millis(5));
@@ -37,18 +77,39 @@ fn endpoints(n: usize, special: &[(usize, &'static str, Profile)]) -> Vec<Endpoi
     out
 }
 
-/// All scenarios, sizes multiplied by `scale` (at least 100 events each).
+/// The capacity and the fixed-load variant of a scenario of many endpoints.
+fn both(s: Scenario) -> [Scenario; 2] {
+    let cap = Scenario { variant: "cap", drive: Drive::Backlog, ..s.clone() };
+    [cap, Scenario { variant: "load", drive: Drive::Load, null_baseline: false, ..s }]
+}
+
+/// S12: every event of a backlog to one receiver (one host:port) answering in `delay`.
+fn lone(variant: &'static str, delay: Duration, events: u64, base: &Scenario) -> Scenario {
+    Scenario {
+        name: "S12",
+        variant,
+        what: "backlog to one endpoint with latency, null pipeline then hookrelay",
+        events,
+        endpoints: vec![Endpoint { class: "lone", profile: Profile::Delay(delay) }],
+        null_baseline: true,
+        ..base.clone()
+    }
+}
+
+/// All scenarios, in the order they run, event counts multiplied by `scale`
+/// (at least 100 each; S12 keeps at least 10,000, the shape issue 24 asks).
 pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
     let n = |base: f64| ((base * scale).round() as u64).max(100);
     let instant = vec![Endpoint { class: "instant", profile: Profile::Delay(Duration::ZERO) }];
     let base = Scenario {
         name: "",
+        variant: "",
         what: "",
         events: 0,
         partitions: 6,
         payload_bytes: 500,
         endpoints: Vec::new(),
-        backlog: false,
+        drive: Drive::Backlog,
         null_baseline: false,
         tls: false,
         short_deadline: false,
@@ -57,7 +118,7 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
     let s1 = Scenario {
         name: "S1",
         what: "100 endpoints at 5 ms",
-        events: n(30_000.0),
+        events: n(20_000.0),
         endpoints: endpoints(100, &[]),
         ..base.clone()
     };
@@ -67,54 +128,60 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         endpoints: endpoints(100, &[(10, "slow", Profile::Delay(Duration::from_secs(2)))]),
         ..s1.clone()
     };
-    vec![
-        Scenario {
-            name: "S0",
-            what: "backlog to one instant endpoint, null pipeline then hookrelay",
-            events: n(100_000.0),
-            endpoints: instant.clone(),
-            backlog: true,
-            null_baseline: true,
-            ..base.clone()
-        },
-        s1.clone(),
-        s2.clone(),
-        Scenario {
-            name: "S3",
-            what: "S1 with 20 endpoints of 100 always 500",
-            endpoints: endpoints(100, &[(20, "failing", Profile::Fail(1.0))]),
-            short_deadline: true,
-            ..s1.clone()
-        },
-        Scenario {
-            name: "S4",
-            what: "S1 with one endpoint refused and one blackholed",
-            endpoints: endpoints(100, &[(1, "refused", Profile::Refused), (1, "blackhole", Profile::Blackhole)]),
-            short_deadline: true,
-            ..s1.clone()
-        },
-        Scenario {
-            name: "S5",
-            what: "1,000,000-event backlog caught up, one instant endpoint, RSS over time",
-            events: n(1_000_000.0),
-            endpoints: instant.clone(),
-            backlog: true,
-            deadline: deadline * 3,
-            ..base.clone()
-        },
-        Scenario { name: "S6", what: "S1 over HTTPS (the bench's own CA)", tls: true, ..s1 },
-        Scenario { name: "S7", what: "S2 on a one-partition topic", partitions: 1, ..s2 },
-        Scenario {
-            name: "S8",
-            what: "S0 with 256 KiB payloads",
-            events: n(1_000.0),
-            payload_bytes: 256 * 1024,
-            endpoints: instant,
-            backlog: true,
-            null_baseline: true,
-            ..base
-        },
-    ]
+    let s12 = n(10_000.0).max(10_000);
+    let mut out = vec![Scenario {
+        name: "S0",
+        what: "backlog to one instant endpoint, null pipeline then hookrelay",
+        events: n(60_000.0),
+        endpoints: instant.clone(),
+        null_baseline: true,
+        ..base.clone()
+    }];
+    out.extend(both(s1.clone()));
+    out.extend(both(s2.clone()));
+    out.extend(both(Scenario {
+        name: "S3",
+        what: "S1 with 20 endpoints of 100 always 500",
+        endpoints: endpoints(100, &[(20, "failing", Profile::Fail(1.0))]),
+        short_deadline: true,
+        ..s1.clone()
+    }));
+    out.extend(both(Scenario {
+        name: "S4",
+        what: "S1 with one endpoint refused and one blackholed",
+        endpoints: endpoints(100, &[(1, "refused", Profile::Refused), (1, "blackhole", Profile::Blackhole)]),
+        short_deadline: true,
+        ..s1.clone()
+    }));
+    out.push(Scenario {
+        name: "S5",
+        what: "a large backlog caught up, one instant endpoint, RSS over time",
+        events: n(300_000.0),
+        endpoints: instant.clone(),
+        deadline: deadline * 3,
+        ..base.clone()
+    });
+    // The capacity run also drains the backlog with the null pipeline over the same TLS.
+    out.extend(both(Scenario {
+        name: "S6",
+        what: "S1 over HTTPS (the bench's own CA)",
+        tls: true,
+        null_baseline: true,
+        ..s1
+    }));
+    out.extend(both(Scenario { name: "S7", what: "S2 on a one-partition topic", partitions: 1, ..s2 }));
+    out.push(Scenario {
+        name: "S8",
+        what: "S0 with 256 KiB payloads",
+        events: n(1_000.0),
+        payload_bytes: 256 * 1024,
+        endpoints: instant,
+        null_baseline: true,
+        ..base.clone()
+    });
+    out.push(lone("20ms", Duration::from_millis(20), s12, &base));
+    out.push(lone("100ms", Duration::from_millis(100), s12, &base));
+    out
 }
 
 /// The relay's config for a scenario: default settings but for the topics, the
@@ -151,13 +218,51 @@ mod tests {
     #[test]
     fn every_scenario_is_sized_and_has_its_endpoint_classes() {
         let all = all(0.01, Duration::from_secs(60));
-        let names: Vec<_> = all.iter().map(|s| s.name).collect();
-        assert_eq!(names, ["S0", "S1", "S2", "S3", "S4", "S5", "S6", "S7", "S8"]);
+        let labels: Vec<_> = all.iter().map(Scenario::label).collect();
+        assert_eq!(
+            labels,
+            [
+                "S0",
+                "S1 cap",
+                "S1 load",
+                "S2 cap",
+                "S2 load",
+                "S3 cap",
+                "S3 load",
+                "S4 cap",
+                "S4 load",
+                "S5",
+                "S6 cap",
+                "S6 load",
+                "S7 cap",
+                "S7 load",
+                "S8",
+                "S12 20ms",
+                "S12 100ms"
+            ]
+        );
         assert!(all.iter().all(|s| s.events >= 100));
-        let s2 = &all[2];
+        let by = |label: &str| all.iter().find(|s| s.label() == label).unwrap();
+        let s2 = by("S2 load");
         assert_eq!(s2.endpoints.iter().filter(|e| e.class == "slow").count(), 10);
         assert_eq!(s2.endpoints.len(), 100);
-        assert_eq!(all[7].partitions, 1);
-        assert_eq!(all[3].endpoints.iter().filter(|e| e.class == "failing").count(), 20);
+        assert_eq!((s2.drive, by("S2 cap").drive), (Drive::Load, Drive::Backlog));
+        assert_eq!(by("S7 cap").partitions, 1);
+        assert_eq!(by("S3 cap").endpoints.iter().filter(|e| e.class == "failing").count(), 20);
+        // The TLS null baseline drains the capacity backlog; a fixed load has no null run.
+        assert!(by("S6 cap").null_baseline && by("S6 cap").tls && !by("S6 load").null_baseline);
+        // S12 keeps its 10,000-event backlog on 6 partitions to one endpoint at any scale.
+        for s in [by("S12 20ms"), by("S12 100ms")] {
+            assert_eq!((s.events, s.partitions, s.endpoints.len(), s.null_baseline), (10_000, 6, 1, true));
+        }
+    }
+
+    #[test]
+    fn picked_by_family_or_label() {
+        let all = all(1.0, Duration::from_secs(60));
+        let s2_load = all.iter().find(|s| s.label() == "S2 load").unwrap();
+        assert!(s2_load.matches("S2") && s2_load.matches("s2-load") && s2_load.matches("S2 load"));
+        assert!(!s2_load.matches("S2 cap") && !s2_load.matches("S1"));
+        assert_eq!(all.iter().filter(|s| s.matches("S12")).count(), 2);
     }
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# make bench: the benchmark driver (bench/main.rs, scenarios S0..S8), release
-# build, against a local broker (started here unless KAFKA_BOOTSTRAP is set).
-# Arguments go to the driver: scripts/bench.sh --scenario S0,S2 --scale 0.2
-# (make bench BENCH_ARGS="--scenario S0"). Prints a table; JSON in .bench/.
+# make bench: the benchmark driver (bench/main.rs, scenarios S0..S12, each
+# repeated 3 times), release build, against a local broker (started here unless
+# KAFKA_BOOTSTRAP is set). Arguments go to the driver:
+# scripts/bench.sh --scenario S0,S2 --quick (make bench BENCH_ARGS="--quick").
+# Prints a table of medians and spreads and the targets; JSON in .bench/; a full
+# run (every scenario, not --quick) also writes docs/src/results/bench.md.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/local-broker.sh

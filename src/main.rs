@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use hookrelay::app::{self, Roles};
 use hookrelay::config::Config;
-use hookrelay::outcome::DeadReason;
-use hookrelay::{replay, topics};
+use hookrelay::ops::{replay, topics};
+use hookrelay::route::outcome::DeadReason;
 
 /// Exit codes from sysexits.h, so scripts can tell bad config from an outage.
 const EX_USAGE: u8 = 64;
@@ -122,7 +122,7 @@ fn main() -> ExitCode {
             eprintln!("hookrelay: {error:#}");
             if error.downcast_ref::<app::Unavailable>().is_some() {
                 ExitCode::from(EX_UNAVAILABLE)
-            } else if error.downcast_ref::<hookrelay::sizes::TooSmall>().is_some() {
+            } else if error.downcast_ref::<hookrelay::route::sizes::TooSmall>().is_some() {
                 // A topic too small for what the event topics take is a configuration error.
                 ExitCode::from(EX_USAGE)
             } else {
@@ -135,7 +135,7 @@ fn main() -> ExitCode {
 async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
     match command {
         Command::Run { role } => {
-            let shutdown = hookrelay::shutdown::on_signal()?;
+            let shutdown = hookrelay::app::shutdown::on_signal()?;
             app::run(config, role, shutdown).await?;
         }
         Command::Send { url, endpoint, payload, id, key } => {
@@ -156,7 +156,7 @@ async fn execute(command: Command, config: Config) -> anyhow::Result<ExitCode> {
             println!("{}", topics::send(&config, &value, key.as_deref()).await?);
         }
         Command::Replay { since, until, reason, endpoint, dry_run } => {
-            let now = hookrelay::clock::now_ms();
+            let now = hookrelay::app::clock::now_ms();
             let time = |t: Option<String>| t.map(|t| replay::parse_time(&t, now)).transpose();
             let (since_ms, until_ms) = match (time(since), time(until)) {
                 (Ok(s), Ok(u)) => (s, u),
@@ -212,12 +212,12 @@ fn usage_line(kind: clap::error::ErrorKind, rendered: &str) -> String {
 /// The filter comes from `HOOKRELAY_LOG` (default `info`). Spans are exported
 /// over OTLP when `OTEL_EXPORTER_OTLP_ENDPOINT` is set; the returned guard
 /// flushes them at exit.
-fn init_logs() -> Option<hookrelay::otel::Exporting> {
+fn init_logs() -> Option<hookrelay::observe::otel::Exporting> {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     let filter = tracing_subscriber::EnvFilter::try_from_env("HOOKRELAY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let (otel, exporting, otel_error) = match hookrelay::otel::layer() {
+    let (otel, exporting, otel_error) = match hookrelay::observe::otel::layer() {
         Ok(Some((layer, exporting))) => (Some(layer), Some(exporting), None),
         Ok(None) => (None, None, None),
         Err(error) => (None, None, Some(error)),

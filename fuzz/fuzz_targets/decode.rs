@@ -18,7 +18,7 @@ fuzz_target!(|data: &[u8]| {
     match ENDPOINTS.decode(data, || "t-0-7".to_string()) {
         Ok(e) => {
             assert!((1..=256).contains(&e.id.len()) && e.id.bytes().all(|b| (0x21..=0x7e).contains(&b)));
-            assert!(hookrelay::target::parse_target_url(e.url.as_str()).is_ok());
+            assert!(hookrelay::endpoint::guard::parse_target_url(e.url.as_str()).is_ok());
             assert!(e.body.len() <= 65536);
             for (_, value) in &e.headers {
                 assert!(value.as_bytes().iter().all(|b| *b == b'\t' || (*b >= 0x20 && *b != 0x7f)));

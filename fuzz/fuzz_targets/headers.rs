@@ -3,10 +3,10 @@
 //! it keep the foreign ones first and are overwritten, never appended.
 #![no_main]
 
-use hookrelay::headers::{self, RecordHeaders};
-use hookrelay::hop::{trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
-use hookrelay::outcome::DeadReason;
-use hookrelay::trace::TraceContext;
+use hookrelay::event::headers::{self, RecordHeaders};
+use hookrelay::event::hop::{trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use hookrelay::route::outcome::DeadReason;
+use hookrelay::event::trace_context::TraceContext;
 use libfuzzer_sys::fuzz_target;
 use rdkafka::message::OwnedHeaders;
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Secret, SecretUrl};
-use crate::pace::Rate;
+use crate::endpoint::pace::Rate;
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -150,7 +150,7 @@ impl Default for DeliveryConfig {
             ordering: Ordering::None,
             rate_limit: None,
             rate_burst: None,
-            rate_max_wait: crate::pace::DEFAULT_MAX_WAIT,
+            rate_max_wait: crate::endpoint::pace::DEFAULT_MAX_WAIT,
         }
     }
 }

@@ -6,6 +6,8 @@
 //! `secret`: [`Secret`], [`SecretUrl`], [`Properties`]), which never print
 //! them in clear (`Debug` and serialization both redact).
 
+pub mod client;
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -19,8 +21,8 @@ pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, Ordering
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
-use crate::egress;
-use crate::sign::SigningKey;
+use crate::endpoint::egress;
+use crate::endpoint::sign::SigningKey;
 
 mod delivery;
 mod kafka;
@@ -260,7 +262,8 @@ impl Config {
         }
         for (name, endpoint) in &self.endpoints {
             let key = |field: &str| format!("endpoints.{name}.{field}");
-            crate::target::parse_target_url(endpoint.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
+            crate::endpoint::guard::parse_target_url(endpoint.url.expose())
+                .map_err(|e| invalid(key("url"), e.to_string()))?;
             for (i, secret) in endpoint.secrets.iter().enumerate() {
                 SigningKey::parse(secret.expose())
                     .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
@@ -272,7 +275,7 @@ impl Config {
                 return Err(invalid(key("max_in_flight"), "must be more than 0"));
             }
             for (header, value) in &endpoint.headers {
-                crate::target::check_header(header, value.expose())
+                crate::endpoint::guard::check_header(header, value.expose())
                     .map_err(|e| invalid(key("headers"), e.to_string()))?;
             }
             egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
@@ -318,8 +321,8 @@ impl Config {
                 SinkConfig::Log => {}
             }
         }
-        if self.replay.key.as_ref().is_some_and(|k| k.expose().len() < crate::seal::MIN_KEY_BYTES) {
-            return Err(invalid("replay.key", format!("must be at least {} bytes", crate::seal::MIN_KEY_BYTES)));
+        if self.replay.key.as_ref().is_some_and(|k| k.expose().len() < crate::event::seal::MIN_KEY_BYTES) {
+            return Err(invalid("replay.key", format!("must be at least {} bytes", crate::event::seal::MIN_KEY_BYTES)));
         }
         if self.shutdown.grace.is_zero() {
             return Err(invalid("shutdown.grace", "must be more than 0"));

@@ -59,13 +59,13 @@ impl SecretUrl {
 
 impl fmt::Debug for SecretUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", crate::target::redact_url(&self.0))
+        write!(f, "{:?}", crate::endpoint::guard::redact_url(&self.0))
     }
 }
 
 impl Serialize for SecretUrl {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&crate::target::redact_url(&self.0))
+        serializer.serialize_str(&crate::endpoint::guard::redact_url(&self.0))
     }
 }
 

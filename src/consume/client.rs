@@ -22,10 +22,10 @@ use super::commit::{commit_sync, committed_maps, CommitState};
 use super::handler::{Role, Spec};
 use super::offset_map::OffsetMap;
 use super::ConsumeError;
+use crate::config::client::Refusal;
 use crate::config::Config;
-use crate::kafka::Refusal;
-use crate::metrics;
-use crate::readiness::Readiness;
+use crate::observe::metrics;
+use crate::observe::readiness::Readiness;
 
 /// Messages and rebalance events waiting for the loop, at most.
 const CHANNEL: usize = 256;
@@ -170,8 +170,9 @@ impl Client {
             readiness,
             commits: Arc::default(),
         };
-        let consumer: Arc<KafkaConsumer> =
-            Arc::new(crate::kafka::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?);
+        let consumer: Arc<KafkaConsumer> = Arc::new(
+            crate::config::client::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?,
+        );
         let topics: Vec<&str> = spec.topics.iter().map(String::as_str).collect();
         consumer.subscribe(&topics)?;
         tracing::info!(group = %spec.group_id, role = spec.role.as_str(), ?topics, "consumer started");

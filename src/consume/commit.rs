@@ -29,7 +29,7 @@ use super::client::KafkaConsumer;
 use super::handler::Handler;
 use super::offset_map::{OffsetMap, MAX_METADATA};
 use super::Loop;
-use crate::metrics;
+use crate::observe::metrics;
 
 /// Decisions that make a commit due before the interval is over. At thousands
 /// of decisions a second this is a few commits a second: what a crash sends

@@ -11,15 +11,19 @@ use rdkafka::message::OwnedMessage;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::concurrency::LiveLimit;
-use crate::metrics;
-use crate::pace::Pace;
+use crate::endpoint::limit::LiveLimit;
+use crate::endpoint::pace::Pace;
+use crate::observe::metrics;
+use crate::route::outcome::Why;
 
 /// Which part of the relay a consumer plays.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
+    /// The event topics: first attempts.
     Events,
-    Retry,
+    /// Tier `index` of the ladder: records wait there until they are due.
+    Tier(usize),
+    /// The dead topic: the failure handler.
     Dead,
 }
 
@@ -27,7 +31,7 @@ impl Role {
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Events => "events",
-            Role::Retry => "retry",
+            Role::Tier(_) => "retry",
             Role::Dead => "dead",
         }
     }
@@ -122,26 +126,8 @@ impl EndpointSlot {
     }
 }
 
-/// Counts keyed by [`EndpointSlot::id`], hashed by one multiplication.
-pub type IdMap<V> = std::collections::HashMap<usize, V, std::hash::BuildHasherDefault<IdHasher>>;
-
-/// The hasher of [`IdMap`]: ids are addresses, distinct already; a multiply spreads them.
-#[derive(Default)]
-pub struct IdHasher(u64);
-
-impl std::hash::Hasher for IdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
-        }
-    }
-    fn write_usize(&mut self, n: usize) {
-        self.0 = (n as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    }
-}
+/// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
+pub type IdMap<V> = rustc_hash::FxHashMap<usize, V>;
 
 /// The order key of a record of an ordered endpoint: its endpoint and its
 /// Kafka record key, hashed (see `order::order_key`).
@@ -164,12 +150,10 @@ pub struct Ticket {
 pub enum Work {
     /// Work on it: attempt, classify, route.
     Attempt,
-    /// Its endpoint has more records waiting in this partition than allowed:
-    /// pass it on without an attempt, as an open circuit does.
-    Defer,
-    /// Its endpoint's pace (`rate_limit`, or a `Retry-After` hold) would keep
-    /// it waiting longer than `rate_max_wait`: pass it on without an attempt.
-    Paced,
+    /// Its endpoint cannot take it in time (too many of its records waiting in
+    /// this partition, or its pace would keep it waiting longer than
+    /// `rate_max_wait`): pass it on without an attempt, as an open circuit does.
+    Defer(Why),
 }
 
 /// Works on one record at a time; many run concurrently.
@@ -311,7 +295,7 @@ mod tests {
         );
         assert!(handler.recovered.lock().unwrap().is_empty(), "no panic, no recovery");
         assert_eq!(
-            guarded(handler.clone(), Role::Retry, Arc::new(3), Work::Attempt, cancel.clone(), decider()).await,
+            guarded(handler.clone(), Role::Tier(0), Arc::new(3), Work::Attempt, cancel.clone(), decider()).await,
             Done::Decided
         );
         assert_eq!(*handler.recovered.lock().unwrap(), vec![(3, "odd record 3".to_string())]);

@@ -12,8 +12,8 @@ use super::handler::Handler;
 use super::offset_map::OffsetMap;
 use super::partition::{Lifecycle, Partition, Waiting};
 use super::Loop;
-use crate::clock::now_ms;
-use crate::metrics;
+use crate::app::clock::now_ms;
+use crate::observe::metrics;
 
 impl<H: Handler> Loop<H> {
     pub(super) fn assign(&mut self, assigned: Vec<(String, i32, Option<OffsetMap>)>) {

@@ -31,6 +31,7 @@ pub mod handler;
 mod held;
 mod intake;
 pub mod offset_map;
+pub mod offsets;
 pub mod order;
 pub mod partition;
 mod pump;
@@ -54,11 +55,11 @@ pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role,
 pub use self::partition::PauseReason;
 use self::partition::{Lifecycle, Partition, Waiting};
 use self::revoke::PendingRevoke;
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
+use crate::config::client::Unavailable;
 use crate::config::Config;
-use crate::kafka::Unavailable;
-use crate::metrics;
-use crate::readiness::Readiness;
+use crate::observe::metrics;
+use crate::observe::readiness::Readiness;
 
 /// Why a consumer stopped before it was asked to.
 #[derive(Debug, thiserror::Error)]

@@ -8,13 +8,12 @@
 //! also across in-place retries, because a retried record goes back into the
 //! backlog at its offset and blocks its key again until it is due.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hash, Hasher};
+use std::hash::{Hash, Hasher};
 
 pub use super::handler::OrderKey;
 
-/// Order keys are hashes already: hashed again by one multiplication.
-pub type KeySet = HashSet<OrderKey, BuildHasherDefault<super::handler::IdHasher>>;
+/// Order keys are hashes already: the Fx hash (one multiplication) spreads them.
+pub type KeySet = rustc_hash::FxHashSet<OrderKey>;
 
 /// The order key of a record with Kafka key `record_key` to `endpoint`. A
 /// collision (1 in 2^64 per pair) would only serialise two keys, never reorder one.
@@ -107,11 +106,11 @@ mod tests {
 
     /// The scheduler's rules for ordered records (`schedule::schedule`), by table.
     mod schedule {
-        use crate::concurrency::LiveLimit;
         use crate::consume::handler::Ticket;
         use crate::consume::partition::{Partition, PauseReason, Waiting, RESUME_LEAD_MS};
         use crate::consume::schedule::tests::{self, slot};
         use crate::consume::schedule::{schedule, Limits};
+        use crate::endpoint::limit::LiveLimit;
 
         const NOW: i64 = 1_000_000;
         /// Read-ahead 4: at most 16 records behind keys.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::{EndpointSlot, IdMap, Ticket};
 use super::offset_map::OffsetMap;
 use super::order::KeySet;
-use crate::offsets::OffsetTracker;
+use crate::consume::offsets::OffsetTracker;
 
 /// How long before a paused head is due its partition resumes fetching.
 /// librdkafka restarts the fetch of a resumed partition at its broker
@@ -156,7 +156,7 @@ impl<R> Partition<R> {
     }
 
     /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
-    /// `slow` is what [`LiveLimit::is_slow`](crate::concurrency::LiveLimit::is_slow) said when it started.
+    /// `slow` is what [`LiveLimit::is_slow`](crate::endpoint::limit::LiveLimit::is_slow) said when it started.
     pub fn count(&mut self, endpoint: &EndpointSlot, slow: bool, started: bool) {
         let id = endpoint.id();
         if slow {

@@ -10,7 +10,7 @@ use super::handler::{self, Decider, Done, EndpointSlot, Handler, Work};
 use super::partition::{Lifecycle, PauseReason};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
 use super::{Completion, Loop, Touched};
-use crate::clock::now_ms;
+use crate::app::clock::now_ms;
 
 impl<H: Handler> Loop<H> {
     /// Hands the records `schedule` chose to handlers, then applies its pause state.

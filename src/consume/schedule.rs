@@ -3,7 +3,8 @@
 
 use super::handler::{EndpointSlot, IdMap, Work};
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
-use super::partition::{Lifecycle, Partition, PauseReason, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use crate::route::outcome::Why;
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
 /// this long: by the endpoint's round trip and limit (Little's law), or, before
@@ -67,8 +68,8 @@ impl Dispatch {
     /// What the handler is to do with the record at backlog index `index` (one of `take`).
     pub fn work(&self, index: usize) -> Work {
         match () {
-            _ if self.defer.binary_search(&index).is_ok() => Work::Defer,
-            _ if self.paced.binary_search(&index).is_ok() => Work::Paced,
+            _ if self.defer.binary_search(&index).is_ok() => Work::Defer(Why::Overflow),
+            _ if self.paced.binary_search(&index).is_ok() => Work::Defer(Why::Pace),
             _ => Work::Attempt,
         }
     }
@@ -92,7 +93,7 @@ impl Dispatch {
 /// waiting for its due time, which never pauses the partition for time.
 /// When those reach [`KEY_WAITING_FACTOR`] x `read_ahead` the partition pauses (`Ordered`) until half.
 ///
-/// An endpoint's pace ([`crate::pace`]) goes first: a record waits for its
+/// An endpoint's pace ([`crate::endpoint::pace`]) goes first: a record waits for its
 /// token (or for a `Retry-After` hold to end) without taking a slot, and the
 /// partition is woken when the next one is due. One that would wait longer
 /// than the endpoint's `rate_max_wait` is taken to be deferred at once
@@ -114,225 +115,338 @@ pub fn schedule<R>(
     endpoint_load: impl Fn(&EndpointSlot) -> usize,
 ) -> Dispatch {
     let consuming = partition.lifecycle == Lifecycle::Consuming;
-    let mut take = Vec::new();
-    let mut defer = Vec::new();
-    let mut paced = Vec::new();
-    // Records of endpoints with a rate waiting here (all such endpoints), and when the first token is due.
-    let (mut paced_waiting, mut pace_at) = (0, None::<i64>);
-    let mut started: IdMap<usize> = IdMap::default();
-    let mut queued: IdMap<usize> = IdMap::default();
-    let mut crowded: IdMap<()> = IdMap::default();
-    // Slow endpoints together: started in this call, and waiting.
-    let (mut slow_started, mut slow_queued) = (0, 0);
     let room = limits.in_flight_per_partition.saturating_sub(partition.in_flight).min(free);
-    // However fast its limit grew, one endpoint holds at most half of a
-    // partition's slots: a slow but steady receiver cannot take them all.
-    let share = (limits.in_flight_per_partition / ENDPOINT_SHARE).max(1);
-    let full = |left: usize| {
-        limits.memory_spent
-            || match partition.paused {
-                // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
-                Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
-                _ => {
-                    let clogged = partition.full_since.is_some_and(|since| now_ms - since >= CLOGGED_AFTER_MS);
-                    let clogged = clogged && limits.others_starved;
-                    left >= limits.read_ahead.saturating_mul(2) || (left >= limits.read_ahead && clogged)
-                }
+    if consuming && room == 0 {
+        return no_room(partition, now_ms, limits);
+    }
+    let mut scan = Scan::new(partition, now_ms, limits, room);
+    if consuming {
+        for (i, waiting) in partition.backlog.iter().enumerate() {
+            if !scan.step(i, waiting, &endpoint_load) {
+                break;
             }
+        }
+    }
+    scan.finish(consuming)
+}
+
+/// Nothing can start until a slot frees, and its completion pumps again: no
+/// scan. (A busy partition is pumped on every record read; scanning its
+/// backlog each time was the loop's largest cost in a profile.) Records
+/// behind their key are as many as the last scan counted.
+fn no_room<R>(partition: &Partition<R>, now_ms: i64, limits: Limits) -> Dispatch {
+    let key_waiting = partition.key_waiting.min(partition.backlog.len());
+    let left = partition.backlog.len() - key_waiting;
+    let pause = match pause_for_room(partition, now_ms, limits, left, key_waiting) {
+        None if partition.paused == Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
+        pause => pause,
     };
+    Dispatch {
+        take: Vec::new(),
+        defer: Vec::new(),
+        paced: Vec::new(),
+        pause,
+        wake_ms: partition.wake_ms,
+        key_waiting,
+        crowded: Vec::new(),
+    }
+}
+
+/// The pause for room, if any: the read-ahead (`left` records waiting for a
+/// slot) is full, or so are the records waiting for their keys.
+fn pause_for_room<R>(
+    partition: &Partition<R>,
+    now_ms: i64,
+    limits: Limits,
+    left: usize,
+    key_waiting: usize,
+) -> Option<PauseReason> {
+    let full = limits.memory_spent
+        || match partition.paused {
+            // Hysteresis: a partition paused for capacity resumes at half, not at limit - 1.
+            Some(PauseReason::Capacity) => left > limits.read_ahead / 2,
+            _ => {
+                let clogged = partition.full_since.is_some_and(|since| now_ms - since >= CLOGGED_AFTER_MS);
+                let clogged = clogged && limits.others_starved;
+                left >= limits.read_ahead.saturating_mul(2) || (left >= limits.read_ahead && clogged)
+            }
+        };
     // Records behind their keys have a bound of their own, resumed at half too.
     let key_bound = limits.read_ahead.saturating_mul(KEY_WAITING_FACTOR);
-    let keys_full = |waiting: usize| match partition.paused {
-        Some(PauseReason::Ordered) => waiting > key_bound / 2,
-        _ => waiting >= key_bound,
+    let keys_full = match partition.paused {
+        Some(PauseReason::Ordered) => key_waiting > key_bound / 2,
+        _ => key_waiting >= key_bound,
     };
-    if consuming && room == 0 {
-        // Nothing can start until a slot frees, and its completion pumps again:
-        // no scan. (A busy partition is pumped on every record read; scanning
-        // its backlog each time was the loop's largest cost in a profile.)
-        // Records behind their key are as many as the last scan counted.
-        let key_waiting = partition.key_waiting.min(partition.backlog.len());
-        let pause = match partition.paused {
-            _ if full(partition.backlog.len() - key_waiting) => Some(PauseReason::Capacity),
-            _ if keys_full(key_waiting) => Some(PauseReason::Ordered),
-            Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
-            _ => None,
-        };
-        let (take, defer, crowded) = (Vec::new(), Vec::new(), Vec::new());
-        return Dispatch { take, defer, paced, pause, wake_ms: partition.wake_ms, key_waiting, crowded };
+    match () {
+        _ if full => Some(PauseReason::Capacity),
+        _ if keys_full => Some(PauseReason::Ordered),
+        _ => None,
     }
-    let mut due_left = false;
-    // When a waiting record becomes overflow, if one is still young.
-    let mut overflow_at: Option<i64> = None;
-    let mut keys = KeyGate::new(&partition.keys_in_flight);
-    // Every slot is taken: from here on only records behind their keys are counted.
-    let mut slots_taken = false;
-    // Endpoints that cannot start a record in this scan and none of whose records
-    // here can overflow: their other records need not be looked at, and once only
-    // theirs are left the scan stops (with one busy receiver, every partition's
-    // backlog is thousands of its records: a scan of each on every pump was a
-    // tenth of the relay's CPU). `open` counts the records left of other endpoints.
-    let mut settled: IdMap<()> = IdMap::default();
-    let mut seen: IdMap<usize> = IdMap::default();
-    let mut open = partition.backlog.len();
-    for (i, waiting) in partition.backlog.iter().enumerate() {
-        if !consuming {
-            break;
+}
+
+/// What the scan decides for a due record of an endpoint that has room to be looked at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Start it now.
+    Start,
+    /// Hand it over to be deferred without an attempt.
+    Defer(Why),
+    /// Leave it waiting for its endpoint (a slot, its pace); it keeps the partition due.
+    Wait,
+}
+
+/// One pass over a partition's backlog: what each record does, and what the
+/// pass learned for the pause and the wake-up.
+struct Scan<'p, R> {
+    partition: &'p Partition<R>,
+    now_ms: i64,
+    limits: Limits,
+    room: usize,
+    /// However fast its limit grew, one endpoint holds at most this many of a
+    /// partition's slots: a slow but steady receiver cannot take them all.
+    share: usize,
+    take: Vec<usize>,
+    defer: Vec<usize>,
+    paced: Vec<usize>,
+    /// Records of endpoints with a rate waiting here (all such endpoints), and when the first token is due.
+    paced_waiting: usize,
+    pace_at: Option<i64>,
+    started: IdMap<usize>,
+    queued: IdMap<usize>,
+    crowded: IdMap<()>,
+    /// Slow endpoints together: started in this scan, and waiting.
+    slow_started: usize,
+    slow_queued: usize,
+    due_left: bool,
+    /// When a waiting record becomes overflow, if one is still young.
+    overflow_at: Option<i64>,
+    keys: KeyGate<'p>,
+    /// Every slot is taken: from here on only records behind their keys are counted.
+    slots_taken: bool,
+    /// Endpoints that cannot start a record in this scan and none of whose records
+    /// here can overflow: their other records need not be looked at, and once only
+    /// theirs are left the scan stops (with one busy receiver, every partition's
+    /// backlog is thousands of its records: a scan of each on every pump was a
+    /// tenth of the relay's CPU). `open` counts the records left of other endpoints.
+    settled: IdMap<()>,
+    seen: IdMap<usize>,
+    open: usize,
+}
+
+impl<'p, R> Scan<'p, R> {
+    fn new(partition: &'p Partition<R>, now_ms: i64, limits: Limits, room: usize) -> Scan<'p, R> {
+        Scan {
+            partition,
+            now_ms,
+            limits,
+            room,
+            share: (limits.in_flight_per_partition / ENDPOINT_SHARE).max(1),
+            take: Vec::new(),
+            defer: Vec::new(),
+            paced: Vec::new(),
+            paced_waiting: 0,
+            pace_at: None,
+            started: IdMap::default(),
+            queued: IdMap::default(),
+            crowded: IdMap::default(),
+            slow_started: 0,
+            slow_queued: 0,
+            due_left: false,
+            overflow_at: None,
+            keys: KeyGate::new(&partition.keys_in_flight),
+            slots_taken: false,
+            settled: IdMap::default(),
+            seen: IdMap::default(),
+            open: partition.backlog.len(),
         }
+    }
+
+    /// Looks at the record at backlog index `i`; `false` once the rest need not be looked at.
+    fn step(&mut self, i: usize, waiting: &Waiting<R>, endpoint_load: impl Fn(&EndpointSlot) -> usize) -> bool {
         let ordered = waiting.ticket.order.is_some();
-        let not_due = waiting.ticket.due_ms.is_some_and(|due| due > now_ms);
-        if (slots_taken || open == 0) && !keys.active() {
+        if (self.slots_taken || self.open == 0) && !self.keys.active() {
             // What is left waits for a completion, which pumps again, so the
             // rest of the backlog need not be looked at (unless keys are in play).
-            break;
+            return false;
         }
         let id = waiting.ticket.endpoint.as_ref().map(EndpointSlot::id);
-        let is_settled = id.is_some_and(|id| settled.contains_key(&id));
+        let is_settled = id.is_some_and(|id| self.settled.contains_key(&id));
         if !is_settled {
-            open = open.saturating_sub(1);
+            self.open = self.open.saturating_sub(1);
             if let Some(id) = id {
-                *seen.entry(id).or_default() += 1;
+                *self.seen.entry(id).or_default() += 1;
             }
         }
-        if keys.ask(waiting.ticket.order) == Gate::Behind {
-            continue;
+        if self.keys.ask(waiting.ticket.order) == Gate::Behind {
+            return true;
         }
-        if not_due {
+        if waiting.ticket.due_ms.is_some_and(|due| due > self.now_ms) {
             if ordered {
-                keys.not_due();
+                self.keys.not_due();
             }
-            continue;
+            return true;
         }
-        if slots_taken || is_settled {
-            continue;
+        if self.slots_taken || is_settled {
+            return true;
         }
-        if take.len() >= room {
-            due_left = true;
-            slots_taken = true;
-            continue;
+        if self.take.len() >= self.room {
+            self.due_left = true;
+            self.slots_taken = true;
+            return true;
         }
-        if let Some(slot) = &waiting.ticket.endpoint {
-            let id = slot.id();
-            let starting = started.get(&id).copied().unwrap_or(0);
-            let here = partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
-            // Behind the records of its endpoint that go or wait before it in this partition
-            // (counted only for a rate: the scan is the loop's hot path).
-            let pace_wait = match slot.pace.is_paced() {
-                true => slot.pace.wait_ms(now_ms, starting + queued.get(&id).copied().unwrap_or(0) + 1),
-                false => slot.pace.held_ms(now_ms),
-            };
-            // An ordered record waits for its pace however long: it is never deferred.
-            if pace_wait > slot.pace.max_wait_ms() && !ordered {
-                paced.push(i);
-                take.push(i);
-                continue;
-            }
-            // Slow endpoints together hold at most a share of the partition's slots, and
-            // their records waiting here are bounded together: however many such
-            // endpoints a partition carries, the others keep slots and read-ahead.
-            let slow = slot.limit.is_slow();
-            let slow_full =
-                slow && (partition.slow_in_flight + slow_started >= share || slow_started >= limits.slow_room);
-            // At its limit in the whole consumer: a completion of the endpoint in
-            // any partition is what frees it, so the loop is told (see `crowded`).
-            let at_limit = endpoint_load(slot) + starting >= slot.limit.get();
-            if at_limit {
-                crowded.insert(id, ());
-            }
-            if pace_wait > 0 || at_limit || here >= share || slow_full {
-                if pace_wait > 0 {
-                    pace_at = Some(pace_at.map_or(now_ms + pace_wait, |at| at.min(now_ms + pace_wait)));
-                }
-                if ordered {
-                    // Never deferred: a deferral would let the next record of its key overtake it.
-                    due_left = true;
-                    continue;
-                }
-                if slot.pace.is_paced() {
-                    paced_waiting += 1;
-                    if paced_waiting > limits.read_ahead / ENDPOINT_SHARE {
-                        defer.push(i);
-                        take.push(i);
-                    } else {
-                        *queued.entry(id).or_default() += 1;
-                        due_left = true;
-                    }
-                    continue;
-                }
-                let ahead = queued.entry(id).or_default();
-                *ahead += 1;
-                slow_queued += usize::from(slow);
-                let past_bound =
-                    *ahead > limits.waiting_per_endpoint || (slow && slow_queued > limits.waiting_per_endpoint);
-                // A hold adds to the wait (and before the endpoint ever answered, is all of it).
-                let expected = |ahead| match slot.limit.expected_wait_ms(ahead) {
-                    wait if pace_wait == 0 => wait,
-                    wait => Some(wait.unwrap_or(0) + pace_wait),
-                };
-                let overflows_at = match past_bound.then(|| expected(*ahead)) {
-                    // A slow endpoint's record past the bound would wait at least a round trip.
-                    _ if past_bound && slow => now_ms,
-                    None => i64::MAX,
-                    Some(Some(wait)) if wait >= OVERFLOW_AFTER_MS => now_ms,
-                    Some(Some(_)) => i64::MAX,
-                    Some(None) => waiting.read_ms + OVERFLOW_AFTER_MS,
-                };
-                if past_bound && overflows_at <= now_ms {
-                    defer.push(i);
-                    take.push(i);
+        let decision = match &waiting.ticket.endpoint {
+            Some(slot) => self.decide(waiting, slot, endpoint_load(slot)),
+            None => Decision::Start,
+        };
+        match decision {
+            Decision::Start => self.take.push(i),
+            Decision::Defer(why) => {
+                self.take.push(i);
+                if why == Why::Pace {
+                    self.paced.push(i)
                 } else {
-                    if past_bound && overflows_at < i64::MAX {
-                        overflow_at = Some(overflow_at.map_or(overflows_at, |at| at.min(overflows_at)));
-                    }
-                    due_left = true;
-                    // Blocked for the rest of this scan (its count here and in the consumer
-                    // only grow): settled, unless a later record of it could still overflow
-                    // (one of a slow or held endpoint may, however few wait).
-                    let total = partition.waiting_by_endpoint.get(&id).filter(|_| !slow && pace_wait == 0);
-                    if let Some(&total) = total {
-                        let left = total.saturating_sub(seen.get(&id).copied().unwrap_or(0));
-                        let most = *ahead + left;
-                        let may_overflow = most > limits.waiting_per_endpoint
-                            && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
-                        if !may_overflow {
-                            settled.insert(id, ());
-                            open = open.saturating_sub(left);
-                        }
-                    }
+                    self.defer.push(i)
                 }
-                continue;
             }
-            *started.entry(id).or_default() += 1;
-            slow_started += usize::from(slow);
+            Decision::Wait => self.due_left = true,
         }
-        take.push(i);
+        true
     }
-    // Records of ordered keys retried in place wait for their due time on the
-    // events consumer, whose other records are due at once: they never pause
-    // the partition for time (the other keys must keep flowing).
-    // One pass for both (the backlog may be thousands of records long).
-    let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
-    if partition.timed > 0 {
-        for waiting in &partition.backlog {
-            let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
-            let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
-            *next = Some(next.map_or(due, |at| at.min(due)));
+
+    /// A due record of `slot`'s endpoint, with `load` of its records in flight in the whole consumer.
+    fn decide(&mut self, waiting: &Waiting<R>, slot: &EndpointSlot, load: usize) -> Decision {
+        let (id, now_ms, ordered) = (slot.id(), self.now_ms, waiting.ticket.order.is_some());
+        let starting = self.started.get(&id).copied().unwrap_or(0);
+        let here = self.partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
+        // Behind the records of its endpoint that go or wait before it in this partition
+        // (counted only for a rate: the scan is the loop's hot path).
+        let pace_wait = match slot.pace.is_paced() {
+            true => slot.pace.wait_ms(now_ms, starting + self.queued.get(&id).copied().unwrap_or(0) + 1),
+            false => slot.pace.held_ms(now_ms),
+        };
+        // An ordered record waits for its pace however long: it is never deferred.
+        if pace_wait > slot.pace.max_wait_ms() && !ordered {
+            return Decision::Defer(Why::Pace);
+        }
+        // Slow endpoints together hold at most a share of the partition's slots, and
+        // their records waiting here are bounded together: however many such
+        // endpoints a partition carries, the others keep slots and read-ahead.
+        let slow = slot.limit.is_slow();
+        let slow_full = slow
+            && (self.partition.slow_in_flight + self.slow_started >= self.share
+                || self.slow_started >= self.limits.slow_room);
+        // At its limit in the whole consumer: a completion of the endpoint in
+        // any partition is what frees it, so the loop is told (see `crowded`).
+        let at_limit = load + starting >= slot.limit.get();
+        if at_limit {
+            self.crowded.insert(id, ());
+        }
+        if !(pace_wait > 0 || at_limit || here >= self.share || slow_full) {
+            *self.started.entry(id).or_default() += 1;
+            self.slow_started += usize::from(slow);
+            return Decision::Start;
+        }
+        if pace_wait > 0 {
+            self.pace_at = Some(self.pace_at.map_or(now_ms + pace_wait, |at| at.min(now_ms + pace_wait)));
+        }
+        if ordered {
+            // Never deferred: a deferral would let the next record of its key overtake it.
+            return Decision::Wait;
+        }
+        if slot.pace.is_paced() {
+            self.paced_waiting += 1;
+            if self.paced_waiting > self.limits.read_ahead / ENDPOINT_SHARE {
+                return Decision::Defer(Why::Overflow);
+            }
+            *self.queued.entry(id).or_default() += 1;
+            return Decision::Wait;
+        }
+        self.overflow(waiting, slot, slow, pace_wait)
+    }
+
+    /// A record that must wait for its endpoint: past the endpoint's waiting
+    /// bound, and expected to wait [`OVERFLOW_AFTER_MS`], it overflows.
+    fn overflow(&mut self, waiting: &Waiting<R>, slot: &EndpointSlot, slow: bool, pace_wait: i64) -> Decision {
+        let (id, now_ms, bound) = (slot.id(), self.now_ms, self.limits.waiting_per_endpoint);
+        let ahead = {
+            let ahead = self.queued.entry(id).or_default();
+            *ahead += 1;
+            *ahead
+        };
+        self.slow_queued += usize::from(slow);
+        let past_bound = ahead > bound || (slow && self.slow_queued > bound);
+        // A hold adds to the wait (and before the endpoint ever answered, is all of it).
+        let expected = |ahead| match slot.limit.expected_wait_ms(ahead) {
+            wait if pace_wait == 0 => wait,
+            wait => Some(wait.unwrap_or(0) + pace_wait),
+        };
+        let overflows_at = match past_bound.then(|| expected(ahead)) {
+            // A slow endpoint's record past the bound would wait at least a round trip.
+            _ if past_bound && slow => now_ms,
+            None => i64::MAX,
+            Some(Some(wait)) if wait >= OVERFLOW_AFTER_MS => now_ms,
+            Some(Some(_)) => i64::MAX,
+            Some(None) => waiting.read_ms + OVERFLOW_AFTER_MS,
+        };
+        if past_bound && overflows_at <= now_ms {
+            return Decision::Defer(Why::Overflow);
+        }
+        if past_bound && overflows_at < i64::MAX {
+            self.overflow_at = Some(self.overflow_at.map_or(overflows_at, |at| at.min(overflows_at)));
+        }
+        // Blocked for the rest of this scan (its count here and in the consumer
+        // only grow): settled, unless a later record of it could still overflow
+        // (one of a slow or held endpoint may, however few wait).
+        let total = self.partition.waiting_by_endpoint.get(&id).filter(|_| !slow && pace_wait == 0);
+        if let Some(&total) = total {
+            let left = total.saturating_sub(self.seen.get(&id).copied().unwrap_or(0));
+            let most = ahead + left;
+            let may_overflow = most > bound && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
+            if !may_overflow {
+                self.settled.insert(id, ());
+                self.open = self.open.saturating_sub(left);
+            }
+        }
+        Decision::Wait
+    }
+
+    /// The dispatch: what goes, the pause, and when to look again for time's sake.
+    fn finish(self, consuming: bool) -> Dispatch {
+        let (partition, now_ms) = (self.partition, self.now_ms);
+        // Records of ordered keys retried in place wait for their due time on the
+        // events consumer, whose other records are due at once: they never pause
+        // the partition for time (the other keys must keep flowing).
+        // One pass for both (the backlog may be thousands of records long).
+        let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
+        if partition.timed > 0 {
+            for waiting in &partition.backlog {
+                let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
+                let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
+                *next = Some(next.map_or(due, |at| at.min(due)));
+            }
+        }
+        let waiting_for_time = !self.due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
+        let left = partition.backlog.len() - self.take.len() - self.keys.waiting;
+        let pause = match pause_for_room(partition, now_ms, self.limits, left, self.keys.waiting) {
+            _ if !consuming => None,
+            Some(pause) => Some(pause),
+            None if waiting_for_time => Some(PauseReason::NotDue),
+            None => None,
+        };
+        let lead = if pause == Some(PauseReason::NotDue) { RESUME_LEAD_MS } else { 0 };
+        let next_unordered = next_unordered.map(|due| due - lead);
+        let wake_ms = [next_unordered, next_ordered, self.overflow_at, self.pace_at].into_iter().flatten().min();
+        let crowded = self.crowded.into_keys().collect();
+        Dispatch {
+            take: self.take,
+            defer: self.defer,
+            paced: self.paced,
+            pause,
+            wake_ms,
+            key_waiting: self.keys.waiting,
+            crowded,
         }
     }
-    let waiting_for_time = !due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
-    let left = partition.backlog.len() - take.len() - keys.waiting;
-    let pause = match () {
-        _ if !consuming => None,
-        _ if full(left) => Some(PauseReason::Capacity),
-        _ if keys_full(keys.waiting) => Some(PauseReason::Ordered),
-        _ if waiting_for_time => Some(PauseReason::NotDue),
-        _ => None,
-    };
-    let lead = if pause == Some(PauseReason::NotDue) { RESUME_LEAD_MS } else { 0 };
-    let next_unordered = next_unordered.map(|due| due - lead);
-    let wake_ms = [next_unordered, next_ordered, overflow_at, pace_at].into_iter().flatten().min();
-    let crowded = crowded.into_keys().collect();
-    Dispatch { take, defer, paced, pause, wake_ms, key_waiting: keys.waiting, crowded }
 }
 
 #[cfg(test)]
@@ -345,11 +459,11 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::concurrency::LiveLimit;
     use crate::consume::handler::EndpointSlot;
     use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
-    use crate::pace::{Pace, Rule};
+    use crate::endpoint::limit::LiveLimit;
+    use crate::endpoint::pace::{Pace, Rule};
 
     const NOW: i64 = 1_000_000;
     const LIMITS: Limits = Limits {
@@ -687,7 +801,7 @@ pub(crate) mod tests {
         assert_eq!(d.paced, late, "the 22nd from now would wait 1050 ms: it and the ones after go on at once");
         assert_eq!(d.take, [vec![0], late.clone(), vec![40]].concat(), "20 wait within the second, fast goes");
         assert!(d.defer.is_empty());
-        assert_eq!((d.work(0), d.work(21), d.work(40)), (Work::Attempt, Work::Paced, Work::Attempt));
+        assert_eq!((d.work(0), d.work(21), d.work(40)), (Work::Attempt, Work::Defer(Why::Pace), Work::Attempt));
         let mut young = partition(paced("paced", Some("20/s"), 1, 30_000, 40));
         for w in young.backlog.iter_mut() {
             w.read_ms = NOW;

@@ -8,7 +8,7 @@
 
 use std::sync::Mutex;
 
-use crate::hop::Hop;
+use crate::event::hop::Hop;
 
 /// The hop state of an ordered record after its last attempt in place (attempts,
 /// first attempt, deadline, last status and error), kept in the record itself:
@@ -46,7 +46,7 @@ pub fn due_ms(tier_due_ms: i64, deferred: bool, now_ms: i64, cool_down_ms: i64) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hop::Coordinates;
+    use crate::event::hop::Coordinates;
 
     #[test]
     fn the_tier_delay_is_the_timer_and_a_deferral_waits_for_the_probe() {

@@ -14,23 +14,24 @@ use rdkafka::message::{Message, OwnedMessage};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::circuit::{Admission, Circuits, Transition, Verdict};
-use crate::clock::now_ms;
-use crate::concurrency::{Limiter, Signal};
+use crate::app::clock::now_ms;
 use crate::config::Config;
 use crate::consume::order::order_key;
-use crate::consume::{Decider, Done, EndpointSlot, Handler, Ticket, Work};
-use crate::deliver::Deliverer;
+use crate::consume::{Decider, Done, EndpointSlot, Handler, Role, Ticket, Work};
+use crate::endpoint::circuit::{Transition, Verdict};
+use crate::endpoint::deliver::Deliverer;
+use crate::endpoint::limit::Signal;
+use crate::endpoint::state::{Ready, States};
+use crate::event::headers::RecordHeaders;
+use crate::event::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use crate::event::seal::ReplayKey;
+use crate::event::trace_context::TraceContext;
 use crate::event::{Endpoints, Event, InvalidEvent};
-use crate::headers::RecordHeaders;
-use crate::held::Held;
-use crate::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
-use crate::metrics::{self, Retry};
-use crate::otel;
-use crate::outcome::{classify, Attempt, DeadReason, Outcome, Route};
+use crate::observe::metrics;
+use crate::observe::otel;
+use crate::route::held::Held;
+use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
-use crate::seal::ReplayKey;
-use crate::trace::TraceContext;
 
 /// A span inside the record's, or none when the record has none (no
 /// `traceparent` and no export): spans cost nothing on the common path.
@@ -42,48 +43,31 @@ fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
     }
 }
 
-/// Which records a relay consumer reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Source {
-    /// The event topics: first attempts.
-    Events,
-    /// Tier `index` of the ladder: records wait there until they are due.
-    Tier(usize),
-}
-
 /// A relay consumer's handler: the event topics or one tier.
 pub struct Relay {
     shared: Arc<Shared>,
-    source: Source,
+    /// The ladder's tier this consumer reads, or `None` for the event topics.
+    tier: Option<usize>,
 }
 
 impl Relay {
-    pub fn new(shared: Arc<Shared>, source: Source) -> Relay {
-        Relay { shared, source }
+    /// The handler of a consumer of the event topics or of a tier (the dead role has its own).
+    pub fn new(shared: Arc<Shared>, role: Role) -> Relay {
+        let tier = match role {
+            Role::Tier(index) => Some(index),
+            Role::Events => None,
+            Role::Dead => unreachable!("the dead topic's handler is notify::Notifier"),
+        };
+        Relay { shared, tier }
     }
 }
 
-/// Why a record was passed on to the next tier without an attempt.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Deferral {
-    /// The endpoint's circuit is open.
-    Circuit,
-    /// The endpoint had more records waiting in the partition than `delivery.max_waiting_per_endpoint`.
-    Overflow,
-    /// The endpoint's pace (its `rate_limit`, or a `Retry-After` hold) would have kept it waiting past `rate_max_wait`.
-    Pace,
-}
-
-impl Deferral {
-    fn describe(self, endpoint: &str) -> String {
-        match self {
-            Deferral::Circuit => format!("deferred: circuit open for {endpoint}"),
-            Deferral::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
-            Deferral::Pace => {
-                format!("deferred: {endpoint} is paced (rate_limit or Retry-After) and this record would wait past rate_max_wait")
-            }
-        }
-    }
+/// The parts of one record that its route needs, borrowed from [`Prepared`].
+struct Record<'a> {
+    original: &'a Original<'a>,
+    hop: &'a Hop,
+    event: &'a Event,
+    in_place: Option<&'a in_place::Kept>,
 }
 
 /// A record read by a relay consumer, decoded once when it was accepted.
@@ -104,26 +88,26 @@ impl Handler for Relay {
     /// The partition loop keeps each consumer within the endpoint's limit; the
     /// semaphore in `process` keeps the whole process (events and tiers) within it.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Prepared) {
-        let s = &*self.shared;
+        let shared = &*self.shared;
         let headers = headers_of(&record);
         let here = Coordinates::of(&record);
         let timestamp_ms = record.timestamp().to_millis();
-        let hop = match self.source {
+        let hop = match self.tier {
             // Producers write the event topics: their relay headers would set
             // the deadline, the attempt count or the origin (and so the id).
-            Source::Events => {
+            None => {
                 let value = record.payload().unwrap_or_default();
-                let (trusted, ignored) = trusted_on_event_topic(&headers, value, s.replay_key.as_ref());
+                let (trusted, ignored) = trusted_on_event_topic(&headers, value, shared.replay_key.as_ref());
                 if ignored > 0 {
                     metrics::relay_headers_ignored(&here, ignored);
                 }
                 Hop::read(&trusted, here, timestamp_ms)
             }
-            Source::Tier(_) => Hop::read(&headers, here, timestamp_ms),
+            Some(_) => Hop::read(&headers, here, timestamp_ms),
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
-        let mut event = s.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
+        let mut event = shared.endpoints.decode(record.payload().unwrap_or_default(), || hop.origin.default_id());
         // The record's trace context goes on every attempt; tier and dead
         // records carry it on, as they keep every header that is not ours.
         let context = TraceContext::of(&headers);
@@ -132,16 +116,14 @@ impl Handler for Relay {
         }
         // Ordered per key on the event topics only: tier records (from before the
         // endpoint was ordered) are past keeping an order. No key, no order.
-        let order = match (&event, self.source) {
-            (Ok(e), Source::Events) if e.ordered => record.key().map(|key| order_key(&e.endpoint_key, key)),
+        let order = match (&event, self.tier) {
+            (Ok(e), None) if e.ordered => record.key().map(|key| order_key(&e.endpoint_key, key)),
             _ => None,
         };
-        let due_ms = match self.source {
-            // Never later than the tier's delay after the record was written:
-            // a far due time must not hold the partition (it laps instead).
-            Source::Tier(index) => s.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms),
-            Source::Events => None,
-        };
+        // Never later than the tier's delay after the record was written:
+        // a far due time must not hold the partition (it laps instead).
+        let due_ms =
+            self.tier.and_then(|index| shared.ladder.ready_at(index, record.timestamp().to_millis(), hop.due_ms));
         // One that will lap makes no request: neither its endpoint's slot nor its
         // pace may hold it (a Retry-After hold would keep it in the tier past its delay).
         // (The same rule as `process` applies once the tier lets it go.)
@@ -150,7 +132,7 @@ impl Handler for Relay {
         let ticket = Ticket {
             due_ms,
             endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
-                let (limit, pace) = s.limiter.slot(&e.endpoint_key);
+                let (limit, pace) = shared.states.slot(&e.endpoint_key);
                 EndpointSlot { key: e.endpoint_key.clone(), limit, pace }
             }),
             order,
@@ -215,7 +197,7 @@ impl Relay {
     /// One record, from decode to an acknowledged route. Every early return is
     /// either decided (routed) or `Abandoned` (shutdown): never "dropped".
     async fn process(&self, prepared: &Prepared, work: Work, cancel: CancellationToken) -> Done {
-        let s = &*self.shared;
+        let shared = &*self.shared;
         let Prepared { record, headers, hop, event, in_place, .. } = prepared;
         let mut hop = in_place.as_ref().map_or_else(|| hop.clone(), |kept| kept.hop(hop));
         let original = Original { key: record.key(), value: record.payload(), headers };
@@ -238,78 +220,52 @@ impl Relay {
         // a fresh deadline header, which wins over the event's own retry_until.
         let now = now_ms();
         let first = *hop.first_attempt_ms.get_or_insert(now);
-        let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + s.max_age_ms));
+        let deadline = *hop.deadline_ms.get_or_insert(event.retry_until_ms.unwrap_or(first + shared.max_age_ms));
         // A tier lets a record go after at most its delay (see `prepare`); one
         // whose own due time is still ahead laps the last tier, unattempted.
-        let lap = match self.source {
-            Source::Tier(_) => not_yet(hop.due_ms, now_ms(), deadline),
-            Source::Events => None,
-        };
-        let deferral = match work {
-            Work::Attempt => None,
-            Work::Defer => Some(Deferral::Overflow),
-            Work::Paced => Some(Deferral::Pace),
-        };
-        if let Some(deferral) = deferral {
-            return self
-                .route(&original, &hop, event, Outcome::Deferred, deferral, deadline, in_place.as_ref(), &cancel)
-                .instrument(child(|| tracing::info_span!("route")))
-                .await;
-        }
-        let (outcome, deferral) = match lap {
-            Some(due_ms) => (Outcome::NotYet { due_ms }, Deferral::Circuit),
-            None => match self.attempt(event, &mut hop, &cancel).await {
-                Some(attempted) => attempted,
+        let lap = self.tier.and_then(|_| not_yet(hop.due_ms, now, deadline));
+        let outcome = match (work, lap) {
+            (Work::Defer(why), _) => Outcome::Deferred(why),
+            (Work::Attempt, Some(due_ms)) => Outcome::NotYet { due_ms },
+            (Work::Attempt, None) => match self.attempt(event, &mut hop, &cancel).await {
+                Some(outcome) => outcome,
                 None => return Done::Abandoned,
             },
         };
-
-        self.route(&original, &hop, event, outcome, deferral, deadline, in_place.as_ref(), &cancel)
-            .instrument(child(|| tracing::info_span!("route")))
-            .await
+        let record = Record { original: &original, hop: &hop, event, in_place: in_place.as_ref() };
+        self.route(record, outcome, &cancel).instrument(child(|| tracing::info_span!("route"))).await
     }
 
-    #[allow(clippy::too_many_arguments)] // the record's parts, each a borrow: a struct would only rename them
     /// Plans where the record goes after `outcome` and takes it there; decided
     /// once delivered or once the broker acknowledged the route. A record of an
     /// ordered key (`in_place`) waits in place instead of going to a tier.
-    async fn route(
-        &self,
-        original: &Original<'_>,
-        hop: &Hop,
-        event: &Event,
-        outcome: Outcome,
-        deferral: Deferral,
-        deadline_ms: i64,
-        in_place: Option<&in_place::Kept>,
-        cancel: &CancellationToken,
-    ) -> Done {
-        let s = &*self.shared;
+    async fn route(&self, record: Record<'_>, outcome: Outcome, cancel: &CancellationToken) -> Done {
+        let shared = &*self.shared;
+        let Record { original, hop, event, in_place } = record;
         let endpoint = &*event.endpoint_key;
+        // One reading of the clock for the whole decision.
+        let now = now_ms();
         let input = PlanInput {
             attempts: hop.attempts,
-            from_tier: match self.source {
-                Source::Tier(index) => Some(index),
-                Source::Events => None,
-            },
-            now_ms: now_ms(),
-            deadline_ms,
-            max_attempts: event.max_attempts.unwrap_or(s.max_attempts),
+            from_tier: self.tier,
+            now_ms: now,
+            deadline_ms: hop.deadline_ms.expect("set by process before routing"),
+            max_attempts: event.max_attempts.unwrap_or(shared.max_attempts),
             jitter_sample: rand::random::<f64>(),
         };
-        let route = plan(&s.ladder, &outcome, input);
+        let route = plan(&shared.ladder, &outcome, input);
         let (last_status, last_error) = match &outcome {
             Outcome::Delivered { status } => (Some(*status), None),
             Outcome::Retryable { status, error, .. } | Outcome::Final { status, error, .. } => {
                 (*status, Some(error.clone()))
             }
             // No attempt was made: keep the last real status for the operators.
-            Outcome::Deferred => (hop.last_status, Some(deferral.describe(endpoint))),
+            Outcome::Deferred(why) => (hop.last_status, Some(why.describe(endpoint))),
             Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
         if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
-            let (now, deferred) = (now_ms(), outcome == Outcome::Deferred);
-            let due_ms = in_place::due_ms(*due_ms, deferred, now, s.circuits.cool_down().as_millis() as i64);
+            let deferred = matches!(outcome, Outcome::Deferred(_));
+            let due_ms = in_place::due_ms(*due_ms, deferred, now, shared.states.cool_down().as_millis() as i64);
             kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
             metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
             return Done::Again { due_ms };
@@ -318,16 +274,16 @@ impl Relay {
             |destination| RelayHeaders { hop, destination, last_status, last_error: last_error.as_deref(), endpoint };
         match route {
             Route::Delivered => {
-                let latency_ms = hop.event_ms.map(|t| now_ms() - t);
+                let latency_ms = hop.event_ms.map(|t| now - t);
                 metrics::delivered(endpoint, &event.id, hop.attempts, latency_ms);
                 Done::Decided
             }
             Route::Tier { index, due_ms } => {
-                let topic = s.router.tier_topic(index);
+                let topic = shared.router.tier_topic(index);
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record, or
                 // once it is known that the tier can never take it.
-                match s.router.produce(topic, original, built, cancel).await {
+                match shared.router.produce(topic, original, built, cancel).await {
                     Ok(()) => {}
                     Err(Unrouted::Abandoned) => return Done::Abandoned,
                     Err(too_large @ Unrouted::TooLarge { .. }) => {
@@ -338,14 +294,7 @@ impl Relay {
                         return self.send_dead(original, dead, cancel).await;
                     }
                 }
-                let why = match (&outcome, deferral) {
-                    (Outcome::Deferred, Deferral::Circuit) => Retry::Deferred,
-                    (Outcome::Deferred, Deferral::Overflow) => Retry::Overflow,
-                    (Outcome::Deferred, Deferral::Pace) => Retry::Paced,
-                    (Outcome::NotYet { .. }, _) => Retry::NotYet,
-                    _ => Retry::Failed,
-                };
-                metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, why, last_error.as_deref());
+                metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, &outcome, last_error.as_deref());
                 Done::Decided
             }
             Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
@@ -365,7 +314,7 @@ impl Relay {
         if let Err(Unrouted::TooLarge { error, .. }) = &produced {
             let lost = format!("value dropped, too large for the dead topic {topic} ({error})");
             let last_error = match relay.last_error {
-                Some(before) => format!("{}; {lost}", crate::hop::truncate(before, 512)),
+                Some(before) => format!("{}; {lost}", crate::event::hop::truncate(before, 512)),
                 None => lost,
             };
             let without_value = Original { value: None, ..original.clone() };

@@ -31,7 +31,7 @@ PYDEPS = ROOT / ".cache" / "pydeps"
 if PYDEPS.is_dir():
     sys.path.append(str(PYDEPS))
 
-# The metrics hookrelay exports (src/metrics.rs is the Rust side of this
+# The metrics hookrelay exports (src/observe/metrics/ is the Rust side of this
 # list): name -> labels, and the closed sets of values some labels take.
 METRICS = {
     "hookrelay_build_info": {"labels": {"version"}},

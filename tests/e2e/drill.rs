@@ -223,8 +223,9 @@ async fn produce_raw_headers(
 ) -> (i32, i64) {
     use rdkafka::message::OwnedHeaders;
     use rdkafka::producer::FutureRecord;
-    let owned =
-        headers.iter().fold(OwnedHeaders::new(), |h, (key, value)| hookrelay::headers::add(h, key, value.as_deref()));
+    let owned = headers
+        .iter()
+        .fold(OwnedHeaders::new(), |h, (key, value)| hookrelay::event::headers::add(h, key, value.as_deref()));
     let record = FutureRecord::<str, [u8]>::to(topic).payload(value).headers(owned);
     let delivery = producer.send(record, Duration::from_secs(10)).await.expect("produce");
     (delivery.partition, delivery.offset)

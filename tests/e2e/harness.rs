@@ -292,7 +292,7 @@ pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Rec
                 // Read as bytes (rdkafka's own accessor panics on a key that is not UTF-8).
                 let raw: Vec<(Vec<u8>, Option<Vec<u8>>)> = m
                     .headers()
-                    .map(hookrelay::headers::RecordHeaders::read)
+                    .map(hookrelay::event::headers::RecordHeaders::read)
                     .unwrap_or_default()
                     .iter()
                     .map(|(k, v)| (k.to_vec(), v.map(<[u8]>::to_vec)))

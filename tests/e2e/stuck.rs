@@ -44,8 +44,8 @@ const ODD_KEY: &[u8] = b"cl\xe9";
 async fn produce_with_odd_header(producer: &rdkafka::producer::FutureProducer, topic: &str, value: &[u8]) {
     use rdkafka::message::OwnedHeaders;
     use rdkafka::producer::FutureRecord;
-    let headers = hookrelay::headers::add(OwnedHeaders::new(), ODD_KEY, Some(b"\x00\xff value"));
-    let headers = hookrelay::headers::add(headers, b"traceparent", Some(b"00-abc"));
+    let headers = hookrelay::event::headers::add(OwnedHeaders::new(), ODD_KEY, Some(b"\x00\xff value"));
+    let headers = hookrelay::event::headers::add(headers, b"traceparent", Some(b"00-abc"));
     let record = FutureRecord::<str, [u8]>::to(topic).payload(value).partition(0).headers(headers);
     producer.send(record, Duration::from_secs(10)).await.expect("produce");
 }

@@ -81,7 +81,7 @@ pub async fn read(config: &Config) -> TopicLimits {
 }
 
 async fn describe(config: &Config, names: &[&String]) -> Vec<(String, Option<usize>)> {
-    let admin: AdminClient<DefaultClientContext> = match crate::kafka::admin_config(&config.kafka).create() {
+    let admin: AdminClient<DefaultClientContext> = match crate::config::client::admin_config(&config.kafka).create() {
         Ok(admin) => admin,
         Err(error) => {
             tracing::warn!(%error, "cannot read the topics' max.message.bytes");

@@ -29,13 +29,38 @@ pub enum Outcome {
     Delivered { status: u16 },
     /// Try again later; `retry_after` is what the receiver asked for.
     Retryable { status: Option<u16>, error: String, retry_after: Option<Duration> },
-    /// The circuit for the endpoint is open: no attempt was made.
-    Deferred,
+    /// No attempt was made: the endpoint could not take the record now ([`Why`]).
+    Deferred(Why),
     /// Read from a tier before its own due time (a tier holds a record for at
     /// most its delay): no attempt; it laps the last tier until `due_ms`.
     NotYet { due_ms: i64 },
     /// Never retried: a permanent status or a forbidden target.
     Final { reason: FinalReason, status: Option<u16>, error: String },
+}
+
+/// Why a record was passed on to the next tier without an attempt: the one
+/// answer to "why was it deferred", from the scheduler to the metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Why {
+    /// The endpoint's circuit is open.
+    Circuit,
+    /// The endpoint had more records waiting in the partition than `delivery.max_waiting_per_endpoint`.
+    Overflow,
+    /// The endpoint's pace (its `rate_limit`, or a `Retry-After` hold) would have kept it waiting past `rate_max_wait`.
+    Pace,
+}
+
+impl Why {
+    /// The `hookrelay-last-error` of a record deferred for this reason.
+    pub fn describe(self, endpoint: &str) -> String {
+        match self {
+            Why::Circuit => format!("deferred: circuit open for {endpoint}"),
+            Why::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
+            Why::Pace => {
+                format!("deferred: {endpoint} is paced (rate_limit or Retry-After) and this record would wait past rate_max_wait")
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,7 +47,7 @@ pub fn wanted(config: &Config) -> Vec<Wanted> {
 
 /// Creates missing topics and reports existing ones. Returns one line per topic.
 pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
-    let admin: AdminClient<DefaultClientContext> = crate::kafka::admin_config(&config.kafka).create()?;
+    let admin: AdminClient<DefaultClientContext> = crate::config::client::admin_config(&config.kafka).create()?;
     let wanted = wanted(config);
     let retention: Vec<String> = wanted.iter().map(|w| w.retention_ms.to_string()).collect();
     let replication = config.topics.replication_factor;
@@ -61,7 +61,7 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
     let results = admin.create_topics(&new, &options).await?;
-    let metadata_client: BaseConsumer = crate::kafka::admin_config(&config.kafka).create()?;
+    let metadata_client: BaseConsumer = crate::config::client::admin_config(&config.kafka).create()?;
     let mut lines = Vec::new();
     for result in results {
         match result {
@@ -115,7 +115,7 @@ pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&s
 /// Produces one event value (from [`event_value`]) to the first event topic; returns where it landed.
 pub async fn send(config: &Config, value: &[u8], key: Option<&str>) -> Result<String, TopicsError> {
     let topic = &config.topics.events[0];
-    let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
+    let producer: FutureProducer = crate::config::client::producer_config(&config.kafka).create()?;
     let mut record = FutureRecord::<str, [u8]>::to(topic).payload(value);
     if let Some(key) = key {
         record = record.key(key);

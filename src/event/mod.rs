@@ -3,6 +3,13 @@
 //! A decode error is final: the record goes to the dead topic with reason
 //! `invalid_event` and the error text in `hookrelay-last-error`.
 
+#[cfg(test)]
+mod fuzz;
+pub mod headers;
+pub mod hop;
+pub mod seal;
+pub mod trace_context;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,10 +18,10 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::clock::parse_rfc3339_ms;
+use crate::app::clock::parse_rfc3339_ms;
 use crate::config::{Config, EndpointConfig, Ordering};
-use crate::sign::SigningKey;
-use crate::target::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
+use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
+use crate::endpoint::sign::SigningKey;
 
 /// The longest per-event timeout accepted (`timeout_ms`): 5 minutes.
 const MAX_TIMEOUT_MS: u64 = 300_000;

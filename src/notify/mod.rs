@@ -24,12 +24,12 @@ use rdkafka::message::OwnedMessage;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::{now_ms, rfc3339};
+use crate::app::clock::{now_ms, rfc3339};
 use crate::config::{Config, HttpFormat, SinkConfig, SmtpTls};
 use crate::consume::{Decider, Done, Handler, Held, Ticket, Work};
-use crate::hop::DeadLetter;
-use crate::metrics::{self, Notified};
-use crate::outcome::DeadReason;
+use crate::event::hop::DeadLetter;
+use crate::observe::metrics::{self, Notified};
+use crate::route::outcome::DeadReason;
 
 /// Event ids listed in one notification, at most.
 const MAX_IDS: usize = 20;
@@ -232,7 +232,7 @@ impl Sink {
             SinkConfig::Http { url, format, headers } => Sink::Http {
                 client: reqwest::Client::builder()
                     .timeout(Duration::from_secs(10))
-                    .user_agent(crate::deliver::USER_AGENT)
+                    .user_agent(crate::endpoint::deliver::USER_AGENT)
                     .build()?,
                 url: url.expose().to_string(),
                 format: *format,
@@ -337,7 +337,7 @@ fn email_body(n: &Notification) -> String {
     body.push_str(&format!("First: {}\nLast: {}\n", n.first_failed_at, n.last_failed_at));
     if let Some(error) = &n.last_error {
         // One line, so a receiver's text cannot pose as the relay's own lines.
-        body.push_str(&format!("Last error: {}\n", one_line(error, crate::metrics::MAX_LOGGED_ERROR_BYTES)));
+        body.push_str(&format!("Last error: {}\n", one_line(error, crate::observe::metrics::MAX_LOGGED_ERROR_BYTES)));
     }
     if !n.event_ids.is_empty() {
         body.push_str(&format!("Event ids: {}\n", n.event_ids.join(", ")));

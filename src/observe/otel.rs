@@ -18,7 +18,7 @@ use opentelemetry_sdk::Resource;
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 use tracing_subscriber::registry::LookupSpan;
 
-use crate::trace::{TraceContext, TRACEPARENT, TRACESTATE};
+use crate::event::trace_context::{TraceContext, TRACEPARENT, TRACESTATE};
 
 /// The variable that turns export on (the OpenTelemetry SDKs' own name).
 pub const ENDPOINT_VAR: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";

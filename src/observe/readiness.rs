@@ -4,8 +4,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::held::Held;
-use crate::metrics;
+use crate::observe::metrics;
+use crate::route::held::Held;
 
 /// Readiness latch: ready once every consumer of the process joined its
 /// group; not ready again from the moment a drain starts (SIGTERM). Also not

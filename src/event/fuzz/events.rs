@@ -7,7 +7,7 @@ use proptest::sample::select;
 use serde_json::{Map, Value};
 
 use super::nasty_text;
-use crate::target::{parse_target_url, RESERVED_HEADERS};
+use crate::endpoint::guard::{parse_target_url, RESERVED_HEADERS};
 
 /// The endpoint table's `max_payload_bytes` (see `decode::endpoints`).
 pub const MAX_PAYLOAD: usize = 65_536;
@@ -324,7 +324,7 @@ pub fn broken() -> impl Strategy<Value = (Valid, Break, Value)> {
         })
         // A nasty text that happens to be a valid time or URL is not a broken field.
         .prop_filter("really broken", |(_, how, value)| match (how, value) {
-            (Break::RetryUntil, Value::String(t)) => crate::clock::parse_rfc3339_ms(t).is_err(),
+            (Break::RetryUntil, Value::String(t)) => crate::app::clock::parse_rfc3339_ms(t).is_err(),
             (Break::Url, Value::String(u)) => parse_target_url(u).is_err(),
             _ => true,
         })

@@ -18,11 +18,11 @@ use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
 use crate::config::{Config, SecretUrl};
-use crate::egress::{self, EgressError};
+use crate::endpoint::egress::{self, EgressError};
+use crate::endpoint::guard::{check_address, ip_literal, Forbidden};
+use crate::endpoint::sign;
 use crate::event::Event;
-use crate::outcome::Attempt;
-use crate::sign;
-use crate::target::{check_address, ip_literal, Forbidden};
+use crate::route::outcome::Attempt;
 
 /// The most of a response body read, for the error record (SPEC: 64 KiB).
 pub const MAX_RESPONSE_BODY: usize = 64 * 1024;

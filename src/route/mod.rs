@@ -5,6 +5,10 @@
 //! (overwritten, never appended). A produce decides a record's fate only once
 //! the broker acknowledged it (idempotent producer, `acks=all`).
 
+pub mod held;
+pub mod outcome;
+pub mod sizes;
+
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -15,10 +19,10 @@ use rdkafka::util::Timeout;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::headers::RecordHeaders;
-use crate::held::Held;
-use crate::metrics;
-use crate::outcome::{DeadReason, FinalReason, Outcome, Route};
+use crate::event::headers::RecordHeaders;
+use crate::observe::metrics;
+use crate::route::held::Held;
+use crate::route::outcome::{DeadReason, FinalReason, Outcome, Route};
 
 /// The retry ladder: one fixed delay per tier; the last repeats.
 #[derive(Debug, Clone)]
@@ -100,7 +104,7 @@ pub fn plan(ladder: &Ladder, outcome: &Outcome, input: PlanInput) -> Route {
         Outcome::Final { reason: FinalReason::ForbiddenTarget, .. } => {
             return Route::Dead { reason: DeadReason::ForbiddenTarget }
         }
-        Outcome::Deferred => (input.from_tier.map_or(0, |i| i + 1).min(ladder.last()), None),
+        Outcome::Deferred(_) => (input.from_tier.map_or(0, |i| i + 1).min(ladder.last()), None),
         Outcome::Retryable { retry_after, .. } => {
             if input.max_attempts > 0 && input.attempts >= input.max_attempts {
                 return Route::Dead { reason: DeadReason::MaxAttempts };
@@ -178,10 +182,10 @@ pub fn classify_produce(error: &KafkaError, fatal: bool) -> ProduceFailure {
 }
 
 impl Router {
-    /// A router whose producer takes records up to `message_max_bytes` (see [`crate::sizes`]).
+    /// A router whose producer takes records up to `message_max_bytes` (see [`crate::route::sizes`]).
     pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Router, KafkaError> {
         let producer: FutureProducer =
-            crate::kafka::sized_producer_config(&config.kafka, message_max_bytes).create()?;
+            crate::config::client::sized_producer_config(&config.kafka, message_max_bytes).create()?;
         Ok(Router {
             producer,
             tier_topics: config.retry.tiers.iter().map(|t| t.topic.clone()).collect(),
@@ -277,6 +281,7 @@ impl Router {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::route::outcome::Why;
     use proptest::prelude::*;
 
     fn ladder() -> Ladder {
@@ -304,9 +309,9 @@ mod tests {
             (retryable(Some(2)), input(3, Some(2)), Route::Tier { index: 1, due_ms: 12_000 }),
             (retryable(Some(60)), input(1, None), Route::Tier { index: 2, due_ms: 70_000 }),
             (retryable(Some(0)), input(2, Some(0)), Route::Tier { index: 0, due_ms: 11_000 }),
-            (Outcome::Deferred, input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
-            (Outcome::Deferred, input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
-            (Outcome::Deferred, input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
+            (Outcome::Deferred(Why::Circuit), input(0, None), Route::Tier { index: 0, due_ms: 11_000 }),
+            (Outcome::Deferred(Why::Circuit), input(1, Some(0)), Route::Tier { index: 1, due_ms: 12_000 }),
+            (Outcome::Deferred(Why::Circuit), input(1, Some(2)), Route::Tier { index: 2, due_ms: 13_000 }),
             (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(2)), Route::Tier { index: 2, due_ms: 70_000 }),
             (Outcome::NotYet { due_ms: 70_000 }, input(1, Some(0)), Route::Tier { index: 2, due_ms: 70_000 }),
             (
@@ -326,7 +331,7 @@ mod tests {
                 Route::Tier { index: 0, due_ms: 11_000 },
             ),
             (
-                Outcome::Deferred,
+                Outcome::Deferred(Why::Circuit),
                 PlanInput { deadline_ms: 5_000, ..input(0, None) },
                 Route::Dead { reason: DeadReason::Expired },
             ),
@@ -341,7 +346,7 @@ mod tests {
                 Route::Tier { index: 1, due_ms: 12_000 },
             ),
             (
-                Outcome::Deferred,
+                Outcome::Deferred(Why::Circuit),
                 PlanInput { max_attempts: 1, ..input(1, Some(0)) },
                 Route::Tier { index: 1, due_ms: 12_000 },
             ),

@@ -11,7 +11,7 @@
 
 use reqwest::header::{HeaderName, HeaderValue};
 
-use crate::headers::RecordHeaders;
+use crate::event::headers::RecordHeaders;
 
 /// Header names (W3C Trace Context, level 1).
 pub const TRACEPARENT: &str = "traceparent";

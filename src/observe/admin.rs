@@ -8,8 +8,8 @@ use axum::routing::get;
 use axum::Router;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics;
-use crate::readiness::{NotReady, Readiness};
+use crate::observe::metrics;
+use crate::observe::readiness::{NotReady, Readiness};
 
 /// The admin address cannot be bound (in use, say).
 #[derive(Debug, thiserror::Error)]

@@ -11,8 +11,8 @@ use serde_json::Value;
 
 use super::config;
 use super::events::{apply, broken, json, near_valid, valid, Break, MAX_PAYLOAD, SECRET};
+use crate::endpoint::guard::{parse_target_url, RESERVED_HEADERS};
 use crate::event::{Endpoints, Event, InvalidEvent};
-use crate::target::{parse_target_url, RESERVED_HEADERS};
 
 /// The endpoint table every case decodes against.
 fn endpoints() -> Endpoints {
@@ -106,7 +106,7 @@ proptest! {
         let timeout = o.get("timeout_ms").and_then(Value::as_u64).unwrap_or(default_timeout);
         prop_assert_eq!(e.timeout, Duration::from_millis(timeout));
         prop_assert_eq!(e.max_attempts, o.get("max_attempts").and_then(Value::as_u64).map(|n| n as u32));
-        let retry = o.get("retry_until").and_then(Value::as_str).map(|t| crate::clock::parse_rfc3339_ms(t).unwrap());
+        let retry = o.get("retry_until").and_then(Value::as_str).map(|t| crate::app::clock::parse_rfc3339_ms(t).unwrap());
         prop_assert_eq!(e.retry_until_ms, retry);
         // Each event header is sent under its lowercase name; of two that differ only in case,
         // the later in the decoder's (sorted) order wins.

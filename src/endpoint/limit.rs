@@ -10,19 +10,11 @@
 //! ceiling (`delivery.max_in_flight_per_endpoint` or the endpoint's
 //! `max_in_flight`). The limit is per process: every consumer of a replica
 //! (events and tiers) shares it.
-//! Each endpoint's [`Pace`] (its rate and `Retry-After` hold) is kept, and
-//! forgotten when idle, with its limit.
+//! The limit lives in the endpoint's entry of [`super::state::States`], with its pace and circuit.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use tokio::sync::Notify;
-
-use crate::clock::now_ms;
-use crate::metrics;
-use crate::pace::{self, Pace};
 
 /// Where the limit starts: low enough not to flood a receiver that was never seen.
 pub const INITIAL: usize = 16;
@@ -49,12 +41,24 @@ const SMOOTHING: f64 = 0.1;
 const MIN_RTT_DRIFT: f64 = 1.001;
 
 /// An endpoint's limit and smoothed round trip, which the loop reads while the limiter changes them.
-#[derive(Debug, Clone, Default)]
-pub struct LiveLimit(Arc<(AtomicUsize, AtomicU64)>);
+#[derive(Debug, Clone)]
+pub struct LiveLimit(Arc<Live>);
+
+#[derive(Debug)]
+struct Live {
+    limit: AtomicUsize,
+    rtt_us: AtomicU64,
+    /// Tells endpoints apart without hashing their names (see [`LiveLimit::id`]).
+    id: usize,
+}
+
+/// The next [`LiveLimit::id`].
+static NEXT_ID: AtomicUsize = AtomicUsize::new(1);
 
 impl LiveLimit {
     pub fn fixed(limit: usize) -> LiveLimit {
-        LiveLimit(Arc::new((AtomicUsize::new(limit), AtomicU64::new(0))))
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        LiveLimit(Arc::new(Live { limit: AtomicUsize::new(limit), rtt_us: AtomicU64::new(0), id }))
     }
     /// A limit whose endpoint answered in `rtt` (tables of the scheduler).
     pub fn measured(limit: usize, rtt: Duration) -> LiveLimit {
@@ -63,33 +67,39 @@ impl LiveLimit {
         live
     }
     pub fn get(&self) -> usize {
-        self.0 .0.load(Ordering::Relaxed)
+        self.0.limit.load(Ordering::Relaxed)
     }
-    fn set(&self, limit: usize) {
-        self.0 .0.store(limit, Ordering::Relaxed);
+    pub(super) fn set(&self, limit: usize) {
+        self.0.limit.store(limit, Ordering::Relaxed);
     }
-    fn set_rtt(&self, rtt: Duration) {
-        self.0 .1.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
+    pub(super) fn set_rtt(&self, rtt: Duration) {
+        self.0.rtt_us.store(rtt.as_micros().max(1) as u64, Ordering::Relaxed);
     }
     /// An endpoint whose answers take a second or more (smoothed): its records
     /// hold slots long, so together such endpoints get at most a share of them.
     pub fn is_slow(&self) -> bool {
-        self.0 .1.load(Ordering::Relaxed) >= SLOW_RTT_US
+        self.0.rtt_us.load(Ordering::Relaxed) >= SLOW_RTT_US
     }
 
     /// How long the `ahead`-th record waiting for this endpoint will wait (ms),
     /// by Little's law: `ahead × round trip / limit`. `None` before the first answer.
     pub fn expected_wait_ms(&self, ahead: usize) -> Option<i64> {
-        let rtt_us = self.0 .1.load(Ordering::Relaxed);
+        let rtt_us = self.0.rtt_us.load(Ordering::Relaxed);
         (rtt_us > 0).then(|| (ahead as u64 * rtt_us / self.get().max(1) as u64 / 1000) as i64)
     }
 }
 
 impl LiveLimit {
-    /// Tells endpoints apart without hashing their names: every record of one
-    /// endpoint carries the same live limit (see [`Limiter::live`]).
+    /// The endpoint's identity for the loop's counts: every record of one
+    /// endpoint carries the same live limit (see [`super::state::States::slot`]),
+    /// and one that was evicted and came back gets a new one.
     pub fn id(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
+        self.0.id
+    }
+
+    /// Does a record's slot (or anything but the endpoint's own entry) still hold it?
+    pub(super) fn is_shared(&self) -> bool {
+        Arc::strong_count(&self.0) > 1
     }
 }
 
@@ -116,10 +126,10 @@ pub enum Signal {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aimd {
     limit: f64,
-    ceiling: f64,
+    pub(super) ceiling: f64,
     slow_start: bool,
     min_rtt: Option<f64>,
-    smoothed_rtt: Option<f64>,
+    pub(super) smoothed_rtt: Option<f64>,
     last_decrease: Option<Instant>,
 }
 
@@ -171,185 +181,11 @@ impl Aimd {
     }
 }
 
-/// How long an endpoint's limit is kept after its last use with nothing in
-/// flight: inline URLs can name any number of hosts. One that comes back
-/// starts again from [`INITIAL`], with a new [`LiveLimit`].
-pub const IDLE_EVICTION: Duration = Duration::from_secs(600);
-
-/// One endpoint: its limit, the requests in flight, and who waits for a slot.
-struct Endpoint {
-    aimd: Mutex<Aimd>,
-    live: LiveLimit,
-    /// Its rate and `Retry-After` hold, kept (and forgotten) with its limit.
-    pace: Arc<Pace>,
-    in_flight: AtomicUsize,
-    freed: Notify,
-    /// When a record last asked for this endpoint.
-    used: Mutex<Instant>,
-}
-
-/// The limits of every endpoint of the process.
-pub struct Limiter {
-    default_ceiling: usize,
-    ceilings: HashMap<String, usize>,
-    paces: pace::Rules,
-    endpoints: Mutex<HashMap<Arc<str>, Arc<Endpoint>>>,
-}
-
-impl Limiter {
-    /// `ceilings` are the configured endpoints' own; others get `default_ceiling`.
-    pub fn new(default_ceiling: usize, ceilings: HashMap<String, usize>) -> Limiter {
-        Limiter { default_ceiling, ceilings, paces: pace::Rules::default(), endpoints: Mutex::default() }
-    }
-
-    /// The same, with each endpoint's pace set by `rules` (without: no rate, `Retry-After` holds only).
-    pub fn paced(self, rules: pace::Rules) -> Limiter {
-        Limiter { paces: rules, ..self }
-    }
-
-    fn endpoint(&self, key: &Arc<str>) -> Arc<Endpoint> {
-        let mut endpoints = self.endpoints.lock().expect("limiter lock poisoned");
-        endpoints
-            .entry(key.clone())
-            .or_insert_with(|| {
-                let ceiling = self.ceilings.get(&**key).copied().unwrap_or(self.default_ceiling);
-                let aimd = Aimd::new(ceiling);
-                metrics::concurrency_limit(key, aimd.limit(), ceiling);
-                Arc::new(Endpoint {
-                    live: LiveLimit::fixed(aimd.limit()),
-                    pace: Arc::new(Pace::new(self.paces.of(key), now_ms())),
-                    aimd: Mutex::new(aimd),
-                    in_flight: AtomicUsize::new(0),
-                    freed: Notify::new(),
-                    used: Mutex::new(Instant::now()),
-                })
-            })
-            .clone()
-            .touched()
-    }
-
-    /// Forgets the endpoints not used for [`IDLE_EVICTION`] that nothing
-    /// holds: no permit, no acquire, and no record whose slot carries their
-    /// [`LiveLimit`] (the loop's scheduler tells endpoints apart by its
-    /// address, so a record holding an old one keeps counting against it).
-    /// Returns them.
-    pub fn evict_idle(&self, now: Instant) -> Vec<Arc<str>> {
-        let mut evicted = Vec::new();
-        self.endpoints.lock().expect("limiter lock poisoned").retain(|key, endpoint| {
-            let held = Arc::strong_count(endpoint) > 1 || Arc::strong_count(&endpoint.live.0) > 1;
-            let used = *endpoint.used.lock().expect("limit lock poisoned");
-            let keep = held || now.saturating_duration_since(used) < IDLE_EVICTION;
-            if !keep {
-                evicted.push(key.clone());
-            }
-            keep
-        });
-        evicted
-    }
-
-    /// The endpoint's current limit, as the loop reads it.
-    pub fn live(&self, key: &Arc<str>) -> LiveLimit {
-        self.endpoint(key).live.clone()
-    }
-
-    /// The endpoint's limit and pace, for a record's slot (one lookup).
-    pub fn slot(&self, key: &Arc<str>) -> (LiveLimit, Arc<Pace>) {
-        let endpoint = self.endpoint(key);
-        (endpoint.live.clone(), endpoint.pace.clone())
-    }
-
-    /// Waits for a slot of `key` (every consumer of the process shares them).
-    pub async fn acquire(&self, key: &Arc<str>) -> Permit {
-        let endpoint = self.endpoint(key);
-        loop {
-            {
-                // Registered before the check, so a slot freed in between still wakes us.
-                let freed = endpoint.freed.notified();
-                let taken = endpoint.in_flight.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                    (n < endpoint.live.get().max(1)).then_some(n + 1)
-                });
-                if taken.is_err() {
-                    freed.await;
-                    continue;
-                }
-            }
-            return Permit { endpoint, key: key.clone(), started: Instant::now() };
-        }
-    }
-}
-
-impl Endpoint {
-    fn touched(self: Arc<Endpoint>) -> Arc<Endpoint> {
-        *self.used.lock().expect("limit lock poisoned") = Instant::now();
-        self
-    }
-}
-
-/// A slot of one endpoint; give it back with [`Permit::finish`] (or drop it).
-pub struct Permit {
-    endpoint: Arc<Endpoint>,
-    key: Arc<str>,
-    started: Instant,
-}
-
-impl Permit {
-    /// How long since the slot was taken: the attempt's round trip.
-    pub fn elapsed(&self) -> Duration {
-        self.started.elapsed()
-    }
-
-    /// The endpoint's pace (a `Retry-After` holds it).
-    pub fn pace(&self) -> &Pace {
-        &self.endpoint.pace
-    }
-
-    /// Gives the slot back and adjusts the limit by what the attempt showed.
-    pub fn finish(self, signal: Signal) {
-        let mut aimd = self.endpoint.aimd.lock().expect("limit lock poisoned");
-        let before = aimd.limit();
-        aimd.observe(signal, Instant::now());
-        let after = aimd.limit();
-        if let Some(rtt) = aimd.smoothed_rtt {
-            self.endpoint.live.set_rtt(Duration::from_secs_f64(rtt));
-        }
-        if after != before {
-            self.endpoint.live.set(after);
-            metrics::concurrency_limit(&self.key, after, aimd.ceiling as usize);
-        }
-    }
-}
-
-impl Drop for Permit {
-    fn drop(&mut self) {
-        self.endpoint.in_flight.fetch_sub(1, Ordering::AcqRel);
-        self.endpoint.freed.notify_waiters();
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn idle_endpoints_are_evicted_once_nothing_holds_them() {
-        let limiter = Limiter::new(64, HashMap::new());
-        let (a, b, c): (Arc<str>, Arc<str>, Arc<str>) = ("a.example".into(), "b.example".into(), "c.example".into());
-        let slot = limiter.live(&a);
-        let permit = futures::executor::block_on(limiter.acquire(&b));
-        limiter.live(&c);
-        let late = Instant::now() + IDLE_EVICTION + Duration::from_secs(1);
-        assert!(limiter.evict_idle(Instant::now()).is_empty(), "nothing idle yet");
-        assert_eq!(limiter.evict_idle(late), vec![c.clone()], "a record's slot and a permit hold theirs");
-        permit.finish(Signal::None);
-        assert_eq!(limiter.evict_idle(late), vec![b.clone()]);
-        // Once the last record let go of it; a host that comes back starts afresh.
-        drop(slot);
-        assert_eq!(limiter.evict_idle(late), vec![a.clone()]);
-        let fresh = limiter.live(&a);
-        assert_eq!(fresh.get(), INITIAL);
-    }
 
     #[test]
     fn a_fast_receiver_doubles_per_round_trip_up_to_the_ceiling() {

@@ -1,7 +1,7 @@
 //! The one place where metric names, help texts and labels live.
 //!
 //! Label values are bounded: endpoint names or URL hosts, at most
-//! `delivery.max_endpoint_labels` hosts then `other` ([`crate::labels`]; never
+//! `delivery.max_endpoint_labels` hosts then `other` ([`crate::observe::labels`]; never
 //! URLs or ids), topic names, reasons, roles and sink kinds. Every function
 //! here that takes an endpoint labels it through [`labels::endpoint`] and logs
 //! the real one.

@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::circuit::CircuitState;
-use crate::metrics;
-use crate::outcome::DeadReason;
+use crate::endpoint::circuit::CircuitState;
+use crate::observe::metrics;
+use crate::route::outcome::DeadReason;
 
 /// The label values known at start-up.
 pub struct Known<'a> {

@@ -4,10 +4,10 @@
 use std::time::Duration;
 
 use super::get;
-use crate::circuit::{CircuitState, Transition};
-use crate::hop::DeadLetter;
-use crate::labels;
-use crate::outcome::DeadReason;
+use crate::endpoint::circuit::{CircuitState, Transition};
+use crate::event::hop::DeadLetter;
+use crate::observe::labels;
+use crate::route::outcome::{DeadReason, Outcome, Why};
 
 // Events that are both logged and counted: one function each, so the log
 // fields and the metric labels cannot drift apart.
@@ -18,13 +18,13 @@ pub const MAX_LOGGED_ERROR_BYTES: usize = 1024;
 
 /// An error text cut to [`MAX_LOGGED_ERROR_BYTES`] on a character boundary.
 pub(super) fn capped(error: Option<&str>) -> Option<&str> {
-    error.map(|e| crate::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
+    error.map(|e| crate::event::hop::truncate(e, MAX_LOGGED_ERROR_BYTES))
 }
 
 /// A displayable error as a capped log field.
 pub(super) fn capped_display(error: &dyn std::fmt::Display) -> String {
     let text = error.to_string();
-    crate::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
+    crate::event::hop::truncate(&text, MAX_LOGGED_ERROR_BYTES).to_string()
 }
 
 /// One HTTP attempt finished (whatever its result).
@@ -42,44 +42,29 @@ pub fn delivered(endpoint: &str, id: &str, attempt: u32, latency_ms: Option<i64>
     tracing::debug!(endpoint, id, attempt, latency_ms, "delivered");
 }
 
-/// Why a record went to a retry tier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Retry {
-    /// Its attempt failed.
-    Failed,
-    /// No attempt: the circuit is open.
-    Deferred,
-    /// No attempt: the endpoint had too many records waiting in the partition.
-    Overflow,
-    /// No attempt: the endpoint's pace would have kept it waiting past `rate_max_wait`.
-    Paced,
-    /// No attempt: its own due time is later than its tier holds it; it laps the last tier.
-    NotYet,
-}
-
-/// A record was routed to a retry tier.
-pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, why: Retry, error: Option<&str>) {
+/// A record was routed to a retry tier after `outcome`: a failed attempt, a
+/// deferral ([`Why`]), or a record lapping the last tier until it is due.
+pub fn retry_routed(endpoint: &str, id: &str, attempt: u32, tier: &str, outcome: &Outcome, error: Option<&str>) {
     let (m, label) = (get(), labels::endpoint(endpoint));
-    let outcome = match why {
-        Retry::Failed => "retry",
-        Retry::Deferred | Retry::Overflow | Retry::Paced => "deferred",
-        Retry::NotYet => {
+    m.retries_routed.with_label_values(&[tier]).inc();
+    let why = match outcome {
+        Outcome::Deferred(why) => Some(*why),
+        Outcome::NotYet { .. } => {
             // Not a delivery outcome: the record is waiting, as it was.
-            m.retries_routed.with_label_values(&[tier]).inc();
             tracing::debug!(endpoint, id, attempt, tier, "not due yet, lapping the last tier");
             return;
         }
+        _ => None,
     };
-    m.deliveries.with_label_values(&[label, outcome]).inc();
-    m.retries_routed.with_label_values(&[tier]).inc();
+    m.deliveries.with_label_values(&[label, if why.is_some() { "deferred" } else { "retry" }]).inc();
     match why {
-        Retry::Overflow => m.endpoint_overflow.with_label_values(&[label]).inc(),
-        Retry::Paced => m.endpoint_paced.with_label_values(&[label]).inc(),
+        Some(Why::Overflow) => m.endpoint_overflow.with_label_values(&[label]).inc(),
+        Some(Why::Pace) => m.endpoint_paced.with_label_values(&[label]).inc(),
         _ => {}
     }
     let error = capped(error);
-    let deferred = why != Retry::Failed;
-    let (overflow, paced) = (why == Retry::Overflow, why == Retry::Paced);
+    let deferred = why.is_some();
+    let (overflow, paced) = (why == Some(Why::Overflow), why == Some(Why::Pace));
     tracing::info!(endpoint, id, attempt, tier, deferred, overflow, paced, error, "routed to retry tier");
 }
 
@@ -134,7 +119,7 @@ pub fn route_held(topic: &str, records: usize, oldest: Duration) {
 }
 
 /// An event-topic record carried relay headers the relay does not believe.
-pub fn relay_headers_ignored(record: &crate::hop::Coordinates, headers: usize) {
+pub fn relay_headers_ignored(record: &crate::event::hop::Coordinates, headers: usize) {
     get().relay_headers_ignored.with_label_values(&[&record.topic]).inc();
     tracing::debug!(
         topic = record.topic,
@@ -224,20 +209,19 @@ pub fn concurrency_limit(endpoint: &str, limit: usize, ceiling: usize) {
 
 /// An idle endpoint's circuit (`circuit`) or concurrency limit was evicted:
 /// its gauge goes too, unless its label is shared (`other`).
-pub fn endpoint_evicted(endpoint: &str, circuit: bool) {
+pub fn endpoint_evicted(endpoint: &str) {
     if labels::get().owns(endpoint) {
         let m = get();
-        if circuit && labels::get().is_configured(endpoint) {
-            // A configured endpoint's series stays, as it was at start-up (closed).
+        if labels::get().is_configured(endpoint) {
+            // A configured endpoint's circuit series stays, as it was at start-up (closed).
             m.circuit_state.with_label_values(&[endpoint]).set(CircuitState::Closed.gauge());
-        } else if circuit {
-            let _ = m.circuit_state.remove_label_values(&[endpoint]);
         } else {
-            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
-            let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
+            let _ = m.circuit_state.remove_label_values(&[endpoint]);
         }
+        let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "limit"]);
+        let _ = m.endpoint_concurrency.remove_label_values(&[endpoint, "ceiling"]);
     }
-    tracing::debug!(endpoint, circuit, "idle endpoint state evicted");
+    tracing::debug!(endpoint, "idle endpoint state evicted");
 }
 
 /// Bytes of records read and not yet decided, in the whole process.

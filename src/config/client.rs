@@ -89,7 +89,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// The router's producer: as [`producer_config`], taking records of up to
-/// `message_max_bytes` (see [`crate::sizes`]); `kafka.properties` still wins.
+/// `message_max_bytes` (see [`crate::route::sizes`]); `kafka.properties` still wins.
 pub fn sized_producer_config(kafka: &KafkaConfig, message_max_bytes: usize) -> ClientConfig {
     let mut c = producer_base(kafka);
     c.set("message.max.bytes", message_max_bytes.to_string());

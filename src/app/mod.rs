@@ -1,5 +1,8 @@
 //! `hookrelay run`: one consumer for the event topics, one per retry tier, one for the dead topic, and the admin server.
 
+pub mod clock;
+pub mod shutdown;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -8,9 +11,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::consume::budget::Budget;
 use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
-use crate::held::Held;
-use crate::readiness::Readiness;
-use crate::relay::{Relay, Shared, Source};
+use crate::observe::readiness::Readiness;
+use crate::relay::{Relay, Shared};
+use crate::route::held::Held;
 use crate::route::Router;
 
 /// How long start-up waits for the brokers before giving up.
@@ -58,12 +61,12 @@ pub enum RolesError {
     None,
 }
 
-pub use crate::kafka::Unavailable;
+pub use crate::config::client::Unavailable;
 
 /// Checks that the brokers answer (and accept our credentials) before anything starts.
 pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
     let kafka = config.kafka.clone();
-    tokio::task::spawn_blocking(move || crate::kafka::check_connection(&kafka, CONNECT_TIMEOUT))
+    tokio::task::spawn_blocking(move || crate::config::client::check_connection(&kafka, CONNECT_TIMEOUT))
         .await
         .unwrap_or_else(|e| Err(Unavailable { brokers: config.kafka.brokers.clone(), why: e.to_string() }))
 }
@@ -72,9 +75,9 @@ pub async fn preflight(config: &Config) -> Result<(), Unavailable> {
 pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> anyhow::Result<()> {
     preflight(&config).await?;
     // A tier or dead topic that takes less than the event topics refuses the start (exit 64).
-    let message_max_bytes = crate::sizes::producer_limit(&crate::sizes::read(&config).await)?;
+    let message_max_bytes = crate::route::sizes::producer_limit(&crate::route::sizes::read(&config).await)?;
     tracing::debug!(message_max_bytes, "producer record size limit");
-    let mut specs: Vec<(Spec, Source)> = Vec::new();
+    let mut specs: Vec<Spec> = Vec::new();
     let spec = |role, group_id: String, topics: Vec<String>| Spec {
         role,
         group_id,
@@ -88,17 +91,16 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     };
     let group = &config.kafka.group_id;
     if roles.events {
-        specs.push((spec(Role::Events, group.clone(), config.topics.events.clone()), Source::Events));
+        specs.push(spec(Role::Events, group.clone(), config.topics.events.clone()));
     }
     if roles.retry {
         for (index, tier) in config.retry.tiers.iter().enumerate() {
-            let tier_spec = spec(Role::Retry, tier_group(group, &tier.topic), vec![tier.topic.clone()]);
-            specs.push((tier_spec, Source::Tier(index)));
+            specs.push(spec(Role::Tier(index), tier_group(group, &tier.topic), vec![tier.topic.clone()]));
         }
     }
     let consumers = specs.len() + usize::from(roles.dead);
     init_series(&config, roles);
-    crate::labels::init(crate::labels::EndpointLabels::new(
+    crate::observe::labels::init(crate::observe::labels::EndpointLabels::new(
         config.endpoints.keys().cloned(),
         config.delivery.max_endpoint_labels,
     ));
@@ -106,7 +108,7 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
     let admin_stop = CancellationToken::new();
-    let admin = crate::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
+    let admin = crate::observe::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
     let shared = Shared::new(&config, message_max_bytes, held.clone())?;
     // A fatal error in one consumer stops them all.
@@ -123,8 +125,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_router(shared.router.clone(), held, config.kafka.brokers.clone(), stop.clone()));
     tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
-    for (spec, source) in specs {
-        let handler = Arc::new(Relay::new(shared.clone(), source));
+    for spec in specs {
+        let handler = Arc::new(Relay::new(shared.clone(), spec.role));
         let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
         let budget = budget.clone();
         tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
@@ -163,8 +165,8 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
 
 /// Every series an alert or the dashboard reads, at 0 from start-up.
 fn init_series(config: &Config, roles: Roles) {
-    let run = [(roles.events, Role::Events), (roles.retry, Role::Retry), (roles.dead, Role::Dead)];
-    crate::series::init(&crate::series::Known {
+    let run = [(roles.events, Role::Events), (roles.retry, Role::Tier(0)), (roles.dead, Role::Dead)];
+    crate::observe::series::init(&crate::observe::series::Known {
         tiers: &config.retry.tiers.iter().map(|t| t.topic.clone()).collect::<Vec<_>>(),
         dead_topic: &config.topics.dead,
         endpoints: config.endpoints.keys().map(String::as_str).collect(),
@@ -190,7 +192,7 @@ async fn watch_router(
                 let now = std::time::Instant::now();
                 for topic in &topics {
                     let holding = held.holding(topic, now);
-                    crate::metrics::route_held(topic, holding.records, holding.oldest);
+                    crate::observe::metrics::route_held(topic, holding.records, holding.oldest);
                 }
             }
             why = router.fatal_error() => {
@@ -202,7 +204,7 @@ async fn watch_router(
     }
 }
 
-/// Forgets the circuits and concurrency limits of endpoints idle for a while
+/// Forgets the state (limit, pace, circuit) of endpoints idle for a while
 /// (inline URLs can name any number of hosts), once a minute.
 async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> Result<(), ConsumeError> {
     let mut tick = tokio::time::interval(Duration::from_secs(60));
@@ -210,11 +212,8 @@ async fn evict_idle_endpoints(shared: Arc<Shared>, stop: CancellationToken) -> R
         tokio::select! {
             _ = tick.tick() => {
                 let now = std::time::Instant::now();
-                for endpoint in shared.circuits.evict_idle(now) {
-                    crate::metrics::endpoint_evicted(&endpoint, true);
-                }
-                for endpoint in shared.limiter.evict_idle(now) {
-                    crate::metrics::endpoint_evicted(&endpoint, false);
+                for endpoint in shared.states.evict_idle(now) {
+                    crate::observe::metrics::endpoint_evicted(&endpoint);
                 }
             }
             _ = stop.cancelled() => return Ok(()),

@@ -1,6 +1,6 @@
 //! Record headers as producers and other clients may write them (keys and
 //! values of any bytes, repeated, empty, huge, null) through the byte-keyed
-//! reader and writer ([`crate::headers`]), the hop state, the relay headers on
+//! reader and writer ([`crate::event::headers`]), the hop state, the relay headers on
 //! tier and dead records, the replay seal, the dead-letter reader and the
 //! trace context: nothing panics, foreign headers are kept byte for byte, the
 //! relay's own are overwritten (never appended), and what is written reads back.
@@ -10,14 +10,14 @@ use proptest::sample::select;
 use rdkafka::message::OwnedHeaders;
 
 use super::{config, nasty_bytes, nasty_text};
-use crate::headers::{self, RecordHeaders};
-use crate::hop::{
+use crate::event::headers::{self, RecordHeaders};
+use crate::event::hop::{
     header, replay_headers, truncate, trusted_on_event_topic, Coordinates, DeadLetter, Destination, Hop, RelayHeaders,
     SEALED,
 };
-use crate::outcome::DeadReason;
-use crate::seal::ReplayKey;
-use crate::trace::{valid_traceparent, TraceContext};
+use crate::event::seal::ReplayKey;
+use crate::event::trace_context::{valid_traceparent, TraceContext};
+use crate::route::outcome::DeadReason;
 
 type Pairs = Vec<(Vec<u8>, Option<Vec<u8>>)>;
 

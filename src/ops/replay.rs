@@ -10,11 +10,11 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::{Offset, TopicPartitionList};
 
-use crate::clock::{now_ms, parse_rfc3339_ms};
+use crate::app::clock::{now_ms, parse_rfc3339_ms};
 use crate::config::Config;
-use crate::hop::{replay_headers, DeadLetter};
-use crate::outcome::DeadReason;
-use crate::seal::ReplayKey;
+use crate::event::hop::{replay_headers, DeadLetter};
+use crate::event::seal::ReplayKey;
+use crate::route::outcome::DeadReason;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -69,7 +69,7 @@ pub async fn replay(
     mut progress: impl FnMut(&str),
 ) -> Result<Summary, ReplayError> {
     let dead = config.topics.dead.clone();
-    let mut consumer_config = crate::kafka::admin_config(&config.kafka);
+    let mut consumer_config = crate::config::client::admin_config(&config.kafka);
     consumer_config
         .set("group.id", format!("{}.replay", config.kafka.group_id))
         .set("enable.auto.commit", "false")
@@ -77,7 +77,7 @@ pub async fn replay(
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false");
     let consumer: BaseConsumer = consumer_config.create()?;
-    let producer: FutureProducer = crate::kafka::producer_config(&config.kafka).create()?;
+    let producer: FutureProducer = crate::config::client::producer_config(&config.kafka).create()?;
 
     // Where each partition starts and ends, fixed now so the scan terminates.
     let (assignment, ends) = tokio::task::block_in_place(|| -> Result<_, ReplayError> {

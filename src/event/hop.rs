@@ -4,13 +4,13 @@
 //! Trust boundary: the tier and dead topics are written by the relay only, so
 //! their relay headers are believed. An event topic is written by producers,
 //! so its relay headers are not ([`trusted_on_event_topic`]): only the ones
-//! `replay` writes, and only under a valid seal ([`crate::seal`]).
+//! `replay` writes, and only under a valid seal ([`crate::event::seal`]).
 
 use rdkafka::message::{Header, Message, OwnedHeaders, OwnedMessage};
 
-use crate::headers::{self, RecordHeaders};
-use crate::outcome::DeadReason;
-use crate::seal::ReplayKey;
+use crate::event::headers::{self, RecordHeaders};
+use crate::event::seal::ReplayKey;
+use crate::route::outcome::DeadReason;
 
 /// Names of the headers the relay writes on tier and dead records.
 pub mod header {
