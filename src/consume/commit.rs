@@ -31,10 +31,11 @@ use super::offset_map::{OffsetMap, MAX_METADATA};
 use super::Loop;
 use crate::observe::metrics;
 
-/// Decisions that make a commit due before the interval is over. At thousands
-/// of decisions a second this is a few commits a second: what a crash sends
-/// again is bounded by it (plus what was in flight), not by the interval.
-pub const COMMIT_AFTER: usize = 256;
+/// Decisions that make a commit due before the interval is over: what a crash
+/// sends again is then about this many (plus what was in flight), not a whole
+/// interval's worth. At thousands of decisions a second that is tens of commits
+/// a second, fewer where a commit's round trip is longer (one in flight at a time).
+pub const COMMIT_AFTER: usize = 64;
 
 /// A commit whose result has not come back after this long no longer holds the next one back
 /// (the poll thread that serves the result may be waiting on the loop).
