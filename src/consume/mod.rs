@@ -94,7 +94,7 @@ pub async fn run<H: Handler>(
     readiness: Readiness,
 ) -> Result<(), ConsumeError> {
     let (client, rx) = Client::start(config, &spec, readiness)?;
-    let commits = commit::Commits::new(client.commit_state(), config.kafka.commit_interval);
+    let commits = commit::Commits::new(client.commit_state(), client.consumer(), config.kafka.commit_interval)?;
     let mut state = Loop::new(spec, client.consumer(), budget, handler, commits);
     let result = state.run(rx, shutdown).await;
     let brokers = config.kafka.brokers.clone();
