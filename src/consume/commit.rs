@@ -44,6 +44,11 @@ use crate::observe::metrics;
 /// a second, fewer where a commit's round trip is longer (one in flight at a time).
 pub const COMMIT_AFTER: usize = 64;
 
+/// Commits after [`COMMIT_AFTER`] decisions are at least this far apart: at
+/// 30,000 decisions a second one every 64 cost make bench S0 13 % more CPU per
+/// delivery (against the null pipeline, 1.42 -> 1.60); ten a second do not show.
+const MIN_SPACING: Duration = Duration::from_millis(100);
+
 /// A commit that has not come back after this long no longer holds the next one back
 /// (it waits in line behind it).
 const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(5);
@@ -121,6 +126,15 @@ impl Commits {
         self.interval
     }
 
+    /// Waits (briefly) for the committing thread's commit, so that an older list
+    /// cannot land after the one a revoke or close commits.
+    fn wait_idle(&self) {
+        let until = Instant::now() + IN_FLIGHT_EXPIRY;
+        while self.state.in_flight.load(Ordering::SeqCst) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
     fn busy(&self) -> bool {
         self.state.in_flight.load(Ordering::SeqCst) && self.sent_at.elapsed() < IN_FLIGHT_EXPIRY
     }
@@ -143,7 +157,8 @@ impl<H: Handler> Loop<H> {
     /// Commits the partitions decided on since their last commit, asynchronously, when
     /// enough decisions gathered or `tick` (the interval) says so, unless a commit is in flight.
     pub(super) fn commit_due(&mut self, tick: bool) {
-        if !(tick || self.commits.decisions >= COMMIT_AFTER) || self.commits.busy() {
+        let enough = self.commits.decisions >= COMMIT_AFTER && self.commits.sent_at.elapsed() >= MIN_SPACING;
+        if !(tick || enough) || self.commits.busy() {
             return;
         }
         let refused = self.commits.take_refused();
@@ -187,12 +202,14 @@ impl<H: Handler> Loop<H> {
 
     /// The commit list of `keys` (for a revoke: the poll thread commits it).
     pub(super) fn commit_list_of(&mut self, keys: &[(Arc<str>, i32)]) -> TopicPartitionList {
+        self.commits.wait_idle();
         let refused = self.commits.take_refused();
         self.commit_list(|key, _| keys.contains(key), &refused)
     }
 
     /// Commits every partition now, synchronously (at the end of a drain).
     pub(super) fn commit_all(&mut self) {
+        self.commits.wait_idle();
         let refused = self.commits.take_refused();
         let tpl = self.commit_list(|_, _| true, &refused);
         commit_sync(&self.consumer, &tpl);
