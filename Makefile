@@ -9,13 +9,15 @@ BENCH_ARGS ?=
 # make profile SCENARIO=S0
 SCENARIO ?= S0
 
-.PHONY: help build release run test unit lint fmt bench profile drill kafka-up kafka-down deploy-check clean
+.PHONY: help build release run test unit lint doc-check docs deny fmt bench profile drill kafka-up kafka-down deploy-check clean
 
 help:
 	@echo "make run          local Kafka (unless KAFKA_BOOTSTRAP is set) + topics ensure + hookrelay run"
 	@echo "make test         local Kafka + every test (unit, end-to-end, deploy checks) + stop"
-	@echo "make unit         unit tests only (no broker)"
-	@echo "make lint         cargo fmt --check and clippy -D warnings"
+	@echo "make unit         unit tests and the handbook reference checks (no broker)"
+	@echo "make lint         cargo fmt --check, clippy -D warnings, cargo doc -D warnings"
+	@echo "make docs         the handbook (docs/) into docs/book, internal links checked"
+	@echo "make deny         supply chain: cargo deny (advisories, bans, licences, sources; deny.toml)"
 	@echo "make bench        the benchmark (S0..S12, 3 repeats: medians, spreads, targets), .bench/*.json + docs/src/results/bench.md"
 	@echo "make profile      perf + flame graph of the relay during one scenario (SCENARIO=S0): .bench/flame-s0.svg"
 	@echo "make drill        fault drills (kill -9, broker down, malformed, ...): one ledger line each, lost = 0"
@@ -45,11 +47,22 @@ test:
 	@scripts/test.sh
 
 unit:
-	$(CARGO) test --locked --lib --bins
+	$(CARGO) test --locked --lib --bins --test docs
 
-lint:
+lint: doc-check
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
+
+# The crate's API docs: a broken intra-doc link or bad doc markup fails.
+doc-check:
+	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --locked --no-deps
+
+docs:
+	@scripts/docs.sh
+
+# Builds cargo-deny once into .cache/tools; reads the advisory snapshot in ../shared/advisory-db.
+deny:
+	@scripts/deny.sh
 
 fmt:
 	$(CARGO) fmt --all

@@ -96,13 +96,11 @@ pub fn of_outcome(o: &Outcome) -> Figures {
         f.insert("cpu_vs_null".into(), v);
     }
     if let (Some(load), Some(r)) = (o.load, relay) {
-        let offered = if o.produce_s > 0.0 { o.produced as f64 / o.produce_s } else { load };
-        f.insert("offered".into(), offered);
-        // Events go round-robin over the endpoints: the main class is offered its share.
-        let eps = &o.scenario.endpoints;
-        let share = eps.iter().filter(|e| MAIN_CLASSES.contains(&e.class)).count() as f64 / eps.len().max(1) as f64;
-        if let Some(main) = main_class(r).filter(|_| share > 0.0) {
-            f.insert("main_vs_offered".into(), main.rate() / (offered * share));
+        f.insert("offered".into(), load);
+        // Delivered rate over the rate the same events were scheduled at: 1.0 when
+        // the class keeps up with what it is offered, whatever the producer's own pace.
+        if let Some(main) = main_class(r).filter(|m| m.offered_rate() > 0.0) {
+            f.insert("main_vs_offered".into(), main.rate() / main.offered_rate());
         }
     }
     if let Some(r) = relay.filter(|r| o.scenario.name == "S5" && r.rss.len() >= 4) {

@@ -120,7 +120,7 @@ fn chosen(args: &Args, scale: f64) -> anyhow::Result<Vec<Scenario>> {
     Ok(chosen)
 }
 
-/// Half of S1's capacity over its counting runs so far.
+/// Half of S1's capacity over its counting runs so far (the first round's).
 fn derived_load(runs: &[(Run, Option<run::Outcome>, Option<String>)]) -> Option<f64> {
     let rates: Vec<f64> = runs
         .iter()
@@ -188,29 +188,34 @@ async fn main() -> anyhow::Result<()> {
     let date = time::OffsetDateTime::now_utc().format(&time::format_description::well_known::Rfc3339)?;
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     let cpu_model = proc_field("/proc/cpuinfo", "model name");
+    // Read once at the start: the commit that was built and measured, even if HEAD moves during the run.
+    let git = git_rev();
     let header = format!(
         "hookrelay bench {date}, {cores} cores ({}), {} MiB, broker {bootstrap} (pid {}), scale {scale}, {} repeat(s), git {}",
         cpu_model.as_deref().unwrap_or("?"),
         mem_total_mib().unwrap_or(0),
         env.broker_pid.as_deref().unwrap_or("not found"),
         args.repeat,
-        git_rev().unwrap_or_default()
+        git.as_deref().unwrap_or_default()
     );
     eprintln!("{header}");
     let started = Instant::now();
     let mut done: Vec<Done> = Vec::new();
     let mut load = args.load;
-    for s in &chosen {
-        if s.drive == Drive::Load && load.is_none() {
-            load = derived_load(&done);
-            match load {
-                Some(l) => {
-                    eprintln!("          offered load for the fixed-load runs: {l:.0} events/s (half of S1's capacity)")
+    // Rounds of every scenario once: a noisy spell on a shared machine spreads over
+    // all scenarios instead of landing on one, so the ratios to S1 hold still. The
+    // fixed load is half of S1's capacity in the first round (S1 cap runs first).
+    for repeat in 0..args.repeat {
+        for s in &chosen {
+            if s.drive == Drive::Load && load.is_none() {
+                load = derived_load(&done);
+                match load {
+                    Some(l) => eprintln!(
+                        "          offered load for the fixed-load runs: {l:.0} events/s (half of S1's capacity)"
+                    ),
+                    None => eprintln!("          no S1 capacity measured: the fixed-load runs fail (or give --load)"),
                 }
-                None => eprintln!("          no S1 capacity measured: the fixed-load runs fail (or give --load)"),
             }
-        }
-        for repeat in 0..args.repeat {
             done.push(run_one(s, repeat, &env, load, started).await);
         }
     }
@@ -237,7 +242,7 @@ async fn main() -> anyhow::Result<()> {
         "date": date, "cores": cores, "cpu_model": cpu_model, "mem_total_mib": mem_total_mib(),
         "bootstrap": bootstrap, "broker_pid": env.broker_pid, "scale": scale, "repeat": args.repeat,
         "quick": args.quick, "load": load, "load_given": args.load.is_some(), "deadline_s": args.deadline.as_secs(),
-        "git": git_rev(), "total_s": total_s, "failures": failures,
+        "git": git, "total_s": total_s, "failures": failures,
     });
     let run_values = runs.iter().zip(&rest).map(|(r, (o, e))| report::run_json(r, o.as_ref(), e.as_deref())).collect();
     let record = report::json(meta, run_values, &summary, &verdicts);

@@ -6,7 +6,7 @@ use std::fmt::Write;
 use serde_json::Value;
 
 use crate::figures::Stat;
-use crate::report::{stat, COLUMNS, RATIOS};
+use crate::report::{ratio_line, stat, COLUMNS};
 
 fn stat_of(v: &Value) -> Option<Stat> {
     serde_json::from_value(v.clone()).ok()
@@ -69,9 +69,7 @@ pub fn render(record: &Value) -> String {
         for (_, figure) in COLUMNS {
             let _ = write!(out, " {} |", stat(stat_of(&figures[figure]).as_ref()));
         }
-        let ratios: Vec<String> =
-            RATIOS.iter().filter_map(|f| Some(format!("{f} {}", stat(Some(&stat_of(figures.get(*f)?)?))))).collect();
-        let _ = writeln!(out, " {} |", ratios.join(", "));
+        let _ = writeln!(out, " {} |", ratio_line(|f| stat_of(figures.get(f)?)));
     }
     out.push_str("\n## Targets (issue 24), judged on medians\n\n| scenario | figure | target | median [min-max] | verdict | what |\n|---|---|---|---|---|---|\n");
     for t in record["targets"].as_array().into_iter().flatten() {

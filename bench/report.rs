@@ -64,6 +64,17 @@ pub const RATIOS: [&str; 9] = [
     "rss_end_vs_quarter",
 ];
 
+/// The [`RATIOS`] a scenario has, `name median [min-max]`, comma-separated (no dead count when none died).
+pub fn ratio_line(get: impl Fn(&str) -> Option<Stat>) -> String {
+    let parts: Vec<String> = RATIOS
+        .iter()
+        .filter_map(|f| Some((f, get(f)?)))
+        .filter(|(f, s)| **f != "dead" || s.max > 0.0)
+        .map(|(f, s)| format!("{f} {}", stat(Some(&s))))
+        .collect();
+    parts.join(", ")
+}
+
 fn counts(runs: &[Run], label: &str) -> (usize, usize) {
     let all = runs.iter().filter(|r| r.label == label).count();
     (runs.iter().filter(|r| r.label == label && !r.void).count(), all)
@@ -97,10 +108,9 @@ pub fn table(runs: &[Run], summary: &Summary, verdicts: &[Verdict]) -> String {
             out.push_str(&format!(" {:>22}", stat(stats.get(figure))));
         }
         out.push('\n');
-        let ratios: Vec<String> =
-            RATIOS.iter().filter_map(|f| Some(format!("{f} {}", stat(Some(stats.get(*f)?))))).collect();
+        let ratios = ratio_line(|f| stats.get(f).copied());
         if !ratios.is_empty() {
-            out.push_str(&format!("{:<16} {}\n", "", ratios.join(", ")));
+            out.push_str(&format!("{:<16} {ratios}\n", ""));
         }
     }
     out.push_str(

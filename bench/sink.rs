@@ -53,6 +53,8 @@ pub struct ClassStats {
     pub latencies_us: Vec<u64>,
     pub first: Option<Instant>,
     pub last: Option<Instant>,
+    /// Earliest and latest scheduled produce time (µs since the epoch) of the events delivered.
+    pub scheduled_us: Option<(u64, u64)>,
 }
 
 impl ClassStats {
@@ -64,6 +66,16 @@ impl ClassStats {
     pub fn rate(&self) -> f64 {
         match (self.first, self.last) {
             (Some(first), Some(last)) if last > first => self.delivered() as f64 / (last - first).as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+
+    /// The rate at which the delivered events were scheduled to be produced: what
+    /// was offered to the class in a fixed-load run (its delivered count over the
+    /// span of their scheduled times).
+    pub fn offered_rate(&self) -> f64 {
+        match self.scheduled_us {
+            Some((first, last)) if last > first => self.delivered() as f64 / ((last - first) as f64 / 1e6),
             _ => 0.0,
         }
     }
@@ -231,6 +243,8 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
                 let from = tag.t.max(ctx.floor_us.load(Ordering::Relaxed));
                 class.latencies_us.push(received_us.saturating_sub(from));
                 class.first.get_or_insert(received);
+                let (lo, hi) = class.scheduled_us.get_or_insert((tag.t, tag.t));
+                (*lo, *hi) = ((*lo).min(tag.t), (*hi).max(tag.t));
                 class.last = Some(received);
             } else {
                 seen.duplicates += 1;
@@ -241,4 +255,24 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
     let mut response = Response::new(Full::new(Bytes::new()));
     *response.status_mut() = status;
     Ok(response)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_class_that_falls_behind_is_delivered_slower_than_it_was_offered() {
+        let t0 = Instant::now();
+        let class = ClassStats {
+            name: "fast",
+            latencies_us: vec![1, 2, 3, 4],
+            first: Some(t0),
+            last: Some(t0 + Duration::from_secs(2)),
+            scheduled_us: Some((5_000_000, 6_000_000)),
+        };
+        assert_eq!(class.rate(), 2.0);
+        assert_eq!(class.offered_rate(), 4.0);
+        assert_eq!(ClassStats { scheduled_us: None, ..class }.offered_rate(), 0.0);
+    }
 }

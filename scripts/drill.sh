@@ -7,6 +7,8 @@
 # broker this script started (scripts/kafka.sh honours KAFKA_PORT,
 # KAFKA_CONTROLLER_PORT, ... and KAFKA_RUN_DIR: set them to run a second broker
 # beside a shared one); with KAFKA_BOOTSTRAP set it says "not run".
+#
+# The ledgers then become the handbook's docs/src/results/drill.md (scripts/results.py).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source scripts/local-broker.sh
@@ -14,5 +16,8 @@ if [[ -n "$LOCAL_BROKER" ]]; then
     export DRILL_OWN_BROKER=1
 fi
 mkdir -p target
+status=0
 cargo test --locked --release --test e2e -- --ignored --nocapture --test-threads 1 drill:: 2>&1 \
-    | tee target/drill.log | grep -oE "DRILL.*|^       [a-z].*|test result.*|panicked.*"
+    | tee target/drill.log | grep -oE "DRILL.*|^       [a-z].*|test result.*|panicked.*" || status=$?
+python3 scripts/results.py drill target/drill.log docs/src/results/drill.md || true
+exit "$status"

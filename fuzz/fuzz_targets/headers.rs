@@ -4,7 +4,8 @@
 #![no_main]
 
 use hookrelay::event::headers::{self, RecordHeaders};
-use hookrelay::event::hop::{trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use hookrelay::event::hop::{Coordinates, Destination, Hop, RelayHeaders};
+use hookrelay::event::trust::trusted_on_event_topic;
 use hookrelay::route::outcome::DeadReason;
 use hookrelay::event::trace_context::TraceContext;
 use libfuzzer_sys::fuzz_target;

@@ -3,14 +3,18 @@
 pub mod clock;
 pub mod shutdown;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::registry::follow::{self, OnChange};
+use crate::endpoint::registry::{Effect, Registry};
 
 use crate::config::Config;
 use crate::consume::budget::Budget;
-use crate::consume::{self, ConsumeError, PauseReason, Role, Spec};
+use crate::consume::{self, ConsumeError, Handler, PauseReason, Role, Spec};
 use crate::observe::readiness::Readiness;
 use crate::relay::{Relay, Shared};
 use crate::route::held::Held;
@@ -77,40 +81,40 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
     // A tier or dead topic that takes less than the event topics refuses the start (exit 64).
     let message_max_bytes = crate::route::sizes::producer_limit(&crate::route::sizes::read(&config).await)?;
     tracing::debug!(message_max_bytes, "producer record size limit");
-    let mut specs: Vec<Spec> = Vec::new();
-    let spec = |role, group_id: String, topics: Vec<String>| Spec {
-        role,
-        group_id,
-        topics,
-        max_in_flight: config.delivery.max_in_flight,
-        max_in_flight_per_partition: config.delivery.max_in_flight_per_partition,
-        max_read_ahead: config.delivery.max_read_ahead_per_partition,
-        max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
-        max_held: MAX_HELD,
-        grace: config.shutdown.grace,
-    };
-    let group = &config.kafka.group_id;
-    if roles.events {
-        specs.push(spec(Role::Events, group.clone(), config.topics.events.clone()));
-    }
-    if roles.retry {
-        for (index, tier) in config.retry.tiers.iter().enumerate() {
-            specs.push(spec(Role::Tier(index), tier_group(group, &tier.topic), vec![tier.topic.clone()]));
-        }
-    }
+    let specs = relay_specs(&config, roles);
     let consumers = specs.len() + usize::from(roles.dead);
     init_series(&config, roles);
     crate::observe::labels::init(crate::observe::labels::EndpointLabels::new(
         config.endpoints.keys().cloned(),
         config.delivery.max_endpoint_labels,
     ));
+    crate::observe::waiting::init(config.endpoints.keys().map(String::as_str));
     let held = Arc::new(Held::default());
-    let readiness = Readiness::new(consumers).held_bound(held.clone(), config.kafka.route_held_not_ready_after);
+    // Empty and stale (not ready) until it is read to its end, before any role consumes.
+    let registry = (!config.topics.endpoints.is_empty()).then(|| Arc::new(Registry::new(&config)));
+    let readiness = Readiness::new(consumers)
+        .held_bound(held.clone(), config.kafka.route_held_not_ready_after)
+        .registry_bound(registry.clone());
     // The admin server outlives the drain (metrics stay scrapable); it stops last.
     let admin_stop = CancellationToken::new();
     let admin = crate::observe::admin::serve(config.admin.listen, readiness.clone(), admin_stop.clone()).await?;
 
-    let shared = Shared::new(&config, message_max_bytes, held.clone())?;
+    // Changes reach the per-endpoint state once it exists; those read before, it is made from.
+    let state: Arc<OnceLock<Arc<Shared>>> = Arc::default();
+    if let Some(registry) = &registry {
+        let state = state.clone();
+        let on_change: OnChange = Arc::new(move |name, effect, entry| {
+            if let Some(shared) = state.get() {
+                shared.registry_changed(name, effect, entry);
+            }
+        });
+        follow::start(&config, registry, on_change, shutdown.clone()).await?;
+    }
+    let shared = Shared::new(&config, message_max_bytes, held.clone(), registry.clone())?;
+    let _ = state.set(shared.clone());
+    for (name, entry) in registry.as_ref().map(|r| r.all()).unwrap_or_default() {
+        shared.registry_changed(&name, Effect::Kept, Some(&entry));
+    }
     // A fatal error in one consumer stops them all.
     let stop = shutdown.child_token();
     {
@@ -121,23 +125,88 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             readiness.drain();
         });
     }
-    let budget = Arc::new(Budget::new(config.delivery.max_buffered_bytes.as_u64() as usize));
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(watch_router(shared.router.clone(), held, config.kafka.brokers.clone(), stop.clone()));
     tasks.spawn(evict_idle_endpoints(shared.clone(), stop.clone()));
+    let budget = Arc::new(Budget::new(config.delivery.max_buffered_bytes.as_u64() as usize));
+    let start = Start { config: &config, budget, stop: stop.clone(), readiness };
     for spec in specs {
         let handler = Arc::new(Relay::new(shared.clone(), spec.role));
-        let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
-        let budget = budget.clone();
-        tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
+        start.consumer(&mut tasks, spec, handler);
     }
     if roles.dead {
         let handler = Arc::new(crate::notify::FailureHandler::new(&config)?);
-        let spec = spec(Role::Dead, dead_group(group), vec![config.topics.dead.clone()]);
-        let (config, stop, readiness) = (config.clone(), stop.clone(), readiness.clone());
-        let budget = budget.clone();
+        let spec =
+            consumer_spec(&config, Role::Dead, dead_group(&config.kafka.group_id), vec![config.topics.dead.clone()]);
+        start.consumer(&mut tasks, spec, handler);
+    }
+    let result = join_consumers(tasks, &stop).await;
+    shared.router.flush(Duration::from_secs(5));
+    // Best effort: the last decisions' log records, if the broker takes them quickly.
+    shared.attempts.flush(Duration::from_secs(2));
+    shutdown.cancel();
+    admin_stop.cancel();
+    let _ = admin.await;
+    tracing::info!("stopped");
+    result
+}
+
+/// The relay's consumers of the chosen roles: one for the event topics, one per retry tier.
+fn relay_specs(config: &Config, roles: Roles) -> Vec<Spec> {
+    let group = &config.kafka.group_id;
+    let mut specs = Vec::new();
+    if roles.events {
+        specs.push(consumer_spec(config, Role::Events, group.clone(), config.topics.events.clone()));
+    }
+    if roles.retry {
+        for (index, tier) in config.retry.tiers.iter().enumerate() {
+            specs.push(consumer_spec(
+                config,
+                Role::Tier(index),
+                tier_group(group, &tier.topic),
+                vec![tier.topic.clone()],
+            ));
+        }
+    }
+    specs
+}
+
+/// One consumer's settings: its group and topics, and the limits from `[delivery]` and `[shutdown]`.
+fn consumer_spec(config: &Config, role: Role, group_id: String, topics: Vec<String>) -> Spec {
+    Spec {
+        role,
+        group_id,
+        topics,
+        max_in_flight: config.delivery.max_in_flight,
+        max_in_flight_per_partition: config.delivery.max_in_flight_per_partition,
+        max_read_ahead: config.delivery.max_read_ahead_per_partition,
+        max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
+        max_held: MAX_HELD,
+        grace: config.shutdown.grace,
+    }
+}
+
+/// What every consumer task shares: the config, the read budget, the stop signal and readiness.
+struct Start<'a> {
+    config: &'a Config,
+    budget: Arc<Budget>,
+    stop: CancellationToken,
+    readiness: Readiness,
+}
+
+impl Start<'_> {
+    fn consumer<H>(&self, tasks: &mut JoinSet<Result<(), ConsumeError>>, spec: Spec, handler: Arc<H>)
+    where
+        H: Handler,
+    {
+        let (config, stop, readiness) = (self.config.clone(), self.stop.clone(), self.readiness.clone());
+        let budget = self.budget.clone();
         tasks.spawn(async move { consume::run(&config, spec, budget, handler, stop, readiness).await });
     }
+}
+
+/// Waits for every task; the first failure stops the others and is the result.
+async fn join_consumers(mut tasks: JoinSet<Result<(), ConsumeError>>, stop: &CancellationToken) -> anyhow::Result<()> {
     let mut result = Ok(());
     while let Some(joined) = tasks.join_next().await {
         let outcome = match joined {
@@ -155,11 +224,6 @@ pub async fn run(config: Config, roles: Roles, shutdown: CancellationToken) -> a
             }
         }
     }
-    shared.router.flush(Duration::from_secs(5));
-    shutdown.cancel();
-    admin_stop.cancel();
-    let _ = admin.await;
-    tracing::info!("stopped");
     result
 }
 

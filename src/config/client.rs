@@ -39,7 +39,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// Applies `kafka.properties` last, so operators can tune anything.
-fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn with_properties(mut c: ClientConfig, kafka: &KafkaConfig) -> ClientConfig {
     for (key, value) in kafka.properties.expose() {
         c.set(key, value);
     }

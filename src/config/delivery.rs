@@ -6,8 +6,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Secret, SecretUrl};
+use super::error::{invalid, ConfigError};
+use super::secret::{Secret, SecretUrl};
+use crate::endpoint::egress;
+use crate::endpoint::guard::{check_header, parse_target_url};
 use crate::endpoint::pace::Rate;
+use crate::endpoint::sign::SigningKey;
 
 /// The retry ladder and when to give up.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -38,6 +42,29 @@ impl Default for RetryConfig {
                 tier("webhooks.retry-1h", 3600),
             ],
         }
+    }
+}
+
+impl RetryConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.tiers.is_empty() {
+            return Err(invalid("retry.tiers", "needs at least one tier"));
+        }
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if tier.delay.is_zero() {
+                return Err(invalid(format!("retry.tiers[{i}].delay"), "must be more than 0"));
+            }
+            if i > 0 && tier.delay < self.tiers[i - 1].delay {
+                return Err(invalid(format!("retry.tiers[{i}].delay"), "the ladder's delays must not shrink"));
+            }
+        }
+        if !(0.0..=0.1).contains(&self.jitter) {
+            return Err(invalid("retry.jitter", "must be between 0 and 0.1 (10 % of the tier delay)"));
+        }
+        if self.max_age.is_zero() {
+            return Err(invalid("retry.max_age", "must be more than 0"));
+        }
+        Ok(())
     }
 }
 
@@ -155,6 +182,49 @@ impl Default for DeliveryConfig {
     }
 }
 
+impl DeliveryConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.timeout.is_zero() {
+            return Err(invalid("delivery.timeout", "must be more than 0"));
+        }
+        for status in &self.permanent_statuses {
+            if !(100..=599).contains(status) || (200..300).contains(status) {
+                return Err(invalid("delivery.permanent_statuses", format!("{status} is not a failure status")));
+            }
+        }
+        // A record larger than the whole budget could never be read.
+        if self.max_buffered_bytes.as_u64() < 2 * self.max_payload_bytes as u64 {
+            return Err(invalid("delivery.max_buffered_bytes", "must be at least twice delivery.max_payload_bytes"));
+        }
+        let limits = [
+            ("delivery.max_in_flight", self.max_in_flight),
+            ("delivery.max_in_flight_per_partition", self.max_in_flight_per_partition),
+            ("delivery.max_in_flight_per_endpoint", self.max_in_flight_per_endpoint),
+            ("delivery.max_read_ahead_per_partition", self.max_read_ahead_per_partition),
+            ("delivery.max_payload_bytes", self.max_payload_bytes),
+        ];
+        for (key, value) in limits {
+            if value == 0 {
+                return Err(invalid(key, "must be more than 0"));
+            }
+        }
+        if self.max_waiting_per_endpoint < 8 {
+            return Err(invalid("delivery.max_waiting_per_endpoint", "must be at least 8"));
+        }
+        if let Some(proxy) = &self.proxy {
+            egress::proxy(proxy.expose()).map_err(|e| invalid("delivery.proxy", e.to_string()))?;
+        }
+        if self.rate_burst == Some(0) {
+            return Err(invalid("delivery.rate_burst", "must be at least 1"));
+        }
+        for (i, secret) in self.signing_secrets.iter().enumerate() {
+            SigningKey::parse(secret.expose())
+                .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;
+        }
+        Ok(())
+    }
+}
+
 /// The per-endpoint circuit breaker.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -171,6 +241,15 @@ pub struct CircuitConfig {
 impl Default for CircuitConfig {
     fn default() -> Self {
         CircuitConfig { enabled: true, failure_threshold: 10, cool_down: Duration::from_secs(30) }
+    }
+}
+
+impl CircuitConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.enabled && self.failure_threshold == 0 {
+            return Err(invalid("circuit.failure_threshold", "must be more than 0"));
+        }
+        Ok(())
     }
 }
 
@@ -218,4 +297,41 @@ pub struct EndpointConfig {
     /// Delivery order for this endpoint, as `delivery.ordering`. Default: `delivery.ordering`.
     #[serde(default)]
     pub ordering: Option<Ordering>,
+}
+
+impl EndpointConfig {
+    /// Checks the endpoint called `name` (`endpoints.<name>.*` in errors).
+    pub(super) fn validate(&self, name: &str, files: super::Files) -> Result<(), ConfigError> {
+        let key = |field: &str| format!("endpoints.{name}.{field}");
+        parse_target_url(self.url.expose()).map_err(|e| invalid(key("url"), e.to_string()))?;
+        for (i, secret) in self.secrets.iter().enumerate() {
+            SigningKey::parse(secret.expose())
+                .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
+        }
+        if self.timeout.is_some_and(|t| t.is_zero()) {
+            return Err(invalid(key("timeout"), "must be more than 0"));
+        }
+        if self.max_in_flight == Some(0) {
+            return Err(invalid(key("max_in_flight"), "must be more than 0"));
+        }
+        for (header, value) in &self.headers {
+            check_header(header, value.expose()).map_err(|e| invalid(key("headers"), e.to_string()))?;
+        }
+        if files == super::Files::Check {
+            egress::identity_of(self.client_cert.as_deref(), self.client_key.as_deref())
+                .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
+            if let Some(ca) = &self.ca {
+                egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
+            }
+        } else if self.client_cert.is_some() != self.client_key.is_some() {
+            return Err(invalid(key("client_cert"), "client_cert and client_key go together"));
+        }
+        if let Some(proxy) = &self.proxy {
+            egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
+        }
+        if self.rate_burst == Some(0) {
+            return Err(invalid(key("rate_burst"), "must be at least 1"));
+        }
+        Ok(())
+    }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Properties, Secret};
+use super::error::{invalid, ConfigError};
+use super::secret::{Properties, Secret};
 
 /// How to reach the brokers.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,6 +58,24 @@ impl Default for KafkaConfig {
             group_protocol: GroupProtocol::Classic,
             properties: Properties::default(),
         }
+    }
+}
+
+impl KafkaConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must not be empty"));
+        }
+        if self.group_id.trim().is_empty() {
+            return Err(invalid("kafka.group_id", "must not be empty"));
+        }
+        if self.security_protocol.uses_sasl() && self.sasl.is_none() {
+            return Err(invalid("kafka.sasl", "is required when kafka.security_protocol is sasl_*"));
+        }
+        if !self.security_protocol.uses_tls() && self.tls.ca_location.is_some() {
+            return Err(invalid("kafka.tls", "is set but kafka.security_protocol does not use TLS"));
+        }
+        Ok(())
     }
 }
 

@@ -10,7 +10,7 @@ pub mod client;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use figment::providers::{Env, Format, Serialized, Toml};
@@ -18,15 +18,18 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub use self::delivery::{CircuitConfig, DeliveryConfig, EndpointConfig, Ordering, RetryConfig, TierConfig};
+use self::error::invalid;
+pub use self::error::ConfigError;
 pub use self::kafka::{GroupProtocol, KafkaConfig, SaslConfig, SaslMechanism, SecurityProtocol, TlsConfig};
 pub use self::notify::{HttpFormat, NotifyConfig, SinkConfig, SmtpTls};
+pub use self::registry::RegistryConfig;
 pub use self::secret::{is_secret_property, Properties, Secret, SecretUrl, REDACTED};
-use crate::endpoint::egress;
-use crate::endpoint::sign::SigningKey;
 
 mod delivery;
+mod error;
 mod kafka;
 mod notify;
+mod registry;
 mod secret;
 
 /// The file read when `--config` is not given, if it exists.
@@ -37,21 +40,6 @@ pub const ENV_PREFIX: &str = "HOOKRELAY_";
 
 /// Env vars under the prefix that are not config keys (read by the CLI).
 const ENV_NOT_KEYS: &[&str] = &["config", "log"];
-
-/// Why a configuration was refused. The CLI prints it on one line and exits 64.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("config file {0} does not exist")]
-    Missing(PathBuf),
-    #[error("{0}")]
-    Parse(String),
-    #[error("{key}: {problem}")]
-    Invalid { key: String, problem: String },
-}
-
-fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), problem: problem.into() }
-}
 
 /// The whole configuration. `Default` is the built-in layer.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -66,6 +54,7 @@ pub struct Config {
     pub endpoints: BTreeMap<String, EndpointConfig>,
     pub notify: NotifyConfig,
     pub replay: ReplayConfig,
+    pub registry: RegistryConfig,
     pub admin: AdminConfig,
     pub shutdown: ShutdownConfig,
 }
@@ -78,6 +67,13 @@ pub struct TopicsConfig {
     pub events: Vec<String>,
     /// Dead letters. Default `webhooks.dead`.
     pub dead: String,
+    /// The attempt log: one JSON record per attempt and per decision, keyed by
+    /// event id, kept 7 days (`hookrelay trace` reads it). `""` turns it off.
+    /// Default `webhooks.attempts`.
+    pub attempts: String,
+    /// The endpoint registry (compacted): endpoints as data, key = name.
+    /// `""` turns the registry off. Default `webhooks.endpoints`.
+    pub endpoints: String,
     /// Partitions for topics that `topics ensure` creates. Default 6.
     pub partitions: i32,
     /// Replication factor for created topics; -1 = the broker's default. Default -1.
@@ -95,6 +91,8 @@ impl Default for TopicsConfig {
         TopicsConfig {
             events: vec!["webhooks.events".into()],
             dead: "webhooks.dead".into(),
+            attempts: "webhooks.attempts".into(),
+            endpoints: "webhooks.endpoints".into(),
             partitions: 6,
             replication_factor: -1,
             retention: Duration::from_secs(7 * 24 * 3600),
@@ -121,6 +119,25 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
 }
 
+impl TopicsConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.events.is_empty() {
+            return Err(invalid("topics.events", "needs at least one topic"));
+        }
+        Ok(())
+    }
+}
+
+impl ReplayConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let min = crate::event::seal::MIN_KEY_BYTES;
+        if self.key.as_ref().is_some_and(|k| k.expose().len() < min) {
+            return Err(invalid("replay.key", format!("must be at least {min} bytes")));
+        }
+        Ok(())
+    }
+}
+
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig { listen: SocketAddr::from(([0, 0, 0, 0], 9464)) }
@@ -139,6 +156,31 @@ impl Default for ShutdownConfig {
     fn default() -> Self {
         ShutdownConfig { grace: Duration::from_secs(20) }
     }
+}
+
+impl ShutdownConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.grace.is_zero() {
+            return Err(invalid("shutdown.grace", "must be more than 0"));
+        }
+        Ok(())
+    }
+}
+
+/// Whether an endpoint's validation reads the TLS files it names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Files {
+    /// Read them (the file at load; each replica when it applies a registry record).
+    Check,
+    /// Leave them (`endpoints put`: the paths are the replicas', not this machine's).
+    Skip,
+}
+
+/// The one validator of an endpoint's spec, for both sources: a
+/// `[endpoints.NAME]` table of the file and a registry record. Each error
+/// names the key at fault (`endpoints.NAME.FIELD`).
+pub fn validate_endpoint(name: &str, endpoint: &EndpointConfig, files: Files) -> Result<(), ConfigError> {
+    endpoint.validate(name, files)
 }
 
 impl Config {
@@ -177,28 +219,31 @@ impl Config {
         Ok(config)
     }
 
-    /// Cross-field checks. Each error names the key at fault.
+    /// Every section checks itself, then the checks across sections. Each
+    /// error names the key at fault; the first one found is returned.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if self.kafka.brokers.trim().is_empty() {
-            return Err(invalid("kafka.brokers", "must not be empty"));
+        self.kafka.validate()?;
+        self.topics.validate()?;
+        self.retry.validate()?;
+        self.topic_names_are_legal_and_distinct()?;
+        self.delivery.validate()?;
+        for (name, endpoint) in &self.endpoints {
+            endpoint.validate(name, Files::Check)?;
         }
-        if self.kafka.group_id.trim().is_empty() {
-            return Err(invalid("kafka.group_id", "must not be empty"));
-        }
-        if self.kafka.security_protocol.uses_sasl() && self.kafka.sasl.is_none() {
-            return Err(invalid("kafka.sasl", "is required when kafka.security_protocol is sasl_*"));
-        }
-        if !self.kafka.security_protocol.uses_tls() && self.kafka.tls.ca_location.is_some() {
-            return Err(invalid("kafka.tls", "is set but kafka.security_protocol does not use TLS"));
-        }
-        if self.topics.events.is_empty() {
-            return Err(invalid("topics.events", "needs at least one topic"));
-        }
-        if self.retry.tiers.is_empty() {
-            return Err(invalid("retry.tiers", "needs at least one tier"));
-        }
+        self.registry.validate()?;
+        self.circuit.validate()?;
+        self.notify.validate()?;
+        self.replay.validate()?;
+        self.shutdown.validate()
+    }
+
+    /// Event, dead and tier topics are legal Kafka names, each used for one role only.
+    fn topic_names_are_legal_and_distinct(&self) -> Result<(), ConfigError> {
         let mut seen = std::collections::BTreeSet::new();
-        let all_topics = self.topics.events.iter().chain(std::iter::once(&self.topics.dead));
+        let registry = Some(&self.topics.endpoints).filter(|t| !t.is_empty());
+        let attempts = Some(&self.topics.attempts).filter(|t| !t.is_empty());
+        let all_topics =
+            self.topics.events.iter().chain(std::iter::once(&self.topics.dead)).chain(registry).chain(attempts);
         for topic in all_topics.chain(self.retry.tiers.iter().map(|t| &t.topic)) {
             // Kafka's rule: 1 to 249 characters of [a-zA-Z0-9._-], not "." or "..".
             let legal = topic.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
@@ -208,124 +253,6 @@ impl Config {
             if !seen.insert(topic) {
                 return Err(invalid("topics", format!("topic {topic:?} is used for two roles")));
             }
-        }
-        for (i, tier) in self.retry.tiers.iter().enumerate() {
-            if tier.delay.is_zero() {
-                return Err(invalid(format!("retry.tiers[{i}].delay"), "must be more than 0"));
-            }
-            if i > 0 && tier.delay < self.retry.tiers[i - 1].delay {
-                return Err(invalid(format!("retry.tiers[{i}].delay"), "the ladder's delays must not shrink"));
-            }
-        }
-        if !(0.0..=0.1).contains(&self.retry.jitter) {
-            return Err(invalid("retry.jitter", "must be between 0 and 0.1 (10 % of the tier delay)"));
-        }
-        if self.retry.max_age.is_zero() {
-            return Err(invalid("retry.max_age", "must be more than 0"));
-        }
-        if self.delivery.timeout.is_zero() {
-            return Err(invalid("delivery.timeout", "must be more than 0"));
-        }
-        for status in &self.delivery.permanent_statuses {
-            if !(100..=599).contains(status) || (200..300).contains(status) {
-                return Err(invalid("delivery.permanent_statuses", format!("{status} is not a failure status")));
-            }
-        }
-        let limits = [
-            ("delivery.max_in_flight", self.delivery.max_in_flight),
-            ("delivery.max_in_flight_per_partition", self.delivery.max_in_flight_per_partition),
-            ("delivery.max_in_flight_per_endpoint", self.delivery.max_in_flight_per_endpoint),
-            ("delivery.max_read_ahead_per_partition", self.delivery.max_read_ahead_per_partition),
-            ("delivery.max_payload_bytes", self.delivery.max_payload_bytes),
-        ];
-        // A record larger than the whole budget could never be read.
-        if self.delivery.max_buffered_bytes.as_u64() < 2 * self.delivery.max_payload_bytes as u64 {
-            return Err(invalid("delivery.max_buffered_bytes", "must be at least twice delivery.max_payload_bytes"));
-        }
-        for (key, value) in limits {
-            if value == 0 {
-                return Err(invalid(key, "must be more than 0"));
-            }
-        }
-        if self.delivery.max_waiting_per_endpoint < 8 {
-            return Err(invalid("delivery.max_waiting_per_endpoint", "must be at least 8"));
-        }
-        if let Some(proxy) = &self.delivery.proxy {
-            egress::proxy(proxy.expose()).map_err(|e| invalid("delivery.proxy", e.to_string()))?;
-        }
-        if self.delivery.rate_burst == Some(0) {
-            return Err(invalid("delivery.rate_burst", "must be at least 1"));
-        }
-        for (i, secret) in self.delivery.signing_secrets.iter().enumerate() {
-            SigningKey::parse(secret.expose())
-                .map_err(|e| invalid(format!("delivery.signing_secrets[{i}]"), e.to_string()))?;
-        }
-        for (name, endpoint) in &self.endpoints {
-            let key = |field: &str| format!("endpoints.{name}.{field}");
-            crate::endpoint::guard::parse_target_url(endpoint.url.expose())
-                .map_err(|e| invalid(key("url"), e.to_string()))?;
-            for (i, secret) in endpoint.secrets.iter().enumerate() {
-                SigningKey::parse(secret.expose())
-                    .map_err(|e| invalid(format!("{}[{i}]", key("secrets")), e.to_string()))?;
-            }
-            if endpoint.timeout.is_some_and(|t| t.is_zero()) {
-                return Err(invalid(key("timeout"), "must be more than 0"));
-            }
-            if endpoint.max_in_flight == Some(0) {
-                return Err(invalid(key("max_in_flight"), "must be more than 0"));
-            }
-            for (header, value) in &endpoint.headers {
-                crate::endpoint::guard::check_header(header, value.expose())
-                    .map_err(|e| invalid(key("headers"), e.to_string()))?;
-            }
-            egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
-                .map_err(|e| invalid(key("client_cert"), e.to_string()))?;
-            if let Some(ca) = &endpoint.ca {
-                egress::ca(ca).map_err(|e| invalid(key("ca"), e.to_string()))?;
-            }
-            if let Some(proxy) = &endpoint.proxy {
-                egress::proxy(proxy.expose()).map_err(|e| invalid(key("proxy"), e.to_string()))?;
-            }
-            if endpoint.rate_burst == Some(0) {
-                return Err(invalid(key("rate_burst"), "must be at least 1"));
-            }
-        }
-        if self.circuit.enabled && self.circuit.failure_threshold == 0 {
-            return Err(invalid("circuit.failure_threshold", "must be more than 0"));
-        }
-        if self.notify.window.is_zero() {
-            return Err(invalid("notify.window", "must be more than 0"));
-        }
-        for (i, sink) in self.notify.sinks.iter().enumerate() {
-            let key = format!("notify.sinks[{i}]");
-            match sink {
-                SinkConfig::Http { url, .. } => {
-                    let parsed = url::Url::parse(url.expose()).map_err(|e| invalid(&key, format!("url: {e}")))?;
-                    if !matches!(parsed.scheme(), "http" | "https") {
-                        return Err(invalid(key, "url must be http or https"));
-                    }
-                }
-                SinkConfig::Email { to, from, username, password, .. } => {
-                    if to.is_empty() {
-                        return Err(invalid(key, "email sink needs at least one `to` address"));
-                    }
-                    for address in to.iter().chain(std::iter::once(from)) {
-                        address
-                            .parse::<lettre::message::Mailbox>()
-                            .map_err(|e| invalid(&key, format!("address {address:?}: {e}")))?;
-                    }
-                    if username.is_some() != password.is_some() {
-                        return Err(invalid(key, "username and password go together"));
-                    }
-                }
-                SinkConfig::Log => {}
-            }
-        }
-        if self.replay.key.as_ref().is_some_and(|k| k.expose().len() < crate::event::seal::MIN_KEY_BYTES) {
-            return Err(invalid("replay.key", format!("must be at least {} bytes", crate::event::seal::MIN_KEY_BYTES)));
-        }
-        if self.shutdown.grace.is_zero() {
-            return Err(invalid("shutdown.grace", "must be more than 0"));
         }
         Ok(())
     }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::Secret;
+use super::error::{invalid, ConfigError};
+use super::secret::Secret;
 
 /// The failure handler's notifications.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,7 +67,45 @@ pub enum SinkConfig {
     Log,
 }
 
+impl NotifyConfig {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        if self.window.is_zero() {
+            return Err(invalid("notify.window", "must be more than 0"));
+        }
+        for (i, sink) in self.sinks.iter().enumerate() {
+            sink.validate(&format!("notify.sinks[{i}]"))?;
+        }
+        Ok(())
+    }
+}
+
 impl SinkConfig {
+    fn validate(&self, key: &str) -> Result<(), ConfigError> {
+        match self {
+            SinkConfig::Http { url, .. } => {
+                let parsed = url::Url::parse(url.expose()).map_err(|e| invalid(key, format!("url: {e}")))?;
+                if !matches!(parsed.scheme(), "http" | "https") {
+                    return Err(invalid(key, "url must be http or https"));
+                }
+            }
+            SinkConfig::Email { to, from, username, password, .. } => {
+                if to.is_empty() {
+                    return Err(invalid(key, "email sink needs at least one `to` address"));
+                }
+                for address in to.iter().chain(std::iter::once(from)) {
+                    address
+                        .parse::<lettre::message::Mailbox>()
+                        .map_err(|e| invalid(key, format!("address {address:?}: {e}")))?;
+                }
+                if username.is_some() != password.is_some() {
+                    return Err(invalid(key, "username and password go together"));
+                }
+            }
+            SinkConfig::Log => {}
+        }
+        Ok(())
+    }
+
     /// The sink's `kind`, as in the config and the `sink` metric label.
     pub fn kind(&self) -> &'static str {
         match self {

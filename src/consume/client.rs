@@ -19,9 +19,9 @@ use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
 use super::commit::{commit_sync, committed_maps, CommitState};
+use super::error::ConsumeError;
 use super::handler::{Role, Spec};
 use super::offset_map::OffsetMap;
-use super::ConsumeError;
 use crate::config::client::Refusal;
 use crate::config::Config;
 use crate::observe::metrics;

@@ -22,36 +22,32 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use rdkafka::consumer::{CommitMode, Consumer};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext};
 use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::topic_partition_list::TopicPartitionListElem;
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
-use tokio::time::Instant;
 
-use super::client::KafkaConsumer;
-use super::handler::Handler;
-use super::offset_map::{OffsetMap, MAX_METADATA};
-use super::Loop;
+use super::offset_map::OffsetMap;
 use crate::observe::metrics;
 
 /// Decisions that make a commit due before the interval is over: what a crash
 /// sends again is then about this many (plus what was in flight), not a whole
 /// interval's worth. At thousands of decisions a second that is tens of commits
 /// a second, fewer where a commit's round trip is longer (one in flight at a time).
-pub const COMMIT_AFTER: usize = 64;
+pub(super) const COMMIT_AFTER: usize = 64;
 
 /// Commits after [`COMMIT_AFTER`] decisions are at least this far apart: at
 /// 30,000 decisions a second one every 64 cost make bench S0 13 % more CPU per
 /// delivery (against the null pipeline, 1.42 -> 1.60); ten a second do not show.
-const MIN_SPACING: Duration = Duration::from_millis(100);
+pub(super) const MIN_SPACING: Duration = Duration::from_millis(100);
 
 /// A commit that has not come back after this long no longer holds the next one back
 /// (it waits in line behind it).
-const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(5);
+pub(super) const IN_FLIGHT_EXPIRY: Duration = Duration::from_secs(5);
 
 /// How long the poll thread waits for the committed offsets of an assignment.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
@@ -59,7 +55,7 @@ const COMMITTED_TIMEOUT: Duration = Duration::from_secs(10);
 /// Shared by the loop and the poll thread's commit callback.
 #[derive(Default)]
 pub struct CommitState {
-    in_flight: AtomicBool,
+    pub(super) in_flight: AtomicBool,
     /// Partitions whose commit the broker refused as too large, to commit again without the map.
     refused: Mutex<Vec<(String, i32)>>,
 }
@@ -87,137 +83,19 @@ impl CommitState {
     }
 }
 
+impl CommitState {
+    /// Partitions whose map the broker refused since the last call.
+    pub(super) fn take_refused(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
 fn too_large(error: &KafkaError) -> bool {
     error.rdkafka_error_code() == Some(RDKafkaErrorCode::OffsetMetadataTooLarge)
 }
 
-/// The loop's side of committing.
-pub(super) struct Commits {
-    state: Arc<CommitState>,
-    /// To the committing thread; one list at a time (see `busy`).
-    tx: std::sync::mpsc::Sender<TopicPartitionList>,
-    interval: Duration,
-    /// Decisions since the last commit.
-    pub(super) decisions: usize,
-    sent_at: Instant,
-    /// The longest map written; halved at each refusal by the broker.
-    cap: usize,
-}
-
-impl Commits {
-    /// Starts the committing thread; it ends once the loop is gone.
-    pub(super) fn new(
-        state: Arc<CommitState>,
-        consumer: Arc<KafkaConsumer>,
-        interval: Duration,
-    ) -> std::io::Result<Commits> {
-        let (tx, rx) = std::sync::mpsc::channel::<TopicPartitionList>();
-        let done = state.clone();
-        std::thread::Builder::new().name("commit".into()).spawn(move || {
-            for tpl in rx {
-                commit_sync(&consumer, &tpl);
-                done.in_flight.store(false, Ordering::SeqCst);
-            }
-        })?;
-        Ok(Commits { state, tx, interval, decisions: 0, sent_at: Instant::now(), cap: MAX_METADATA })
-    }
-
-    pub(super) fn interval(&self) -> Duration {
-        self.interval
-    }
-
-    /// Waits (briefly) for the committing thread's commit, so that an older list
-    /// cannot land after the one a revoke or close commits.
-    fn wait_idle(&self) {
-        let until = Instant::now() + IN_FLIGHT_EXPIRY;
-        while self.state.in_flight.load(Ordering::SeqCst) && Instant::now() < until {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    fn busy(&self) -> bool {
-        self.state.in_flight.load(Ordering::SeqCst) && self.sent_at.elapsed() < IN_FLIGHT_EXPIRY
-    }
-
-    fn take_refused(&mut self) -> Vec<(String, i32)> {
-        let refused = std::mem::take(&mut *self.state.refused.lock().unwrap_or_else(|e| e.into_inner()));
-        if !refused.is_empty() {
-            self.cap /= 2;
-            tracing::warn!(
-                ?refused,
-                cap = self.cap,
-                "the broker refused an offset map as too large; committing without it"
-            );
-        }
-        refused
-    }
-}
-
-impl<H: Handler> Loop<H> {
-    /// Commits the partitions decided on since their last commit, asynchronously, when
-    /// enough decisions gathered or `tick` (the interval) says so, unless a commit is in flight.
-    pub(super) fn commit_due(&mut self, tick: bool) {
-        let enough = self.commits.decisions >= COMMIT_AFTER && self.commits.sent_at.elapsed() >= MIN_SPACING;
-        if !(tick || enough) || self.commits.busy() {
-            return;
-        }
-        let refused = self.commits.take_refused();
-        let tpl = self.commit_list(|_, p| p.dirty, &refused);
-        if tpl.count() == 0 {
-            return;
-        }
-        self.commits.decisions = 0;
-        self.commits.sent_at = Instant::now();
-        self.commits.state.in_flight.store(true, Ordering::SeqCst);
-        if self.commits.tx.send(tpl).is_err() {
-            self.commits.state.in_flight.store(false, Ordering::SeqCst);
-        }
-    }
-
-    /// The commit list of the partitions `which` picks (and that read something):
-    /// each one's first undecided offset, with its map as metadata unless refused or too long.
-    pub(super) fn commit_list(
-        &mut self,
-        which: impl Fn(&(Arc<str>, i32), &super::Partition<H::Record>) -> bool,
-        refused: &[(String, i32)],
-    ) -> TopicPartitionList {
-        let mut tpl = TopicPartitionList::new();
-        for (key, partition) in self.partitions.iter_mut().filter(|(k, p)| which(k, p)) {
-            partition.dirty = false;
-            let tracker = &partition.tracker;
-            let Some(position) = tracker.position() else { continue };
-            let map = OffsetMap::between(position, tracker.pending_offsets(), tracker.next().unwrap_or(position));
-            let was_refused = refused.iter().any(|(t, p)| **t == *key.0 && *p == key.1);
-            let metadata = if was_refused { None } else { map.encode(self.commits.cap) };
-            if metadata.is_none() {
-                metrics::offset_map_overflow(&key.0);
-            }
-            let mut element = tpl.add_partition(&key.0, key.1);
-            if element.set_offset(Offset::Offset(position)).is_ok() {
-                element.set_metadata(metadata.unwrap_or_default());
-            }
-        }
-        tpl
-    }
-
-    /// The commit list of `keys` (for a revoke: the poll thread commits it).
-    pub(super) fn commit_list_of(&mut self, keys: &[(Arc<str>, i32)]) -> TopicPartitionList {
-        self.commits.wait_idle();
-        let refused = self.commits.take_refused();
-        self.commit_list(|key, _| keys.contains(key), &refused)
-    }
-
-    /// Commits every partition now, synchronously (at the end of a drain).
-    pub(super) fn commit_all(&mut self) {
-        self.commits.wait_idle();
-        let refused = self.commits.take_refused();
-        let tpl = self.commit_list(|_, _| true, &refused);
-        commit_sync(&self.consumer, &tpl);
-    }
-}
-
 /// Commits `tpl` and waits; a map the broker refuses as too large is committed again without it.
-pub fn commit_sync(consumer: &KafkaConsumer, tpl: &TopicPartitionList) {
+pub fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
     if tpl.count() == 0 {
         return;
     }
@@ -248,7 +126,10 @@ pub fn metadata_of(element: &TopicPartitionListElem<'_>) -> Option<String> {
 
 /// The maps of decided offsets committed for `assigned` (its order), read from the group
 /// coordinator on the poll thread; `None` where there is none or it is not ours.
-pub fn committed_maps(consumer: &KafkaConsumer, assigned: &TopicPartitionList) -> Vec<Option<OffsetMap>> {
+pub fn committed_maps<C: ConsumerContext>(
+    consumer: &BaseConsumer<C>,
+    assigned: &TopicPartitionList,
+) -> Vec<Option<OffsetMap>> {
     let committed = match consumer.committed_offsets(assigned.clone(), COMMITTED_TIMEOUT) {
         Ok(committed) => committed,
         Err(error) => {

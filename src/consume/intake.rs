@@ -1,46 +1,67 @@
-//! Assignments and records from the poll thread into partition state: a fresh partition per assignment,
-//! each record prepared once and put into its partition's backlog, unless the last owner's commit said it is decided.
+//! [`Partitions`]: the loop's partitions, keyed by [`PartitionKey`], and their
+//! intake: a fresh partition per assignment, each record prepared once and put
+//! into its partition's backlog, unless the last owner's commit said it is decided.
 
+use std::collections::HashMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::TopicPartitionList;
+use tokio_util::sync::CancellationToken;
 
-use super::budget::RECORD_OVERHEAD;
+use super::budget::{Budget, RECORD_OVERHEAD};
 use super::handler::Handler;
 use super::offset_map::OffsetMap;
-use super::partition::{Lifecycle, Partition, Waiting};
-use super::Loop;
+use super::partition::{Lifecycle, Partition, PartitionKey, PauseReason, Waiting};
 use crate::app::clock::now_ms;
 use crate::observe::metrics;
 
-impl<H: Handler> Loop<H> {
-    pub(super) fn assign(&mut self, assigned: Vec<(String, i32, Option<OffsetMap>)>) {
+/// The partitions of one consumer; derefs to the map.
+pub struct Partitions<R> {
+    map: HashMap<PartitionKey, Partition<R>>,
+    /// Counts assignments, so a completion of an earlier one is told apart.
+    generation: u64,
+    /// Cancels handlers (abandon) once the grace period is over; each partition's token is a child.
+    pub abandon: CancellationToken,
+    /// Later records of all partitions (the sum of [`Partition::held`]).
+    pub held: i64,
+    /// Decisions since the last commit (see `OffsetStore::commit_due`).
+    pub decided: usize,
+}
+
+impl<R> Partitions<R> {
+    pub fn new() -> Partitions<R> {
+        Partitions { map: HashMap::new(), generation: 0, abandon: CancellationToken::new(), held: 0, decided: 0 }
+    }
+
+    /// Starts a fresh partition per assigned one, each with the map of decided offsets its
+    /// last commit carried (to skip); returns them all, to resume.
+    pub fn assign(&mut self, assigned: Vec<(String, i32, Option<OffsetMap>)>) -> TopicPartitionList {
         let mut tpl = TopicPartitionList::new();
         for (topic, partition, skip) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
             let mut fresh = Partition::new(self.generation, self.abandon.child_token());
             fresh.skip = skip;
-            if let Some(old) = self.partitions.insert((Arc::<str>::from(topic), partition), fresh) {
+            if let Some(old) = self.map.insert((Arc::<str>::from(topic), partition), fresh) {
                 old.cancel.cancel();
                 self.held -= old.held;
             }
         }
-        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
-        if let Err(error) = self.consumer.resume(&tpl) {
-            tracing::debug!(%error, "resume of assigned partitions failed");
-        }
+        tpl
     }
 
     /// Takes a record into its partition's backlog; returns the partition to schedule.
-    pub(super) fn accept(&mut self, record: OwnedMessage) -> Option<(Arc<str>, i32)> {
+    pub fn accept<H>(&mut self, record: OwnedMessage, budget: &Budget, handler: &H) -> Option<PartitionKey>
+    where
+        H: Handler<Record = R>,
+    {
         let key = (Arc::<str>::from(record.topic()), record.partition());
         let generation = &mut self.generation;
         let abandon = &self.abandon;
         // A record can only come from an assigned partition; be robust anyway.
-        let partition = self.partitions.entry(key.clone()).or_insert_with(|| {
+        let partition = self.map.entry(key.clone()).or_insert_with(|| {
             *generation += 1;
             Partition::new(*generation, abandon.child_token())
         });
@@ -52,9 +73,8 @@ impl<H: Handler> Loop<H> {
             if skip.contains(offset) {
                 // Decided by the last owner (its commit's map): decided here too, not delivered again.
                 partition.tracker.begin(offset);
-                partition.tracker.decide(offset);
-                partition.dirty = true;
-                self.commits.decisions += 1;
+                partition.decide(offset);
+                self.decided += 1;
                 metrics::offsets_skipped(&key.0);
                 return None;
             }
@@ -63,13 +83,61 @@ impl<H: Handler> Loop<H> {
             }
         }
         let bytes = record.payload().map_or(0, <[u8]>::len) + record.key().map_or(0, <[u8]>::len) + RECORD_OVERHEAD;
-        self.budget.take(bytes);
-        let (ticket, record) = self.handler.prepare(record);
+        budget.take(bytes);
+        let (ticket, record) = handler.prepare(record);
         tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
         partition.push(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
         Some(key)
+    }
+
+    /// The earliest time a consuming partition needs the loop's attention (ms).
+    pub fn next_wake_ms(&self) -> Option<i64> {
+        self.map.values().filter(|p| p.lifecycle == Lifecycle::Consuming).filter_map(|p| p.wake_ms).min()
+    }
+
+    /// Whether an open partition other than `key` has room in its read-ahead.
+    pub fn starved_besides(&self, key: &PartitionKey, read_ahead: usize) -> bool {
+        self.map.iter().any(|(k, p)| {
+            k != key && p.lifecycle == Lifecycle::Consuming && p.paused.is_none() && !p.over_read_ahead(read_ahead)
+        })
+    }
+
+    /// Whether to read more records: not while every partition that could take
+    /// them has a full read-ahead. librdkafka then keeps what it fetched (a
+    /// pause would drop it); a partition that stays full is paused, and reading goes on.
+    pub fn reading(&self, read_ahead: usize) -> bool {
+        let mut open = self.map.values().filter(|p| p.lifecycle == Lifecycle::Consuming && p.paused.is_none());
+        let mut any = false;
+        let all_full = open.all(|p| {
+            any = true;
+            p.over_read_ahead(read_ahead)
+        });
+        !(any && all_full)
+    }
+
+    /// Partitions with a backlog or a pause: what a pump of all looks at.
+    pub fn with_work(&self) -> Vec<PartitionKey> {
+        self.map.iter().filter(|(_, p)| !p.backlog.is_empty() || p.paused.is_some()).map(|(k, _)| k.clone()).collect()
+    }
+
+    /// How many partitions are paused for `reason`.
+    pub fn paused(&self, reason: PauseReason) -> usize {
+        self.map.values().filter(|p| p.paused == Some(reason)).count()
+    }
+}
+
+impl<R> Deref for Partitions<R> {
+    type Target = HashMap<PartitionKey, Partition<R>>;
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
+}
+
+impl<R> DerefMut for Partitions<R> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.map
     }
 }

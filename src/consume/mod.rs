@@ -1,21 +1,28 @@
 //! The consumer every role (events, tiers, dead) runs: an async loop that owns partition state, dispatches
 //! records to a [`Handler`], stores decided offsets, and drains on revoke and shutdown.
 //!
-//! # Shape
+//! # Where things are
+//! - here: the loop ([`run`]). Handlers run as tasks and report back on a
+//!   second channel; held records' decisions come on a third.
 //! - `client`: librdkafka callbacks and the poll thread, which sends messages
 //!   and rebalance events in order down one channel to the loop.
-//! - [`handler`]: the contract with the work on each record.
-//! - [`partition`]: partition state and the pure scheduler.
-//! - `held`: decisions on records a handler holds past their slot ([`Done::Held`]).
-//! - `intake`: assignments and records from the poll thread into partition state.
-//! - `revoke`: letting partitions go (revoke and shutdown drain) within the grace.
-//! - here: the loop. Handlers run as tasks and report back on a second channel.
-//!   Each partition's commit is its first undecided offset, with the decided
-//!   offsets above it in the commit's metadata (`commit`, [`offset_map`]): a
-//!   new owner skips those.
-//!
-//! - `schedule`: the pure scheduler; `pump`: handing its choice to handlers,
-//!   pausing, and gating reads.
+//! - `error`: why a consumer stopped ([`ConsumeError`]).
+//! - [`handler`]: the contract with the work on each record; [`later`]: records whose offset a
+//!   handler decides after their slot is free; [`panics`]: the guard that turns a panic into a [`Done`].
+//! - `intake`: `Partitions`, the partition map, and
+//!   assignments and records from the poll thread into it.
+//! - [`ticket`]: what the loop learns of a record when it reads it (due time, endpoint slot, order key).
+//! - [`partition`]: one partition's state (backlog, counts, pause, lifecycle).
+//! - [`schedule`]: the pure scheduler: which waiting records go now, and the pause state.
+//! - `pump`: handing the scheduler's choice to handlers, pausing, and gating reads.
+//! - [`order`]: per-key order (`ordering = "key"`).
+//! - [`budget`]: the process's memory budget for records read and not yet done.
+//! - [`offsets`]: the per-partition offset tracker (highest contiguous decided offset).
+//! - `offset_store`: where decided offsets go: the relay commits each
+//!   partition's first undecided offset, with the decided offsets above it in
+//!   the commit's metadata ([`offset_map`]), so a new owner skips those;
+//!   `commit`: the committing itself, and reading the maps back on assignment.
+//! - `revoke`: letting revoked partitions go within the grace.
 //!
 //! Memory per partition is at most `max_in_flight_per_partition` + 2 x
 //! `max_read_ahead` records: while every partition's read-ahead is full the
@@ -27,22 +34,27 @@
 pub mod budget;
 mod client;
 mod commit;
+mod error;
 pub mod handler;
-mod held;
 mod intake;
+pub mod later;
 pub mod offset_map;
+mod offset_store;
 pub mod offsets;
 pub mod order;
+pub mod panics;
 pub mod partition;
 mod pump;
 mod revoke;
 pub mod schedule;
+pub mod ticket;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::Consumer;
+use rdkafka::message::OwnedMessage;
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -50,28 +62,23 @@ use tokio_util::task::TaskTracker;
 
 use self::budget::Budget;
 use self::client::{Client, KafkaConsumer, Polled};
-use self::handler::Decision;
-pub use self::handler::{Decider, Done, EndpointSlot, Handler, Held, IdMap, Role, Spec, Ticket, Work};
+pub use self::error::ConsumeError;
+pub use self::handler::{Done, Handler, Role, Spec, Work};
+use self::intake::Partitions;
+use self::later::Decision;
+pub use self::later::{Decider, Later};
+use self::offset_store::OffsetStore;
+pub use self::partition::IdMap;
 pub use self::partition::PauseReason;
-use self::partition::{Lifecycle, Partition, Waiting};
-use self::revoke::PendingRevoke;
+use self::partition::{count_down, Lifecycle, PartitionKey, Waiting};
+use self::pump::InFlight;
+use self::revoke::{PendingRevoke, RevokeEnd};
+pub use self::ticket::{EndpointSlot, Ticket};
 use crate::app::clock::now_ms;
 use crate::config::client::Unavailable;
 use crate::config::Config;
 use crate::observe::metrics;
 use crate::observe::readiness::Readiness;
-
-/// Why a consumer stopped before it was asked to.
-#[derive(Debug, thiserror::Error)]
-pub enum ConsumeError {
-    #[error("kafka client: {0}")]
-    Client(#[from] KafkaError),
-    /// The brokers refused the client mid-run: the process exits 69, as at start-up.
-    #[error(transparent)]
-    Refused(#[from] Unavailable),
-    #[error("cannot start the poll thread: {0}")]
-    Thread(#[from] std::io::Error),
-}
 
 /// Messages read from the poll thread's channel in one wake-up of the loop, at most.
 const READ_BATCH: usize = 64;
@@ -94,8 +101,8 @@ pub async fn run<H: Handler>(
     readiness: Readiness,
 ) -> Result<(), ConsumeError> {
     let (client, rx) = Client::start(config, &spec, readiness)?;
-    let commits = commit::Commits::new(client.commit_state(), client.consumer(), config.kafka.commit_interval)?;
-    let mut state = Loop::new(spec, client.consumer(), budget, handler, commits);
+    let offsets = OffsetStore::new(client.commit_state(), client.consumer(), config.kafka.commit_interval)?;
+    let mut state = Loop::new(spec, client.consumer(), budget, handler, offsets);
     let result = state.run(rx, shutdown).await;
     let brokers = config.kafka.brokers.clone();
     drop(state);
@@ -105,7 +112,7 @@ pub async fn run<H: Handler>(
 
 /// What a handler task reports back.
 struct Completion<R> {
-    key: (Arc<str>, i32),
+    key: PartitionKey,
     /// The endpoint slot the record held.
     endpoint: Option<EndpointSlot>,
     /// Its share of the memory budget.
@@ -121,10 +128,19 @@ struct Completion<R> {
     again: Option<Arc<R>>,
 }
 
+/// What handlers report back to the loop: completions, and decisions on held records.
+struct Reports<R> {
+    done_tx: mpsc::Sender<Completion<R>>,
+    done_rx: mpsc::Receiver<Completion<R>>,
+    /// Unbounded because a [`Later`] decides from sync code.
+    decide_tx: mpsc::UnboundedSender<Decision>,
+    decide_rx: mpsc::UnboundedReceiver<Decision>,
+}
+
 /// Partitions to pump once a batch of records or completions is applied.
 #[derive(Default)]
 struct Touched {
-    keys: Vec<(Arc<str>, i32)>,
+    keys: Vec<PartitionKey>,
     /// A slot of the whole consumer or of an endpoint freed: any partition may go on.
     all: bool,
 }
@@ -144,28 +160,13 @@ struct Loop<H: Handler> {
     consumer: Arc<KafkaConsumer>,
     handler: Arc<H>,
     budget: Arc<Budget>,
-    partitions: HashMap<(Arc<str>, i32), Partition<H::Record>>,
-    in_flight: usize,
-    generation: u64,
+    partitions: Partitions<H::Record>,
+    offsets: OffsetStore,
+    in_flight: InFlight,
     tasks: TaskTracker,
-    /// Cancels handlers (abandon) once the grace period is over.
-    abandon: CancellationToken,
-    done_tx: mpsc::Sender<Completion<H::Record>>,
-    done_rx: mpsc::Receiver<Completion<H::Record>>,
+    reports: Reports<H::Record>,
     revoke: Option<PendingRevoke>,
-    /// Records in flight per endpoint ([`EndpointSlot::id`]), in this consumer.
-    endpoint_in_flight: IdMap<usize>,
-    /// Of those, records of slow endpoints (see [`schedule::Limits::slow_room`]).
-    slow_in_flight: usize,
-    /// Endpoints some partition's records wait for ([`schedule::Dispatch::crowded`]).
-    crowded: IdMap<()>,
-    /// Decisions on held records; unbounded because a [`Held`] decides from sync code.
-    decide_tx: mpsc::UnboundedSender<Decision>,
-    decide_rx: mpsc::UnboundedReceiver<Decision>,
-    /// Held records of all partitions (the sum of [`Partition::held`]).
-    held: i64,
     coalesced: Coalesced,
-    commits: commit::Commits,
 }
 
 impl<H: Handler> Loop<H> {
@@ -174,39 +175,30 @@ impl<H: Handler> Loop<H> {
         consumer: Arc<KafkaConsumer>,
         budget: Arc<Budget>,
         handler: Arc<H>,
-        commits: commit::Commits,
+        offsets: OffsetStore,
     ) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
         let (decide_tx, decide_rx) = mpsc::unbounded_channel();
         Loop {
             spec,
+            offsets,
             consumer,
             handler,
             budget,
-            partitions: HashMap::new(),
-            in_flight: 0,
-            generation: 0,
+            partitions: Partitions::new(),
+            in_flight: InFlight::default(),
             tasks: TaskTracker::new(),
-            abandon: CancellationToken::new(),
-            done_tx,
-            done_rx,
+            reports: Reports { done_tx, done_rx, decide_tx, decide_rx },
             revoke: None,
-            endpoint_in_flight: IdMap::default(),
-            slow_in_flight: 0,
-            crowded: IdMap::default(),
-            decide_tx,
-            decide_rx,
-            held: 0,
             coalesced: Coalesced::default(),
-            commits,
         }
     }
 
     /// Until shutdown; `Err` carries librdkafka's reason when the brokers refused the client.
     async fn run(&mut self, mut rx: mpsc::Receiver<Polled>, shutdown: CancellationToken) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
-        let mut commit_tick = tokio::time::interval(self.commits.interval());
+        let mut commit_tick = tokio::time::interval(self.offsets.interval());
         commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused = None;
         loop {
@@ -215,27 +207,27 @@ impl<H: Handler> Loop<H> {
             tokio::select! {
                 // Finished work first: it frees capacity and moves offsets.
                 biased;
-                Some(done) = self.done_rx.recv() => {
+                Some(done) = self.reports.done_rx.recv() => {
                     // Completions that arrived together are applied together and each
                     // partition they touched is scheduled once: under load one pump per
                     // completion (each a scan of the backlog) was the loop's largest cost.
                     let mut next = Some(done);
                     let mut touched = std::mem::take(&mut self.coalesced.touched);
                     for _ in 0..READ_BATCH {
-                        let Some(done) = next.take().or_else(|| self.done_rx.try_recv().ok()) else { break };
+                        let Some(done) = next.take().or_else(|| self.reports.done_rx.try_recv().ok()) else { break };
                         self.complete(done, &mut touched);
                         self.coalesced.freed += 1;
                     }
                     self.coalesced.touched = touched;
-                    if self.coalesced.freed >= (self.in_flight / COALESCE).max(1) {
+                    if self.coalesced.freed >= (self.in_flight.records / COALESCE).max(1) {
                         self.pump_coalesced();
                     } else if self.coalesced.until.is_none() {
                         self.coalesced.until = Some(Instant::now() + Duration::from_millis(COALESCE_MS));
                     }
                 }
                 _ = sleep_until_opt(self.coalesced.until) => self.pump_coalesced(),
-                Some(decision) = self.decide_rx.recv() => self.apply(decision),
-                _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(true),
+                Some(decision) = self.reports.decide_rx.recv() => self.apply(decision),
+                _ = sleep_until_opt(revoke_deadline) => self.finish_revoke(RevokeEnd::GraceOver),
                 _ = shutdown.cancelled() => break,
                 _ = sleep_until_opt(next_due) => self.pump_all(),
                 polled = rx.recv(), if self.reading() => {
@@ -267,17 +259,17 @@ impl<H: Handler> Loop<H> {
                         break;
                     }
                 },
-                _ = commit_tick.tick() => self.commit_due(true),
+                _ = commit_tick.tick() => self.offsets.commit_due(&mut self.partitions, true),
                 _ = tick.tick() => {
                     self.publish_gauges();
                     // The budget is the process's: other consumers' completions free it too.
-                    if self.partitions.values().any(|p| p.paused == Some(PauseReason::Capacity)) {
+                    if self.partitions.paused(PauseReason::Capacity) > 0 {
                         self.pump_all();
                     }
                 }
             }
             self.check_revoke();
-            self.commit_due(false);
+            self.offsets.commit_due(&mut self.partitions, false);
         }
         self.drain().await;
         refused.map_or(Ok(()), Err)
@@ -289,41 +281,29 @@ impl<H: Handler> Loop<H> {
         // The endpoint slot is freed whatever became of the partition meanwhile.
         let mut endpoint_was_full = false;
         if let Some(slot) = &done.endpoint {
-            self.slow_in_flight -= usize::from(done.slow);
+            self.in_flight.slow -= usize::from(done.slow);
             // Records of some partition waited for this endpoint's slot.
-            endpoint_was_full = self.crowded.remove(&slot.id()).is_some();
-            if let Some(n) = self.endpoint_in_flight.get_mut(&slot.id()) {
-                *n -= 1;
-                if *n == 0 {
-                    self.endpoint_in_flight.remove(&slot.id());
-                }
-            }
+            endpoint_was_full = self.in_flight.crowded.remove(&slot.id()).is_some();
+            count_down(&mut self.in_flight.per_endpoint, slot.id());
         }
         let Some(partition) = self.partitions.get_mut(&done.key) else { return };
         if partition.generation != done.generation {
             return; // from an earlier assignment of this partition
         }
-        let was_full = self.in_flight >= self.spec.max_in_flight;
+        let was_full = self.in_flight.records >= self.spec.max_in_flight;
         partition.in_flight -= 1;
         if let Some(slot) = &done.endpoint {
             // A record held back by the endpoint's share of this partition is pumped below.
-            partition.count(slot, done.slow, false);
+            partition.finished(slot, done.slow);
         }
-        self.in_flight -= 1;
+        self.in_flight.records -= 1;
         if let Some(key) = done.order {
             // The next record of its key may go (or this one again, once due).
             partition.keys_in_flight.remove(&key);
         }
         match done.done {
-            Done::Decided => {
-                partition.tracker.decide(done.offset);
-                partition.dirty = true;
-                self.commits.decisions += 1;
-            }
-            Done::Held => {
-                partition.held += 1;
-                self.held += 1;
-            }
+            Done::Decided => partition.decide(done.offset),
+            Done::Later => partition.held += 1,
             Done::Abandoned => {}
             Done::Again { due_ms } => {
                 // Back at its offset's place, undecided, so the commit waits at it and the
@@ -336,6 +316,11 @@ impl<H: Handler> Loop<H> {
                     partition.requeue(Waiting { offset, read_ms: now_ms(), bytes, ticket, record });
                 }
             }
+        }
+        match done.done {
+            Done::Later => self.partitions.held += 1,
+            Done::Decided => self.partitions.decided += 1,
+            _ => {}
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {
@@ -354,16 +339,115 @@ impl<H: Handler> Loop<H> {
     /// When the loop must look at a partition again for time's sake: the
     /// resume point (due - lead) of a paused partition, or the next due time.
     fn next_due(&self) -> Option<Instant> {
-        let wake =
-            self.partitions.values().filter(|p| p.lifecycle == Lifecycle::Consuming).filter_map(|p| p.wake_ms).min()?;
+        let wake = self.partitions.next_wake_ms()?;
         let wait = (wake - now_ms()).max(0) as u64;
         Some(Instant::now() + Duration::from_millis(wait))
     }
 
+    /// A fresh partition per assigned one, each starting unpaused.
+    fn assign(&mut self, assigned: Vec<(String, i32, Option<offset_map::OffsetMap>)>) {
+        let tpl = self.partitions.assign(assigned);
+        // A new assignment starts unpaused, whatever librdkafka remembers of an earlier one.
+        if let Err(error) = self.consumer.resume(&tpl) {
+            tracing::debug!(%error, "resume of assigned partitions failed");
+        }
+    }
+
+    /// Takes a record into its partition's backlog; returns the partition to schedule.
+    fn accept(&mut self, record: OwnedMessage) -> Option<PartitionKey> {
+        self.partitions.accept(record, &self.budget, &*self.handler)
+    }
+
+    /// A held record was decided (or let go): count it out, and decide its offset.
+    fn apply(&mut self, decision: Decision) {
+        let Some(partition) = self.partitions.get_mut(&decision.key) else { return };
+        if partition.generation != decision.generation {
+            return;
+        }
+        partition.held -= 1;
+        if decision.decided {
+            partition.decide(decision.offset);
+            self.partitions.decided += 1;
+        }
+        let was_full = self.partitions.held >= self.spec.max_held as i64;
+        self.partitions.held -= 1;
+        if was_full {
+            self.pump_all();
+        }
+    }
+
+    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>) {
+        // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
+        self.handler.flush();
+        let (revoke, paused) = PendingRevoke::start(&mut self.partitions, &self.budget, revoked, ack, self.spec.grace);
+        if paused.count() > 0 {
+            if let Err(error) = self.consumer.resume(&paused) {
+                tracing::debug!(%error, "resume of revoked partitions failed");
+            }
+        }
+        self.revoke = Some(revoke);
+    }
+
+    fn check_revoke(&mut self) {
+        if self.revoke.as_ref().is_some_and(|r| r.is_drained(&self.partitions)) {
+            self.finish_revoke(RevokeEnd::Drained);
+        }
+    }
+
+    fn finish_revoke(&mut self, end: RevokeEnd) {
+        let Some(revoke) = self.revoke.take() else { return };
+        let list = self.offsets.commit_list_of(&mut self.partitions, revoke.keys());
+        self.in_flight.records -= revoke.finish(&mut self.partitions, end, list);
+    }
+
+    /// Stop fetching, give in-flight work the grace period, abandon the rest, commit what is decided.
+    async fn drain(&mut self) {
+        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight.records, "draining");
+        if let Ok(assignment) = self.consumer.assignment() {
+            let _ = self.consumer.pause(&assignment);
+        }
+        for partition in self.partitions.values_mut() {
+            // No new work and no resume from here on; waiting records are read again after a restart.
+            self.budget.give_back(partition.stop());
+            partition.paused = None;
+        }
+        // Later records are decided by the handler: ask it to do so now, not at its own pace.
+        self.handler.flush();
+        let deadline = Instant::now() + self.spec.grace;
+        while self.in_flight.records > 0 || self.partitions.held > 0 {
+            tokio::select! {
+                // Draining partitions take no new work: nothing to pump after.
+                Some(done) = self.reports.done_rx.recv() => self.complete(done, &mut Touched::default()),
+                Some(decision) = self.reports.decide_rx.recv() => self.apply(decision),
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        let role = self.spec.role.as_str();
+        if self.partitions.held > 0 {
+            tracing::warn!(role, held = self.partitions.held, "grace period over, held records stay undecided");
+        }
+        if self.in_flight.records > 0 {
+            tracing::warn!(role, abandoned = self.in_flight.records, "grace period over, abandoning in-flight records");
+            self.partitions.abandon.cancel();
+            self.tasks.close();
+            // Abandoned handlers return promptly; their records stay undecided.
+            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
+            while let Ok(done) = self.reports.done_rx.try_recv() {
+                self.complete(done, &mut Touched::default());
+            }
+        }
+        // Closing: what is decided is committed now, with its map (a revoke waiting on this too).
+        self.offsets.commit_all(&mut self.partitions);
+        if let Some(revoke) = self.revoke.take() {
+            revoke.acknowledge(None);
+        }
+        self.publish_gauges();
+    }
+
     fn publish_gauges(&self) {
         let role = self.spec.role.as_str();
-        let paused = |reason| self.partitions.values().filter(|p| p.paused == Some(reason)).count();
-        metrics::consumer_gauges(role, self.in_flight, PauseReason::ALL.map(|r| (r.as_str(), paused(r))));
+        let paused = PauseReason::ALL.map(|r| (r.as_str(), self.partitions.paused(r)));
+        metrics::consumer_gauges(role, self.in_flight.records, paused);
         metrics::buffered_bytes(self.budget.used());
     }
 }

@@ -10,7 +10,9 @@
 
 use std::hash::{Hash, Hasher};
 
-pub use super::handler::OrderKey;
+/// The order key of a record of an ordered endpoint: its endpoint and its
+/// Kafka record key, hashed (see `order::order_key`).
+pub type OrderKey = u64;
 
 /// Order keys are hashes already: the Fx hash (one multiplication) spreads them.
 pub type KeySet = rustc_hash::FxHashSet<OrderKey>;
@@ -106,10 +108,10 @@ mod tests {
 
     /// The scheduler's rules for ordered records (`schedule::schedule`), by table.
     mod schedule {
-        use crate::consume::handler::Ticket;
         use crate::consume::partition::{Partition, PauseReason, Waiting, RESUME_LEAD_MS};
         use crate::consume::schedule::tests::{self, slot};
         use crate::consume::schedule::{schedule, Limits};
+        use crate::consume::ticket::Ticket;
         use crate::endpoint::limit::LiveLimit;
 
         const NOW: i64 = 1_000_000;
@@ -155,10 +157,11 @@ mod tests {
 
         #[test]
         fn an_ordered_record_waiting_for_its_endpoint_is_never_deferred() {
-            // 20 keys of an endpoint that is full: unordered, 8 wait and 12 overflow; ordered, all wait.
+            // 20 keys of an endpoint that is full, in a full read-ahead (so an overflow
+            // would let the partition read on): unordered, 8 wait and 12 overflow; ordered, all wait.
             let unordered: Vec<_> = (0..20).map(|_| (None, None)).collect();
             let ordered: Vec<_> = (0..20).map(|k| (Some(k), None)).collect();
-            let limits = Limits { read_ahead: 100, in_flight_per_partition: 100, ..LIMITS };
+            let limits = Limits { read_ahead: 20, in_flight_per_partition: 100, ..LIMITS };
             assert_eq!(schedule(&partition(&unordered), NOW, limits, 100, |_| 2).defer.len(), 12);
             let d = schedule(&partition(&ordered), NOW, limits, 100, |_| 2);
             assert!(d.take.is_empty() && d.defer.is_empty(), "{d:?}");

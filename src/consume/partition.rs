@@ -9,13 +9,31 @@
 //! and their endpoint has room. Draining takes no new work and never resumes.
 
 use std::collections::VecDeque;
+use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{EndpointSlot, IdMap, Ticket};
 use super::offset_map::OffsetMap;
 use super::order::KeySet;
+use super::ticket::{EndpointSlot, Ticket};
 use crate::consume::offsets::OffsetTracker;
+
+/// Counts keyed by [`EndpointSlot::id`] (small integers: the Fx hash, one multiplication, suits them).
+pub type IdMap<V> = rustc_hash::FxHashMap<usize, V>;
+
+/// A partition of a topic: its name and number.
+pub type PartitionKey = (Arc<str>, i32);
+
+/// Counts one out of `id`'s entry in `counts`, removing the entry at zero (so
+/// the map holds only endpoints with something in it).
+pub fn count_down(counts: &mut IdMap<usize>, id: usize) {
+    if let Some(n) = counts.get_mut(&id) {
+        *n -= 1;
+        if *n == 0 {
+            counts.remove(&id);
+        }
+    }
+}
 
 /// How long before a paused head is due its partition resumes fetching.
 /// librdkafka restarts the fetch of a resumed partition at its broker
@@ -65,7 +83,7 @@ pub struct Waiting<R> {
     /// Behind a pointer, so the scheduler's scan of the backlog stays within a few cache
     /// lines per record whatever the handler keeps (a decoded event is large);
     /// shared, so that a record retried in place ([`super::Done::Again`]) comes back.
-    pub record: std::sync::Arc<R>,
+    pub record: Arc<R>,
 }
 
 /// A partition whose read-ahead stayed full this long is clogged (its records
@@ -83,7 +101,7 @@ pub struct Partition<R> {
     pub lifecycle: Lifecycle,
     pub tracker: OffsetTracker,
     pub in_flight: usize,
-    /// Records held by the handler ([`super::Done::Held`]), not yet decided or let go.
+    /// Records held by the handler ([`super::Done::Later`]), not yet decided or let go.
     /// Briefly -1 when a decision overtakes the completion that reports the hold.
     pub held: i64,
     /// Records read and waiting, in offset order. Added to and taken from
@@ -101,7 +119,7 @@ pub struct Partition<R> {
     pub slow_in_flight: usize,
     /// Order keys of the records in flight here (`ordering = "key"`).
     pub keys_in_flight: KeySet,
-    /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`]).
+    /// Records that waited for their key at the last full scan (see [`Dispatch::key_waiting`](crate::consume::schedule::Dispatch::key_waiting)).
     pub key_waiting: usize,
     /// Since when its read-ahead has been full without a pause (ms).
     pub full_since: Option<i64>,
@@ -118,6 +136,12 @@ pub struct Partition<R> {
 }
 
 impl<R> Partition<R> {
+    /// Decides `offset` (its commit position may move); the partition is then due a commit.
+    pub fn decide(&mut self, offset: i64) {
+        self.tracker.decide(offset);
+        self.dirty = true;
+    }
+
     pub fn new(generation: u64, cancel: CancellationToken) -> Partition<R> {
         Partition {
             generation,
@@ -155,25 +179,19 @@ impl<R> Partition<R> {
         self.backlog.drain(..).map(|w| w.bytes).sum()
     }
 
-    /// Counts a record of `endpoint` as started (`+1`) or finished (`-1`) in this partition.
-    /// `slow` is what [`LiveLimit::is_slow`](crate::endpoint::limit::LiveLimit::is_slow) said when it started.
-    pub fn count(&mut self, endpoint: &EndpointSlot, slow: bool, started: bool) {
-        let id = endpoint.id();
+    /// Counts a record of `endpoint` as started in this partition. `slow` is what
+    /// [`LiveLimit::is_slow`](crate::endpoint::limit::LiveLimit::is_slow) said when it started.
+    pub fn started(&mut self, endpoint: &EndpointSlot, slow: bool) {
+        self.slow_in_flight += usize::from(slow);
+        *self.endpoint_in_flight.entry(endpoint.id()).or_default() += 1;
+    }
+
+    /// Counts a record of `endpoint` started with `slow` as finished.
+    pub fn finished(&mut self, endpoint: &EndpointSlot, slow: bool) {
         if slow {
-            if started {
-                self.slow_in_flight += 1;
-            } else {
-                self.slow_in_flight = self.slow_in_flight.saturating_sub(1);
-            }
+            self.slow_in_flight = self.slow_in_flight.saturating_sub(1);
         }
-        if started {
-            *self.endpoint_in_flight.entry(id).or_default() += 1;
-        } else if let Some(n) = self.endpoint_in_flight.get_mut(&id) {
-            *n -= 1;
-            if *n == 0 {
-                self.endpoint_in_flight.remove(&id);
-            }
-        }
+        count_down(&mut self.endpoint_in_flight, endpoint.id());
     }
 
     /// Whether its read-ahead (records waiting for a slot, not for their key) is full.
@@ -195,13 +213,13 @@ impl<R> Partition<R> {
 
     /// Adds a record read after every one in the backlog.
     pub fn push(&mut self, waiting: Waiting<R>) {
-        self.note(&waiting, true);
+        self.count_in(&waiting);
         self.backlog.push_back(waiting);
     }
 
     /// Puts a record retried in place back at its offset's place in the backlog.
     pub fn requeue(&mut self, waiting: Waiting<R>) {
-        self.note(&waiting, true);
+        self.count_in(&waiting);
         let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
         self.backlog.insert(at, waiting);
     }
@@ -212,24 +230,24 @@ impl<R> Partition<R> {
             chosen.iter().rev().map(|&i| self.backlog.remove(i).expect("chosen index in range")).collect();
         taken.reverse();
         for waiting in &taken {
-            self.note(waiting, false);
+            self.count_out(waiting);
         }
         taken
     }
 
-    /// Counts a record into (`added`) or out of the backlog's counts.
-    fn note(&mut self, waiting: &Waiting<R>, added: bool) {
-        if waiting.ticket.due_ms.is_some() {
-            self.timed = if added { self.timed + 1 } else { self.timed - 1 };
-        }
-        let Some(slot) = &waiting.ticket.endpoint else { return };
-        if added {
+    /// Counts a record into the backlog's counts.
+    fn count_in(&mut self, waiting: &Waiting<R>) {
+        self.timed += usize::from(waiting.ticket.due_ms.is_some());
+        if let Some(slot) = &waiting.ticket.endpoint {
             *self.waiting_by_endpoint.entry(slot.id()).or_default() += 1;
-        } else if let Some(n) = self.waiting_by_endpoint.get_mut(&slot.id()) {
-            *n -= 1;
-            if *n == 0 {
-                self.waiting_by_endpoint.remove(&slot.id());
-            }
+        }
+    }
+
+    /// Counts a record out of the backlog's counts.
+    fn count_out(&mut self, waiting: &Waiting<R>) {
+        self.timed -= usize::from(waiting.ticket.due_ms.is_some());
+        if let Some(slot) = &waiting.ticket.endpoint {
+            count_down(&mut self.waiting_by_endpoint, slot.id());
         }
     }
 }

@@ -1,89 +1,49 @@
 //! Handing what [`schedule`] chose to handlers: the tasks, the endpoint and
 //! partition counts, the pause state, and whether the loop reads more records.
 
-use std::sync::Arc;
-
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 
-use super::handler::{self, Decider, Done, EndpointSlot, Handler, Work};
-use super::partition::{Lifecycle, PauseReason};
+use super::handler::{Done, Handler, Work};
+use super::later::Decider;
+use super::panics;
+use super::partition::IdMap;
+use super::partition::{PartitionKey, PauseReason, Waiting};
 use super::schedule::{schedule, Limits, ENDPOINT_SHARE};
+use super::ticket::EndpointSlot;
 use super::{Completion, Loop, Touched};
 use crate::app::clock::now_ms;
 
 impl<H: Handler> Loop<H> {
     /// Hands the records `schedule` chose to handlers, then applies its pause state.
-    pub(super) fn pump(&mut self, key: &(Arc<str>, i32)) {
-        let limits = Limits {
-            in_flight_per_partition: self.spec.max_in_flight_per_partition,
-            read_ahead: self.spec.max_read_ahead,
-            waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
-            slow_room: (self.spec.max_in_flight / ENDPOINT_SHARE).saturating_sub(self.slow_in_flight),
-            memory_spent: false,
-            others_starved: true,
-        };
-        // At the bound on held records, nothing new starts until some are decided.
-        let held_full = self.held >= self.spec.max_held as i64;
-        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight) };
-        // Asked only of a partition that may be clogged (the loop's hot path).
-        let clog_due = self.partitions.get(key).is_some_and(|p| p.paused.is_none() && p.full_since.is_some());
-        let others_starved = clog_due && self.starved_besides(key);
+    pub(super) fn pump(&mut self, key: &PartitionKey) {
+        let (limits, free) = self.limits(key);
         let Some(partition) = self.partitions.get_mut(key) else { return };
-        let limits = Limits {
-            memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)),
-            others_starved,
-            ..limits
-        };
-        let load = |slot: &EndpointSlot| self.endpoint_in_flight.get(&slot.id()).copied().unwrap_or(0);
+        let limits =
+            Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
+        let load = |slot: &EndpointSlot| self.in_flight.per_endpoint.get(&slot.id()).copied().unwrap_or(0);
         let now = now_ms();
         let dispatch = schedule(partition, now, limits, free, load);
+        let mut started = Vec::with_capacity(dispatch.take.len());
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));
-        for (index, waiting) in taken {
+        for (index, mut waiting) in taken {
             partition.in_flight += 1;
-            self.in_flight += 1;
+            self.in_flight.records += 1;
             let work = dispatch.work(*index);
             // A deferral makes no request: it takes no slot of its endpoint.
-            let endpoint = waiting.ticket.endpoint.filter(|_| work == Work::Attempt);
+            let endpoint = waiting.ticket.endpoint.take().filter(|_| work == Work::Attempt);
             let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
             if let Some(key) = waiting.ticket.order {
                 partition.keys_in_flight.insert(key);
             }
             if let Some(slot) = &endpoint {
-                *self.endpoint_in_flight.entry(slot.id()).or_default() += 1;
-                self.slow_in_flight += usize::from(slow);
-                partition.count(slot, slow, true);
+                *self.in_flight.per_endpoint.entry(slot.id()).or_default() += 1;
+                self.in_flight.slow += usize::from(slow);
+                partition.started(slot, slow);
                 // Its token goes now: the next schedule sees the bucket without it.
                 slot.pace.take(now);
             }
-            let completion = Completion {
-                key: key.clone(),
-                endpoint,
-                bytes: waiting.bytes,
-                slow,
-                generation: partition.generation,
-                offset: waiting.offset,
-                order: waiting.ticket.order,
-                done: Done::Abandoned,
-                again: None,
-            };
-            let cancel = partition.cancel.child_token();
-            // The way to hold the record past its slot (the failure handler does).
-            let decider = Decider {
-                tx: self.decide_tx.clone(),
-                key: key.clone(),
-                generation: partition.generation,
-                offset: waiting.offset,
-            };
-            let record = waiting.record;
-            let work = handler::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
-            let done_tx = self.done_tx.clone();
-            self.tasks.spawn(async move {
-                let done = work.await;
-                // Only a record to be worked on again goes back to the loop (dropped here otherwise).
-                let again = matches!(done, Done::Again { .. }).then_some(record);
-                let _ = done_tx.send(Completion { done, again, ..completion }).await;
-            });
+            started.push(Started { waiting, work, endpoint, slow, cancel: partition.cancel.child_token() });
         }
         if partition.paused.is_some() != dispatch.pause.is_some() {
             let mut tpl = TopicPartitionList::new();
@@ -94,7 +54,7 @@ impl<H: Handler> Loop<H> {
             }
         }
         for id in &dispatch.crowded {
-            self.crowded.insert(*id, ());
+            self.in_flight.crowded.insert(*id, ());
         }
         partition.paused = dispatch.pause;
         partition.key_waiting = dispatch.key_waiting;
@@ -104,28 +64,62 @@ impl<H: Handler> Loop<H> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let generation = partition.generation;
+        for start in started {
+            self.spawn(key, generation, start);
+        }
     }
 
-    /// Whether an open partition other than `key` has room in its read-ahead.
-    fn starved_besides(&self, key: &(Arc<str>, i32)) -> bool {
-        let read_ahead = self.spec.max_read_ahead;
-        self.partitions.iter().any(|(k, p)| {
-            k != key && p.lifecycle == Lifecycle::Consuming && p.paused.is_none() && !p.over_read_ahead(read_ahead)
-        })
+    /// The scheduler's limits for `key` (all but the memory budget, which needs
+    /// the partition), and how many records the whole consumer may start.
+    fn limits(&self, key: &PartitionKey) -> (Limits, usize) {
+        // At the bound on held records, nothing new starts until some are decided.
+        let held_full = self.partitions.held >= self.spec.max_held as i64;
+        let free = if held_full { 0 } else { self.spec.max_in_flight.saturating_sub(self.in_flight.records) };
+        // Asked only of a partition that may be clogged (the loop's hot path).
+        let clog_due = self.partitions.get(key).is_some_and(|p| p.paused.is_none() && p.full_since.is_some());
+        let limits = Limits {
+            in_flight_per_partition: self.spec.max_in_flight_per_partition,
+            read_ahead: self.spec.max_read_ahead,
+            waiting_per_endpoint: self.spec.max_waiting_per_endpoint,
+            slow_room: (self.spec.max_in_flight / ENDPOINT_SHARE).saturating_sub(self.in_flight.slow),
+            memory_spent: false,
+            others_starved: clog_due && self.partitions.starved_besides(key, self.spec.max_read_ahead),
+        };
+        (limits, free)
     }
 
-    /// Whether to read more records: not while every partition that could take
-    /// them has a full read-ahead. librdkafka then keeps what it fetched (a
-    /// pause would drop it); a partition that stays full is paused, and reading goes on.
-    pub(super) fn reading(&self) -> bool {
-        let read_ahead = self.spec.max_read_ahead;
-        let mut open = self.partitions.values().filter(|p| p.lifecycle == Lifecycle::Consuming && p.paused.is_none());
-        let mut any = false;
-        let all_full = open.all(|p| {
-            any = true;
-            p.over_read_ahead(read_ahead)
+    /// Runs a started record's handler as a task, which reports back on the completion channel.
+    fn spawn(&self, key: &PartitionKey, generation: u64, start: Started<H::Record>) {
+        let Started { waiting, work, endpoint, slow, cancel } = start;
+        let completion = Completion {
+            key: key.clone(),
+            endpoint,
+            bytes: waiting.bytes,
+            slow,
+            generation,
+            offset: waiting.offset,
+            order: waiting.ticket.order,
+            done: Done::Abandoned,
+            again: None,
+        };
+        // The way to hold the record past its slot (the failure handler does).
+        let decider =
+            Decider { tx: self.reports.decide_tx.clone(), key: key.clone(), generation, offset: waiting.offset };
+        let record = waiting.record;
+        let work = panics::guarded(self.handler.clone(), self.spec.role, record.clone(), work, cancel, decider);
+        let done_tx = self.reports.done_tx.clone();
+        self.tasks.spawn(async move {
+            let done = work.await;
+            // Only a record to be worked on again goes back to the loop (dropped here otherwise).
+            let again = matches!(done, Done::Again { .. }).then_some(record);
+            let _ = done_tx.send(Completion { done, again, ..completion }).await;
         });
-        !(any && all_full)
+    }
+
+    /// Whether to read more records (see [`Partitions::reading`](super::intake::Partitions::reading)).
+    pub(super) fn reading(&self) -> bool {
+        self.partitions.reading(self.spec.max_read_ahead)
     }
 
     /// Pumps the partitions records or completions touched, each once.
@@ -142,14 +136,30 @@ impl<H: Handler> Loop<H> {
 
     /// Pumps every partition with a backlog (a timer fired, or capacity came back).
     pub(super) fn pump_all(&mut self) {
-        let keys: Vec<_> = self
-            .partitions
-            .iter()
-            .filter(|(_, p)| !p.backlog.is_empty() || p.paused.is_some())
-            .map(|(k, _)| k.clone())
-            .collect();
-        for key in keys {
+        for key in self.partitions.with_work() {
             self.pump(&key);
         }
     }
+}
+
+/// What is in flight in the whole consumer.
+#[derive(Default)]
+pub(super) struct InFlight {
+    /// Records handed to handlers and not yet back.
+    pub(super) records: usize,
+    /// Of those, per endpoint ([`EndpointSlot::id`]).
+    pub(super) per_endpoint: IdMap<usize>,
+    /// Of those, records of slow endpoints (see [`Limits::slow_room`]).
+    pub(super) slow: usize,
+    /// Endpoints some partition's records wait for ([`Dispatch::crowded`](super::schedule::Dispatch::crowded)).
+    pub(super) crowded: IdMap<()>,
+}
+
+/// A record taken from the backlog, counted in, and about to go to its handler.
+struct Started<R> {
+    waiting: Waiting<R>,
+    work: Work,
+    endpoint: Option<EndpointSlot>,
+    slow: bool,
+    cancel: tokio_util::sync::CancellationToken,
 }

@@ -1,9 +1,11 @@
 //! The pure scheduler: which waiting records of a partition go now, which
 //! are deferred (overflow, pace), whether to pause it and when to wake it.
 
-use super::handler::{EndpointSlot, IdMap, Work};
+use super::handler::Work;
 use super::order::{Gate, KeyGate, KEY_WAITING_FACTOR};
+use super::partition::IdMap;
 use super::partition::{Lifecycle, Partition, PauseReason, Waiting, CLOGGED_AFTER_MS, RESUME_LEAD_MS};
+use super::ticket::EndpointSlot;
 use crate::route::outcome::Why;
 
 /// A record past its endpoint's waiting bound is deferred when it would wait
@@ -374,7 +376,11 @@ impl<'p, R> Scan<'p, R> {
             *ahead
         };
         self.slow_queued += usize::from(slow);
-        let past_bound = ahead > bound || (slow && self.slow_queued > bound);
+        // Deferring helps only someone this endpoint holds up: with nobody else
+        // waiting here and room to read, its records wait for its own slots, so a
+        // lone endpoint is served as fast as its latency and limit allow.
+        let protects = self.protects_others(id);
+        let past_bound = protects && (ahead > bound || (slow && self.slow_queued > bound));
         // A hold adds to the wait (and before the endpoint ever answered, is all of it).
         let expected = |ahead| match slot.limit.expected_wait_ms(ahead) {
             wait if pace_wait == 0 => wait,
@@ -401,13 +407,22 @@ impl<'p, R> Scan<'p, R> {
         if let Some(&total) = total {
             let left = total.saturating_sub(self.seen.get(&id).copied().unwrap_or(0));
             let most = ahead + left;
-            let may_overflow = most > bound && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
+            let may_overflow = protects && most > bound && expected(most).is_none_or(|wait| wait >= OVERFLOW_AFTER_MS);
             if !may_overflow {
                 self.settled.insert(id, ());
                 self.open = self.open.saturating_sub(left);
             }
         }
         Decision::Wait
+    }
+
+    /// Would deferring a record of endpoint `id` help anyone? Only while records
+    /// of other endpoints (or of none) wait in this partition behind its own, or
+    /// while the partition cannot read more (its read-ahead or the memory budget full).
+    fn protects_others(&self, id: usize) -> bool {
+        let partition = self.partition;
+        let own = partition.waiting_by_endpoint.get(&id).copied().unwrap_or(0);
+        own < partition.backlog.len() || partition.backlog.len() >= self.limits.read_ahead || self.limits.memory_spent
     }
 
     /// The dispatch: what goes, the pause, and when to look again for time's sake.
@@ -459,9 +474,8 @@ pub(crate) mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
-    use crate::consume::handler::EndpointSlot;
-    use crate::consume::handler::Ticket;
     use crate::consume::partition::Waiting;
+    use crate::consume::ticket::{EndpointSlot, Ticket};
     use crate::endpoint::limit::LiveLimit;
     use crate::endpoint::pace::{Pace, Rule};
 
@@ -605,7 +619,9 @@ pub(crate) mod tests {
         assert_eq!(room.take, vec![0, 1, 10, 11, 12]);
         let tier = partition(vec![ticket(Some(NOW + 60_000), Some(("slow", 2))); 12]);
         assert!(schedule(&tier, NOW, limits, 100, |_| 2).defer.is_empty(), "records not yet due are not overflow");
-        let mut young = partition(vec![ticket(None, Some(("slow", 2))); 12]);
+        let mut young = vec![ticket(None, Some(("slow", 2))); 12];
+        young.push(ticket(None, Some(("fast", 10))));
+        let mut young = partition(young);
         for (i, w) in young.backlog.iter_mut().enumerate() {
             w.read_ms = NOW - 500 + i as i64;
         }
@@ -623,12 +639,38 @@ pub(crate) mod tests {
         let d = schedule(&p, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "40 records at 1 ms and 2 at a time wait 20 ms at most, however long ago read");
         let slow = Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)), order: None };
-        let mut p = partition(vec![slow; 12]);
+        let mut tickets = vec![slow; 12];
+        tickets.push(ticket(None, Some(("other", 10))));
+        let mut p = partition(tickets);
         for w in p.backlog.iter_mut() {
             w.read_ms = NOW;
         }
         let d = schedule(&p, NOW, limits, 100, |_| 2);
         assert_eq!(d.defer, vec![8, 9, 10, 11], "the 9th would wait 9 s: deferred at once, however young");
+    }
+
+    #[test]
+    fn a_lone_endpoint_overflows_only_when_the_partition_cannot_read_more() {
+        // Nobody waits behind its records and there is room to read: deferring them
+        // would protect no one, only send a healthy receiver's backlog a tier late.
+        let limits = ROOMY;
+        let busy = |rtt_ms| Ticket {
+            due_ms: None,
+            endpoint: Some(slot("lone", LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)))),
+            order: None,
+        };
+        let p = partition(vec![busy(100); 60]);
+        let d = schedule(&p, NOW, limits, 100, |_| 2);
+        assert!(d.defer.is_empty(), "60 records at 100 ms, 2 at a time: they wait 3 s, for their own endpoint");
+        assert!(d.take.is_empty() && d.pause.is_none(), "they wait, the partition keeps reading");
+        let mut tickets = vec![busy(100); 60];
+        tickets.push(ticket(None, Some(("behind", 10))));
+        let d = schedule(&partition(tickets), NOW, limits, 100, named("lone", 2));
+        assert_eq!(d.defer.first(), Some(&19), "with another endpoint behind them, the 20th on would wait a second");
+        assert_eq!(d.take.last(), Some(&60), "and the record behind them goes");
+        let full = Limits { read_ahead: 60, ..limits };
+        let d = schedule(&p, NOW, full, 100, |_| 2);
+        assert_eq!(d.defer.first(), Some(&19), "a full read-ahead reads nothing more: the overflow goes");
     }
 
     #[test]
@@ -665,11 +707,11 @@ pub(crate) mod tests {
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 1, 2, 3, 6], "4 of 8 slots, then the other");
         let key = p.backlog[0].ticket.endpoint.clone().unwrap();
         for _ in 0..3 {
-            p.count(&key, false, true);
+            p.started(&key, false);
         }
         p.in_flight = 3;
         assert_eq!(schedule(&p, NOW, limits, 100, idle).take, vec![0, 6], "3 in flight here already: one more");
-        p.count(&key, false, false);
+        p.finished(&key, false);
         assert_eq!(p.endpoint_in_flight.get(&key.id()), Some(&2));
     }
 

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 
-use crate::config::{Config, SecretUrl};
+use crate::config::{Config, EndpointConfig, SecretUrl};
 use crate::endpoint::egress::{self, EgressError};
 use crate::endpoint::guard::{check_address, ip_literal, Forbidden};
 use crate::endpoint::sign;
@@ -37,6 +37,10 @@ pub struct Deliverer {
     shared: Egress,
     /// Endpoints (by name) with a client certificate, a CA or a proxy of their own.
     endpoints: Arc<HashMap<String, Egress>>,
+    /// Registry endpoints (by name) with a client of their own, set as their records are applied.
+    registered: Arc<std::sync::RwLock<HashMap<String, Egress>>>,
+    default_proxy: Option<SecretUrl>,
+    idle: usize,
     allow_private: bool,
 }
 
@@ -71,26 +75,51 @@ impl Deliverer {
         let shared = build("delivery", allow_private, default_proxy, None, Vec::new(), idle)?;
         let mut endpoints = HashMap::new();
         for (name, endpoint) in &config.endpoints {
-            if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() {
-                continue;
+            if let Some(egress) = own_client(name, endpoint, allow_private, default_proxy, idle)? {
+                endpoints.insert(name.clone(), egress);
             }
-            let key = format!("endpoints.{name}");
-            let egress_error = |error| ClientError::Egress { key: key.clone(), error };
-            let identity = egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref())
-                .map_err(egress_error)?;
-            let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error)?;
-            let proxy = endpoint.proxy.as_ref().or(default_proxy);
-            let cas = cas.unwrap_or_default();
-            endpoints.insert(name.clone(), build(&key, allow_private, proxy, identity, cas, idle)?);
         }
-        Ok(Deliverer { shared, endpoints: Arc::new(endpoints), allow_private })
+        Ok(Deliverer {
+            shared,
+            endpoints: Arc::new(endpoints),
+            registered: Arc::default(),
+            default_proxy: default_proxy.cloned(),
+            idle,
+            allow_private,
+        })
+    }
+
+    /// Sets (or, with `None`, forgets) the own client of registry endpoint
+    /// `name`; one without TLS settings or a proxy uses the shared client.
+    pub fn set_registered(&self, name: &str, endpoint: Option<&EndpointConfig>) -> Result<(), ClientError> {
+        let built = match endpoint {
+            Some(e) => own_client(name, e, self.allow_private, self.default_proxy.as_ref(), self.idle)?,
+            None => None,
+        };
+        let mut registered = self.registered.write().expect("client lock poisoned");
+        match built {
+            Some(egress) => registered.insert(name.to_string(), egress),
+            None => registered.remove(name),
+        };
+        Ok(())
+    }
+
+    fn registered(&self, name: &str) -> Option<Egress> {
+        self.registered.read().expect("client lock poisoned").get(name).cloned()
     }
 
     /// One attempt. `now` is the `webhook-timestamp`.
     pub async fn attempt(&self, event: &Event, now: SystemTime) -> Attempt {
         let started = Instant::now();
+        let registered;
         let egress = match &event.endpoint_name {
-            Some(name) => self.endpoints.get(&**name).unwrap_or(&self.shared),
+            Some(name) => match self.endpoints.get(&**name) {
+                Some(own) => own,
+                None => {
+                    registered = self.registered(name);
+                    registered.as_ref().unwrap_or(&self.shared)
+                }
+            },
             None => &self.shared,
         };
         if !self.allow_private {
@@ -173,6 +202,26 @@ fn attempt_error(error: reqwest::Error, endpoint: &str) -> Attempt {
 /// (through a proxy it only ever resolves the proxy, which is trusted by
 /// configuration: the target is checked by [`check_before_proxy`]); it keeps
 /// up to `idle` connections per host open between requests.
+/// The own client of an endpoint with a client certificate, a CA or a proxy; `None` without.
+fn own_client(
+    name: &str,
+    endpoint: &EndpointConfig,
+    allow_private: bool,
+    default_proxy: Option<&SecretUrl>,
+    idle: usize,
+) -> Result<Option<Egress>, ClientError> {
+    if endpoint.client_cert.is_none() && endpoint.ca.is_none() && endpoint.proxy.is_none() {
+        return Ok(None);
+    }
+    let key = format!("endpoints.{name}");
+    let egress_error = |error| ClientError::Egress { key: key.clone(), error };
+    let identity =
+        egress::identity_of(endpoint.client_cert.as_deref(), endpoint.client_key.as_deref()).map_err(egress_error)?;
+    let cas = endpoint.ca.as_deref().map(egress::ca).transpose().map_err(egress_error)?;
+    let proxy = endpoint.proxy.as_ref().or(default_proxy);
+    build(&key, allow_private, proxy, identity, cas.unwrap_or_default(), idle).map(Some)
+}
+
 fn build(
     key: &str,
     allow_private: bool,
@@ -209,7 +258,7 @@ fn build(
 
 /// Resolves the target's name as the proxy will and refuses it when any of
 /// its addresses is not global. A rebinding between this lookup and the
-/// proxy's is the proxy's to stop (README, "Egress through a proxy").
+/// proxy's is the proxy's to stop (handbook: integrations/proxy.md).
 async fn check_before_proxy(event: &Event) -> Result<(), Attempt> {
     let host = event.url.host_str().unwrap_or_default();
     let port = event.url.port_or_known_default().unwrap_or(443);

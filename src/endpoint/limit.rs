@@ -4,7 +4,8 @@
 //! the limit starts low ([`INITIAL`]) and doubles per round trip while the
 //! receiver answers without queueing; past the first sign of trouble it grows
 //! by one per round trip. It shrinks when the receiver is overloaded: a 429,
-//! 503 or 504, a timeout or a refused connection halves it, and an answer
+//! 503 or 504, a timeout or any transport error (a refused or reset connection, DNS,
+//! TLS) halves it, and an answer
 //! slower than twice the fastest recent one (queueing at the receiver) takes
 //! a tenth off, at most once per round trip. It stays between 1 and the
 //! ceiling (`delivery.max_in_flight_per_endpoint` or the endpoint's

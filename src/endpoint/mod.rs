@@ -7,6 +7,7 @@
 //! - [`limit`]: the adaptive concurrency limit (AIMD with slow start).
 //! - [`pace`]: `rate_limit` as a token bucket, and the `Retry-After` hold.
 //! - [`egress`]: client certificates, CAs, proxies; [`deliver`]: one HTTP attempt; [`sign`]: Standard Webhooks signatures.
+//! - [`registry`]: endpoints as data, from a compacted topic every replica follows.
 
 pub mod circuit;
 pub mod deliver;
@@ -14,5 +15,6 @@ pub mod egress;
 pub mod guard;
 pub mod limit;
 pub mod pace;
+pub mod registry;
 pub mod sign;
 pub mod state;

@@ -141,7 +141,7 @@ impl Rules {
 /// A token bucket, in milliseconds. Pure: the caller says what time it is.
 ///
 /// `tokens` is the count at `at_ms`; it grows by `per_ms` per millisecond up
-/// to `cap` (the burst, and [`LATE_MS`] of refill). `at_ms` may lie ahead (a
+/// to `cap` (the burst, and `LATE_MS` of refill). `at_ms` may lie ahead (a
 /// hold): no token grows before it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Bucket {

@@ -33,6 +33,8 @@ pub struct States {
     paces: pace::Rules,
     circuit: CircuitConfig,
     entries: Mutex<HashMap<Arc<str>, Arc<Entry>>>,
+    /// Registry endpoints' own ceilings and paces, looked up when their state is made.
+    registry: Option<Arc<super::registry::Registry>>,
 }
 
 /// One endpoint: its limit, pace and circuit, the requests in flight, and who waits for a slot.
@@ -69,7 +71,19 @@ impl States {
             paces: pace_rules(config),
             circuit: config.circuit.clone(),
             entries: Mutex::default(),
+            registry: None,
         }
+    }
+
+    /// The same, with the ceilings and paces of the registry's endpoints.
+    pub fn with_registry(self, registry: Option<Arc<super::registry::Registry>>) -> States {
+        States { registry, ..self }
+    }
+
+    /// Forgets `key`'s state (its registry spec changed host, limits or pace):
+    /// the next record starts afresh; records holding the old state finish with it.
+    pub fn forget(&self, key: &str) {
+        self.entries.lock().expect("endpoint map lock poisoned").remove(key);
     }
 
     /// How long an open circuit waits before its probe.
@@ -80,12 +94,15 @@ impl States {
     fn entry(&self, key: &Arc<str>) -> Arc<Entry> {
         let mut entries = self.entries.lock().expect("endpoint map lock poisoned");
         let entry = entries.entry(key.clone()).or_insert_with(|| {
-            let ceiling = self.ceilings.get(&**key).copied().unwrap_or(self.default_ceiling);
+            let own = self.registry.as_ref().and_then(|r| r.rules_of(key));
+            let ceiling = own.and_then(|(c, _)| c).or(self.ceilings.get(&**key).copied());
+            let ceiling = ceiling.unwrap_or(self.default_ceiling);
+            let rule = own.map_or_else(|| self.paces.of(key), |(_, rule)| rule);
             let aimd = Aimd::new(ceiling);
             metrics::concurrency_limit(key, aimd.limit(), ceiling);
             Arc::new(Entry {
                 live: LiveLimit::fixed(aimd.limit()),
-                pace: Arc::new(Pace::new(self.paces.of(key), now_ms())),
+                pace: Arc::new(Pace::new(rule, now_ms())),
                 aimd: Mutex::new(aimd),
                 circuit: Mutex::default(),
                 in_flight: AtomicUsize::new(0),

@@ -3,12 +3,15 @@
 //! A decode error is final: the record goes to the dead topic with reason
 //! `invalid_event` and the error text in `hookrelay-last-error`.
 
+pub mod dead_letter;
 #[cfg(test)]
 mod fuzz;
 pub mod headers;
 pub mod hop;
+pub mod named;
 pub mod seal;
 pub mod trace_context;
+pub mod trust;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,8 +21,9 @@ use reqwest::header::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+pub(crate) use self::named::NamedEndpoint;
 use crate::app::clock::parse_rfc3339_ms;
-use crate::config::{Config, EndpointConfig, Ordering};
+use crate::config::{Config, Ordering};
 use crate::endpoint::guard::{check_header, endpoint_key, parse_target_url, BadHeader, BadUrl};
 use crate::endpoint::sign::SigningKey;
 
@@ -76,20 +80,13 @@ pub struct Event {
 #[derive(Debug, Clone)]
 pub struct Endpoints {
     named: BTreeMap<String, NamedEndpoint>,
+    /// The endpoint registry, when it is on: names the file does not define.
+    registry: Option<Arc<crate::endpoint::registry::Registry>>,
     default_keys: Arc<[SigningKey]>,
     default_timeout: Duration,
     max_payload_bytes: usize,
     /// `delivery.ordering` is `"key"`: for inline URLs.
     default_ordered: bool,
-}
-
-#[derive(Debug, Clone)]
-struct NamedEndpoint {
-    url: url::Url,
-    keys: Arc<[SigningKey]>,
-    timeout: Option<Duration>,
-    headers: Vec<(HeaderName, HeaderValue)>,
-    ordered: bool,
 }
 
 impl Endpoints {
@@ -102,18 +99,11 @@ impl Endpoints {
         let named = config
             .endpoints
             .iter()
-            .filter_map(|(name, e): (&String, &EndpointConfig)| {
-                let url = parse_target_url(e.url.expose()).ok()?;
-                let headers = e.headers.iter().filter_map(|(k, v)| check_header(k, v.expose()).ok()).collect();
-                let ordered = e.ordering.unwrap_or(config.delivery.ordering) == Ordering::Key;
-                Some((
-                    name.clone(),
-                    NamedEndpoint { url, keys: keys(&e.secrets), timeout: e.timeout, headers, ordered },
-                ))
-            })
+            .filter_map(|(name, e)| Some((name.clone(), NamedEndpoint::of(e, config.delivery.ordering)?)))
             .collect();
         Endpoints {
             named,
+            registry: None,
             default_keys: keys(&config.delivery.signing_secrets),
             default_timeout: config.delivery.timeout,
             max_payload_bytes: config.delivery.max_payload_bytes,
@@ -121,45 +111,21 @@ impl Endpoints {
         }
     }
 
+    /// The same, with the names of `registry` besides the file's (the file's win).
+    pub fn with_registry(self, registry: Option<Arc<crate::endpoint::registry::Registry>>) -> Endpoints {
+        Endpoints { registry, ..self }
+    }
+
     /// Decodes and validates one record value. `default_id` is used when the event has no `id`.
     pub fn decode(&self, value: &[u8], default_id: impl FnOnce() -> String) -> Result<Event, InvalidEvent> {
-        let envelope: Envelope<'_> = match serde_json::from_slice(value) {
-            Ok(envelope) => envelope,
-            Err(e) if e.classify() == serde_json::error::Category::Data => {
-                // Valid JSON of the wrong shape: say which, rather than serde's text.
-                return match serde_json::from_slice::<serde_json::Value>(value) {
-                    Ok(serde_json::Value::Object(_)) => Err(InvalidEvent::NotJson(e.to_string())),
-                    Ok(_) => Err(InvalidEvent::NotObject),
-                    Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
-                };
-            }
-            Err(e) => return Err(InvalidEvent::NotJson(e.to_string())),
-        };
+        let envelope = Envelope::parse(value)?;
         let payload = envelope.payload.ok_or(InvalidEvent::MissingPayload)?;
         let body = payload.get().as_bytes();
         if body.len() > self.max_payload_bytes {
             return Err(InvalidEvent::PayloadTooLarge { size: body.len(), limit: self.max_payload_bytes });
         }
-        let (url, endpoint_key, keys, endpoint_timeout, mut headers, ordered) =
-            match (&envelope.url, &envelope.endpoint) {
-                (Some(url), None) => {
-                    let url = parse_target_url(url)?;
-                    let key: Arc<str> = endpoint_key(&url).into();
-                    (url, key, self.default_keys.clone(), None, Vec::new(), self.default_ordered)
-                }
-                (None, Some(name)) => {
-                    let endpoint = self.named.get(name).ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
-                    (
-                        endpoint.url.clone(),
-                        Arc::from(name.as_str()),
-                        endpoint.keys.clone(),
-                        endpoint.timeout,
-                        endpoint.headers.clone(),
-                        endpoint.ordered,
-                    )
-                }
-                _ => return Err(InvalidEvent::Target),
-            };
+        let Target { url, endpoint_key, keys, timeout: endpoint_timeout, mut headers, ordered } =
+            self.target(&envelope)?;
         for (name, value) in envelope.headers.unwrap_or_default() {
             let (name, value) = check_header(&name, &value)?;
             headers.retain(|(existing, _)| existing != name);
@@ -199,6 +165,50 @@ impl Endpoints {
             ordered,
         })
     }
+
+    /// Where the event goes: its inline `url` with the defaults, or its named `endpoint`.
+    fn target(&self, envelope: &Envelope<'_>) -> Result<Target, InvalidEvent> {
+        match (&envelope.url, &envelope.endpoint) {
+            (Some(url), None) => {
+                let url = parse_target_url(url)?;
+                Ok(Target {
+                    endpoint_key: endpoint_key(&url).into(),
+                    url,
+                    keys: self.default_keys.clone(),
+                    timeout: None,
+                    headers: Vec::new(),
+                    ordered: self.default_ordered,
+                })
+            }
+            (None, Some(name)) => {
+                let registered = || self.registry.as_ref()?.lookup(name);
+                let endpoint = self.named.get(name).cloned().or_else(registered);
+                let endpoint = endpoint.ok_or_else(|| InvalidEvent::UnknownEndpoint(name.clone()))?;
+                Ok(Target {
+                    url: endpoint.url.clone(),
+                    endpoint_key: Arc::from(name.as_str()),
+                    keys: endpoint.keys.clone(),
+                    timeout: endpoint.timeout,
+                    headers: endpoint.headers.clone(),
+                    ordered: endpoint.ordered,
+                })
+            }
+            _ => Err(InvalidEvent::Target),
+        }
+    }
+}
+
+/// An event's receiver before the event's own fields apply.
+struct Target {
+    url: url::Url,
+    /// See [`Event::endpoint_key`].
+    endpoint_key: Arc<str>,
+    keys: Arc<[SigningKey]>,
+    /// The endpoint's timeout, if it sets one.
+    timeout: Option<Duration>,
+    /// The endpoint's headers.
+    headers: Vec<(HeaderName, HeaderValue)>,
+    ordered: bool,
 }
 
 /// SPEC: an `id` is 1-256 bytes of visible ASCII (0x21-0x7E).
@@ -222,6 +232,23 @@ struct Envelope<'a> {
     timeout_ms: Option<u64>,
     retry_until: Option<String>,
     max_attempts: Option<u32>,
+}
+
+impl<'a> Envelope<'a> {
+    fn parse(value: &'a [u8]) -> Result<Envelope<'a>, InvalidEvent> {
+        match serde_json::from_slice(value) {
+            Ok(envelope) => Ok(envelope),
+            Err(e) if e.classify() == serde_json::error::Category::Data => {
+                // Valid JSON of the wrong shape: say which, rather than serde's text.
+                match serde_json::from_slice::<serde_json::Value>(value) {
+                    Ok(serde_json::Value::Object(_)) => Err(InvalidEvent::NotJson(e.to_string())),
+                    Ok(_) => Err(InvalidEvent::NotObject),
+                    Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
+                }
+            }
+            Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
+        }
+    }
 }
 
 /// `"payload": null` is a payload (JSON null); only a missing field is `None`.

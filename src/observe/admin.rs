@@ -46,6 +46,10 @@ fn ready(readiness: &Readiness) -> impl IntoResponse {
             (StatusCode::SERVICE_UNAVAILABLE, "not ready: waiting to join the consumer group".to_string())
         }
         Err(NotReady::Draining) => (StatusCode::SERVICE_UNAVAILABLE, "not ready: shutting down".to_string()),
+        Err(NotReady::Registry) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the endpoint registry is not read to its end (or older than registry.max_lag)".to_string(),
+        ),
         Err(NotReady::Held(for_)) => (
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: a route has been held by a failing produce for {}s", for_.as_secs()),

@@ -16,6 +16,8 @@ pub struct Readiness {
     joined: Arc<AtomicUsize>,
     draining: Arc<AtomicBool>,
     held: Option<(Arc<Held>, Duration)>,
+    /// Not ready while the registry's view is stale (or not yet read to its end).
+    registry: Option<Arc<crate::endpoint::registry::Registry>>,
 }
 
 /// Why `/ready` answers 503.
@@ -25,6 +27,8 @@ pub enum NotReady {
     Draining,
     /// A route has been held by a failing produce for this long.
     Held(Duration),
+    /// The endpoint registry is not read to its end, or its view is older than `registry.max_lag`.
+    Registry,
 }
 
 impl Readiness {
@@ -49,6 +53,11 @@ impl Readiness {
         Readiness { held: Some((held, bound)), ..self }
     }
 
+    /// Not ready while `registry`'s view is stale (not latched).
+    pub fn registry_bound(self, registry: Option<Arc<crate::endpoint::registry::Registry>>) -> Readiness {
+        Readiness { registry, ..self }
+    }
+
     /// Joined and not draining (the `hookrelay_ready` gauge).
     pub fn is_ready(&self) -> bool {
         !self.draining.load(Ordering::SeqCst) && self.joined.load(Ordering::SeqCst) >= self.expected
@@ -61,6 +70,9 @@ impl Readiness {
         }
         if self.joined.load(Ordering::SeqCst) < self.expected {
             return Err(NotReady::Joining);
+        }
+        if self.registry.as_ref().is_some_and(|r| r.is_stale(crate::app::clock::now_ms())) {
+            return Err(NotReady::Registry);
         }
         match &self.held {
             Some((held, bound)) if held.longest(now) > *bound => Err(NotReady::Held(held.longest(now))),

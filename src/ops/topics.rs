@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, ResourceSpecifier, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -22,6 +22,9 @@ pub enum TopicsError {
     Create(String, RDKafkaErrorCode),
     #[error("cannot produce to {0}: {1}")]
     Produce(String, rdkafka::error::KafkaError),
+    /// The registry must keep every endpoint's last record: exit 64.
+    #[error("topic {0} is not compacted (cleanup.policy={1}); the endpoint registry needs cleanup.policy=compact")]
+    NotCompacted(String, String),
 }
 
 /// One topic the relay needs, with its settings.
@@ -29,19 +32,30 @@ pub enum TopicsError {
 pub struct Wanted {
     pub name: String,
     pub retention_ms: u128,
+    /// Stored compressed whatever the producer sent (`compression.type`), or as sent.
+    pub compression: Option<&'static str>,
 }
 
-/// Every topic of the config: events, tiers, dead.
+/// Every topic of the config: events, tiers, dead, and the attempt log unless it is off.
 pub fn wanted(config: &Config) -> Vec<Wanted> {
     let t = &config.topics;
     let retention_ms = t.retention.as_millis();
-    let mut out: Vec<Wanted> = t.events.iter().map(|name| Wanted { name: name.clone(), retention_ms }).collect();
+    let topic = |name: &String, retention_ms| Wanted { name: name.clone(), retention_ms, compression: None };
+    let mut out: Vec<Wanted> = t.events.iter().map(|name| topic(name, retention_ms)).collect();
     // A tier must keep a record at least as long as the record may wait in it.
     for tier in &config.retry.tiers {
-        let keep = retention_ms.max(tier.delay.as_millis() * 2);
-        out.push(Wanted { name: tier.topic.clone(), retention_ms: keep });
+        out.push(topic(&tier.topic, retention_ms.max(tier.delay.as_millis() * 2)));
     }
-    out.push(Wanted { name: t.dead.clone(), retention_ms: t.dead_retention.as_millis() });
+    out.push(topic(&t.dead, t.dead_retention.as_millis()));
+    if !t.attempts.is_empty() {
+        // The attempt log: 7 days, stored compressed.
+        let retention_ms = crate::observe::attempts::RETENTION.as_millis();
+        out.push(Wanted {
+            name: t.attempts.clone(),
+            retention_ms,
+            compression: Some(crate::observe::attempts::COMPRESSION),
+        });
+    }
     out
 }
 
@@ -55,8 +69,12 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
         .iter()
         .zip(&retention)
         .map(|(w, retention)| {
-            NewTopic::new(&w.name, config.topics.partitions, TopicReplication::Fixed(replication))
-                .set("retention.ms", retention)
+            let topic = NewTopic::new(&w.name, config.topics.partitions, TopicReplication::Fixed(replication))
+                .set("retention.ms", retention);
+            match w.compression {
+                Some(codec) => topic.set("compression.type", codec),
+                None => topic,
+            }
         })
         .collect();
     let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
@@ -77,6 +95,7 @@ pub async fn ensure(config: &Config) -> Result<Vec<String>, TopicsError> {
             Err((name, code)) => return Err(TopicsError::Create(name, code)),
         }
     }
+    lines.extend(ensure_registry_topic(config).await?);
     Ok(lines)
 }
 
@@ -97,7 +116,14 @@ pub enum SendUsage {
 }
 
 /// The record value `send` produces, checked as the relay will decode it.
-pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&str>) -> Result<Vec<u8>, SendUsage> {
+/// `registry`: the endpoint registry as read now, for registry names.
+pub fn event_value(
+    config: &Config,
+    registry: Option<std::sync::Arc<crate::endpoint::registry::Registry>>,
+    target: Target,
+    payload: &str,
+    id: Option<&str>,
+) -> Result<Vec<u8>, SendUsage> {
     let payload: serde_json::Value = serde_json::from_str(payload).map_err(SendUsage::Payload)?;
     let mut event = serde_json::json!({ "payload": payload });
     match target {
@@ -108,7 +134,7 @@ pub fn event_value(config: &Config, target: Target, payload: &str, id: Option<&s
         event["id"] = id.into();
     }
     let value = event.to_string().into_bytes();
-    crate::event::Endpoints::new(config).decode(&value, || "send".to_string())?;
+    crate::event::Endpoints::new(config).with_registry(registry).decode(&value, || "send".to_string())?;
     Ok(value)
 }
 
@@ -127,6 +153,36 @@ pub async fn send(config: &Config, value: &[u8], key: Option<&str>) -> Result<St
     Ok(format!("sent to {topic} partition {} offset {}", delivery.partition, delivery.offset))
 }
 
+/// The registry topic's part of `topics ensure`: created compacted (one
+/// partition: a small topic that every replica reads whole), or checked to be.
+async fn ensure_registry_topic(config: &Config) -> Result<Option<String>, TopicsError> {
+    let topic = &config.topics.endpoints;
+    if topic.is_empty() {
+        return Ok(None);
+    }
+    let admin: AdminClient<DefaultClientContext> = crate::config::client::admin_config(&config.kafka).create()?;
+    let options = AdminOptions::new().operation_timeout(Some(Timeout::After(ADMIN_TIMEOUT)));
+    let new = NewTopic::new(topic, 1, TopicReplication::Fixed(config.topics.replication_factor))
+        .set("cleanup.policy", "compact");
+    match admin.create_topics([&new], &options).await?.remove(0) {
+        Ok(name) => return Ok(Some(format!("created {name} (1 partition, compacted)"))),
+        Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+        Err((name, code)) => return Err(TopicsError::Create(name, code)),
+    }
+    let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await?;
+    let policy = described
+        .into_iter()
+        .flatten()
+        .flat_map(|resource| resource.entries)
+        .find(|entry| entry.name == "cleanup.policy")
+        .and_then(|entry| entry.value)
+        .unwrap_or_default();
+    if !policy.split(',').any(|p| p.trim() == "compact") {
+        return Err(TopicsError::NotCompacted(topic.clone(), policy));
+    }
+    Ok(Some(format!("exists  {topic} (compacted)")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +199,7 @@ mod tests {
             (Target::Url("ftp://example.com/".into()), "1", None, Some("bad url")),
         ];
         for (target, payload, id, refused) in cases {
-            match (event_value(&config, target, payload, id), refused) {
+            match (event_value(&config, None, target, payload, id), refused) {
                 (Ok(value), None) => assert!(serde_json::from_slice::<serde_json::Value>(&value).is_ok()),
                 (Err(e), Some(expected)) => assert!(e.to_string().contains(expected), "{e} lacks {expected:?}"),
                 (result, expected) => panic!("{payload}: got {result:?}, expected refusal {expected:?}"),

@@ -1,5 +1,7 @@
 //! One attempt: the endpoint's permit and whether it may take the record now, the request, and what it tells the endpoint's state.
 
+use std::time::Duration;
+
 use super::*;
 
 /// What an attempt says about the receiver's capacity.
@@ -16,8 +18,14 @@ fn signal(attempt: &Attempt, took: std::time::Duration) -> Signal {
 impl Relay {
     /// Waits for the endpoint's permit, asks whether the endpoint may take the
     /// record now, and makes the attempt unless it defers (and why). `None`:
-    /// cancelled (shutdown or revoke) on the way.
-    pub(super) async fn attempt(&self, event: &Event, hop: &mut Hop, cancel: &CancellationToken) -> Option<Outcome> {
+    /// cancelled (shutdown or revoke) on the way. With the outcome, how long the
+    /// request took (none: no request was made).
+    pub(super) async fn attempt(
+        &self,
+        event: &Event,
+        hop: &mut Hop,
+        cancel: &CancellationToken,
+    ) -> Option<(Outcome, Option<Duration>)> {
         let shared = &*self.shared;
         let endpoint = &event.endpoint_key;
         let circuit_changed = |change: Option<Transition>| {
@@ -37,7 +45,7 @@ impl Relay {
             circuit_changed(change);
             match ready {
                 Ready::Now => break,
-                Ready::Defer(why) => return Some(Outcome::Deferred(why)),
+                Ready::Defer(why) => return Some((Outcome::Deferred(why), None)),
                 Ready::Wait(held) => tokio::select! {
                     _ = tokio::time::sleep(held) => {}
                     _ = cancel.cancelled() => return None,
@@ -45,6 +53,7 @@ impl Relay {
             }
         }
         // Cancelled, the permit is dropped: a probe it carried lets the next record probe.
+        let started = Instant::now();
         let attempt = tokio::select! {
             attempt = shared.deliverer.attempt(event, SystemTime::now())
                 .instrument(child(|| tracing::info_span!("attempt", endpoint = &**endpoint, attempt = hop.attempts + 1))) => attempt,
@@ -68,6 +77,6 @@ impl Relay {
         circuit_changed(permit.finish(signal(&attempt, took), verdict));
         metrics::attempt_finished(endpoint, took.as_secs_f64());
         hop.attempts += 1;
-        Some(outcome)
+        Some((outcome, Some(started.elapsed())))
     }
 }

@@ -3,6 +3,7 @@
 mod attempt;
 mod in_place;
 mod shared;
+mod unknown;
 
 pub use self::shared::{SetupError, Shared};
 use std::sync::Arc;
@@ -23,12 +24,15 @@ use crate::endpoint::deliver::Deliverer;
 use crate::endpoint::limit::Signal;
 use crate::endpoint::state::{Ready, States};
 use crate::event::headers::RecordHeaders;
-use crate::event::hop::{headers_of, trusted_on_event_topic, Coordinates, Destination, Hop, RelayHeaders};
+use crate::event::hop::{headers_of, Coordinates, Destination, Hop, RelayHeaders};
 use crate::event::seal::ReplayKey;
 use crate::event::trace_context::TraceContext;
+use crate::event::trust::trusted_on_event_topic;
 use crate::event::{Endpoints, Event, InvalidEvent};
+use crate::observe::attempts::{id_of_invalid, At, Entry, Step};
 use crate::observe::metrics;
 use crate::observe::otel;
+use crate::observe::waiting::{self, Waiting};
 use crate::route::held::Held;
 use crate::route::outcome::{classify, Attempt, DeadReason, Outcome, Route};
 use crate::route::{not_yet, plan, Ladder, Original, PlanInput, Router, Unrouted};
@@ -68,6 +72,8 @@ struct Record<'a> {
     hop: &'a Hop,
     event: &'a Event,
     in_place: Option<&'a in_place::Kept>,
+    /// Where it was read and how long this processing's attempt took, for the attempt log.
+    step: Step<'a>,
 }
 
 /// A record read by a relay consumer, decoded once when it was accepted.
@@ -80,6 +86,8 @@ pub struct Prepared {
     trace: Option<TraceContext>,
     /// A record of an ordered key on an event topic: retried in place, keeping its hop state here.
     in_place: Option<in_place::Kept>,
+    /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
+    _waiting: Option<Waiting>,
 }
 
 impl Handler for Relay {
@@ -138,7 +146,9 @@ impl Handler for Relay {
             order,
         };
         let in_place = order.map(|_| in_place::Kept::default());
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place })
+        let since_ms = hop.event_ms.unwrap_or_else(now_ms);
+        let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting })
     }
 
     fn handle(
@@ -187,7 +197,10 @@ impl Handler for Relay {
                 last_error: Some(&error),
                 endpoint,
             };
-            self.send_dead(&original, relay(Destination::Dead { reason: DeadReason::InternalError }), &cancel).await
+            let id = event.as_ref().map_or_else(|_| hop.origin.default_id(), |e| e.id.clone());
+            let log = Entry::without_attempt(&id, endpoint, hop.attempts, At::of(record), Some(&error));
+            let dead = relay(Destination::Dead { reason: DeadReason::InternalError });
+            self.send_dead(&original, dead, &log, &cancel).await
         }
         .boxed()
     }
@@ -201,8 +214,24 @@ impl Relay {
         let Prepared { record, headers, hop, event, in_place, .. } = prepared;
         let mut hop = in_place.as_ref().map_or_else(|| hop.clone(), |kept| kept.hop(hop));
         let original = Original { key: record.key(), value: record.payload(), headers };
+        // No event is judged on a stale view of the registry (SPEC): wait for it.
+        if let (None, Some(registry)) = (self.tier, &shared.registry) {
+            if !registry.wait_fresh(&cancel).await {
+                return Done::Abandoned;
+            }
+        }
+        let found;
         let event = match event {
             Ok(event) => event,
+            Err(InvalidEvent::UnknownEndpoint(name)) if shared.registry.is_some() => {
+                match self.unknown(prepared, &original, &mut hop, name, &cancel).await {
+                    Ok(event) => {
+                        found = event;
+                        &found
+                    }
+                    Err(done) => return done,
+                }
+            }
             Err(invalid) => {
                 // Bad data is a dead letter, never a crash or a stalled partition.
                 let error = invalid.to_string();
@@ -213,7 +242,9 @@ impl Relay {
                     last_error: Some(&error),
                     endpoint: "invalid",
                 };
-                return self.send_dead(&original, relay, &cancel).await;
+                let id = id_of_invalid(record.payload()).unwrap_or_else(|| hop.origin.default_id());
+                let log = Entry::without_attempt(&id, "invalid", hop.attempts, At::of(record), Some(&error));
+                return self.send_dead(&original, relay, &log, &cancel).await;
             }
         };
         // Set on the first hop and carried in headers afterwards; a replay sets
@@ -224,15 +255,16 @@ impl Relay {
         // A tier lets a record go after at most its delay (see `prepare`); one
         // whose own due time is still ahead laps the last tier, unattempted.
         let lap = self.tier.and_then(|_| not_yet(hop.due_ms, now, deadline));
-        let outcome = match (work, lap) {
-            (Work::Defer(why), _) => Outcome::Deferred(why),
-            (Work::Attempt, Some(due_ms)) => Outcome::NotYet { due_ms },
+        let (outcome, took) = match (work, lap) {
+            (Work::Defer(why), _) => (Outcome::Deferred(why), None),
+            (Work::Attempt, Some(due_ms)) => (Outcome::NotYet { due_ms }, None),
             (Work::Attempt, None) => match self.attempt(event, &mut hop, &cancel).await {
-                Some(outcome) => outcome,
+                Some(attempted) => attempted,
                 None => return Done::Abandoned,
             },
         };
-        let record = Record { original: &original, hop: &hop, event, in_place: in_place.as_ref() };
+        let step = Step { record: At::of(record), took };
+        let record = Record { original: &original, hop: &hop, event, in_place: in_place.as_ref(), step };
         self.route(record, outcome, &cancel).instrument(child(|| tracing::info_span!("route"))).await
     }
 
@@ -241,7 +273,7 @@ impl Relay {
     /// ordered key (`in_place`) waits in place instead of going to a tier.
     async fn route(&self, record: Record<'_>, outcome: Outcome, cancel: &CancellationToken) -> Done {
         let shared = &*self.shared;
-        let Record { original, hop, event, in_place } = record;
+        let Record { original, hop, event, in_place, step } = record;
         let endpoint = &*event.endpoint_key;
         // One reading of the clock for the whole decision.
         let now = now_ms();
@@ -263,11 +295,13 @@ impl Relay {
             Outcome::Deferred(why) => (hop.last_status, Some(why.describe(endpoint))),
             Outcome::NotYet { .. } => (hop.last_status, hop.last_error.clone()),
         };
+        let log = step.entry(&event.id, endpoint, hop.attempts, last_status, last_error.as_deref());
         if let (Some(kept), Route::Tier { due_ms, .. }) = (in_place, &route) {
             let deferred = matches!(outcome, Outcome::Deferred(_));
             let due_ms = in_place::due_ms(*due_ms, deferred, now, shared.states.cool_down().as_millis() as i64);
             kept.keep(Hop { last_status, last_error: last_error.clone(), ..hop.clone() });
             metrics::retried_in_place(endpoint, &event.id, hop.attempts, deferred, due_ms - now, last_error.as_deref());
+            shared.attempts.passed_on(&log, &outcome, "in-place", None);
             return Done::Again { due_ms };
         }
         let relay =
@@ -276,6 +310,7 @@ impl Relay {
             Route::Delivered => {
                 let latency_ms = hop.event_ms.map(|t| now - t);
                 metrics::delivered(endpoint, &event.id, hop.attempts, latency_ms);
+                shared.attempts.delivered(&log);
                 Done::Decided
             }
             Route::Tier { index, due_ms } => {
@@ -283,29 +318,36 @@ impl Relay {
                 let built = relay(Destination::Tier { due_ms }).write(original.headers);
                 // Decided only once the broker acknowledged the tier record, or
                 // once it is known that the tier can never take it.
-                match shared.router.produce(topic, original, built, cancel).await {
-                    Ok(()) => {}
+                let to = match shared.router.produce(topic, original, built, cancel).await {
+                    Ok((partition, offset)) => At { topic, partition, offset },
                     Err(Unrouted::Abandoned) => return Done::Abandoned,
                     Err(too_large @ Unrouted::TooLarge { .. }) => {
                         let error = too_large.to_string();
                         metrics::produce_too_large(topic, &event.id, &error);
                         let reason = DeadReason::TooLarge;
                         let dead = RelayHeaders { last_error: Some(&error), ..relay(Destination::Dead { reason }) };
-                        return self.send_dead(original, dead, cancel).await;
+                        return self.send_dead(original, dead, &Entry { error: Some(&error), ..log }, cancel).await;
                     }
-                }
+                };
                 metrics::retry_routed(endpoint, &event.id, hop.attempts, topic, &outcome, last_error.as_deref());
+                shared.attempts.passed_on(&log, &outcome, topic, Some(to));
                 Done::Decided
             }
-            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), cancel).await,
+            Route::Dead { reason } => self.send_dead(original, relay(Destination::Dead { reason }), &log, cancel).await,
         }
     }
 
     /// Writes the dead record. A dead topic that cannot take the value gets
     /// the record without it (headers kept, and the loss said in
     /// `hookrelay-last-error`); one that cannot take even the original headers
-    /// gets the relay's headers alone.
-    async fn send_dead(&self, original: &Original<'_>, relay: RelayHeaders<'_>, cancel: &CancellationToken) -> Done {
+    /// gets the relay's headers alone. `log` is its attempt-log record, written once acknowledged.
+    async fn send_dead(
+        &self,
+        original: &Original<'_>,
+        relay: RelayHeaders<'_>,
+        log: &Entry<'_>,
+        cancel: &CancellationToken,
+    ) -> Done {
         let router = &self.shared.router;
         let topic = router.dead_topic();
         let Destination::Dead { reason } = relay.destination else { unreachable!("send_dead writes dead records") };
@@ -326,8 +368,8 @@ impl Relay {
             }
             dropped = Some(last_error);
         }
-        match produced {
-            Ok(()) => {}
+        let (partition, offset) = match produced {
+            Ok(to) => to,
             Err(Unrouted::Abandoned) => return Done::Abandoned,
             Err(Unrouted::TooLarge { error, .. }) => {
                 // Cannot happen above a few KiB of max.message.bytes (start-up refuses a dead
@@ -335,7 +377,8 @@ impl Relay {
                 tracing::error!(topic, error, "dead record too large even without value and headers");
                 return Done::Abandoned;
             }
-        }
+        };
+        self.shared.attempts.dead(log, reason.as_str(), At { topic, partition, offset });
         metrics::dead_routed(
             relay.endpoint,
             &relay.hop.origin.default_id(),

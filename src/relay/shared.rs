@@ -3,6 +3,8 @@
 use std::sync::Arc;
 
 use super::*;
+use crate::endpoint::registry::{Effect, Entry, Registry};
+use crate::observe::attempts::AttemptLog;
 
 /// What every relay consumer (events and each tier) shares.
 pub struct Shared {
@@ -17,6 +19,10 @@ pub struct Shared {
     pub max_attempts: u32,
     /// Checks the seal of `replay`'s headers on event topics.
     pub replay_key: Option<ReplayKey>,
+    /// The attempt log (a no-op when `topics.attempts` is off).
+    pub attempts: AttemptLog,
+    /// The endpoint registry, when it is on.
+    pub registry: Option<Arc<Registry>>,
 }
 
 /// The relay could not set up its clients.
@@ -30,17 +36,37 @@ pub enum SetupError {
 
 impl Shared {
     /// `message_max_bytes` is the producer's limit ([`crate::route::sizes`]); `held` counts routes held by a failing produce.
-    pub fn new(config: &Config, message_max_bytes: usize, held: Arc<Held>) -> Result<Arc<Shared>, SetupError> {
+    /// `registry` is the live view of the endpoint registry, when it is on.
+    pub fn new(
+        config: &Config,
+        message_max_bytes: usize,
+        held: Arc<Held>,
+        registry: Option<Arc<Registry>>,
+    ) -> Result<Arc<Shared>, SetupError> {
         Ok(Arc::new(Shared {
-            endpoints: Endpoints::new(config),
+            endpoints: Endpoints::new(config).with_registry(registry.clone()),
             deliverer: Deliverer::new(config)?,
-            states: States::new(config),
+            states: States::new(config).with_registry(registry.clone()),
             router: Router::new(config, message_max_bytes, held)?,
             ladder: Ladder::new(config.retry.tiers.iter().map(|t| t.delay), config.retry.jitter),
             permanent_statuses: config.delivery.permanent_statuses.clone(),
             max_age_ms: config.retry.max_age.as_millis() as i64,
             max_attempts: config.retry.max_attempts,
             replay_key: config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose())),
+            attempts: AttemptLog::new(config)?,
+            registry,
         }))
+    }
+
+    /// Keeps the per-endpoint state in step with an applied registry change:
+    /// a new host, or new limits or pace, start its state afresh (limit, pace
+    /// and circuit); secrets, headers and paths keep it.
+    pub fn registry_changed(&self, name: &str, effect: Effect, entry: Option<&Entry>) {
+        if matches!(effect, Effect::Host | Effect::Limits) {
+            self.states.forget(name);
+        }
+        if let Err(error) = self.deliverer.set_registered(name, entry.map(|e| &e.spec.endpoint)) {
+            tracing::error!(endpoint = name, %error, "the registry endpoint's own HTTP client cannot be built; it uses the shared one");
+        }
     }
 }

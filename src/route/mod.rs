@@ -5,6 +5,7 @@
 //! (overwritten, never appended). A produce decides a record's fate only once
 //! the broker acknowledged it (idempotent producer, `acks=all`).
 
+pub mod backoff;
 pub mod held;
 pub mod outcome;
 pub mod sizes;
@@ -21,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Config;
 use crate::event::headers::RecordHeaders;
 use crate::observe::metrics;
+use crate::route::backoff::Backoff;
 use crate::route::held::Held;
 use crate::route::outcome::{DeadReason, FinalReason, Outcome, Route};
 
@@ -133,6 +135,23 @@ pub struct Original<'a> {
     pub headers: &'a RecordHeaders,
 }
 
+/// A record to `topic` with this key, value and headers (a tier, dead or replayed copy of one read).
+pub fn future_record<'a>(
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    value: Option<&'a [u8]>,
+    headers: OwnedHeaders,
+) -> FutureRecord<'a, [u8], [u8]> {
+    let mut record = FutureRecord::to(topic).headers(headers);
+    if let Some(key) = key {
+        record = record.key(key);
+    }
+    if let Some(value) = value {
+        record = record.payload(value);
+    }
+    record
+}
+
 /// Produces tier and dead records; only an acknowledged produce returns Ok.
 #[derive(Clone)]
 pub struct Router {
@@ -219,30 +238,25 @@ impl Router {
     /// inside `message.timeout.ms`; this loop covers longer outages, during
     /// which the record stays undecided, its offset is not committed and the
     /// route counts as held ([`Held`]). A record too large for the producer or
-    /// the topic is returned as [`Unrouted::TooLarge`], never retried.
+    /// the topic is returned as [`Unrouted::TooLarge`], never retried. Ok: the
+    /// partition and offset the broker acknowledged.
     pub async fn produce(
         &self,
         topic: &str,
         original: &Original<'_>,
         headers: OwnedHeaders,
         cancel: &CancellationToken,
-    ) -> Result<(), Unrouted> {
-        let mut backoff = Duration::from_millis(100);
+    ) -> Result<(i32, i64), Unrouted> {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         let mut held = None;
         loop {
-            let mut record = FutureRecord::<[u8], [u8]>::to(topic).headers(headers.clone());
-            if let Some(key) = original.key {
-                record = record.key(key);
-            }
-            if let Some(value) = original.value {
-                record = record.payload(value);
-            }
+            let record = future_record(topic, original.key, original.value, headers.clone());
             let sent = tokio::select! {
                 sent = self.producer.send(record, Timeout::Never) => sent,
                 _ = cancel.cancelled() => return Err(Unrouted::Abandoned),
             };
             let error = match sent {
-                Ok(_) => return Ok(()),
+                Ok(delivery) => return Ok((delivery.partition, delivery.offset)),
                 Err((error, _)) => error,
             };
             let fatal = self.producer.client().fatal_error();
@@ -259,14 +273,13 @@ impl Router {
                 }
                 ProduceFailure::Transient => {
                     held.get_or_insert_with(|| self.held.hold(topic, Instant::now()));
-                    metrics::produce_failed(topic, &error, backoff);
+                    metrics::produce_failed(topic, &error, backoff.peek());
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(backoff.advance()) => {}
                 _ = cancel.cancelled() => return Err(Unrouted::Abandoned),
             }
-            backoff = (backoff * 2).min(Duration::from_secs(10));
         }
     }
 

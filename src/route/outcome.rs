@@ -48,6 +48,9 @@ pub enum Why {
     Overflow,
     /// The endpoint's pace (its `rate_limit`, or a `Retry-After` hold) would have kept it waiting past `rate_max_wait`.
     Pace,
+    /// The event names an endpoint this replica does not know (yet): the
+    /// registry is on and `registry.unknown_grace` has not passed.
+    Unknown,
 }
 
 impl Why {
@@ -56,6 +59,7 @@ impl Why {
         match self {
             Why::Circuit => format!("deferred: circuit open for {endpoint}"),
             Why::Overflow => format!("deferred: {endpoint} has too many records waiting (overflow)"),
+            Why::Unknown => format!("deferred: unknown endpoint {endpoint:?} (waiting registry.unknown_grace for it)"),
             Why::Pace => {
                 format!("deferred: {endpoint} is paced (rate_limit or Retry-After) and this record would wait past rate_max_wait")
             }

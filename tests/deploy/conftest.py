@@ -72,6 +72,8 @@ METRICS = {
     "hookrelay_produce_failures_total": {"labels": {"topic"}},
     "hookrelay_route_held_seconds": {"labels": {"topic"}},
     "hookrelay_route_held_records": {"labels": {"topic"}},
+    "hookrelay_endpoint_oldest_waiting_seconds": {"labels": {"endpoint"}},
+    "hookrelay_attempt_log_dropped_total": {"labels": set()},
 }
 # Labels Prometheus attaches to every scraped series (static config and
 # Prometheus Operator), plus the histogram bucket label.

@@ -109,11 +109,11 @@ def test_every_required_alert_exists(alerts):
 
 
 def test_every_alert_has_severity_summary_description_and_runbook(alerts):
-    readme = (DEPLOY / "README.md").read_text(encoding="utf-8")
+    runbooks = (DEPLOY.parent / "docs" / "src" / "operations" / "alerts.md").read_text(encoding="utf-8")
     # GitHub's anchor for a heading: lower case, punctuation dropped, spaces to '-'.
     anchors = {
         re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
-        for heading in re.findall(r"^#+\s+(.*)$", readme, flags=re.M)
+        for heading in re.findall(r"^#+\s+(.*)$", runbooks, flags=re.M)
     }
     for rule in all_rules(alerts):
         name = rule["alert"]
@@ -122,8 +122,8 @@ def test_every_alert_has_severity_summary_description_and_runbook(alerts):
         assert annotations.get("summary"), name
         assert annotations.get("description"), name
         url = annotations.get("runbook_url", "")
-        assert url == f"deploy/README.md#runbook-{name.lower()}", (name, url)
-        assert f"runbook-{name.lower()}" in anchors, f"deploy/README.md has no 'Runbook: {name}' section"
+        assert url == f"docs/src/operations/alerts.md#runbook-{name.lower()}", (name, url)
+        assert f"runbook-{name.lower()}" in anchors, f"docs/src/operations/alerts.md has no 'Runbook: {name}' section"
 
 
 def test_alert_queries_use_known_metrics_and_labels(alerts):

@@ -105,16 +105,21 @@ async fn account(
             })
             .collect()
     };
-    let deadline = Instant::now() + timeout;
-    let (delivered_ids, dead) = loop {
+    let (delivered, dead_of) = (&delivered, &dead_of);
+    // Every event decided, or the state at the deadline: the ledger tells what is pending or lost.
+    let decided = poll_until(timeout, Duration::from_secs(2), || async move {
         let delivered_ids = delivered();
         let expected_dead = produced.len().saturating_sub(delivered_ids.len());
         let dead = dead_of(&read_topic(&topics.dead, expected_dead, Duration::from_secs(5)).await);
-        if delivered_ids.len() + dead.len() >= produced.len() || Instant::now() > deadline {
-            break (delivered_ids, dead);
+        let done = delivered_ids.len() + dead.len() >= produced.len();
+        if done {
+            Ok((delivered_ids, dead))
+        } else {
+            Err((delivered_ids, dead))
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    })
+    .await;
+    let (delivered_ids, dead) = decided.unwrap_or_else(|not_yet| not_yet);
     let committed: HashMap<i32, i64> = produced
         .events
         .iter()
@@ -419,7 +424,7 @@ async fn drill_receiver_refusing_then_back() {
     let receiver = Receiver::start(Behaviour::default()).await;
     let port = free_port();
     let topics = Topics::create(4, &[Duration::from_secs(3), Duration::from_secs(3)]).await;
-    let _relay = Relay::start(&Config::new(&topics), &[]).await;
+    let relay = Relay::start(&Config::new(&topics), &[]).await;
     let n = 2_000;
     let values: Vec<_> = (0..n)
         .map(|i| {
@@ -434,7 +439,18 @@ async fn drill_receiver_refusing_then_back() {
     let mut produced = Produced::default();
     produced.send(&producer(), &topics.events, values).await;
     // Refused for a while (every event's first attempt, some second ones), then back.
-    tokio::time::sleep(Duration::from_secs(8)).await;
+    let (tier_0, tier_1) = (&topics.tiers[0].0, &topics.tiers[1].0);
+    eventually_explained("every first attempt and some second ones refused", Duration::from_secs(120), || async {
+        let text = relay.metrics().await;
+        let routed = |tier: &str| metric(&text, &format!("hookrelay_retries_routed_total{{tier=\"{tier}\"}}"));
+        let (first, second) = (routed(tier_0).unwrap_or(0.0), routed(tier_1).unwrap_or(0.0));
+        if first >= n as f64 && second > 0.0 {
+            Ok(())
+        } else {
+            Err(format!("routed to the first tier {first} of {n}, to the second {second}"))
+        }
+    })
+    .await;
     let back_ms = now_ms();
     let _proxy = open_port(port, receiver.addr).await;
     let ledger = account("receiver-refusing", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
@@ -508,8 +524,12 @@ async fn drill_notification_sink_down_for_two_windows() {
     let bad = 1_000;
     let mut produced = Produced::default();
     produced.send_with_headers(&producer(), &topics.events, malformed(&receiver, bad)).await;
-    // Down for two windows, then back.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Down until it has refused two tries (a window's message and its retry 1 s later, or the
+    // messages of two windows), then back.
+    eventually("the sink refused two tries", Duration::from_secs(60), || {
+        (sink.received().iter().filter(|r| r.status != 200).count() >= 2).then_some(())
+    })
+    .await;
     sink.set(|b| b.status = 200);
     let ledger = account("notify-sink-down", &topics, &produced, &[&receiver], Duration::from_secs(120)).await;
     assert_eq!(ledger.dead.get("invalid_event").copied(), Some(bad));

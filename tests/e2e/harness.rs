@@ -57,13 +57,57 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<T>>,
 {
+    eventually_explained(what, timeout, || {
+        let answer = check();
+        async move { answer.await.ok_or_else(String::new) }
+    })
+    .await
+}
+
+/// Like [`eventually_async`], for checks that say what is still missing (`Err`): the last
+/// answer is in the panic message.
+pub async fn eventually_explained<T, F, Fut>(what: &str, timeout: Duration, check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, String>>,
+{
+    match poll_until(timeout, Duration::from_millis(100), check).await {
+        Ok(value) => value,
+        Err(last) if last.is_empty() => panic!("timed out after {timeout:?} waiting for: {what}"),
+        Err(last) => panic!("timed out after {timeout:?} waiting for: {what}\n{last}"),
+    }
+}
+
+/// Polls `check` every `every` until it answers `Ok` or `timeout` has passed; then its last
+/// `Err`. For waits that report instead of panicking at the deadline (a drill's ledger).
+pub async fn poll_until<T, E, F, Fut>(timeout: Duration, every: Duration, mut check: F) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(value) = check().await {
-            return value;
+        let answer = check().await;
+        if answer.is_ok() || Instant::now() >= deadline {
+            return answer;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// Runs `command` to its end and returns its output; panics if it is still running after
+/// `limit` (killed then). A guard against a hang, not a measure of speed: give it room.
+pub async fn output_within(command: Command, limit: Duration) -> std::process::Output {
+    let child = tokio::process::Command::from(command)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start the command");
+    match tokio::time::timeout(limit, child.wait_with_output()).await {
+        Ok(output) => output.expect("wait for the command"),
+        Err(_) => panic!("still running after {limit:?} (a hang): killed"),
     }
 }
 
@@ -92,7 +136,7 @@ pub struct Config {
 impl Config {
     /// The base of every test: `topics` and their tiers, the local broker, quick
     /// commits and statistics, private targets allowed (the receivers are on
-    /// 127.0.0.1) and a 1 s notification window.
+    /// 127.0.0.1), a 1 s notification window and the endpoint registry off.
     pub fn new(topics: &Topics) -> Config {
         let mut config = Config { table: toml::Table::new() }
             .set("kafka.brokers", bootstrap())
@@ -101,7 +145,11 @@ impl Config {
             .set("kafka.statistics_interval", "1s")
             .set("topics.events", vec![topics.events.as_str()])
             .set("topics.dead", topics.dead.as_str())
+            // Each relay its own attempt log, as its own event topic (created on first write).
+            .set("topics.attempts", attempts_topic(topics))
             .set("delivery.allow_private_networks", true)
+            // The endpoint registry off: tests of it give each relay a registry topic of its own (registry.rs).
+            .set("topics.endpoints", "")
             .set("notify.window", "1s");
         for (topic, delay) in &topics.tiers {
             config = config.tier(topic, *delay);
@@ -194,6 +242,11 @@ impl Topics {
         create_topics(&names, partitions).await;
         topics
     }
+}
+
+/// The attempt-log topic [`Config::new`] gives a test's relay.
+pub fn attempts_topic(topics: &Topics) -> String {
+    format!("{}.attempts", topics.events)
 }
 
 pub async fn create_topics(names: &[String], partitions: i32) {

@@ -1,6 +1,7 @@
 //! End-to-end tests: a real Kafka broker (`KAFKA_BOOTSTRAP`, started by `make test`),
 //! real local HTTP receivers and SMTP server, real `hookrelay` processes.
 
+mod attempts;
 mod connections;
 mod dead_flood;
 mod delivery;
@@ -19,6 +20,7 @@ mod otlp;
 mod pace;
 mod proxy;
 mod refused;
+mod registry;
 mod replay;
 mod retry;
 mod security;

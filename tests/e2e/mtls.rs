@@ -4,8 +4,8 @@
 //! `KAFKA_SSL_CA`), all printed by `scripts/kafka.sh up`.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::harness::*;
 
@@ -54,13 +54,15 @@ async fn mutual_tls_needs_the_client_certificate() {
     drop(relay);
 
     let (_dir, path, _) = write_config(&mtls_config(&topics, None).to_string());
-    let started = Instant::now();
-    let output = Command::new(binary()).arg("--config").arg(&path).arg("run").stdin(Stdio::null()).output().unwrap();
-    let took = started.elapsed();
+    let mut command = Command::new(binary());
+    command.arg("--config").arg(&path).arg("run");
+    let output = output_within(command, Duration::from_secs(120)).await;
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(69), "no client certificate exits 69; stderr:\n{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
+    // Refused at once, not after the connect timeout: the start-up check ends at a failed handshake
+    // with "TLS handshake failed"; it gives up on a silent broker after 15 s with "no answer within
+    // 15s". The words say which, whatever the machine's load.
     assert!(last.contains("TLS handshake failed") && last.contains("alert"), "the last line says why: {last}");
-    // The start-up check gives up on a silent broker after 15 s; a refusal ends it at once.
-    assert!(took < Duration::from_secs(15), "refused in {took:?}, not after the connect timeout");
+    assert!(!stderr.contains("no answer within"), "refused, not timed out: {stderr}");
 }

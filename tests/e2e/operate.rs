@@ -46,16 +46,16 @@ async fn metrics_live_and_ready_show_what_happened() {
         "hookrelay_paused_partitions{reason=\"capacity\",role=\"events\"} 0".to_string(),
         format!("hookrelay_consumer_lag{{group=\"{}\",partition=\"0\",topic=\"{}\"}} 0", topics.group, topics.events),
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let text = loop {
+    let text = eventually_explained("every expected series on /metrics", Duration::from_secs(20), || async {
         let text = relay.metrics().await;
         let missing: Vec<_> = expected.iter().filter(|line| !text.contains(line.as_str())).collect();
         if missing.is_empty() {
-            break text;
+            Ok(text)
+        } else {
+            Err(format!("series missing from /metrics: {missing:#?}\n{text}"))
         }
-        assert!(Instant::now() < deadline, "series missing from /metrics: {missing:#?}\n{text}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    })
+    .await;
     for line in text.lines().filter(|l| l.starts_with("hookrelay_")) {
         assert!(!line.contains("http://"), "a URL leaked into a label: {line}");
     }
@@ -88,7 +88,14 @@ async fn sigterm_and_rebalance_mid_stream_lose_nothing() {
     let (code, first) = code;
     assert_eq!(code, Some(0), "SIGTERM drains and exits 0; log:\n{}", first.log_text());
     let drain = started.elapsed();
-    assert!(drain < Duration::from_secs(12), "drain took {drain:?}, grace is 10 s");
+    // Drained within the grace, by the relay's own clock (a wall-clock bound here measured the
+    // machine's load as much as the relay): nothing was left to abandon when the grace ran out.
+    // terminate's 30 s above is the guard against a hang.
+    assert!(
+        !first.log_text().contains("grace period over"),
+        "the grace (10 s) ran out before the drain was done ({drain:?}); log:\n{}",
+        first.log_text()
+    );
     eventually("the survivor delivers the rest", Duration::from_secs(60), || {
         (receiver.delivered_ids().len() == n).then_some(())
     })
@@ -142,15 +149,17 @@ async fn sasl_logins_work_and_a_wrong_password_fails_fast() {
 
         let bad = sasl_config(&topics, mechanism, "wrong");
         let (_dir, path, _) = write_config(&bad.to_string());
-        let started = Instant::now();
-        let output =
-            Command::new(binary()).arg("--config").arg(&path).arg("run").stdin(Stdio::null()).output().unwrap();
-        let took = started.elapsed();
+        let mut command = Command::new(binary());
+        command.arg("--config").arg(&path).arg("run");
+        let output = output_within(command, Duration::from_secs(120)).await;
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(69), "{mechanism}: wrong credentials exit 69; stderr:\n{stderr}");
         let last = stderr.lines().last().unwrap_or_default();
+        // Refused, not a hang: the start-up check ends at the broker's refusal with "authentication
+        // failed"; a broker that never answers ends it after 15 s with "no answer within 15s".
+        // The words say which, whatever the machine's load.
         assert!(last.contains("authentication failed"), "{mechanism}: the last line says why: {last}");
-        assert!(took < Duration::from_secs(10), "{mechanism}: refused in {took:?}, not a hang");
+        assert!(!stderr.contains("no answer within"), "{mechanism}: refused, not timed out: {stderr}");
     }
 }
 
@@ -233,7 +242,7 @@ async fn prometheus_value(url: &str) -> Option<String> {
 async fn sigterm_abandons_work_past_the_grace_and_it_comes_back() {
     let receiver = Receiver::start(Behaviour { hold_marker: Some("HOLD".into()), ..Behaviour::default() }).await;
     let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
-    let config = config(&topics).set("shutdown.grace", "2s");
+    let config = config(&topics).set("shutdown.grace", "2s").set("delivery.timeout", "120s");
     let mut relay = Relay::start(&config, &[]).await;
     let producer = producer();
     let mut offsets = Vec::new();
@@ -249,10 +258,15 @@ async fn sigterm_abandons_work_past_the_grace_and_it_comes_back() {
     .await;
     let started = Instant::now();
     let (code, relay) =
-        tokio::task::spawn_blocking(move || (relay.terminate(Duration::from_secs(20)), relay)).await.unwrap();
+        tokio::task::spawn_blocking(move || (relay.terminate(Duration::from_secs(60)), relay)).await.unwrap();
     let took = started.elapsed();
     assert_eq!(code, Some(0), "log:\n{}", relay.log_text());
-    assert!(took < Duration::from_secs(5), "exited {took:?} after SIGTERM with a 2 s grace");
+    // Time is the feature: the exit follows the 2 s grace, not the held request, which only the
+    // grace can end (the receiver holds it until released below; delivery.timeout is 120 s here).
+    // After the grace the relay waits up to 2 s for abandoned work and 5 s for its producer: the
+    // 30 s bound leaves a loaded 2-core machine room and is still a quarter of the request's timeout.
+    assert!(took >= Duration::from_secs(2), "exited {took:?} after SIGTERM, before the 2 s grace");
+    assert!(took < Duration::from_secs(30), "exited {took:?} after SIGTERM with a 2 s grace");
     assert!(relay.log_text().contains("abandoning in-flight records"));
     assert_eq!(committed(&group, &topic, 0), Some(offsets[1]), "the abandoned record is not committed");
     receiver.release();

@@ -4,7 +4,7 @@
 
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::body::Bytes;
 use axum::extract::State;
@@ -69,11 +69,11 @@ async fn spans_join_the_records_trace_and_are_exported_over_otlp() {
         .spawn()
         .unwrap();
     let _relay = Running { child, _dir: dir };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !reqwest::get(format!("http://{admin}/ready")).await.is_ok_and(|r| r.status().is_success()) {
-        assert!(Instant::now() < deadline, "relay not ready");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let ready = format!("http://{admin}/ready");
+    eventually_async("the relay ready", Duration::from_secs(60), || async {
+        reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()).then_some(())
+    })
+    .await;
 
     let value = format!(r#"{{"url":"{}","payload":1,"id":"ot-1"}}"#, receiver.url("/o"));
     produce_with_headers(&producer(), &topics.events, 0, value.as_bytes(), &[("traceparent", PARENT)]).await;

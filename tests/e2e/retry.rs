@@ -51,8 +51,10 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
     let _relay = Relay::start(&no_circuit(&topics), &[]).await;
     let producer = producer();
     let n = 10;
+    let mut sent_ms = HashMap::new();
     for i in 0..n {
         let value = format!(r#"{{"url":"{}","payload":{{"i":{i}}},"id":"ft-{i}"}}"#, receiver.url("/x"));
+        sent_ms.insert(format!("ft-{i}"), now_ms());
         produce(&producer, &topics.events, None, Some(&format!("k{i}")), value.as_bytes()).await;
     }
     eventually("every event delivered on its third attempt", Duration::from_secs(40), || {
@@ -64,6 +66,9 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
         attempts.entry(r.header("webhook-id").to_string()).or_default().push(r);
     }
     assert_eq!(attempts.len(), n);
+    // How long this machine, now, takes from a produced record to its request: the path a
+    // re-attempt takes too once its partition resumes (read, dispatch, send).
+    let slowest_first = attempts.iter().map(|(id, requests)| requests[0].at_ms - sent_ms[id]).max().unwrap();
     let tiers = tier_records(&topics, &[n, n, 0]).await;
     let mut errors = Vec::new();
     for (id, requests) in &attempts {
@@ -81,9 +86,15 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
             let due = routed.header_i64("hookrelay-due-ms");
             let error = request.at_ms - due;
             assert!(error >= 0, "{id}: attempted {}ms before it was due", -error);
-            // Lateness depends on the machine (the measured spread is printed and recorded below);
-            // this bound is generous for a busy 2-core CI box and still well short of a whole tier's delay.
-            assert!(error < 2000, "{id}: attempted {error}ms after it was due");
+            // Time is the feature: a paused tier partition resumes ahead of its head's due time
+            // (RESUME_LEAD_MS), so an idle machine is a few ms late. Lateness beyond that is the
+            // machine's load, which slows first attempts alike: the bound is 2 s plus the slowest
+            // first attempt of this run (produce to request), so it holds on a busy 2-core box
+            // and stays 2 s on an idle one (the spread is printed and recorded below).
+            assert!(
+                error < 2000 + slowest_first,
+                "{id}: attempted {error}ms after it was due (first attempts took up to {slowest_first}ms)"
+            );
             errors.push(error);
         }
         // The schedule: tier 0 waits 1 s, tier 1 waits 2 s (+ at most 10 % jitter), counted from the
@@ -104,7 +115,12 @@ async fn fail_twice_then_succeed_through_two_tiers_on_time() {
         }
     }
     errors.sort_unstable();
-    println!("re-attempt timing error (ms): min {} max {} of {}", errors[0], errors[errors.len() - 1], errors.len());
+    println!(
+        "re-attempt timing error (ms): min {} max {} of {}; slowest first attempt {slowest_first} ms",
+        errors[0],
+        errors[errors.len() - 1],
+        errors.len()
+    );
     record_timing(&errors);
 }
 

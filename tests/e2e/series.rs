@@ -31,6 +31,8 @@ async fn the_alerted_series_exist_at_zero_from_start_up() {
         r#"hookrelay_paused_partitions{reason="capacity",role="events"}"#.to_string(),
         r#"hookrelay_paused_partitions{reason="capacity",role="dead"}"#.to_string(),
         r#"hookrelay_in_flight_records{role="retry"}"#.to_string(),
+        "hookrelay_attempt_log_dropped_total".to_string(),
+        r#"hookrelay_endpoint_oldest_waiting_seconds{endpoint="billing"}"#.to_string(),
     ];
     for series in zero {
         assert_eq!(metric(&text, &series), Some(0.0), "{series} in:\n{text}");

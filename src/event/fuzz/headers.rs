@@ -10,13 +10,12 @@ use proptest::sample::select;
 use rdkafka::message::OwnedHeaders;
 
 use super::{config, nasty_bytes, nasty_text};
+use crate::event::dead_letter::DeadLetter;
 use crate::event::headers::{self, RecordHeaders};
-use crate::event::hop::{
-    header, replay_headers, truncate, trusted_on_event_topic, Coordinates, DeadLetter, Destination, Hop, RelayHeaders,
-    SEALED,
-};
+use crate::event::hop::{header, truncate, Coordinates, Destination, Hop, RelayHeaders};
 use crate::event::seal::ReplayKey;
 use crate::event::trace_context::{valid_traceparent, TraceContext};
+use crate::event::trust::{replay_headers, trusted_on_event_topic, SEALED};
 use crate::route::outcome::DeadReason;
 
 type Pairs = Vec<(Vec<u8>, Option<Vec<u8>>)>;

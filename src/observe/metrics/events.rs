@@ -5,12 +5,9 @@ use std::time::Duration;
 
 use super::get;
 use crate::endpoint::circuit::{CircuitState, Transition};
-use crate::event::hop::DeadLetter;
+use crate::event::dead_letter::DeadLetter;
 use crate::observe::labels;
 use crate::route::outcome::{DeadReason, Outcome, Why};
-
-// Events that are both logged and counted: one function each, so the log
-// fields and the metric labels cannot drift apart.
 
 /// The most of an error text put in one log field: a receiver's body or a
 /// long error chain must not flood the logs.

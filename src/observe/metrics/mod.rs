@@ -3,11 +3,12 @@
 //! Label values are bounded: endpoint names or URL hosts, at most
 //! `delivery.max_endpoint_labels` hosts then `other` ([`crate::observe::labels`]; never
 //! URLs or ids), topic names, reasons, roles and sink kinds. Every function
-//! here that takes an endpoint labels it through [`labels::endpoint`] and logs
+//! here that takes an endpoint labels it through [`labels::endpoint`](crate::observe::labels::endpoint) and logs
 //! the real one.
 
-use std::sync::LazyLock;
+use std::sync::{LazyLock, Mutex};
 
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -60,28 +61,44 @@ pub struct Metrics {
     pub route_held_seconds: IntGaugeVec,
     /// topic (tiers and dead)
     pub route_held_records: IntGaugeVec,
+    /// source (file | registry)
+    pub registry_endpoints: IntGaugeVec,
+    /// result (applied | refused)
+    pub registry_updates: IntCounterVec,
+    /// no labels: 1 while the registry topic can be read
+    pub registry_up: IntGaugeVec,
+    /// partition
+    pub registry_offset: IntGaugeVec,
     /// topic
     pub offsets_skipped: IntCounterVec,
     /// topic
     pub offset_map_overflow: IntCounterVec,
 }
 
-fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+/// The name of every metric registered, in order: the registry's `gather()`
+/// leaves out a labelled metric until a label value is set.
+static NAMES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+pub(crate) fn register<C: Collector + Clone + 'static>(registry: &Registry, metric: C) -> C {
+    let names: Vec<String> = metric.desc().into_iter().map(|desc| desc.fq_name.clone()).collect();
+    NAMES.lock().unwrap_or_else(|e| e.into_inner()).extend(names);
     registry.register(Box::new(metric.clone())).expect("metric registered once");
     metric
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(registry, IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let metric = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
-    metric
+    register(registry, IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"))
 }
 
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str], buckets: Vec<f64>) -> HistogramVec {
-    let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
-    registry.register(Box::new(metric.clone())).expect("metric registered once");
-    metric
+    register(
+        registry,
+        HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric"),
+    )
 }
 
 static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
@@ -90,7 +107,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
     build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
     let ready = IntGauge::new("hookrelay_ready", "1 once every consumer of this process joined its group.")
         .expect("valid metric");
-    r.register(Box::new(ready.clone())).expect("metric registered once");
+    let ready = register(&r, ready);
     // Attempt buckets span fast receivers to the 5 s default timeout and beyond;
     // end-to-end spans retries up to the 24 h default deadline.
     let attempt_buckets = vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
@@ -101,7 +118,7 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
         "Bytes of records read and not yet decided (bounded by delivery.max_buffered_bytes).",
     )
     .expect("valid metric");
-    r.register(Box::new(buffered_bytes.clone())).expect("metric registered once");
+    let buffered_bytes = register(&r, buffered_bytes);
     Metrics {
         ready,
         buffered_bytes,
@@ -188,6 +205,25 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             "Adaptive concurrency per endpoint: the current limit and its ceiling.",
             &["endpoint", "bound"],
         ),
+        registry_endpoints: gauge(
+            &r,
+            "hookrelay_registry_endpoints",
+            "Named endpoints this replica knows, by source (file, registry).",
+            &["source"],
+        ),
+        registry_updates: counter(
+            &r,
+            "hookrelay_registry_updates_total",
+            "Registry records read, by result (applied, refused).",
+            &["result"],
+        ),
+        registry_up: gauge(&r, "hookrelay_registry_up", "1 while the registry topic can be read, else 0.", &[]),
+        registry_offset: gauge(
+            &r,
+            "hookrelay_registry_offset",
+            "Next registry offset to apply, by partition (the applied position).",
+            &["partition"],
+        ),
         relay_headers_ignored: counter(
             &r,
             "hookrelay_relay_headers_ignored_total",
@@ -238,6 +274,12 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
 /// The process-wide metrics.
 pub fn get() -> &'static Metrics {
     &METRICS
+}
+
+/// The name of every metric registered so far (see [`crate::observe::metric_names`] for all of them).
+pub fn names() -> Vec<String> {
+    let _registered = get();
+    NAMES.lock().unwrap_or_else(|e| e.into_inner()).clone()
 }
 
 /// The Prometheus text exposition of every metric.
