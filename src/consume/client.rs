@@ -121,6 +121,7 @@ impl ConsumerContext for Context {
             }
         }
         if let Some(list) = list.filter(|_| !consumer.assignment_lost()) {
+            // The partitions are gone: a failure is not retried (the next owner reads again from the last commit).
             commit_sync(consumer, &list);
         }
     }

@@ -58,6 +58,8 @@ pub struct CommitState {
     pub(super) in_flight: AtomicBool,
     /// Partitions whose commit the broker refused as too large, to commit again without the map.
     refused: Mutex<Vec<(String, i32)>>,
+    /// Partitions of a commit that failed (IllegalGeneration mid-rebalance, say), to commit again.
+    failed: Mutex<Vec<(String, i32)>>,
 }
 
 impl CommitState {
@@ -88,6 +90,17 @@ impl CommitState {
     pub(super) fn take_refused(&self) -> Vec<(String, i32)> {
         std::mem::take(&mut *self.refused.lock().unwrap_or_else(|e| e.into_inner()))
     }
+
+    /// Records that the commit of `tpl` failed: its partitions are committed again.
+    pub(super) fn failed(&self, tpl: &TopicPartitionList) {
+        let partitions = tpl.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect::<Vec<_>>();
+        self.failed.lock().unwrap_or_else(|e| e.into_inner()).extend(partitions);
+    }
+
+    /// Partitions whose commit failed since the last call.
+    pub(super) fn take_failed(&self) -> Vec<(String, i32)> {
+        std::mem::take(&mut *self.failed.lock().unwrap_or_else(|e| e.into_inner()))
+    }
 }
 
 fn too_large(error: &KafkaError) -> bool {
@@ -95,12 +108,13 @@ fn too_large(error: &KafkaError) -> bool {
 }
 
 /// Commits `tpl` and waits; a map the broker refuses as too large is committed again without it.
-pub fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) {
+/// Returns whether the offsets were committed.
+pub fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPartitionList) -> bool {
     if tpl.count() == 0 {
-        return;
+        return true;
     }
     match consumer.commit(tpl, CommitMode::Sync) {
-        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+        Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => true,
         Err(error) if too_large(&error) => {
             let mut plain = TopicPartitionList::new();
             for element in tpl.elements() {
@@ -109,11 +123,18 @@ pub fn commit_sync<C: ConsumerContext>(consumer: &BaseConsumer<C>, tpl: &TopicPa
                 }
                 let _ = plain.add_partition_offset(element.topic(), element.partition(), element.offset());
             }
-            if let Err(error) = consumer.commit(&plain, CommitMode::Sync) {
-                tracing::warn!(%error, "commit failed");
+            match consumer.commit(&plain, CommitMode::Sync) {
+                Ok(()) => true,
+                Err(error) => {
+                    tracing::warn!(%error, "commit failed");
+                    false
+                }
             }
         }
-        Err(error) => tracing::warn!(%error, "commit failed"),
+        Err(error) => {
+            tracing::warn!(%error, "commit failed");
+            false
+        }
     }
 }
 

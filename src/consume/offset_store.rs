@@ -55,7 +55,9 @@ impl OffsetStore {
         let committer = consumer.clone();
         std::thread::Builder::new().name("commit".into()).spawn(move || {
             for tpl in rx {
-                commit_sync(&committer, &tpl);
+                if !commit_sync(&committer, &tpl) {
+                    done.failed(&tpl);
+                }
                 done.in_flight.store(false, Ordering::SeqCst);
             }
         })?;
@@ -67,9 +69,18 @@ impl OffsetStore {
         self.interval
     }
 
-    /// Commits the partitions decided on since their last commit, on the committing thread, when
-    /// enough decisions gathered or `tick` (the interval) says so, unless a commit is in flight.
+    /// Commits the partitions decided on since their last commit (or whose last commit
+    /// failed), on the committing thread, when enough decisions gathered or `tick` (the
+    /// interval) says so, unless a commit is in flight.
     pub fn commit_due<R>(&mut self, partitions: &mut Partitions<R>, tick: bool) {
+        if tick {
+            // A commit that failed (mid-rebalance, say) goes again: no new decision may come to carry it.
+            for (topic, partition) in self.state.take_failed() {
+                if let Some(p) = partitions.get_mut(&(Arc::<str>::from(topic), partition)) {
+                    p.dirty = true;
+                }
+            }
+        }
         let enough = partitions.decided >= COMMIT_AFTER && self.sent_at.elapsed() >= MIN_SPACING;
         if !(tick || enough) || self.busy() {
             return;
@@ -100,7 +111,10 @@ impl OffsetStore {
         let refused = self.take_refused();
         let tpl = self.commit_list(partitions, |_, _| true, &refused);
         partitions.decided = 0;
-        commit_sync(&self.consumer, &tpl);
+        if !commit_sync(&self.consumer, &tpl) {
+            // Closing: once more, in case it failed mid-rebalance; what still fails is read again.
+            commit_sync(&self.consumer, &tpl);
+        }
     }
 
     /// The commit list of the partitions `which` picks (and that read something):
