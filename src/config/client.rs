@@ -56,11 +56,11 @@ const PREFETCH_KBYTES: &str = "8192";
 pub fn consumer_config(kafka: &KafkaConfig, group_id: &str) -> ClientConfig {
     let mut c = client_config(kafka);
     c.set("group.id", group_id)
-        // Offsets are stored by the relay once a record is decided and
-        // committed in the background from that store (plus on revoke and close).
-        .set("enable.auto.commit", "true")
+        // The relay commits itself, with the map of decided offsets as the
+        // commit's metadata (see consume::commit); librdkafka's auto-commit
+        // would commit only a moved offset, and without the map.
+        .set("enable.auto.commit", "false")
         .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", kafka.commit_interval.as_millis().to_string())
         // A new group must not skip records that were already written.
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "false")

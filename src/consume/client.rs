@@ -3,22 +3,25 @@
 //! A dedicated thread polls librdkafka and sends every message *and* every
 //! rebalance event, in order, down one bounded channel to the async loop. The
 //! revoke callback blocks the poll thread until the loop has drained the
-//! revoked partitions (bounded by `shutdown.grace`), then commits.
+//! revoked partitions (bounded by `shutdown.grace`), then commits what the loop handed it.
+//! An assignment carries the maps of decided offsets committed with it (see [`super::commit`]).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance};
-use rdkafka::error::KafkaError;
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::error::{KafkaError, KafkaResult};
 use rdkafka::message::OwnedMessage;
 use rdkafka::statistics::Statistics;
 use rdkafka::{ClientContext, TopicPartitionList};
 use tokio::sync::mpsc;
 
+use super::commit::{commit_sync, committed_maps, CommitState};
 use super::error::ConsumeError;
 use super::handler::{Role, Spec};
+use super::offset_map::OffsetMap;
 use crate::config::client::Refusal;
 use crate::config::Config;
 use crate::observe::metrics;
@@ -30,9 +33,11 @@ const CHANNEL: usize = 256;
 /// What the poll thread sends to the loop, in the order librdkafka produced it.
 pub enum Polled {
     Message(OwnedMessage),
-    Assigned(Vec<(String, i32)>),
-    /// The poll thread waits on the sender until the loop has drained these partitions.
-    Revoked(Vec<(String, i32)>, std::sync::mpsc::Sender<()>),
+    /// Partitions assigned, each with the map of decided offsets its last commit carried.
+    Assigned(Vec<(String, i32, Option<OffsetMap>)>),
+    /// The poll thread waits on the sender until the loop has drained these partitions;
+    /// it then commits the list it was sent, if any.
+    Revoked(Vec<(String, i32)>, std::sync::mpsc::Sender<Option<TopicPartitionList>>),
     /// The brokers refused the client (authentication failed, say): it cannot go on.
     Refused(String),
 }
@@ -47,6 +52,7 @@ pub struct Context {
     closing: AtomicBool,
     joined: AtomicBool,
     readiness: Readiness,
+    commits: Arc<CommitState>,
 }
 
 pub type KafkaConsumer = BaseConsumer<Context>;
@@ -105,34 +111,38 @@ impl ConsumerContext for Context {
         let Rebalance::Revoke(tpl) = rebalance else { return };
         let revoked = partitions(tpl);
         tracing::info!(group = %self.group, ?revoked, "partitions revoked");
+        // Closing, the loop committed everything at the end of its drain.
+        let mut list = None;
         if !self.closing.load(Ordering::SeqCst) {
             let (ack_tx, ack_rx) = std::sync::mpsc::channel();
             if self.tx.blocking_send(Polled::Revoked(revoked, ack_tx)).is_ok() {
                 // The loop answers within the grace period; the margin covers its own timer.
-                let _ = ack_rx.recv_timeout(self.grace + Duration::from_secs(5));
+                list = ack_rx.recv_timeout(self.grace + Duration::from_secs(5)).ok().flatten();
             }
         }
-        if !consumer.assignment_lost() {
-            commit(consumer, &self.group);
+        if let Some(list) = list.filter(|_| !consumer.assignment_lost()) {
+            // The partitions are gone: a failure is not retried (the next owner reads again from the last commit).
+            commit_sync(consumer, &list);
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(tpl) = rebalance {
-            let assigned = partitions(tpl);
-            tracing::info!(group = %self.group, ?assigned, "partitions assigned");
+            let maps = committed_maps(consumer, tpl);
+            let skip: Vec<(String, i32, u64)> = partitions(tpl)
+                .into_iter()
+                .zip(&maps)
+                .filter_map(|((t, p), m)| Some((t, p, m.as_ref()?.len())))
+                .collect();
+            tracing::info!(group = %self.group, assigned = ?partitions(tpl), ?skip, "partitions assigned");
             self.mark_joined();
+            let assigned = partitions(tpl).into_iter().zip(maps).map(|((t, p), m)| (t, p, m)).collect();
             let _ = self.tx.blocking_send(Polled::Assigned(assigned));
         }
     }
-}
 
-fn commit(consumer: &KafkaConsumer, group: &str) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        // Nothing stored since the last commit.
-        Err(KafkaError::ConsumerCommit(rdkafka::types::RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(group, %error, "commit failed"),
+    fn commit_callback(&self, result: KafkaResult<()>, offsets: &TopicPartitionList) {
+        self.commits.done(&result, offsets);
     }
 }
 
@@ -159,6 +169,7 @@ impl Client {
             closing: AtomicBool::new(false),
             joined: AtomicBool::new(false),
             readiness,
+            commits: Arc::default(),
         };
         let consumer: Arc<KafkaConsumer> = Arc::new(
             crate::config::client::consumer_config(&config.kafka, &spec.group_id).create_with_context(context)?,
@@ -180,8 +191,13 @@ impl Client {
         self.consumer.clone()
     }
 
-    /// Leaves the group from the poll thread: it commits, then closes once the
-    /// loop has dropped its handle on the consumer.
+    /// What the loop and the commit callback share.
+    pub fn commit_state(&self) -> Arc<CommitState> {
+        self.consumer.context().commits.clone()
+    }
+
+    /// Leaves the group from the poll thread (the loop committed at the end of its
+    /// drain): it closes once the loop has dropped its handle on the consumer.
     pub async fn close(self) {
         self.consumer.context().closing.store(true, Ordering::SeqCst);
         self.stop.store(true, Ordering::SeqCst);
@@ -191,7 +207,7 @@ impl Client {
     }
 }
 
-/// Polls until told to stop, then commits and closes the consumer (leaving the group).
+/// Polls until told to stop, then closes the consumer (leaving the group).
 fn poll_thread(consumer: Arc<KafkaConsumer>, stop: Arc<AtomicBool>, group: String) {
     while !stop.load(Ordering::SeqCst) {
         match consumer.poll(Duration::from_millis(100)) {
@@ -206,7 +222,6 @@ fn poll_thread(consumer: Arc<KafkaConsumer>, stop: Arc<AtomicBool>, group: Strin
             None => {}
         }
     }
-    commit(&consumer, &group);
     // The loop may still hold a clone for a moment; wait until this is the last one.
     let mut consumer = consumer;
     loop {

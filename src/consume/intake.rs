@@ -1,6 +1,6 @@
 //! [`Partitions`]: the loop's partitions, keyed by [`PartitionKey`], and their
 //! intake: a fresh partition per assignment, each record prepared once and put
-//! into its partition's backlog.
+//! into its partition's backlog, unless the last owner's commit said it is decided.
 
 use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
@@ -12,8 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::budget::{record_bytes, Budget};
 use super::handler::Handler;
+use super::offset_map::OffsetMap;
 use super::partition::{Lifecycle, Partition, PartitionKey, PauseReason, Waiting};
 use crate::app::clock::now_ms;
+use crate::observe::metrics;
 
 /// The partitions of one consumer; derefs to the map.
 pub struct Partitions<R> {
@@ -24,24 +26,28 @@ pub struct Partitions<R> {
     pub abandon: CancellationToken,
     /// Later records of all partitions (the sum of [`Partition::held`]).
     pub held: i64,
+    /// Decisions since the last commit (see `OffsetStore::commit_due`).
+    pub decided: usize,
 }
 
 impl<R> Partitions<R> {
     pub fn new() -> Partitions<R> {
-        Partitions { map: HashMap::new(), generation: 0, abandon: CancellationToken::new(), held: 0 }
+        Partitions { map: HashMap::new(), generation: 0, abandon: CancellationToken::new(), held: 0, decided: 0 }
     }
 
-    /// Starts a fresh partition per assigned one; returns them all, to resume, and
-    /// the records still in flight of the entries they replaced (a partition assigned
-    /// again after a revoke whose ack timed out): their completions belong to an earlier
-    /// generation and are ignored, so the caller gives their slots back now.
-    pub fn assign(&mut self, assigned: Vec<(String, i32)>) -> (TopicPartitionList, usize) {
+    /// Starts a fresh partition per assigned one, each with the map of decided offsets its
+    /// last commit carried (to skip); returns them all, to resume, and the records still
+    /// in flight of the entries they replaced (a partition assigned again after a revoke
+    /// whose ack timed out): their completions belong to an earlier generation and are
+    /// ignored, so the caller gives their slots back now.
+    pub fn assign(&mut self, assigned: Vec<(String, i32, Option<OffsetMap>)>) -> (TopicPartitionList, usize) {
         let mut tpl = TopicPartitionList::new();
         let mut replaced_in_flight = 0;
-        for (topic, partition) in assigned {
+        for (topic, partition, skip) in assigned {
             tpl.add_partition(&topic, partition);
             self.generation += 1;
-            let fresh = Partition::new(self.generation, self.abandon.child_token());
+            let mut fresh = Partition::new(self.generation, self.abandon.child_token());
+            fresh.skip = skip;
             if let Some(old) = self.map.insert((Arc::<str>::from(topic), partition), fresh) {
                 old.cancel.cancel();
                 self.held -= old.held;
@@ -68,6 +74,19 @@ impl<R> Partitions<R> {
             return None; // not ours any more: the next owner reads it again
         }
         let offset = record.offset();
+        if let Some(skip) = &partition.skip {
+            if skip.contains(offset) {
+                // Decided by the last owner (its commit's map): decided here too, not delivered again.
+                partition.tracker.begin(offset);
+                partition.decide(offset);
+                self.decided += 1;
+                metrics::offsets_skipped(&key.0);
+                return None;
+            }
+            if offset >= skip.end() {
+                partition.skip = None;
+            }
+        }
         let bytes = record_bytes(&record);
         budget.take(bytes);
         let (ticket, record) = handler.prepare(record);
@@ -135,11 +154,11 @@ mod tests {
     #[test]
     fn assigning_a_partition_again_gives_back_the_replaced_entrys_in_flight() {
         let mut partitions = Partitions::<()>::new();
-        let (_, replaced) = partitions.assign(vec![("t".into(), 0), ("t".into(), 1)]);
+        let (_, replaced) = partitions.assign(vec![("t".into(), 0, None), ("t".into(), 1, None)]);
         assert_eq!(replaced, 0);
         partitions.get_mut(&(Arc::from("t"), 0)).unwrap().in_flight = 3;
         // Revoked, its ack timed out, assigned again: the 3 completions will be from an earlier generation.
-        let (_, replaced) = partitions.assign(vec![("t".into(), 0)]);
+        let (_, replaced) = partitions.assign(vec![("t".into(), 0, None)]);
         assert_eq!(replaced, 3, "before: the slots were lost for good");
         assert_eq!(partitions[&(Arc::from("t"), 0)].in_flight, 0);
     }

@@ -18,8 +18,10 @@
 //! - [`order`]: per-key order (`ordering = "key"`).
 //! - [`budget`]: the process's memory budget for records read and not yet done.
 //! - [`offsets`]: the per-partition offset tracker (highest contiguous decided offset).
-//! - `offset_store`: where decided positions go (librdkafka stores them, and
-//!   commits in the background, on revoke and on close).
+//! - `offset_store`: where decided offsets go: the relay commits each
+//!   partition's first undecided offset, with the decided offsets above it in
+//!   the commit's metadata ([`offset_map`]), so a new owner skips those;
+//!   `commit`: the committing itself, and reading the maps back on assignment.
 //! - `revoke`: letting revoked partitions go within the grace.
 //!
 //! Memory per partition is at most `max_in_flight_per_partition` + 2 x
@@ -31,10 +33,12 @@
 
 pub mod budget;
 mod client;
+mod commit;
 mod error;
 pub mod handler;
 mod intake;
 pub mod later;
+pub mod offset_map;
 mod offset_store;
 pub mod offsets;
 pub mod order;
@@ -50,6 +54,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
+use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -96,7 +101,8 @@ pub async fn run<H: Handler>(
     readiness: Readiness,
 ) -> Result<(), ConsumeError> {
     let (client, rx) = Client::start(config, &spec, readiness)?;
-    let mut state = Loop::new(spec, client.consumer(), budget, handler);
+    let offsets = OffsetStore::new(client.commit_state(), client.consumer(), config.kafka.commit_interval)?;
+    let mut state = Loop::new(spec, client.consumer(), budget, handler, offsets);
     let result = state.run(rx, shutdown).await;
     let brokers = config.kafka.brokers.clone();
     drop(state);
@@ -164,13 +170,19 @@ struct Loop<H: Handler> {
 }
 
 impl<H: Handler> Loop<H> {
-    fn new(spec: Spec, consumer: Arc<KafkaConsumer>, budget: Arc<Budget>, handler: Arc<H>) -> Loop<H> {
+    fn new(
+        spec: Spec,
+        consumer: Arc<KafkaConsumer>,
+        budget: Arc<Budget>,
+        handler: Arc<H>,
+        offsets: OffsetStore,
+    ) -> Loop<H> {
         // At most max_in_flight tasks exist, each sends one completion: this never blocks.
         let (done_tx, done_rx) = mpsc::channel(spec.max_in_flight + 1);
         let (decide_tx, decide_rx) = mpsc::unbounded_channel();
         Loop {
             spec,
-            offsets: OffsetStore::new(consumer.clone()),
+            offsets,
             consumer,
             handler,
             budget,
@@ -186,6 +198,8 @@ impl<H: Handler> Loop<H> {
     /// Until shutdown; `Err` carries librdkafka's reason when the brokers refused the client.
     async fn run(&mut self, mut rx: mpsc::Receiver<Polled>, shutdown: CancellationToken) -> Result<(), String> {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
+        let mut commit_tick = tokio::time::interval(self.offsets.interval());
+        commit_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut refused = None;
         loop {
             let next_due = self.next_due();
@@ -245,6 +259,7 @@ impl<H: Handler> Loop<H> {
                         break;
                     }
                 },
+                _ = commit_tick.tick() => self.offsets.commit_due(&mut self.partitions, true),
                 _ = tick.tick() => {
                     self.publish_gauges();
                     // The budget is the process's: other consumers' completions free it too.
@@ -254,6 +269,7 @@ impl<H: Handler> Loop<H> {
                 }
             }
             self.check_revoke();
+            self.offsets.commit_due(&mut self.partitions, false);
         }
         self.drain().await;
         refused.map_or(Ok(()), Err)
@@ -286,11 +302,7 @@ impl<H: Handler> Loop<H> {
             partition.keys_in_flight.remove(&key);
         }
         match done.done {
-            Done::Decided => {
-                if let Some(position) = partition.tracker.decide(done.offset) {
-                    self.offsets.store(&done.key, position);
-                }
-            }
+            Done::Decided => partition.decide(done.offset),
             Done::Later => partition.held += 1,
             Done::Abandoned => {}
             Done::Again { due_ms } => {
@@ -305,8 +317,10 @@ impl<H: Handler> Loop<H> {
                 }
             }
         }
-        if matches!(done.done, Done::Later) {
-            self.partitions.held += 1;
+        match done.done {
+            Done::Later => self.partitions.held += 1,
+            Done::Decided => self.partitions.decided += 1,
+            _ => {}
         }
         // Records of any partition may have waited for the freed slot.
         if was_full || endpoint_was_full {
@@ -331,7 +345,7 @@ impl<H: Handler> Loop<H> {
     }
 
     /// A fresh partition per assigned one, each starting unpaused.
-    fn assign(&mut self, assigned: Vec<(String, i32)>) {
+    fn assign(&mut self, assigned: Vec<(String, i32, Option<offset_map::OffsetMap>)>) {
         let (tpl, replaced_in_flight) = self.partitions.assign(assigned);
         // Their completions are from an earlier generation: the slots are freed here.
         self.in_flight.records -= replaced_in_flight;
@@ -346,25 +360,25 @@ impl<H: Handler> Loop<H> {
         self.partitions.accept(record, &self.budget, &*self.handler)
     }
 
-    /// A held record was decided (or let go): count it out, and move the offset.
+    /// A held record was decided (or let go): count it out, and decide its offset.
     fn apply(&mut self, decision: Decision) {
         let Some(partition) = self.partitions.get_mut(&decision.key) else { return };
         if partition.generation != decision.generation {
             return;
         }
         partition.held -= 1;
-        let decided = decision.decided.then(|| partition.tracker.decide(decision.offset)).flatten();
+        if decision.decided {
+            partition.decide(decision.offset);
+            self.partitions.decided += 1;
+        }
         let was_full = self.partitions.held >= self.spec.max_held as i64;
         self.partitions.held -= 1;
-        if let Some(position) = decided {
-            self.offsets.store(&decision.key, position);
-        }
         if was_full {
             self.pump_all();
         }
     }
 
-    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<()>) {
+    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>) {
         // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
         self.handler.flush();
         let (revoke, paused) = PendingRevoke::start(&mut self.partitions, &self.budget, revoked, ack, self.spec.grace);
@@ -384,10 +398,11 @@ impl<H: Handler> Loop<H> {
 
     fn finish_revoke(&mut self, end: RevokeEnd) {
         let Some(revoke) = self.revoke.take() else { return };
-        self.in_flight.records -= revoke.finish(&mut self.partitions, end);
+        let list = self.offsets.commit_list_of(&mut self.partitions, revoke.keys());
+        self.in_flight.records -= revoke.finish(&mut self.partitions, end, list);
     }
 
-    /// Stop fetching, give in-flight work the grace period, abandon the rest, store what is decided.
+    /// Stop fetching, give in-flight work the grace period, abandon the rest, commit what is decided.
     async fn drain(&mut self) {
         tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight.records, "draining");
         if let Ok(assignment) = self.consumer.assignment() {
@@ -423,8 +438,10 @@ impl<H: Handler> Loop<H> {
                 self.complete(done, &mut Touched::default());
             }
         }
+        // Closing: what is decided is committed now, with its map (a revoke waiting on this too).
+        self.offsets.commit_all(&mut self.partitions);
         if let Some(revoke) = self.revoke.take() {
-            revoke.acknowledge();
+            revoke.acknowledge(None);
         }
         self.publish_gauges();
     }

@@ -50,6 +50,16 @@ impl OffsetTracker {
     pub fn pending(&self) -> usize {
         self.pending.len()
     }
+
+    /// The offsets being worked on, increasing (for the commit's map of decided ones).
+    pub fn pending_offsets(&self) -> impl Iterator<Item = i64> + '_ {
+        self.pending.iter().copied()
+    }
+
+    /// One past the highest offset seen.
+    pub fn next(&self) -> Option<i64> {
+        self.next
+    }
 }
 
 #[cfg(test)]

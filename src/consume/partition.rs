@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use tokio_util::sync::CancellationToken;
 
+use super::offset_map::OffsetMap;
 use super::order::KeySet;
 use super::ticket::{EndpointSlot, Ticket};
 use crate::consume::offsets::OffsetTracker;
@@ -128,9 +129,19 @@ pub struct Partition<R> {
     /// Cancels this partition's handlers once it is let go: work abandoned
     /// past a revoke's grace must stop, or it would race the next owner.
     pub cancel: CancellationToken,
+    /// Offsets the last owner's commit said are decided: skipped when read (see [`super::offset_map`]).
+    pub skip: Option<OffsetMap>,
+    /// Decided on since its last commit.
+    pub dirty: bool,
 }
 
 impl<R> Partition<R> {
+    /// Decides `offset` (its commit position may move); the partition is then due a commit.
+    pub fn decide(&mut self, offset: i64) {
+        self.tracker.decide(offset);
+        self.dirty = true;
+    }
+
     pub fn new(generation: u64, cancel: CancellationToken) -> Partition<R> {
         Partition {
             generation,
@@ -149,6 +160,8 @@ impl<R> Partition<R> {
             full_since: None,
             paused: None,
             wake_ms: None,
+            skip: None,
+            dirty: false,
         }
     }
 

@@ -1,6 +1,6 @@
 //! Letting partitions go: a revoke drains the revoked partitions within `shutdown.grace` and then answers
-//! the poll thread, which commits (a shutdown drains them all: `Loop::drain`). Work past the grace is
-//! cancelled, not forgotten.
+//! the poll thread with what to commit, which it commits (a shutdown drains them all and commits:
+//! `Loop::drain`). Work past the grace is cancelled, not forgotten.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,7 +24,7 @@ pub enum RevokeEnd {
 /// A revoke the poll thread is waiting on.
 pub struct PendingRevoke {
     partitions: Vec<PartitionKey>,
-    ack: std::sync::mpsc::Sender<()>,
+    ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>,
     pub deadline: Instant,
 }
 
@@ -35,7 +35,7 @@ impl PendingRevoke {
         partitions: &mut Partitions<R>,
         budget: &Budget,
         revoked: Vec<(String, i32)>,
-        ack: std::sync::mpsc::Sender<()>,
+        ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>,
         grace: Duration,
     ) -> (PendingRevoke, TopicPartitionList) {
         let mut keys = Vec::new();
@@ -55,15 +55,20 @@ impl PendingRevoke {
         (PendingRevoke { partitions: keys, ack, deadline: Instant::now() + grace }, paused)
     }
 
+    /// The revoked partitions.
+    pub fn keys(&self) -> &[PartitionKey] {
+        &self.partitions
+    }
+
     /// Whether every revoked partition is idle (or gone).
     pub fn is_drained<R>(&self, partitions: &Partitions<R>) -> bool {
         self.partitions.iter().all(|k| partitions.get(k).is_none_or(Partition::is_idle))
     }
 
-    /// Lets go of the revoked partitions: their decided offsets are stored already,
-    /// the callback commits them once acknowledged. Returns the records that were
-    /// still in flight (cancelled, past the grace).
-    pub fn finish<R>(self, partitions: &mut Partitions<R>, end: RevokeEnd) -> usize {
+    /// Lets go of the revoked partitions: the callback commits `list` (what is decided
+    /// of them) once acknowledged. Returns the records that were still in flight
+    /// (cancelled, past the grace).
+    pub fn finish<R>(self, partitions: &mut Partitions<R>, end: RevokeEnd, list: TopicPartitionList) -> usize {
         let mut cancelled = 0;
         for key in &self.partitions {
             if let Some(p) = partitions.remove(key) {
@@ -83,12 +88,12 @@ impl PendingRevoke {
                 partitions.held -= p.held;
             }
         }
-        self.acknowledge();
+        self.acknowledge(Some(list));
         cancelled
     }
 
-    /// Answers the poll thread, which then commits.
-    pub fn acknowledge(self) {
-        let _ = self.ack.send(());
+    /// Answers the poll thread, which then commits `list` (`None`: nothing, the loop committed).
+    pub fn acknowledge(self, list: Option<TopicPartitionList>) {
+        let _ = self.ack.send(list);
     }
 }

@@ -6,6 +6,7 @@ mod connections;
 mod dead_flood;
 mod delivery;
 mod drill;
+mod duplicates;
 mod endpoint_tls;
 mod exit_codes;
 mod fanout;

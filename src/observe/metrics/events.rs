@@ -263,3 +263,13 @@ pub fn consumer_gauges<const N: usize>(role: &str, in_flight: usize, paused: [(&
         m.paused_partitions.with_label_values(&[role, reason]).set(count as i64);
     }
 }
+
+/// A record skipped on taking a partition over: the last owner's commit said it was decided.
+pub fn offsets_skipped(topic: &str) {
+    get().offsets_skipped.with_label_values(&[topic]).inc();
+}
+
+/// A commit written without its map of decided offsets (too long, or refused by the broker).
+pub fn offset_map_overflow(topic: &str) {
+    get().offset_map_overflow.with_label_values(&[topic]).inc();
+}

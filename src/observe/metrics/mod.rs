@@ -75,6 +75,10 @@ pub struct Metrics {
     pub registry_up: IntGaugeVec,
     /// partition
     pub registry_offset: IntGaugeVec,
+    /// topic
+    pub offsets_skipped: IntCounterVec,
+    /// topic
+    pub offset_map_overflow: IntCounterVec,
 }
 
 /// The name of every metric registered, in order: the registry's `gather()`
@@ -274,6 +278,18 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
             &r,
             "hookrelay_route_held_records",
             "Records whose route to this topic is held by a failing produce.",
+            &["topic"],
+        ),
+        offsets_skipped: counter(
+            &r,
+            "hookrelay_offsets_skipped_total",
+            "Records skipped without delivery on taking a partition over: its last commit's map said they were decided.",
+            &["topic"],
+        ),
+        offset_map_overflow: counter(
+            &r,
+            "hookrelay_offset_map_overflow_total",
+            "Commits written without their map of decided offsets (too long, or refused by the broker as OFFSET_METADATA_TOO_LARGE): a new owner of the partition delivers those records again.",
             &["topic"],
         ),
         registry: r,
