@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use rdkafka::message::{Headers, Message};
+use rdkafka::message::{Headers, Message, OwnedMessage};
 
 /// Paused partitions resume once the bytes held are below this share of the budget.
 pub const RESUME_AT: f64 = 0.9;
@@ -21,15 +21,15 @@ pub const RECORD_OVERHEAD: usize = 256;
 pub const HEADER_OVERHEAD: usize = 64;
 
 /// Bytes of a record's headers, names and values: what `max_record_header_bytes` bounds.
-pub fn header_bytes(record: &impl Message) -> usize {
-    record.headers().map_or(0, |headers| headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len)).sum())
+pub fn header_bytes(record: &OwnedMessage) -> usize {
+    record.headers().map_or(0, |headers| crate::event::headers::byte_size(headers.as_borrowed()))
 }
 
 /// What a record costs the budget while it is read and not yet decided: its
 /// payload and key, its headers (copied twice, each with [`HEADER_OVERHEAD`])
 /// and [`RECORD_OVERHEAD`]. A record of a million tiny headers counts as the
 /// tens of MB it holds, not as 256 B.
-pub fn record_bytes(record: &impl Message) -> usize {
+pub fn record_bytes(record: &OwnedMessage) -> usize {
     let headers = record.headers().map_or(0, |h| h.count());
     record.payload().map_or(0, <[u8]>::len)
         + record.key().map_or(0, <[u8]>::len)
@@ -89,6 +89,9 @@ mod tests {
         let bombed = record(Some(many));
         assert_eq!(header_bytes(&bombed), 20_000);
         assert_eq!(record_bytes(&bombed), 110 + 2 * 20_000 + 10_000 * HEADER_OVERHEAD + RECORD_OVERHEAD);
+        // A name that is not UTF-8 is counted, not a panic (rdkafka's `iter` unwraps it as UTF-8).
+        let odd = crate::event::headers::add(OwnedHeaders::new(), b"\xff\xfe", Some(b"value"));
+        assert_eq!(header_bytes(&record(Some(odd))), 7);
     }
 
     #[test]

@@ -22,32 +22,8 @@ pub struct RecordHeaders(Vec<(Vec<u8>, Option<Vec<u8>>)>);
 impl RecordHeaders {
     /// Copies every header of `headers`, whatever its key's bytes.
     pub fn read(headers: &BorrowedHeaders) -> RecordHeaders {
-        // rdkafka's own accessors make this pointer the same way: a
-        // `BorrowedHeaders` reference is the native list's address.
-        let native = headers as *const BorrowedHeaders as *const rd_kafka_headers_t;
         let mut pairs = Vec::with_capacity(headers.count());
-        for idx in 0..headers.count() {
-            let mut name = std::ptr::null();
-            let mut value = std::ptr::null();
-            let mut size = 0usize;
-            // SAFETY: `native` points to the live header list `headers` borrows
-            // (it outlives this function); librdkafka writes a pointer to the
-            // NUL-terminated name it stores, and to the value and its size (null
-            // for a null value), both owned by the list; `idx` < count, and an
-            // error (index out of range) leaves them untouched.
-            let err = unsafe { rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
-            if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
-                break;
-            }
-            // SAFETY: as above, `name` is NUL-terminated and `value` holds
-            // `size` bytes while the list lives; both are copied at once.
-            let (key, value) = unsafe {
-                let key = CStr::from_ptr(name).to_bytes().to_vec();
-                let value = (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size).to_vec());
-                (key, value)
-            };
-            pairs.push((key, value));
-        }
+        each(headers, |key, value| pairs.push((key.to_vec(), value.map(<[u8]>::to_vec))));
         RecordHeaders(pairs)
     }
 
@@ -82,6 +58,43 @@ impl RecordHeaders {
 
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
+    }
+}
+
+/// Bytes of `headers`' names and values, whatever their keys' bytes (rdkafka's
+/// `iter` panics on a name that is not UTF-8), without copying them.
+pub fn byte_size(headers: &BorrowedHeaders) -> usize {
+    let mut bytes = 0;
+    each(headers, |key, value| bytes += key.len() + value.map_or(0, <[u8]>::len));
+    bytes
+}
+
+/// Calls `f` with each header's name and value (`None` = a null value), in order.
+fn each(headers: &BorrowedHeaders, mut f: impl FnMut(&[u8], Option<&[u8]>)) {
+    // rdkafka's own accessors make this pointer the same way: a
+    // `BorrowedHeaders` reference is the native list's address.
+    let native = headers as *const BorrowedHeaders as *const rd_kafka_headers_t;
+    for idx in 0..headers.count() {
+        let mut name = std::ptr::null();
+        let mut value = std::ptr::null();
+        let mut size = 0usize;
+        // SAFETY: `native` points to the live header list `headers` borrows
+        // (it outlives this function); librdkafka writes a pointer to the
+        // NUL-terminated name it stores, and to the value and its size (null
+        // for a null value), both owned by the list; `idx` < count, and an
+        // error (index out of range) leaves them untouched.
+        let err = unsafe { rd_kafka_header_get_all(native, idx, &mut name, &mut value, &mut size) };
+        if err != RDKafkaRespErr::RD_KAFKA_RESP_ERR_NO_ERROR || name.is_null() {
+            break;
+        }
+        // SAFETY: as above, `name` is NUL-terminated and `value` holds `size`
+        // bytes while the list lives, which outlasts this call of `f`.
+        let (key, value) = unsafe {
+            let key = CStr::from_ptr(name).to_bytes();
+            let value = (!value.is_null()).then(|| std::slice::from_raw_parts(value.cast::<u8>(), size));
+            (key, value)
+        };
+        f(key, value);
     }
 }
 
