@@ -369,6 +369,14 @@ pub async fn read_topic(topic: &str, count: usize, timeout: Duration) -> Vec<Rec
 }
 
 /// The committed offset of `group` on one partition (None when nothing is committed).
+/// The number of partitions `topic` has.
+pub fn partition_count(topic: &str) -> i32 {
+    let consumer: BaseConsumer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap()).create().expect("metadata reader");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    metadata.topics().first().map_or(0, |t| t.partitions().len() as i32)
+}
+
 pub fn committed(group: &str, topic: &str, partition: i32) -> Option<i64> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap())
