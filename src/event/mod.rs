@@ -315,13 +315,11 @@ impl Own {
 /// The event's `headers`, checked, within `limits`: a header bomb is refused
 /// by its size before any header is parsed. Names are case-insensitive: of
 /// two that differ in case the later wins.
-fn own_headers(
-    event: BTreeMap<String, String>,
-    limits: HeaderLimits,
-) -> Result<Vec<(HeaderName, HeaderValue)>, InvalidEvent> {
-    if event.len() > limits.count {
-        return Err(field("headers", format!("{} headers, over the limit of {}", event.len(), limits.count)));
+fn own_headers(event: EventHeaders, limits: HeaderLimits) -> Result<Vec<(HeaderName, HeaderValue)>, InvalidEvent> {
+    if event.seen > limits.count {
+        return Err(field("headers", format!("{} headers, over the limit of {}", event.seen, limits.count)));
     }
+    let event = event.kept;
     let bytes: usize = event.iter().map(|(name, value)| name.len() + value.len()).sum();
     if bytes > limits.bytes {
         return Err(field("headers", format!("{bytes} bytes, over the limit of {}", limits.bytes)));
@@ -369,7 +367,7 @@ struct Envelope<'a> {
     #[serde(borrow, default, deserialize_with = "present")]
     payload: Option<&'a RawValue>,
     id: Option<String>,
-    headers: Option<BTreeMap<String, String>>,
+    headers: Option<EventHeaders>,
     timeout_ms: Option<u64>,
     retry_until: Option<String>,
     max_attempts: Option<u32>,
@@ -406,6 +404,46 @@ impl<'a> Envelope<'a> {
             }
             Err(e) => Err(InvalidEvent::NotJson(e.to_string())),
         }
+    }
+}
+
+/// An event's `headers` as read: at most [`MAX_EVENT_HEADERS`] kept (the most
+/// `delivery.max_event_headers` allows), the rest only counted. A header bomb
+/// of 60,000 names is refused by its count without 60,000 strings allocated
+/// into a map first (14.6 ms per 0.8 MB bomb in a release build, which the
+/// consumer loop spent before the count was checked).
+#[derive(Default)]
+struct EventHeaders {
+    kept: BTreeMap<String, String>,
+    /// Entries in the JSON object, duplicates included.
+    seen: usize,
+}
+
+/// The most headers an event may carry under any config (`delivery.max_event_headers`' ceiling).
+pub const MAX_EVENT_HEADERS: usize = 1024;
+
+impl<'de> Deserialize<'de> for EventHeaders {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<EventHeaders, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = EventHeaders;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an object of header names to string values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<EventHeaders, A::Error> {
+                let mut headers = EventHeaders::default();
+                while headers.seen < MAX_EVENT_HEADERS {
+                    let Some((name, value)) = map.next_entry::<String, String>()? else { return Ok(headers) };
+                    headers.kept.insert(name, value);
+                    headers.seen += 1;
+                }
+                while map.next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?.is_some() {
+                    headers.seen += 1;
+                }
+                Ok(headers)
+            }
+        }
+        d.deserialize_map(Visit)
     }
 }
 
@@ -578,7 +616,11 @@ pub(crate) mod tests {
         // without the quadratic merge: well under a second even in debug builds.
         let bomb: serde_json::Map<_, _> = (0..100_000).map(|i| (format!("x-{i}"), "v".into())).collect();
         let started = std::time::Instant::now();
-        assert!(with_headers(bomb.into()).is_err());
+        let err = with_headers(bomb.into()).unwrap_err().to_string();
+        assert_eq!(
+            err, "bad field \"headers\": 100000 headers, over the limit of 64",
+            "every entry counted, 1024 kept"
+        );
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         // Case-insensitive duplicates merge into one header (the later wins).
         let e = with_headers(serde_json::json!({"X-Tenant": "upper", "x-a": "b"})).unwrap();
