@@ -471,3 +471,28 @@ fn output_patterns_match_as_documented() {
 async fn registry() {
     run_example("concepts/registry.md", "registry").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions() {
+    run_example("concepts/subscriptions.md", "subscriptions").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cloudevents() {
+    run_example("integrations/cloudevents.md", "cloudevents").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attempt_log() {
+    run_example("concepts/attempt-log.md", "attempt-log").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates() {
+    run_example("concepts/duplicates.md", "duplicates").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_input() {
+    run_example("operations/hostile-input.md", "hostile-input").await;
+}
