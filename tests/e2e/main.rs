@@ -8,6 +8,7 @@ mod delivery;
 mod drill;
 mod duplicates;
 mod endpoint_tls;
+mod examples;
 mod exit_codes;
 mod fanout;
 mod harness;

@@ -50,7 +50,11 @@ pub struct Quiet;
 
 impl rdkafka::ClientContext for Quiet {
     fn error(&self, error: KafkaError, reason: &str) {
-        if !matches!(error, KafkaError::PartitionEOF(_)) {
+        // librdkafka reports it as a global error too ("Global error: PartitionEOF"),
+        // which `hookrelay send --endpoint` printed on every run (seen by the handbook's examples).
+        let end = matches!(error, KafkaError::PartitionEOF(_))
+            || matches!(error, KafkaError::Global(rdkafka::types::RDKafkaErrorCode::PartitionEOF));
+        if !end {
             tracing::error!(%error, reason, "registry reader");
         }
     }
