@@ -169,14 +169,25 @@ async fn ensure_registry_topic(config: &Config) -> Result<Option<String>, Topics
         Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
         Err((name, code)) => return Err(TopicsError::Create(name, code)),
     }
-    let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await?;
-    let policy = described
-        .into_iter()
-        .flatten()
-        .flat_map(|resource| resource.entries)
-        .find(|entry| entry.name == "cleanup.policy")
-        .and_then(|entry| entry.value)
-        .unwrap_or_default();
+    // Just after a create (by this or another replica) the broker may not
+    // describe the topic's configs yet: an absent policy is asked again, for
+    // up to 5 s; only a policy that is there and not `compact` is an error.
+    let mut policy = None;
+    for _ in 0..20 {
+        let described = admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options).await?;
+        policy = described
+            .into_iter()
+            .flatten()
+            .flat_map(|resource| resource.entries)
+            .find(|entry| entry.name == "cleanup.policy")
+            .and_then(|entry| entry.value)
+            .filter(|value| !value.is_empty());
+        if policy.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let policy = policy.unwrap_or_default();
     if !policy.split(',').any(|p| p.trim() == "compact") {
         return Err(TopicsError::NotCompacted(topic.clone(), policy));
     }

@@ -319,6 +319,10 @@ async fn bad_puts_and_bad_registries_exit_64_with_one_line() {
     let fresh = unique("registry");
     let ensure = Cli::new(&Config::new(&topics).set("topics.endpoints", fresh.as_str())).ok(&["topics", "ensure"]);
     assert!(ensure.contains(&format!("created {fresh} (1 partition, compacted)")), "{ensure}");
+    // At once again (a second replica's init container): the broker may not describe
+    // the new topic's configs yet; that is asked again, not "not compacted (cleanup.policy=)".
+    let again = Cli::new(&Config::new(&topics).set("topics.endpoints", fresh.as_str())).ok(&["topics", "ensure"]);
+    assert!(again.contains(&format!("exists  {fresh} (compacted)")), "{again}");
     let plain = unique("registry");
     create_topics(std::slice::from_ref(&plain), 1).await;
     let output = Cli::new(&Config::new(&topics).set("topics.endpoints", plain.as_str())).run(&["topics", "ensure"]);
