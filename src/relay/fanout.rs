@@ -65,19 +65,35 @@ pub(super) struct Decode {
 }
 
 impl Relay {
-    /// Decodes a record. On a tier, a fan-out event is the one leg its
-    /// `hookrelay-endpoint` header names; on an event topic it fans out.
-    pub(super) fn decode(&self, headers: &RecordHeaders, value: &[u8], default_id: impl FnOnce() -> String) -> Decode {
+    /// Decodes a record. A fan-out event is the one leg `leg` names (see
+    /// [`Relay::leg_of`]: a tier record's, or a sealed replay's); else it fans out.
+    pub(super) fn decode(
+        &self,
+        headers: &RecordHeaders,
+        leg: Option<&str>,
+        value: &[u8],
+        default_id: impl FnOnce() -> String,
+    ) -> Decode {
         let endpoints = &self.shared.endpoints;
         match endpoints.decode_record(headers, value, default_id) {
             Ok(Decoded::One(event)) => Decode { event: Ok(event), fanout: None },
             Err(invalid) => Decode { event: Err(invalid), fanout: None },
-            Ok(Decoded::Fanout(fanout)) => match (self.tier, headers.last(header::ENDPOINT)) {
-                (Some(_), Some(name)) => Decode { event: endpoints.leg(&fanout, name), fanout: None },
+            Ok(Decoded::Fanout(fanout)) => match leg {
+                Some(name) => Decode { event: endpoints.leg(&fanout, name), fanout: None },
                 // Never read: `process` fans out first.
-                _ => Decode { event: Err(InvalidEvent::Target), fanout: Some(fanout) },
+                None => Decode { event: Err(InvalidEvent::Target), fanout: Some(fanout) },
             },
         }
+    }
+
+    /// The leg a record carries, if it is one: on a tier, the endpoint its
+    /// `hookrelay-endpoint` header names (the relay wrote it); on an event
+    /// topic only a replayed leg's, when the replay seal holds over it
+    /// (`trusted` is what [`trusted_on_event_topic`] kept), so a producer
+    /// cannot address one subscriber of a fan-out by a header.
+    pub(super) fn leg_of(&self, headers: &RecordHeaders, trusted: Option<&RecordHeaders>) -> Option<Box<str>> {
+        let believed = if self.tier.is_some() { Some(headers) } else { trusted };
+        believed?.last(header::ENDPOINT).map(Box::from)
     }
 
     /// One leg per matching endpoint, concurrently; decided once every leg is.
