@@ -17,6 +17,14 @@ use crate::event::hop::header;
 use crate::event::{Decoded, Fanout};
 use crate::route::outcome::Why;
 
+/// What one leg holds while it runs, counted in `delivery.max_buffered_bytes`
+/// with its record (whose payload all the legs share). Measured: the leg's
+/// future in `fan_out` (its `deliver`, attempt and route, what `join_all`
+/// keeps for it) is 3,184 B (`size_of_val`, dev build), its [`Event`] 384 B
+/// plus its heap (id, URL, headers, attributes: 481 B for a leg with three
+/// headers and one attribute, the test `a_leg_costs_what_the_budget_counts`).
+pub const LEG_BYTES: usize = 4096;
+
 /// Legs in flight per endpoint, in this process. A slow subscriber must not
 /// hold the other subscribers' legs by filling the partitions' in-flight
 /// slots with records that wait for it: past its limit plus
@@ -94,6 +102,19 @@ impl Relay {
     pub(super) fn leg_of(&self, headers: &RecordHeaders, trusted: Option<&RecordHeaders>) -> Option<Box<str>> {
         let believed = if self.tier.is_some() { Some(headers) } else { trusted };
         believed?.last(header::ENDPOINT).map(Box::from)
+    }
+
+    /// What the legs of `fanout` will hold, [`LEG_BYTES`] each, counted when the
+    /// record is read; none over `delivery.max_fanout` (it goes dead unfanned).
+    /// The legs are matched again when it is worked on, after a registry change
+    /// maybe a few more or less: an estimate, as the rest of the budget is.
+    pub(super) fn legs_bytes(&self, fanout: &Fanout) -> usize {
+        let legs = self.shared.subscriptions.index().matching(&fanout.subject()).len();
+        if legs > self.shared.max_fanout {
+            0
+        } else {
+            legs * LEG_BYTES
+        }
     }
 
     /// One leg per matching endpoint, concurrently; decided once every leg is.

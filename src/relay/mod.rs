@@ -91,6 +91,8 @@ pub struct Prepared {
     fanout: Option<crate::event::Fanout>,
     /// The endpoint of the fan-out leg it carries: a tier record's, or a sealed replay's.
     leg: Option<Box<str>>,
+    /// What its legs will hold while they run (see [`fanout::LEG_BYTES`]), for the memory budget.
+    legs_bytes: usize,
     /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
     _waiting: Option<Waiting>,
 }
@@ -172,7 +174,12 @@ impl Handler for Relay {
         let in_place = order.map(|_| in_place::Kept::default());
         let since_ms = hop.event_ms.unwrap_or_else(now_ms);
         let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout, leg })
+        let legs_bytes = fanout.as_ref().map_or(0, |f| self.legs_bytes(f));
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout, leg, legs_bytes })
+    }
+
+    fn held_bytes(&self, record: &Prepared) -> usize {
+        record.legs_bytes
     }
 
     fn handle(
