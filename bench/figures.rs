@@ -114,7 +114,8 @@ pub fn of_outcome(o: &Outcome) -> Figures {
 /// Families whose main class is compared with S1's (same variant: capacity with capacity, load with load).
 pub const VS_S1: [&str; 5] = ["S2", "S3", "S4", "S6", "S7"];
 
-/// Adds `main_vs_s1` and `p99_vs_s1` to the runs of [`VS_S1`]: each run against the median of S1's counting runs.
+/// Adds `main_vs_s1` and `p99_vs_s1` to the runs of [`VS_S1`]: each run against the median of S1's counting runs;
+/// and `rate_vs_s1`, `rss_vs_s1` to S9's, against S1's capacity runs.
 pub fn add_vs_s1(runs: &mut [Run]) {
     let s1 = |variant: &str, figure: &str| {
         let values: Vec<f64> = runs
@@ -126,6 +127,15 @@ pub fn add_vs_s1(runs: &mut [Run]) {
     };
     let bases: Vec<(Option<f64>, Option<f64>)> =
         runs.iter().map(|r| (s1(r.variant, "main_rate"), s1(r.variant, "p99_ms"))).collect();
+    // S9 (fan-out, a backlog) against S1's capacity run: deliveries/s and peak RSS.
+    let (s1_rate, s1_rss) = (s1("cap", "rate"), s1("cap", "peak_rss_mib"));
+    for run in runs.iter_mut().filter(|r| r.family == "S9") {
+        for (figure, mine, base) in [("rate_vs_s1", "rate", s1_rate), ("rss_vs_s1", "peak_rss_mib", s1_rss)] {
+            if let (Some(mine), Some(base)) = (run.figures.get(mine).copied(), base.filter(|b| *b > 0.0)) {
+                run.figures.insert(figure.into(), mine / base);
+            }
+        }
+    }
     for (run, (rate, p99)) in runs.iter_mut().zip(bases) {
         if !VS_S1.contains(&run.family) {
             continue;
@@ -227,6 +237,8 @@ pub const TARGETS: &[Target] = &[
     at_most("S4 load", "p99_vs_s1", 1.5, P99),
     at_least("S7 load", "main_vs_offered", 0.98, OFFERED),
     at_most("S7 load", "p99_vs_s1", 1.5, P99),
+    at_least("S9", "rate_vs_s1", 0.9, "fan-out deliveries/s vs S1 cap's"),
+    at_most("S9", "rss_vs_s1", 1.1, "fan-out peak RSS vs S1 cap's"),
     at_least("S12 20ms", "rate_vs_null", 0.8, "lone 20 ms endpoint vs the null pipeline"),
     at_most("S12 20ms", "tiered", 0.0, "records deferred to a tier"),
     at_least("S12 100ms", "rate_vs_null", 0.8, "lone 100 ms endpoint vs the null pipeline"),

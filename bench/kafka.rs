@@ -92,6 +92,35 @@ pub struct Batch {
     pub urls: Vec<String>,
     /// Events per second; None = as fast as the producer goes.
     pub rate: Option<f64>,
+    /// Events with a `type` and no receiver: every subscribed endpoint gets each (S9).
+    pub fanout: bool,
+}
+
+/// The `type` of the bench's fan-out events, which every endpoint of S9 subscribes to.
+pub const FANOUT_TYPE: &str = "bench.event";
+
+/// The event of number `i` that fans out (see [`event`]).
+pub fn fanout_event(i: u64, scheduled_us: u64, pad: &str) -> String {
+    format!(r#"{{"id":"e{i}","type":"{FANOUT_TYPE}","payload":{{"i":{i},"t":{scheduled_us},"pad":"{pad}"}}}}"#)
+}
+
+/// The deliveries a record of event `i` stands for: the event itself, or with
+/// `legs` > 1 (a fan-out) the leg its `hookrelay-endpoint` names (`n<k>`),
+/// or every leg when it names none (a record on the events topic).
+pub fn deliveries(i: u64, endpoint: Option<&str>, legs: u64) -> Vec<u64> {
+    if legs <= 1 {
+        return vec![i];
+    }
+    match endpoint.and_then(|e| e.strip_prefix('n')?.parse::<u64>().ok()) {
+        Some(leg) => vec![i * legs + leg],
+        None => (0..legs).map(|leg| i * legs + leg).collect(),
+    }
+}
+
+fn header(message: &impl Message, name: &str) -> Option<String> {
+    message.headers().and_then(|h| {
+        h.iter().filter(|h| h.key == name).last().and_then(|h| h.value).map(|v| String::from_utf8_lossy(v).into_owned())
+    })
 }
 
 /// The event of number `i`: its payload says `i` and the scheduled produce time (µs).
@@ -126,7 +155,7 @@ pub fn produce(batch: &Batch) -> anyhow::Result<(u64, u64, f64)> {
             None => crate::now_us(),
         };
         let url = &batch.urls[(i % batch.urls.len() as u64) as usize];
-        let value = event(i, url, scheduled_us, &pad);
+        let value = if batch.fanout { fanout_event(i, scheduled_us, &pad) } else { event(i, url, scheduled_us, &pad) };
         let partition = (i % batch.partitions as u64) as i32;
         let mut record = BaseRecord::<(), str>::to(&batch.topic).payload(&value).partition(partition);
         loop {
@@ -188,10 +217,11 @@ pub fn committed(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Ha
         .collect())
 }
 
-/// One record read back: the event number (None if unreadable) and the `hookrelay-reason` header.
+/// One record read back: the event number (None if unreadable), the `hookrelay-reason` and `hookrelay-endpoint` headers.
 pub struct ReadBack {
     pub id: Option<u64>,
     pub reason: Option<String>,
+    pub endpoint: Option<String>,
 }
 
 /// Reads `topic` from `from` (per partition; absent = the start) up to the high watermarks at call time.
@@ -222,14 +252,8 @@ pub fn read_ids(bootstrap: &str, topic: &str, from: &HashMap<i32, Option<i64>>) 
             continue;
         }
         remaining -= 1;
-        let reason = message.headers().and_then(|h| {
-            h.iter()
-                .filter(|h| h.key == "hookrelay-reason")
-                .last()
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-        });
-        out.push(ReadBack { id: message.payload().and_then(event_number), reason });
+        let (reason, endpoint) = (header(&message, "hookrelay-reason"), header(&message, "hookrelay-endpoint"));
+        out.push(ReadBack { id: message.payload().and_then(event_number), reason, endpoint });
     }
     anyhow::ensure!(remaining == 0, "{topic}: {remaining} records not read back in 120 s");
     Ok(out)
@@ -243,7 +267,8 @@ pub struct DeadWatch {
 }
 
 impl DeadWatch {
-    pub fn start(bootstrap: &str, topic: &str) -> anyhow::Result<DeadWatch> {
+    /// `legs` as in [`deliveries`]: the ids it collects are deliveries.
+    pub fn start(bootstrap: &str, topic: &str, legs: u64) -> anyhow::Result<DeadWatch> {
         let consumer = reader(bootstrap, &format!("bench-dead-{}", rand::random::<u32>()))?;
         let mut tpl = TopicPartitionList::new();
         for p in partitions(&consumer, topic)? {
@@ -257,7 +282,8 @@ impl DeadWatch {
             while !stop2.load(Ordering::Relaxed) {
                 if let Some(Ok(m)) = consumer.poll(Duration::from_millis(200)) {
                     if let Some(id) = m.payload().and_then(event_number) {
-                        ids2.lock().unwrap().insert(id);
+                        let endpoint = header(&m, "hookrelay-endpoint");
+                        ids2.lock().unwrap().extend(deliveries(id, endpoint.as_deref(), legs));
                     }
                 }
             }
@@ -272,5 +298,21 @@ impl Drop for DeadWatch {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fan_out_record_stands_for_its_leg_or_all_its_legs() {
+        assert_eq!(deliveries(7, Some("n3"), 1), [7], "no fan-out: the event");
+        assert_eq!(deliveries(7, Some("n3"), 10), [73], "a tier or dead record: the leg it names");
+        assert_eq!(deliveries(7, None, 3), [21, 22, 23], "an event record: every leg");
+        assert_eq!(deliveries(7, Some("invalid"), 2), [14, 15]);
+        let value = fanout_event(7, 1, "x");
+        assert_eq!(event_number(value.as_bytes()), Some(7));
+        assert!(value.contains(&format!(r#""type":"{FANOUT_TYPE}""#)) && !value.contains("\"url\""));
     }
 }

@@ -1,6 +1,6 @@
 //! `make bench`: hookrelay measured against a null pipeline and a sink of many
 //! endpoints, on the broker at KAFKA_BOOTSTRAP (scenarios S0..S8 of issue 9,
-//! S12 of issue 24), each repeated, with the median and spread of every figure
+//! S9 of issue 21, S12 of issue 24), each repeated, with the median and spread of every figure
 //! and the targets judged on the medians.
 //!
 //! `cargo run --release --locked --example bench -- [--scenario S0,S2] [--repeat 3]

@@ -75,7 +75,9 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
     } else {
         (None, None)
     };
-    let sink = Sink::start(&s.endpoints, acceptor).await?;
+    let sink = Sink::start(&s.endpoints, acceptor, s.fanout).await?;
+    // A fan-out (S9) counts each leg as a delivery: the ledger is over event x leg.
+    let legs = if s.fanout { s.endpoints.len() as u64 } else { 1 };
     let batch = Batch {
         bootstrap: env.bootstrap.clone(),
         topic: topics.events.clone(),
@@ -84,6 +86,7 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
         payload_bytes: s.payload_bytes,
         urls: sink.urls.clone(),
         rate: load,
+        fanout: s.fanout,
     };
     let mut outcome = Outcome { scenario: s.clone(), load, produced: 0, produce_s: 0.0, phases: Vec::new() };
     let mut producing = None;
@@ -104,23 +107,24 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
         let max = s.deadline + Duration::from_secs(30);
         let mut null = procs::spawn_null(&env.bootstrap, &topics.events, &group, max, &log, ca.as_deref())?;
         let mut rss = Vec::new();
-        let timed_out = wait(&sink, &mut null, None, outcome.produced, started, s.deadline, &mut rss).await?;
+        let expected = outcome.produced * legs;
+        let timed_out = wait(&sink, &mut null, None, expected, started, s.deadline, &mut rss).await?;
         let phase = finish("null", null, None, started, timed_out, rss, broker0, driver0, env).await;
-        let pending = pending_in(&env.bootstrap, &topics.events, &group, &[])?;
+        let pending = pending_in(&env.bootstrap, &topics.events, &group, &[], legs)?;
         let seen = sink.take();
-        let ledger = ledger::close(outcome.produced, &seen.ids, seen.duplicates, &[], &pending);
+        let ledger = ledger::close(expected, &seen.ids, seen.duplicates, &[], &pending);
         outcome.phases.push(Phase { seen, ledger, ..phase });
     }
 
     let log = env.out_dir.join(format!("{}-hookrelay.log", s.name));
-    let config = scenario::relay_config(s, &env.bootstrap, topics);
+    let config = scenario::relay_config(s, &env.bootstrap, topics, &sink.urls);
     if s.backlog() {
         sink.start_clock();
     }
     let (mut relay, admin) = procs::spawn_relay(&config, dir.path(), &log, ca.as_deref())?;
     procs::wait_ready(&mut relay, admin, Duration::from_secs(90)).await?;
     let perf = env.perf.as_deref().map(|out| procs::spawn_perf(&relay.pid(), out)).transpose()?;
-    let dead_watch = DeadWatch::start(&env.bootstrap, &topics.dead)?;
+    let dead_watch = DeadWatch::start(&env.bootstrap, &topics.dead, legs)?;
     let (broker0, driver0) = (broker_cpu(env), self_cpu());
     let started = Instant::now();
     let mut rss = Vec::new();
@@ -140,9 +144,9 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
         anyhow::ensure!(failed == 0, "{failed} events not acknowledged by the broker");
         (outcome.produced, outcome.produce_s) = (ok, took);
         let left = s.deadline.saturating_sub(started.elapsed());
-        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced, Instant::now(), left, &mut rss).await?
+        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced * legs, Instant::now(), left, &mut rss).await?
     } else {
-        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced, started, s.deadline, &mut rss).await?
+        wait(&sink, &mut relay, Some(&dead_watch), outcome.produced * legs, started, s.deadline, &mut rss).await?
     };
     drop(dead_watch);
     if let Some(mut perf) = perf {
@@ -150,13 +154,16 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
     }
     let phase = finish("hookrelay", relay, Some(admin), started, timed_out, rss, broker0, driver0, env).await;
     let tiers: Vec<String> = topics.tiers.iter().map(|(t, _)| t.clone()).collect();
-    let pending = pending_in(&env.bootstrap, &topics.events, &topics.group, &tiers)?;
+    let pending = pending_in(&env.bootstrap, &topics.events, &topics.group, &tiers, legs)?;
     let dead: Vec<(u64, Option<String>)> = kafka::read_ids(&env.bootstrap, &topics.dead, &HashMap::new())?
         .into_iter()
-        .filter_map(|r| Some((r.id?, r.reason)))
+        .filter_map(|r| Some((r.id?, r.reason, r.endpoint)))
+        .flat_map(|(id, reason, endpoint)| {
+            kafka::deliveries(id, endpoint.as_deref(), legs).into_iter().map(move |d| (d, reason.clone()))
+        })
         .collect();
     let seen = sink.take();
-    let ledger = ledger::close(outcome.produced, &seen.ids, seen.duplicates, &dead, &pending);
+    let ledger = ledger::close(outcome.produced * legs, &seen.ids, seen.duplicates, &dead, &pending);
     outcome.phases.push(Phase { seen, ledger, ..phase });
     Ok(outcome)
 }
@@ -228,13 +235,13 @@ async fn finish(
     }
 }
 
-/// Ids still waiting: in the tier topics, or past the group's committed offsets on the events topic.
-fn pending_in(bootstrap: &str, events: &str, group: &str, tiers: &[String]) -> anyhow::Result<HashSet<u64>> {
+/// Deliveries still waiting: in the tier topics, or past the group's committed
+/// offsets on the events topic (every leg of such an event, for a fan-out).
+fn pending_in(bootstrap: &str, events: &str, group: &str, tiers: &[String], legs: u64) -> anyhow::Result<HashSet<u64>> {
     let committed = kafka::committed(bootstrap, group, events)?;
-    let mut ids: HashSet<u64> =
-        kafka::read_ids(bootstrap, events, &committed)?.into_iter().filter_map(|r| r.id).collect();
+    let mut read = kafka::read_ids(bootstrap, events, &committed)?;
     for tier in tiers {
-        ids.extend(kafka::read_ids(bootstrap, tier, &HashMap::new())?.into_iter().filter_map(|r| r.id));
+        read.extend(kafka::read_ids(bootstrap, tier, &HashMap::new())?);
     }
-    Ok(ids)
+    Ok(read.into_iter().filter_map(|r| Some(kafka::deliveries(r.id?, r.endpoint.as_deref(), legs))).flatten().collect())
 }

@@ -1,4 +1,4 @@
-//! The scenarios (issue 9's S0..S8, issue 24's S12): what each sends where,
+//! The scenarios (issue 9's S0..S8, issue 21's S9, issue 24's S12): what each sends where,
 //! sized for the default `make bench` (every scenario, 3 repeats, under 30
 //! minutes on 2 cores) and scaled by `--scale`.
 //!
@@ -40,6 +40,9 @@ pub struct Scenario {
     pub short_deadline: bool,
     /// Give up waiting for the last deliveries after this long (the ledger then counts them pending).
     pub deadline: Duration,
+    /// Events with a `type` and no receiver, to which every endpoint subscribes
+    /// (named endpoints `n0`, `n1`, ...): each event is one delivery per endpoint.
+    pub fanout: bool,
 }
 
 impl Scenario {
@@ -114,6 +117,7 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         tls: false,
         short_deadline: false,
         deadline,
+        fanout: false,
     };
     let s1 = Scenario {
         name: "S1",
@@ -179,6 +183,16 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         null_baseline: true,
         ..base.clone()
     });
+    // S1's deliveries from a tenth of the records: one event, ten subscribed
+    // endpoints at 5 ms (issue 21: at least 0.9x S1's deliveries/s, RSS within S1's + 10 %).
+    out.push(Scenario {
+        name: "S9",
+        what: "fan-out: one event -> 10 subscribed endpoints at 5 ms",
+        events: n(2_000.0),
+        endpoints: endpoints(10, &[]),
+        fanout: true,
+        ..base.clone()
+    });
     out.push(lone("20ms", Duration::from_millis(20), s12, &base));
     out.push(lone("100ms", Duration::from_millis(100), s12, &base));
     out
@@ -186,8 +200,9 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
 
 /// The relay's config for a scenario: default settings but for the topics, the
 /// private-network guard (the sink is on 127.0.0.1), short tiers, and where
-/// needed a short deadline and a payload limit that fits.
-pub fn relay_config(s: &Scenario, bootstrap: &str, topics: &crate::kafka::Topics) -> String {
+/// needed a short deadline and a payload limit that fits; for a fan-out, one
+/// named endpoint per sink URL (`n0`, `n1`, ...) subscribed to the bench's type.
+pub fn relay_config(s: &Scenario, bootstrap: &str, topics: &crate::kafka::Topics, urls: &[String]) -> String {
     let mut out = format!(
         "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"{}\"\n[topics]\nevents = [\"{}\"]\ndead = \"{}\"\n",
         topics.group, topics.events, topics.dead
@@ -207,6 +222,13 @@ pub fn relay_config(s: &Scenario, bootstrap: &str, topics: &crate::kafka::Topics
     if let Ok(extra) = std::env::var("BENCH_DELIVERY") {
         out.push_str(&extra.replace(';', "\n"));
         out.push('\n');
+    }
+    // Last: these tables close [delivery].
+    if s.fanout {
+        for (k, url) in urls.iter().enumerate() {
+            let types = crate::kafka::FANOUT_TYPE;
+            out.push_str(&format!("[endpoints.n{k}]\nurl = \"{url}\"\ntypes = [\"{types}\"]\n"));
+        }
     }
     out
 }
@@ -237,6 +259,7 @@ mod tests {
                 "S7 cap",
                 "S7 load",
                 "S8",
+                "S9",
                 "S12 20ms",
                 "S12 100ms"
             ]
@@ -264,5 +287,21 @@ mod tests {
         assert!(s2_load.matches("S2") && s2_load.matches("s2-load") && s2_load.matches("S2 load"));
         assert!(!s2_load.matches("S2 cap") && !s2_load.matches("S1"));
         assert_eq!(all.iter().filter(|s| s.matches("S12")).count(), 2);
+    }
+
+    #[test]
+    fn s9_subscribes_every_endpoint_to_the_bench_type() {
+        let all = all(1.0, Duration::from_secs(60));
+        let s9 = all.iter().find(|s| s.label() == "S9").unwrap();
+        assert!(s9.fanout && s9.endpoints.len() == 10);
+        let s1 = all.iter().find(|s| s.label() == "S1 cap").unwrap();
+        assert_eq!(s9.events * 10, s1.events, "S1's deliveries from a tenth of the records");
+        let topics = crate::kafka::Topics::named("b");
+        let urls: Vec<String> = (0..10).map(|k| format!("http://127.0.0.1:{}/hook", 9000 + k)).collect();
+        let text = relay_config(s9, "localhost:9092", &topics, &urls);
+        let config = hookrelay::config::Config::from_toml(&text).expect("the relay reads it");
+        assert_eq!(config.endpoints.len(), 10);
+        assert!(config.delivery.allow_private_networks);
+        assert!(!relay_config(s1, "localhost:9092", &topics, &urls).contains("[endpoints."));
     }
 }

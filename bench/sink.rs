@@ -112,6 +112,9 @@ impl Seen {
 
 struct Ctx {
     class: usize,
+    /// A delivery's id is `event * legs + leg`: one per event, or per leg of a fan-out (S9).
+    legs: u64,
+    leg: u64,
     floor_us: Arc<AtomicU64>,
     profile: Profile,
     seen: Arc<Mutex<Seen>>,
@@ -131,8 +134,9 @@ pub struct Sink {
 }
 
 impl Sink {
-    /// Starts one listener per endpoint (HTTPS when `tls` is given).
-    pub async fn start(endpoints: &[Endpoint], tls: Option<TlsAcceptor>) -> anyhow::Result<Sink> {
+    /// Starts one listener per endpoint (HTTPS when `tls` is given). With `fanout`
+    /// every event goes to every endpoint, and each leg counts as a delivery of its own.
+    pub async fn start(endpoints: &[Endpoint], tls: Option<TlsAcceptor>, fanout: bool) -> anyhow::Result<Sink> {
         let mut class_names: Vec<&'static str> = Vec::new();
         for e in endpoints {
             if !class_names.contains(&e.class) {
@@ -146,7 +150,9 @@ impl Sink {
         let mut urls = Vec::new();
         let mut tasks = Vec::new();
         let mut refusing = Vec::new();
-        for e in endpoints {
+        let legs = if fanout { endpoints.len() as u64 } else { 1 };
+        for (index, e) in endpoints.iter().enumerate() {
+            let leg = if fanout { index as u64 } else { 0 };
             if let Profile::Refused = e.profile {
                 // Bound, not listening: a port freed again at once was given to the next
                 // endpoint's listener in one run, which then answered the refused one's events.
@@ -159,7 +165,8 @@ impl Sink {
             let listener = TcpListener::bind("127.0.0.1:0").await?;
             urls.push(format!("{scheme}://{}/hook", listener.local_addr()?));
             let class = class_names.iter().position(|c| *c == e.class).expect("class listed");
-            let ctx = Arc::new(Ctx { class, floor_us: floor_us.clone(), profile: e.profile, seen: seen.clone() });
+            let ctx =
+                Arc::new(Ctx { class, legs, leg, floor_us: floor_us.clone(), profile: e.profile, seen: seen.clone() });
             tasks.push(tokio::spawn(serve(listener, ctx, tls.clone())));
         }
         Ok(Sink { seen, floor_us, class_names, urls, tasks, _refusing: refusing })
@@ -238,7 +245,7 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Result<Response<Full<B
     seen.requests += 1;
     if status == StatusCode::OK {
         if let Ok(tag) = serde_json::from_slice::<Tag>(&body) {
-            if seen.ids.insert(tag.i) {
+            if seen.ids.insert(tag.i * ctx.legs + ctx.leg) {
                 let class = &mut seen.classes[ctx.class];
                 let from = tag.t.max(ctx.floor_us.load(Ordering::Relaxed));
                 class.latencies_us.push(received_us.saturating_sub(from));

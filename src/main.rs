@@ -258,7 +258,14 @@ async fn replay_dead(
     };
     let filter = replay::Filter { since_ms, until_ms, reason, endpoint };
     app::preflight(config).await?;
-    let summary = replay::replay(config, &filter, dry_run, |line| println!("{line}")).await?;
+    let summary = match replay::replay(config, &filter, dry_run, |line| println!("{line}")).await {
+        Ok(summary) => summary,
+        Err(error @ replay::ReplayError::LegNeedsKey { .. }) => {
+            eprintln!("hookrelay: {error}");
+            return Ok(ExitCode::from(EX_USAGE));
+        }
+        Err(error) => return Err(error.into()),
+    };
     if dry_run {
         println!("dry run: would replay {} of {} scanned, moved nothing", summary.matched, summary.scanned);
     } else {

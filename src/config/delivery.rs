@@ -108,6 +108,7 @@ pub struct DeliveryConfig {
     pub max_read_ahead_per_partition: usize,
     /// Bytes of records read and not yet decided (read-ahead plus in flight),
     /// per process: past it every partition pauses until it is below 90 %.
+    /// A record counts its payload, key and headers, and 4 KiB per fan-out leg.
     /// An integer or a size (`"128MiB"`). Default 128 MiB.
     pub max_buffered_bytes: bytesize::ByteSize,
     /// Records of one endpoint that may wait in one partition for a free slot
@@ -161,7 +162,8 @@ pub struct DeliveryConfig {
     #[serde(with = "humantime_serde")]
     pub max_hold: Duration,
     /// The most endpoints one event may fan out to (legs per record); above
-    /// it the record is dead `invalid_event` with the count. Default 1000.
+    /// it the record is dead `invalid_event` with the count. A leg holds about
+    /// 4 KiB while it runs (counted in `max_buffered_bytes`). Default 1000.
     pub max_fanout: usize,
 }
 

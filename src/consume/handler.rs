@@ -73,6 +73,12 @@ pub trait Handler: Send + Sync + 'static {
     /// it: the loop keeps the result, so nothing is parsed or copied twice.
     fn prepare(&self, record: OwnedMessage) -> (Ticket, Self::Record);
 
+    /// Bytes a prepared record will hold besides what it was read with (a
+    /// fan-out's legs), counted with it in `delivery.max_buffered_bytes`.
+    fn held_bytes(&self, _record: &Self::Record) -> usize {
+        0
+    }
+
     /// Works on the record until its outcome is decided, or `cancel` fires;
     /// or holds it with `decider` and returns [`Done::Later`].
     fn handle(

@@ -88,8 +88,9 @@ impl<R> Partitions<R> {
             }
         }
         let bytes = record_bytes(&record);
-        budget.take(bytes);
         let (ticket, record) = handler.prepare(record);
+        let bytes = bytes + handler.held_bytes(&record);
+        budget.take(bytes);
         tracing::trace!(topic = &*key.0, partition = key.1, offset, due_ms = ticket.due_ms, "record read");
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
@@ -149,6 +150,10 @@ impl<R> DerefMut for Partitions<R> {
 
 #[cfg(test)]
 mod tests {
+    use futures::future::BoxFuture;
+    use tokio_util::sync::CancellationToken;
+
+    use super::super::{Decider, Done, Ticket, Work};
     use super::*;
 
     #[test]
@@ -161,5 +166,41 @@ mod tests {
         let (_, replaced) = partitions.assign(vec![("t".into(), 0, None)]);
         assert_eq!(replaced, 3, "before: the slots were lost for good");
         assert_eq!(partitions[&(Arc::from("t"), 0)].in_flight, 0);
+    }
+
+    /// A handler whose records hold 4,000 bytes besides what was read (a fan-out's legs).
+    struct Holding;
+
+    impl Handler for Holding {
+        type Record = ();
+
+        fn prepare(&self, _: OwnedMessage) -> (Ticket, ()) {
+            (Ticket::default(), ())
+        }
+
+        fn held_bytes(&self, _: &()) -> usize {
+            4_000
+        }
+
+        fn handle(self: Arc<Self>, _: Arc<()>, _: Work, _: CancellationToken, _: Decider) -> BoxFuture<'static, Done> {
+            unreachable!("not used by this test")
+        }
+
+        fn recover(self: Arc<Self>, _: Arc<()>, _: String, _: CancellationToken) -> BoxFuture<'static, Done> {
+            unreachable!("not used by this test")
+        }
+    }
+
+    #[test]
+    fn what_a_record_will_hold_counts_in_the_budget_with_it() {
+        let mut partitions = Partitions::<()>::new();
+        partitions.assign(vec![("t".into(), 0, None)]);
+        let budget = Budget::new(1 << 20);
+        let record =
+            OwnedMessage::new(Some(vec![b'x'; 100]), None, "t".into(), rdkafka::Timestamp::NotAvailable, 0, 0, None);
+        let read = record_bytes(&record);
+        partitions.accept(record, &budget, &Holding);
+        assert_eq!(budget.used(), read + 4_000);
+        assert_eq!(partitions[&(Arc::from("t"), 0)].backlog[0].bytes, read + 4_000, "given back with it");
     }
 }

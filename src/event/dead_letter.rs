@@ -4,6 +4,7 @@ use rdkafka::message::{Message, OwnedMessage};
 
 use crate::event::headers::RecordHeaders;
 use crate::event::hop::{header, headers_of, Coordinates, Hop};
+use crate::event::{Decoded, Endpoints};
 use crate::route::outcome::DeadReason;
 
 /// What the failure handler and `replay` read off a record of the dead topic.
@@ -45,6 +46,17 @@ impl DeadLetter {
             hop,
             headers,
         }
+    }
+
+    /// The endpoint of the fan-out leg this dead record is, or `None` when it
+    /// is not a leg: its value fans out by subscription (read as the relay
+    /// reads it, with its CloudEvents headers) and the relay named the leg's
+    /// endpoint. A fan-out record dead before any leg (over `max_fanout`, a
+    /// header bomb, a panic) is named `invalid` and is no leg: replayed, it fans out.
+    pub fn leg<'a>(&'a self, endpoints: &Endpoints, value: &[u8]) -> Option<&'a str> {
+        let endpoint = self.headers.last(header::ENDPOINT).filter(|e| *e != "invalid")?;
+        let decoded = endpoints.decode_record(&self.headers, value, || self.hop.origin.default_id());
+        matches!(decoded, Ok(Decoded::Fanout(_))).then_some(endpoint)
     }
 }
 
@@ -98,7 +110,7 @@ mod tests {
         assert_eq!((dead.hop.attempts, dead.hop.event_ms, dead.at_ms), (4, Some(1_000), Some(9_000)));
         assert_eq!(dead.here, Coordinates { topic: "webhooks.dead".into(), partition: 0, offset: 7 });
 
-        let replayed = pairs(&replay_headers(&dead.headers, &dead.hop, &dead.here, 50_000, value, None));
+        let replayed = pairs(&replay_headers(&dead.headers, &dead.hop, &dead.here, 50_000, value, None, None));
         let get = |k: &str| values(&replayed, k);
         assert_eq!(get("x-trace"), vec!["1"], "foreign headers are kept");
         assert!(get(header::ATTEMPT).is_empty() && get(header::REASON).is_empty(), "the count starts again");
@@ -107,5 +119,37 @@ mod tests {
         assert_eq!(get(header::REPLAYED_FROM), vec!["webhooks.dead/0/7"]);
         assert_eq!(get(header::EVENT_MS), vec!["1000"]);
         assert!(get(header::REPLAY_SIGNATURE).is_empty(), "no key, no seal");
+    }
+
+    #[test]
+    fn a_dead_fan_out_leg_is_known_by_its_value_and_endpoint() {
+        let endpoints = crate::event::tests::endpoints_with(1024);
+        let letter = |endpoint: Option<&str>| {
+            let headers = endpoint.map_or_else(OwnedHeaders::new, |e| {
+                OwnedHeaders::new().insert(rdkafka::message::Header { key: header::ENDPOINT, value: Some(e) })
+            });
+            let record = OwnedMessage::new(
+                None,
+                None,
+                "webhooks.dead".into(),
+                rdkafka::Timestamp::CreateTime(9_000),
+                0,
+                7,
+                Some(headers),
+            );
+            DeadLetter::read(&record)
+        };
+        let fans_out = br#"{"type":"invoice.paid","payload":1}"#;
+        let named = br#"{"endpoint":"billing","payload":1}"#;
+        let cases: &[(Option<&str>, &[u8], Option<&str>)] = &[
+            (Some("b"), fans_out, Some("b")),
+            (Some("invalid"), fans_out, None),
+            (None, fans_out, None),
+            (Some("billing"), named, None),
+            (Some("b"), b"not json", None),
+        ];
+        for &(endpoint, value, expected) in cases {
+            assert_eq!(letter(endpoint).leg(&endpoints, value), expected, "{endpoint:?} {value:?}");
+        }
     }
 }

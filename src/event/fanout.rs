@@ -151,4 +151,29 @@ mod tests {
         let too_large = endpoints.decode_record(&headers, big.as_bytes(), || "x".into());
         assert!(matches!(too_large, Err(InvalidEvent::PayloadTooLarge { .. })));
     }
+
+    /// A leg's [`Event`] and its heap, the part of `relay::fanout::LEG_BYTES`
+    /// besides the leg's future (3,184 B measured): within the 912 B left.
+    #[test]
+    fn a_leg_costs_what_the_budget_counts() {
+        use std::mem::size_of;
+        let f = fanout(
+            r#"{"id":"evt-2026-12-04-000001","type":"invoice.paid","source":"/billing","attributes":{"tenant":"acme"},"payload":{"n":1},"headers":{"x-request-id":"5f0c2e7a-93b1"}}"#,
+        );
+        let leg = endpoints_with(64).leg(&f, "billing").unwrap();
+        let strings = |s: &Option<String>| s.as_ref().map_or(0, String::capacity);
+        let a = &leg.attributes;
+        let heap = leg.id.capacity()
+            + leg.url.as_str().len()
+            + leg.headers.capacity() * size_of::<(reqwest::header::HeaderName, reqwest::header::HeaderValue)>()
+            + leg.headers.iter().map(|(n, v)| n.as_str().len() + v.len()).sum::<usize>()
+            + strings(&a.r#type)
+            + strings(&a.source)
+            + strings(&a.subject)
+            // A BTreeMap entry: its two Strings and their bytes (a node holds up to 11).
+            + a.extensions.iter().map(|(k, v)| 2 * size_of::<String>() + k.len() + v.len()).sum::<usize>();
+        let event = size_of::<Event>() + heap;
+        println!("a leg's Event: {} B + heap {heap} B = {event} B", size_of::<Event>());
+        assert!(event <= crate::relay::fanout::LEG_BYTES - 3_184, "{event} B");
+    }
 }

@@ -1,7 +1,10 @@
 //! `hookrelay replay`: copies dead records back to their event topic with a fresh deadline and the attempt count reset.
 //!
 //! The dead topic is a log and is never modified; replaying twice sends twice
-//! (with the same `webhook-id`, so receivers can de-duplicate).
+//! (with the same `webhook-id`, so receivers can de-duplicate). A dead fan-out
+//! leg goes back with its endpoint under the seal, so the relay re-drives that
+//! leg alone: without `replay.key` it would fan out to every subscriber again,
+//! so replaying legs without one is refused before anything is sent.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -16,6 +19,7 @@ use crate::config::Config;
 use crate::event::dead_letter::DeadLetter;
 use crate::event::seal::ReplayKey;
 use crate::event::trust::replay_headers;
+use crate::event::Endpoints;
 use crate::route::future_record;
 use crate::route::outcome::DeadReason;
 
@@ -52,6 +56,23 @@ pub enum ReplayError {
     Kafka(#[from] rdkafka::error::KafkaError),
     #[error("replay produce was cancelled")]
     Cancelled,
+    /// The operator's to fix (exit 64): set `replay.key`, or filter the legs out.
+    #[error(
+        "{at} is a fan-out leg (endpoint {endpoint:?}): replaying legs needs replay.key, without which the relay \
+         would fan the event out to every subscriber again; nothing was replayed"
+    )]
+    LegNeedsKey { at: String, endpoint: String },
+}
+
+/// What a scan does with each matched record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Lists it.
+    DryRun,
+    /// Only looks for a fan-out leg, before a replay without `replay.key` sends anything.
+    Check,
+    /// Lists it and sends it.
+    Send,
 }
 
 /// Parses `--since`/`--until`: an RFC 3339 time, or a duration meaning "that long ago" (`2h`).
@@ -76,29 +97,45 @@ impl Filter {
 }
 
 /// Scans the dead topic up to its end at the start of the run; `progress` gets one line at a time.
+/// Without `replay.key`, a first scan makes sure no matched record is a fan-out leg.
 pub async fn replay(
     config: &Config,
     filter: &Filter,
     dry_run: bool,
     mut progress: impl FnMut(&str),
 ) -> Result<Summary, ReplayError> {
-    let dead = config.topics.dead.clone();
-    let consumer = scan_consumer(config)?;
-    let mut sender = Sender::new(config)?;
-    let (assignment, ends) = tokio::task::block_in_place(|| scan_range(&consumer, &dead, filter))?;
-    consumer.assign(&assignment)?;
-    let mut remaining = ends.clone();
-
-    let mut summary = Summary::default();
-    let deadline_ms = now_ms() + config.retry.max_age.as_millis() as i64;
     let key = config.replay.key.as_ref().map(|key| ReplayKey::new(key.expose()));
     if key.is_none() && !dry_run {
+        scan(config, filter, Mode::Check, None, &mut progress).await?;
         progress(
             "note: replay.key is not set, so the relay will not believe the replayed records' origin and deadline: \
              events without an id get new default ids (receivers will not de-duplicate them against the first \
              delivery) and their deadline starts again from retry_until or retry.max_age",
         );
     }
+    let mode = if dry_run { Mode::DryRun } else { Mode::Send };
+    scan(config, filter, mode, key.as_ref(), &mut progress).await
+}
+
+/// One pass over the dead topic up to its end at the pass's start.
+async fn scan(
+    config: &Config,
+    filter: &Filter,
+    mode: Mode,
+    key: Option<&ReplayKey>,
+    progress: &mut impl FnMut(&str),
+) -> Result<Summary, ReplayError> {
+    let dead = config.topics.dead.clone();
+    let consumer = scan_consumer(config)?;
+    let mut sender = if mode == Mode::Send { Some(Sender::new(config)?) } else { None };
+    let (assignment, ends) = tokio::task::block_in_place(|| scan_range(&consumer, &dead, filter))?;
+    consumer.assign(&assignment)?;
+    let mut remaining = ends.clone();
+    // Only to tell a fan-out leg from a record that names its receiver (no registry needed).
+    let endpoints = Endpoints::new(config);
+
+    let mut summary = Summary::default();
+    let deadline_ms = now_ms() + config.retry.max_age.as_millis() as i64;
     while !remaining.is_empty() {
         let polled = tokio::task::block_in_place(|| consumer.poll(TIMEOUT).map(|r| r.map(|m| m.detach())));
         let record = match polled {
@@ -122,26 +159,36 @@ pub async fn replay(
             continue;
         }
         summary.matched += 1;
-        let target = target_topic(config, &letter.hop.origin.topic);
-        progress(&describe(&letter, target, dry_run));
-        if dry_run {
-            continue;
+        let value = record.payload().unwrap_or_default();
+        let leg = letter.leg(&endpoints, value);
+        if let (Some(endpoint), None, Mode::Check | Mode::Send) = (leg, key, mode) {
+            // In Send mode only a leg dead since the check: what was sent before it stays sent.
+            if let Some(sender) = &mut sender {
+                settle(&mut sender.pending).await?;
+            }
+            let here = &letter.here;
+            let at = format!("{}/{}/{}", here.topic, here.partition, here.offset);
+            return Err(ReplayError::LegNeedsKey { at, endpoint: endpoint.to_string() });
         }
-        let fresh = replay_headers(
-            &letter.headers,
-            &letter.hop,
-            &letter.here,
-            deadline_ms,
-            record.payload().unwrap_or_default(),
-            key.as_ref(),
-        );
+        let Some(sender) = &mut sender else {
+            if mode == Mode::DryRun {
+                let target = target_topic(config, &letter.hop.origin.topic);
+                progress(&describe(&letter, target, leg.is_some(), true));
+            }
+            continue;
+        };
+        let target = target_topic(config, &letter.hop.origin.topic);
+        progress(&describe(&letter, target, leg.is_some(), false));
+        let fresh = replay_headers(&letter.headers, &letter.hop, &letter.here, deadline_ms, value, leg, key);
         summary.replayed += sender.send(&record, target, fresh).await?;
         if sender.pending.len() >= 500 {
             summary.replayed += settle(&mut sender.pending).await?;
             progress(&format!("progress: scanned {}, replayed {}", summary.scanned, summary.replayed));
         }
     }
-    summary.replayed += settle(&mut sender.pending).await?;
+    if let Some(sender) = &mut sender {
+        summary.replayed += settle(&mut sender.pending).await?;
+    }
     Ok(summary)
 }
 
@@ -225,11 +272,11 @@ fn target_topic<'a>(config: &'a Config, origin: &'a String) -> &'a str {
 }
 
 /// The progress line of one matched record. Reason, status and error: what an
-/// operator checks before moving anything.
-fn describe(letter: &DeadLetter, target: &str, dry_run: bool) -> String {
+/// operator checks before moving anything; a fan-out leg says so.
+fn describe(letter: &DeadLetter, target: &str, leg: bool, dry_run: bool) -> String {
     let DeadLetter { here, id, endpoint, reason, last_status, last_error, .. } = letter;
     format!(
-        "{} {}/{}/{} id={} endpoint={} reason={} status={} error={:?} -> {target}",
+        "{} {}/{}/{} id={} endpoint={} reason={} status={} error={:?} -> {target}{}",
         if dry_run { "would replay" } else { "replay" },
         here.topic,
         here.partition,
@@ -240,6 +287,7 @@ fn describe(letter: &DeadLetter, target: &str, dry_run: bool) -> String {
         reason.map_or("", DeadReason::as_str),
         last_status.map_or_else(|| "-".to_string(), |s| s.to_string()),
         last_error.as_deref().unwrap_or(""),
+        if leg { " (fan-out leg: that endpoint only)" } else { "" },
     )
 }
 

@@ -89,6 +89,10 @@ pub struct Prepared {
     in_place: Option<in_place::Kept>,
     /// An event that fans out by subscription (then `event` is not read).
     fanout: Option<crate::event::Fanout>,
+    /// The endpoint of the fan-out leg it carries: a tier record's, or a sealed replay's.
+    leg: Option<Box<str>>,
+    /// What its legs will hold while they run (see [`fanout::LEG_BYTES`]), for the memory budget.
+    legs_bytes: usize,
     /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
     _waiting: Option<Waiting>,
 }
@@ -107,7 +111,7 @@ impl Handler for Relay {
         let headers = if bomb { Default::default() } else { headers_of(&record) };
         let here = Coordinates::of(&record);
         let timestamp_ms = record.timestamp().to_millis();
-        let hop = match self.tier {
+        let (hop, leg) = match self.tier {
             // Producers write the event topics: their relay headers would set
             // the deadline, the attempt count or the origin (and so the id).
             None => {
@@ -116,9 +120,9 @@ impl Handler for Relay {
                 if ignored > 0 {
                     metrics::relay_headers_ignored(&here, ignored);
                 }
-                Hop::read(&trusted, here, timestamp_ms)
+                (Hop::read(&trusted, here, timestamp_ms), self.leg_of(&headers, Some(&trusted)))
             }
-            Some(_) => Hop::read(&headers, here, timestamp_ms),
+            Some(_) => (Hop::read(&headers, here, timestamp_ms), self.leg_of(&headers, None)),
         };
         // The default id comes from the origin record, so it stays the same on
         // every hop and every replay: receivers de-duplicate on it.
@@ -130,7 +134,9 @@ impl Handler for Relay {
                 }),
                 fanout: None,
             },
-            false => self.decode(&headers, record.payload().unwrap_or_default(), || hop.origin.default_id()),
+            false => {
+                self.decode(&headers, leg.as_deref(), record.payload().unwrap_or_default(), || hop.origin.default_id())
+            }
         };
         // Counted once, where the record enters: a tier record carries the same value.
         if let (Ok(Event { ignored_attributes: fields @ 1.., .. }), None) = (&event, self.tier) {
@@ -168,7 +174,12 @@ impl Handler for Relay {
         let in_place = order.map(|_| in_place::Kept::default());
         let since_ms = hop.event_ms.unwrap_or_else(now_ms);
         let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout })
+        let legs_bytes = fanout.as_ref().map_or(0, |f| self.legs_bytes(f));
+        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout, leg, legs_bytes })
+    }
+
+    fn held_bytes(&self, record: &Prepared) -> usize {
+        record.legs_bytes
     }
 
     fn handle(

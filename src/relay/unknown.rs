@@ -20,8 +20,8 @@ impl Relay {
         let shared = &*self.shared;
         let registry = shared.registry.as_ref().expect("called only with the registry on");
         let value = prepared.record.payload().unwrap_or_default();
-        // As `prepare` decodes: a fan-out leg on a tier is its named endpoint's event again.
-        let again = self.decode(&prepared.headers, value, || hop.origin.default_id()).event;
+        // As `prepare` decodes: a fan-out leg (on a tier, or replayed) is its named endpoint's event again.
+        let again = self.decode(&prepared.headers, prepared.leg.as_deref(), value, || hop.origin.default_id()).event;
         let now = now_ms();
         let error = match again {
             Ok(mut event) => {

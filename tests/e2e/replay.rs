@@ -276,3 +276,60 @@ async fn a_replayed_record_gets_a_fresh_deadline() {
         assert_eq!(record.header_count("hookrelay-deadline-ms"), usize::from(record.offset != offset));
     }
 }
+
+/// A dead fan-out leg is re-driven to its endpoint alone, with or without `--endpoint`, never fanned out
+/// again; without `replay.key` replaying it is refused (exit 64) before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaying_a_dead_leg_re_drives_that_leg_only() {
+    let receivers = [
+        Receiver::start(Behaviour::default()).await,
+        Receiver::start(Behaviour { status: 410, ..Behaviour::default() }).await,
+        Receiver::start(Behaviour::default()).await,
+    ];
+    let [a, b, c] = &receivers;
+    let topics = Topics::create(1, &TIERS).await;
+    let config = Config::new(&topics)
+        .set("circuit.enabled", false)
+        .set("replay.key", "e2e-replay-key-0123456789")
+        .endpoint("a", &a.url("/a"))
+        .set("endpoints.a.types", vec!["invoice.*"])
+        .endpoint("b", &b.url("/b"))
+        .set("endpoints.b.types", vec!["invoice.paid"])
+        .endpoint("c", &c.url("/c"))
+        .set("endpoints.c.types", vec!["invoice.paid", "user.created"]);
+    let _relay = Relay::start(&config, &[]).await;
+    let value = br#"{"id":"paid-1","type":"invoice.paid","payload":{"n":1}}"#;
+    produce(&producer(), &topics.events, Some(0), Some("k"), value).await;
+    wait_for_dead(&topics, 1, 1).await;
+    eventually("a and c delivered", Duration::from_secs(30), || (a.count() == 1 && c.count() == 1).then_some(())).await;
+    assert_eq!(b.count(), 1);
+    let events_before = watermarks(&topics.events, 1).await;
+
+    // Without a key the relay could not believe the leg's endpoint: refused, nothing written.
+    let without_key = Config::new(&topics)
+        .set("circuit.enabled", false)
+        .endpoint("a", &a.url("/a"))
+        .set("endpoints.a.types", vec!["invoice.*"])
+        .endpoint("b", &b.url("/b"))
+        .set("endpoints.b.types", vec!["invoice.paid"]);
+    let refused = replay(&without_key, &[]).await;
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(64), "stdout: {}\nstderr: {stderr}", stdout(&refused));
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("fan-out leg (endpoint \"b\")") && stderr.contains("replay.key"), "{stderr}");
+    assert_eq!(watermarks(&topics.events, 1).await, events_before, "a refused replay wrote nothing");
+    // A dry run may list it.
+    let lines = replay_ok(&without_key, &["--dry-run"]).await;
+    assert!(listed(&lines, "would replay ").iter().any(|l| l.contains("endpoint=b") && l.contains("fan-out leg")));
+
+    b.set(|b| b.status = 200);
+    let lines = replay_ok(&config, &[]).await;
+    assert_eq!(lines.last().unwrap(), "replayed 1 of 1 scanned", "{lines:?}");
+    eventually("b's leg re-driven", Duration::from_secs(30), || (b.count() == 2).then_some(())).await;
+    let lines = replay_ok(&config, &["--endpoint", "b"]).await;
+    assert_eq!(lines.last().unwrap(), "replayed 1 of 1 scanned", "{lines:?}");
+    eventually("b's leg re-driven again", Duration::from_secs(30), || (b.count() == 3).then_some(())).await;
+    assert!(b.received().iter().all(|r| r.header("webhook-id") == "paid-1"));
+    // The other subscribers get no second request (before the fix they got one per replay).
+    holds_for("a and c are not fanned out to again", Duration::from_secs(3), || a.count() == 1 && c.count() == 1).await;
+}

@@ -253,7 +253,7 @@ proptest! {
     ) {
         let key = ReplayKey::new(&key);
         let original = read(&write(&original));
-        let replayed = read(&replay_headers(&original, &hop, &dead, deadline, &value, Some(&key)));
+        let replayed = read(&replay_headers(&original, &hop, &dead, deadline, &value, None, Some(&key)));
         let relay = check_layout(&original, &replayed)?;
         prop_assert_eq!(replayed.last(header::ATTEMPT), None, "the count starts again");
         let (kept, ignored) = trusted_on_event_topic(&replayed, &value, Some(&key));
