@@ -7,7 +7,8 @@
 # database is never fetched: the RustSec snapshot kept beside the repository
 # (../shared/advisory-db, plain files) is laid out on every run as the git
 # checkout cargo-deny reads (deny.toml's db-path), and cargo deny runs with
-# --frozen (--locked and --offline: nothing fetched, Cargo.lock as it is).
+# --frozen (--locked and --offline: nothing fetched, Cargo.lock as it is), after
+# `cargo fetch --locked` has brought every platform's crates from the registry.
 #
 #   HOOKRELAY_TOOLS   where built tools are kept (default <repo>/.cache/tools)
 #   ADVISORY_DB       the advisory snapshot (default <repo>/../shared/advisory-db)
@@ -58,5 +59,9 @@ else
     log "advisory database: RustSec snapshot (undated), $advisories advisories"
 fi
 
+# cargo deny reads every platform's crates (cargo metadata), and --frozen
+# fetches none: a build fetches only this platform's, so fetch the rest first
+# (from the crate registry; the advisory database is still never fetched).
+cargo fetch --locked --quiet
 PATH="$TOOL_ROOT/bin:$PATH" cargo deny --frozen check --show-stats \
     advisories bans licenses sources
