@@ -10,7 +10,7 @@
 # --frozen (--locked and --offline: nothing fetched, Cargo.lock as it is), after
 # `cargo fetch --locked` has brought every platform's crates from the registry.
 #
-#   HOOKRELAY_TOOLS   where built tools are kept (default <repo>/.cache/tools)
+#   TOOLS_DIR   where built tools are kept (default <repo>/.cache/tools)
 #   ADVISORY_DB       the advisory snapshot (default <repo>/../shared/advisory-db)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,7 +18,7 @@ ROOT=$PWD
 
 # 0.20.2 builds with rustc 1.88 or newer (its rust-version).
 CARGO_DENY_VERSION=0.20.2
-TOOL_ROOT="${HOOKRELAY_TOOLS:-$ROOT/.cache/tools}/cargo-deny-$CARGO_DENY_VERSION"
+TOOL_ROOT="${TOOLS_DIR:-$ROOT/.cache/tools}/cargo-deny-$CARGO_DENY_VERSION"
 SNAPSHOT="${ADVISORY_DB:-$ROOT/../shared/advisory-db}"
 # deny.toml's db-path, and below it the folder cargo-deny names after db-urls'
 # https://github.com/rustsec/advisory-db (its last path segment and a hash of the URL).

@@ -2,14 +2,14 @@
 # make docs: the handbook (docs/) built with mdBook into docs/book, then its
 # internal links checked (scripts/linkcheck.py). mdBook is installed from the
 # crate registry into .cache/mdbook the first time (pinned; rebuilt only when
-# missing or another version), or into $HOOKRELAY_TOOLS/mdbook-<version> when
+# missing or another version), or into $TOOLS_DIR/mdbook-<version> when
 # that is set (CI keeps built tools there, outside its fresh clones).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MDBOOK_VERSION=0.5.4   # needs rustc 1.88 or newer
 ROOT_DIR=.cache/mdbook
-if [[ -n "${HOOKRELAY_TOOLS:-}" ]]; then
-    ROOT_DIR="$HOOKRELAY_TOOLS/mdbook-$MDBOOK_VERSION"
+if [[ -n "${TOOLS_DIR:-}" ]]; then
+    ROOT_DIR="$TOOLS_DIR/mdbook-$MDBOOK_VERSION"
 fi
 MDBOOK="$ROOT_DIR/bin/mdbook"
 # One already on PATH at the pinned version will do (no build).
