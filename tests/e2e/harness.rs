@@ -566,8 +566,29 @@ pub struct Relay {
     _dir: tempfile::TempDir,
 }
 
+/// A free port for a listener a test's relay opens later (its admin server, say).
+///
+/// Not one the kernel hands out (`bind(:0)` and every outgoing connection take
+/// ports from its ephemeral range, 32768-60999 by default): a port picked that
+/// way and released could be taken again before the relay binds it, and its
+/// /ready would then be answered by another test's relay (seen under load: the
+/// relay exited "Address already in use" and the test waited on the other one).
+/// Below that range, each port is given out once per test process.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 21_000;
+    const LAST: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Apart per process, should two test binaries run at once.
+    let _ =
+        NEXT.compare_exchange(0, FIRST + (std::process::id() % 50) as u16 * 200, Ordering::SeqCst, Ordering::SeqCst);
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = FIRST + port.wrapping_sub(FIRST) % (LAST - FIRST);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The relay binary under test: this build's, or `E2E_RELAY_BIN` (a release build, say; not `HOOKRELAY_*`, which the relay reads as config).
