@@ -40,6 +40,13 @@ pub struct Subject<'a> {
     pub attributes: &'a Attributes,
 }
 
+impl<'a> From<&'a crate::event::Fanout> for Subject<'a> {
+    /// What a fan-out event's subscriptions are matched against.
+    fn from(fanout: &'a crate::event::Fanout) -> Subject<'a> {
+        Subject { id: &fanout.own.id, attributes: &fanout.attributes }
+    }
+}
+
 impl Subject<'_> {
     /// An attribute by its name; `None` where the event does not have it.
     fn get(&self, name: &str) -> Option<&str> {

@@ -9,7 +9,6 @@ use super::attributes::Attributes;
 use super::cloudevents;
 use super::headers::RecordHeaders;
 use super::{Endpoints, Event, InvalidEvent, Own};
-use crate::endpoint::subscription::Subject;
 
 /// A record's event: for one receiver, or for every subscribed endpoint.
 #[derive(Debug, Clone)]
@@ -28,13 +27,6 @@ pub struct Fanout {
     /// The payload, held once for every leg (a clone is a reference count).
     pub body: bytes::Bytes,
     pub own: Own,
-}
-
-impl Fanout {
-    /// What subscriptions are matched against.
-    pub fn subject(&self) -> Subject<'_> {
-        Subject { id: &self.own.id, attributes: &self.attributes }
-    }
 }
 
 impl Endpoints {
@@ -94,7 +86,7 @@ mod tests {
         assert_eq!(f.attributes.r#type.as_deref(), Some("invoice.paid"));
         assert_eq!(f.own.id, "t-0-7");
         assert_eq!(&f.body[..], br#"{"n":1}"#);
-        assert_eq!(f.subject().attributes.extensions["tenant"], "acme");
+        assert_eq!(f.attributes.extensions["tenant"], "acme");
         let leg = endpoints_with(64).leg(&f, "billing").unwrap();
         assert_eq!(leg.url.as_str(), "https://billing.example.com/hooks");
         assert_eq!(leg.endpoint_name.as_deref(), Some("billing"));

@@ -16,6 +16,7 @@ use futures::future::join_all;
 
 use super::*;
 use crate::consume::schedule::OVERFLOW_AFTER_MS;
+use crate::endpoint::subscription::Subject;
 use crate::event::hop::header;
 use crate::event::{Decoded, Fanout};
 use crate::route::outcome::Why;
@@ -159,7 +160,7 @@ impl Relay {
     /// The legs are matched again when it is worked on, after a registry change
     /// maybe a few more or less: an estimate, as the rest of the budget is.
     pub(super) fn legs_bytes(&self, fanout: &Fanout) -> usize {
-        let legs = self.shared.subscriptions.index().matching(&fanout.subject()).len();
+        let legs = self.shared.subscriptions.index().matching(&Subject::from(fanout)).len();
         if legs > self.shared.max_fanout {
             0
         } else {
@@ -173,7 +174,7 @@ impl Relay {
         let Prepared { record, headers, hop, trace, .. } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers };
         let index = shared.subscriptions.index();
-        let names = index.matching(&fanout.subject());
+        let names = index.matching(&Subject::from(fanout));
         if names.is_empty() {
             metrics::event_unmatched(record.topic(), &fanout.own.id, fanout.attributes.r#type.as_deref());
             return Done::Decided;
