@@ -13,16 +13,6 @@ fn config(topics: &Topics) -> Config {
     Config::new(topics).set("delivery.signing_secrets", vec![SECRET_A])
 }
 
-/// Verifies a received request with the official `standardwebhooks` crate.
-fn verify(secret: &str, request: &Received) -> Result<(), String> {
-    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("{e:?}"))?;
-    let mut headers = axum::http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, request.header(name).parse().unwrap());
-    }
-    webhook.verify(&request.body, &headers).map_err(|e| format!("{e:?}"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_events_over_several_partitions_arrive_signed() {
     let receiver = Receiver::start(Behaviour::default()).await;

@@ -9,15 +9,6 @@ const SECRET_A: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
 const SECRET_B: &str = "whsec_c2Vjb25kLXNlY3JldC0xMjM0NTY3OA==";
 const SECRET_C: &str = "whsec_dGhpcmQtc2VjcmV0LWZvci1jLTEyMzQ1Njc4";
 
-fn verify(secret: &str, request: &Received) -> Result<(), String> {
-    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("{e:?}"))?;
-    let mut headers = axum::http::HeaderMap::new();
-    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
-        headers.insert(name, request.header(name).parse().unwrap());
-    }
-    webhook.verify(&request.body, &headers).map_err(|e| format!("{e:?}"))
-}
-
 /// A `invoice.*`, B `invoice.paid`, C tenant acme (each its own receiver and secret); B's receiver as given.
 async fn three(b: Behaviour, tier: Duration) -> (Topics, Config, [Receiver; 3]) {
     let receivers = [

@@ -566,6 +566,16 @@ pub struct Relay {
     _dir: tempfile::TempDir,
 }
 
+/// Verifies a received request with the official `standardwebhooks` crate.
+pub fn verify(secret: &str, request: &Received) -> Result<(), String> {
+    let webhook = standardwebhooks::Webhook::new(secret).map_err(|e| format!("{e:?}"))?;
+    let mut headers = axum::http::HeaderMap::new();
+    for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
+        headers.insert(name, request.header(name).parse().unwrap());
+    }
+    webhook.verify(&request.body, &headers).map_err(|e| format!("{e:?}"))
+}
+
 /// A free port for a listener a test's relay opens later (its admin server, say).
 ///
 /// Not one the kernel hands out (`bind(:0)` and every outgoing connection take
