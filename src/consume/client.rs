@@ -30,6 +30,9 @@ use crate::observe::readiness::Readiness;
 /// Messages and rebalance events waiting for the loop, at most.
 const CHANNEL: usize = 256;
 
+/// How long a close waits for the consumer's last other holder (see `poll_thread`).
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
 /// What the poll thread sends to the loop, in the order librdkafka produced it.
 pub enum Polled {
     Message(OwnedMessage),
@@ -223,11 +226,21 @@ fn poll_thread(consumer: Arc<KafkaConsumer>, stop: Arc<AtomicBool>, group: Strin
         }
     }
     // The loop may still hold a clone for a moment; wait until this is the last one.
+    // The committing thread holds one until its commit returns, which waits for the
+    // group coordinator without end when the brokers are gone: past CLOSE_WAIT the
+    // process stops without leaving the group (the session timeout ends its membership).
     let mut consumer = consumer;
+    let until = std::time::Instant::now() + CLOSE_WAIT;
     loop {
         match Arc::try_unwrap(consumer) {
             Ok(last) => {
                 drop(last); // closes: leaves the group
+                tracing::info!(%group, "consumer closed");
+                break;
+            }
+            Err(shared) if std::time::Instant::now() >= until => {
+                tracing::warn!(%group, wait = ?CLOSE_WAIT, "consumer not closed: a commit still waits for the brokers");
+                drop(shared);
                 break;
             }
             Err(shared) => {
@@ -236,5 +249,4 @@ fn poll_thread(consumer: Arc<KafkaConsumer>, stop: Arc<AtomicBool>, group: Strin
             }
         }
     }
-    tracing::info!(%group, "consumer closed");
 }

@@ -271,7 +271,7 @@ impl<H: Handler> Loop<H> {
             self.check_revoke();
             self.offsets.commit_due(&mut self.partitions, false);
         }
-        self.drain().await;
+        self.drain(refused.is_some()).await;
         refused.map_or(Ok(()), Err)
     }
 
@@ -403,7 +403,8 @@ impl<H: Handler> Loop<H> {
     }
 
     /// Stop fetching, give in-flight work the grace period, abandon the rest, commit what is decided.
-    async fn drain(&mut self) {
+    /// `refused`: the brokers refused the client, so no closing commit can land.
+    async fn drain(&mut self, refused: bool) {
         tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight.records, "draining");
         if let Ok(assignment) = self.consumer.assignment() {
             let _ = self.consumer.pause(&assignment);
@@ -439,7 +440,11 @@ impl<H: Handler> Loop<H> {
             }
         }
         // Closing: what is decided is committed now, with its map (a revoke waiting on this too).
-        self.offsets.commit_all(&mut self.partitions);
+        if refused {
+            tracing::warn!(role, "no closing commit: the brokers refused the client; what was decided since the last commit is read again");
+        } else {
+            self.offsets.commit_all(&mut self.partitions).await;
+        }
         if let Some(revoke) = self.revoke.take() {
             revoke.acknowledge(None);
         }

@@ -31,12 +31,22 @@ use super::offset_map::{OffsetMap, MAX_METADATA};
 use super::partition::{Partition, PartitionKey};
 use crate::observe::metrics;
 
+/// How long a close waits for its commit: a synchronous commit waits for the
+/// group coordinator without end (brokers gone, or the login refused), and a
+/// shutdown must not (CI: a relay whose user was deleted hung 90 s in it).
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// A list for the committing thread; a close waits for its result.
+pub struct Job {
+    tpl: TopicPartitionList,
+    reply: Option<tokio::sync::oneshot::Sender<bool>>,
+}
+
 /// Where decided offsets go: the loop's side of committing.
 pub struct OffsetStore {
-    consumer: Arc<KafkaConsumer>,
     state: Arc<CommitState>,
     /// To the committing thread; one list at a time (see `busy`).
-    tx: std::sync::mpsc::Sender<TopicPartitionList>,
+    tx: std::sync::mpsc::Sender<Job>,
     interval: Duration,
     sent_at: Instant,
     /// The longest map written; halved at each refusal by the broker.
@@ -50,18 +60,22 @@ impl OffsetStore {
         consumer: Arc<KafkaConsumer>,
         interval: Duration,
     ) -> std::io::Result<OffsetStore> {
-        let (tx, rx) = std::sync::mpsc::channel::<TopicPartitionList>();
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
         let done = state.clone();
         let committer = consumer.clone();
         std::thread::Builder::new().name("commit".into()).spawn(move || {
-            for tpl in rx {
-                if !commit_sync(&committer, &tpl) {
+            for Job { tpl, reply } in rx {
+                let committed = commit_sync(&committer, &tpl);
+                if !committed {
                     done.failed(&tpl);
                 }
                 done.in_flight.store(false, Ordering::SeqCst);
+                if let Some(reply) = reply {
+                    let _ = reply.send(committed);
+                }
             }
         })?;
-        Ok(OffsetStore { consumer, state, tx, interval, sent_at: Instant::now(), cap: MAX_METADATA })
+        Ok(OffsetStore { state, tx, interval, sent_at: Instant::now(), cap: MAX_METADATA })
     }
 
     /// How often a commit is due whatever the number of decisions.
@@ -93,7 +107,7 @@ impl OffsetStore {
         partitions.decided = 0;
         self.sent_at = Instant::now();
         self.state.in_flight.store(true, Ordering::SeqCst);
-        if self.tx.send(tpl).is_err() {
+        if self.tx.send(Job { tpl, reply: None }).is_err() {
             self.state.in_flight.store(false, Ordering::SeqCst);
         }
     }
@@ -105,15 +119,37 @@ impl OffsetStore {
         self.commit_list(partitions, |key, _| keys.contains(key), &refused)
     }
 
-    /// Commits every partition now, synchronously (at the end of a drain).
-    pub fn commit_all<R>(&mut self, partitions: &mut Partitions<R>) {
-        self.wait_idle();
+    /// Commits every partition now (at the end of a drain), waiting for it at most
+    /// [`CLOSE_WAIT`] a try: what is not committed then is read again after a restart.
+    pub async fn commit_all<R>(&mut self, partitions: &mut Partitions<R>) {
+        let until = Instant::now() + IN_FLIGHT_EXPIRY;
+        while self.state.in_flight.load(Ordering::SeqCst) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         let refused = self.take_refused();
         let tpl = self.commit_list(partitions, |_, _| true, &refused);
         partitions.decided = 0;
-        if !commit_sync(&self.consumer, &tpl) {
-            // Closing: once more, in case it failed mid-rebalance; what still fails is read again.
-            commit_sync(&self.consumer, &tpl);
+        if tpl.count() == 0 {
+            return;
+        }
+        // Once more if it failed (mid-rebalance, say); what still fails is read again.
+        for _ in 0..2 {
+            let (reply, committed) = tokio::sync::oneshot::channel();
+            self.state.in_flight.store(true, Ordering::SeqCst);
+            if self.tx.send(Job { tpl: tpl.clone(), reply: Some(reply) }).is_err() {
+                return;
+            }
+            match tokio::time::timeout(CLOSE_WAIT, committed).await {
+                Ok(Ok(true)) => return,
+                Ok(_) => continue,
+                Err(_) => {
+                    tracing::warn!(
+                        wait = ?CLOSE_WAIT,
+                        "the closing commit did not come back: what was decided since the last commit is read again"
+                    );
+                    return;
+                }
+            }
         }
     }
 
