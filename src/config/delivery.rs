@@ -94,7 +94,8 @@ pub struct DeliveryConfig {
     pub max_payload_bytes: usize,
     /// `whsec_` secrets used for events that give a `url` instead of an endpoint.
     pub signing_secrets: Vec<Secret>,
-    /// Records worked on at once per consumer (all partitions). Default 1024.
+    /// Records worked on at once per consumer (all partitions), and fan-out legs
+    /// delivered at once per process. Default 1024.
     pub max_in_flight: usize,
     /// Records worked on at once per partition. Default 512.
     pub max_in_flight_per_partition: usize,

@@ -68,7 +68,7 @@ impl Shared {
             attempts: AttemptLog::new(config)?,
             subscriptions: crate::endpoint::subscription::Live::new(config, registry.clone()),
             max_fanout: config.delivery.max_fanout,
-            leg_load: Default::default(),
+            leg_load: super::fanout::LegLoad::new(config.delivery.max_in_flight),
             max_waiting_per_endpoint: config.delivery.max_waiting_per_endpoint,
             registry,
         }))

@@ -303,3 +303,29 @@ async fn a_leg_whose_endpoint_is_deleted_is_dead_naming_it() {
     let error = dead[0].header("hookrelay-last-error").unwrap_or_default();
     assert!(error.contains("unknown endpoint \"late\""), "{error}");
 }
+
+/// The legs in flight in the process are at most `delivery.max_in_flight`, as
+/// its records are: a record's legs wait for a place, they are not all made at
+/// once (1,024 records of ten legs each held 10,240; bench S9's peak RSS).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legs_in_flight_are_at_most_max_in_flight() {
+    let receiver = Receiver::start(Behaviour { hold_marker: Some("held".into()), ..Behaviour::default() }).await;
+    let topics = Topics::create(1, &[Duration::from_secs(3600)]).await;
+    let mut config = Config::new(&topics).set("delivery.max_in_flight", 2);
+    for name in ["x", "y", "z"] {
+        config = config
+            .endpoint(name, &receiver.url(&format!("/{name}")))
+            .set(&format!("endpoints.{name}.types"), vec!["t"]);
+    }
+    let _relay = Relay::start(&config, &[]).await;
+    produce(&producer(), &topics.events, Some(0), None, br#"{"id":"f1","type":"t","payload":{"m":"held"}}"#).await;
+    eventually("two legs at the receiver", Duration::from_secs(30), || (receiver.count() == 2).then_some(())).await;
+    // Without the bound the third leg is sent within milliseconds of the others.
+    holds_for("the third leg waits for a place", Duration::from_secs(2), || receiver.count() == 2).await;
+    receiver.release();
+    eventually("the third leg once a place is free", Duration::from_secs(30), || (receiver.count() == 3).then_some(()))
+        .await;
+    let mut paths: Vec<String> = receiver.received().iter().map(|r| r.path.clone()).collect();
+    paths.sort();
+    assert_eq!(paths, ["/x", "/y", "/z"]);
+}
