@@ -122,7 +122,7 @@ struct Completion<R> {
     generation: u64,
     offset: i64,
     /// Its order key, in flight until now (see [`order`]).
-    order: Option<order::OrderKey>,
+    order: order::Order,
     done: Done,
     /// The record, back for [`Done::Again`] only.
     again: Option<Arc<R>>,
@@ -297,9 +297,9 @@ impl<H: Handler> Loop<H> {
             partition.finished(slot, done.slow);
         }
         self.in_flight.records -= 1;
-        if let Some(key) = done.order {
+        for key in &done.order {
             // The next record of its key may go (or this one again, once due).
-            partition.keys_in_flight.remove(&key);
+            partition.keys_in_flight.remove(key);
         }
         match done.done {
             Done::Decided => partition.decide(done.offset),

@@ -14,6 +14,11 @@ use std::hash::{Hash, Hasher};
 /// Kafka record key, hashed (see `order::order_key`).
 pub type OrderKey = u64;
 
+/// The order keys of a record: none (unordered; no allocation), one (a record
+/// to an ordered endpoint), or one per ordered leg of a fan-out, which goes
+/// only when each of its keys would let it.
+pub type Order = Box<[OrderKey]>;
+
 /// Order keys are hashes already: the Fx hash (one multiplication) spreads them.
 pub type KeySet = rustc_hash::FxHashSet<OrderKey>;
 
@@ -57,12 +62,18 @@ impl<'a> KeyGate<'a> {
         KeyGate { in_flight, seen: KeySet::default(), waiting: 0 }
     }
 
-    /// Asks for the record with order key `key`, in backlog order. The first
+    /// Asks for the record with order keys `keys`, in backlog order. The first
     /// record of a key not in flight is let through and blocks its key for
-    /// the rest of the scan, whether it goes now or not.
-    pub fn ask(&mut self, key: Option<OrderKey>) -> Gate {
-        let Some(key) = key else { return Gate::Open };
-        if self.in_flight.contains(&key) || !self.seen.insert(key) {
+    /// the rest of the scan, whether it goes now or not. A record of several
+    /// keys (a fan-out's ordered legs) goes when it is the first of each, and
+    /// blocks each of them either way: a later record of any one of its keys
+    /// must not overtake it.
+    pub fn ask(&mut self, keys: &[OrderKey]) -> Gate {
+        let mut behind = false;
+        for &key in keys {
+            behind |= self.in_flight.contains(&key) | !self.seen.insert(key);
+        }
+        if behind {
             self.waiting += 1;
             return Gate::Behind;
         }
@@ -100,9 +111,30 @@ mod tests {
         for (in_flight, keys, gates, waiting) in cases {
             let in_flight: KeySet = in_flight.iter().copied().collect();
             let mut gate = KeyGate::new(&in_flight);
-            let got: Vec<Gate> = keys.iter().map(|&k| gate.ask(k)).collect();
+            let got: Vec<Gate> = keys.iter().map(|k| gate.ask(k.as_slice())).collect();
             assert_eq!(&got, gates, "{in_flight:?} {keys:?}");
             assert_eq!(gate.waiting, *waiting, "{in_flight:?} {keys:?}");
+        }
+    }
+
+    #[test]
+    fn a_record_of_several_keys_goes_first_of_each_and_blocks_each() {
+        // (in flight, the backlog's keys in offset order) -> the gates: a fan-out's
+        // record carries one key per ordered leg.
+        use Gate::{Behind, Open};
+        type Case = (&'static [u64], &'static [&'static [u64]], &'static [Gate]);
+        let cases: &[Case] = &[
+            // {1,2} behind 1; the record of 2 after it must not overtake it.
+            (&[], &[&[1], &[1, 2], &[2]], &[Open, Behind, Behind]),
+            (&[], &[&[1, 2], &[3], &[2, 3]], &[Open, Open, Behind]),
+            (&[2], &[&[1, 2], &[1]], &[Behind, Behind]),
+            (&[], &[&[], &[1, 2], &[]], &[Open, Open, Open]),
+        ];
+        for (in_flight, keys, gates) in cases {
+            let in_flight: KeySet = in_flight.iter().copied().collect();
+            let mut gate = KeyGate::new(&in_flight);
+            let got: Vec<Gate> = keys.iter().map(|k| gate.ask(k)).collect();
+            assert_eq!(&got, gates, "{in_flight:?} {keys:?}");
         }
     }
 
@@ -130,7 +162,7 @@ mod tests {
             let ticket = |&(order, due): &(Option<u64>, Option<i64>)| Ticket {
                 due_ms: due.map(|d| NOW + d),
                 endpoint: Some(slot("e", LiveLimit::fixed(2))),
-                order,
+                order: order.into_iter().collect(),
             };
             tests::partition(records.iter().map(ticket).collect())
         }

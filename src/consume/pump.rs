@@ -33,9 +33,7 @@ impl<H: Handler> Loop<H> {
             // A deferral makes no request: it takes no slot of its endpoint.
             let endpoint = waiting.ticket.endpoint.take().filter(|_| work == Work::Attempt);
             let slow = endpoint.as_ref().is_some_and(|slot| slot.limit.is_slow());
-            if let Some(key) = waiting.ticket.order {
-                partition.keys_in_flight.insert(key);
-            }
+            partition.keys_in_flight.extend(waiting.ticket.order.iter().copied());
             if let Some(slot) = &endpoint {
                 *self.in_flight.per_endpoint.entry(slot.id()).or_default() += 1;
                 self.in_flight.slow += usize::from(slow);
@@ -99,7 +97,7 @@ impl<H: Handler> Loop<H> {
             slow,
             generation,
             offset: waiting.offset,
-            order: waiting.ticket.order,
+            order: waiting.ticket.order.clone(),
             done: Done::Abandoned,
             again: None,
         };

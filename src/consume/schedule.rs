@@ -265,7 +265,7 @@ impl<'p, R> Scan<'p, R> {
 
     /// Looks at the record at backlog index `i`; `false` once the rest need not be looked at.
     fn step(&mut self, i: usize, waiting: &Waiting<R>, endpoint_load: impl Fn(&EndpointSlot) -> usize) -> bool {
-        let ordered = waiting.ticket.order.is_some();
+        let ordered = !waiting.ticket.order.is_empty();
         if (self.slots_taken || self.open == 0) && !self.keys.active() {
             // What is left waits for a completion, which pumps again, so the
             // rest of the backlog need not be looked at (unless keys are in play).
@@ -279,7 +279,7 @@ impl<'p, R> Scan<'p, R> {
                 *self.seen.entry(id).or_default() += 1;
             }
         }
-        if self.keys.ask(waiting.ticket.order) == Gate::Behind {
+        if self.keys.ask(&waiting.ticket.order) == Gate::Behind {
             return true;
         }
         if waiting.ticket.due_ms.is_some_and(|due| due > self.now_ms) {
@@ -317,7 +317,7 @@ impl<'p, R> Scan<'p, R> {
 
     /// A due record of `slot`'s endpoint, with `load` of its records in flight in the whole consumer.
     fn decide(&mut self, waiting: &Waiting<R>, slot: &EndpointSlot, load: usize) -> Decision {
-        let (id, now_ms, ordered) = (slot.id(), self.now_ms, waiting.ticket.order.is_some());
+        let (id, now_ms, ordered) = (slot.id(), self.now_ms, !waiting.ticket.order.is_empty());
         let starting = self.started.get(&id).copied().unwrap_or(0);
         let here = self.partition.endpoint_in_flight.get(&id).copied().unwrap_or(0) + starting;
         // Behind the records of its endpoint that go or wait before it in this partition
@@ -436,7 +436,7 @@ impl<'p, R> Scan<'p, R> {
         if partition.timed > 0 {
             for waiting in &partition.backlog {
                 let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
-                let next = if waiting.ticket.order.is_none() { &mut next_unordered } else { &mut next_ordered };
+                let next = if waiting.ticket.order.is_empty() { &mut next_unordered } else { &mut next_ordered };
                 *next = Some(next.map_or(due, |at| at.min(due)));
             }
         }
@@ -500,7 +500,11 @@ pub(crate) mod tests {
     };
 
     fn ticket(due_ms: Option<i64>, endpoint: Option<(&str, usize)>) -> Ticket {
-        Ticket { due_ms, endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))), order: None }
+        Ticket {
+            due_ms,
+            endpoint: endpoint.map(|(key, limit)| slot(key, LiveLimit::fixed(limit))),
+            order: Default::default(),
+        }
     }
 
     /// A partition whose backlog holds `tickets`, in offset order, read a while ago.
@@ -634,11 +638,12 @@ pub(crate) mod tests {
     fn overflow_is_judged_by_the_expected_wait_once_the_endpoint_answered() {
         let limits = ROOMY;
         let measured = |key: &str, rtt_ms| slot(key, LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)));
-        let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: None };
+        let fast = Ticket { due_ms: None, endpoint: Some(measured("fast-answering", 1)), order: Default::default() };
         let p = partition(vec![fast; 40]);
         let d = schedule(&p, NOW, limits, 100, |_| 2);
         assert!(d.defer.is_empty(), "40 records at 1 ms and 2 at a time wait 20 ms at most, however long ago read");
-        let slow = Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)), order: None };
+        let slow =
+            Ticket { due_ms: None, endpoint: Some(measured("slow-answering", 2_000)), order: Default::default() };
         let mut tickets = vec![slow; 12];
         tickets.push(ticket(None, Some(("other", 10))));
         let mut p = partition(tickets);
@@ -657,7 +662,7 @@ pub(crate) mod tests {
         let busy = |rtt_ms| Ticket {
             due_ms: None,
             endpoint: Some(slot("lone", LiveLimit::measured(2, std::time::Duration::from_millis(rtt_ms)))),
-            order: None,
+            order: Default::default(),
         };
         let p = partition(vec![busy(100); 60]);
         let d = schedule(&p, NOW, limits, 100, |_| 2);
@@ -678,7 +683,7 @@ pub(crate) mod tests {
         // The scan skips the rest of an endpoint at its limit once none of its records
         // can overflow, and stops once only such records are left: never before another's.
         let measured = slot("busy", LiveLimit::measured(2, std::time::Duration::from_millis(1)));
-        let busy = Ticket { due_ms: None, endpoint: Some(measured), order: None };
+        let busy = Ticket { due_ms: None, endpoint: Some(measured), order: Default::default() };
         let mut tickets = vec![busy.clone(); 1000];
         tickets.insert(500, ticket(None, Some(("middle", 10))));
         tickets.push(ticket(None, Some(("last", 10))));
@@ -746,7 +751,7 @@ pub(crate) mod tests {
         let slow = |key: &str| Ticket {
             due_ms: None,
             endpoint: Some(slot(key, LiveLimit::measured(100, two_seconds))),
-            order: None,
+            order: Default::default(),
         };
         let mut tickets = Vec::new();
         for key in ["slow-a", "slow-b", "slow-c"] {
@@ -813,7 +818,7 @@ pub(crate) mod tests {
         let rule = Rule { rate: rate.map(|r| r.parse().unwrap()), burst, max_wait: Duration::from_millis(max_wait_ms) };
         let pace = Arc::new(Pace::new(rule, NOW));
         let slot = EndpointSlot { key: Arc::from(key), limit: LiveLimit::fixed(100), pace };
-        vec![Ticket { due_ms: None, endpoint: Some(slot), order: None }; n]
+        vec![Ticket { due_ms: None, endpoint: Some(slot), order: Default::default() }; n]
     }
 
     #[test]

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use super::order::OrderKey;
+use super::order::Order;
 use crate::endpoint::limit::LiveLimit;
 use crate::endpoint::pace::Pace;
 
@@ -30,7 +30,7 @@ pub struct Ticket {
     pub due_ms: Option<i64>,
     /// `None` = no endpoint limit (an invalid record, say).
     pub endpoint: Option<EndpointSlot>,
-    /// Set for a record whose endpoint keeps its key's order (see [`super::order`]);
-    /// `None` = unordered.
-    pub order: Option<OrderKey>,
+    /// Set for a record whose endpoint keeps its key's order, one key per
+    /// ordered leg for a fan-out (see [`super::order`]); empty = unordered.
+    pub order: Order,
 }

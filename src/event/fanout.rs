@@ -50,6 +50,14 @@ impl Endpoints {
         Ok(Decoded::Fanout(Fanout { attributes: event.attributes, body: event.data, own }))
     }
 
+    /// Whether the named endpoint (file, else registry) keeps its keys' order.
+    pub fn ordered(&self, endpoint: &str) -> bool {
+        match self.named.get(endpoint) {
+            Some(named) => named.ordered,
+            None => self.registry.as_ref().and_then(|r| r.lookup(endpoint)).is_some_and(|e| e.ordered),
+        }
+    }
+
     /// The leg of `fanout` to the named endpoint (file, else registry): the
     /// endpoint's URL, secrets, headers and timeout, the event's own headers
     /// and timeout winning, and the shared payload.

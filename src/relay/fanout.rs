@@ -14,7 +14,9 @@ use tokio::sync::{Notify, Semaphore};
 
 use futures::future::join_all;
 
+use super::in_place::{self, Leg};
 use super::*;
+use crate::consume::order::{order_key, Order};
 use crate::consume::schedule::OVERFLOW_AFTER_MS;
 use crate::endpoint::subscription::Subject;
 use crate::event::hop::header;
@@ -165,22 +167,32 @@ impl Relay {
     }
 
     /// What the legs of `fanout` will hold, [`LEG_BYTES`] each, counted when the
-    /// record is read; none over `delivery.max_fanout` (it goes dead unfanned).
-    /// The legs are matched again when it is worked on, after a registry change
-    /// maybe a few more or less: an estimate, as the rest of the budget is.
-    pub(super) fn legs_bytes(&self, fanout: &Fanout) -> usize {
-        let legs = self.shared.subscriptions.index().matching(&Subject::from(fanout)).len();
-        if legs > self.shared.max_fanout {
-            0
-        } else {
-            legs * LEG_BYTES
+    /// record is read (none over `delivery.max_fanout`: it goes dead unfanned),
+    /// and its order keys: one per matching endpoint that keeps its keys' order,
+    /// for a record with a key on an event topic. The legs are matched again
+    /// when it is worked on, after a registry change maybe a few more or less:
+    /// an estimate, as the rest of the budget is, and an order kept for the
+    /// endpoints that were ordered when it was read.
+    pub(super) fn legs_of(&self, fanout: &Fanout, key: Option<&[u8]>) -> (usize, Order) {
+        let shared = &*self.shared;
+        let index = shared.subscriptions.index();
+        let names = index.matching(&Subject::from(fanout));
+        if names.len() > shared.max_fanout {
+            return (0, Order::default());
         }
+        let order = match (key, self.tier) {
+            (Some(key), None) => {
+                names.iter().filter(|name| shared.endpoints.ordered(name)).map(|name| order_key(name, key)).collect()
+            }
+            _ => Order::default(),
+        };
+        (names.len() * LEG_BYTES, order)
     }
 
     /// One leg per matching endpoint, concurrently; decided once every leg is.
     pub(super) async fn fan_out(&self, prepared: &Prepared, fanout: &Fanout, cancel: &CancellationToken) -> Done {
         let shared = &*self.shared;
-        let Prepared { record, headers, hop, trace, .. } = prepared;
+        let Prepared { record, headers, hop, .. } = prepared;
         let original = Original { key: record.key(), value: record.payload(), headers };
         let index = shared.subscriptions.index();
         let names = index.matching(&Subject::from(fanout));
@@ -206,33 +218,68 @@ impl Relay {
         // in flight times their legs were all made at once, 3 KiB each (bench S9,
         // 1,024 records of 10 legs: peak RSS 1.20x S1's).
         let legs = names.iter().map(|name| async move {
+            // A record retried in place for an ordered leg runs again: what is decided is not sent again.
+            let kept = prepared.legs.as_ref().map(|legs| legs.get(name));
+            let hop = match kept {
+                Some(Some(Leg::Decided)) => return Done::Decided,
+                Some(Some(Leg::Again { due_ms, .. })) if due_ms > now_ms() => return Done::Again { due_ms },
+                Some(Some(Leg::Again { hop, .. })) => hop,
+                _ => hop.clone(),
+            };
             let _place = tokio::select! {
                 place = shared.leg_load.places.acquire() => place,
                 _ = cancel.cancelled() => return Done::Abandoned,
             };
-            Box::pin(async move {
-                let mut event = match shared.endpoints.leg(fanout, name) {
-                    Ok(event) => event,
-                    // Matched a moment ago, deleted since: nothing to deliver to.
-                    Err(_) => return Done::Decided,
-                };
-                if let Some(context) = trace {
-                    context.apply(&mut event.headers);
-                }
-                let (limit, _) = shared.states.slot(&event.endpoint_key, event.endpoint_name.is_none());
-                let room = |n| leg_room(n, limit.get(), shared.max_waiting_per_endpoint, |a| limit.expected_wait_ms(a));
-                let counted = shared.leg_load.enter(&event.endpoint_key, room).await;
-                let work = if counted.is_some() { Work::Attempt } else { Work::Defer(Why::Overflow) };
-                self.deliver(prepared, hop.clone(), &event, work, None, cancel).await
-            })
-            .await
+            Box::pin(self.leg(prepared, fanout, name, hop, cancel)).await
         });
         let done = join_all(legs).await;
         if done.iter().any(|d| matches!(d, Done::Abandoned)) {
             // Read again later: the legs that were delivered may repeat (same webhook-id).
             return Done::Abandoned;
         }
-        Done::Decided
+        // Back in place, holding its offset and its keys, until every ordered leg is decided.
+        match done.iter().filter_map(|d| if let Done::Again { due_ms } = d { Some(*due_ms) } else { None }).min() {
+            Some(due_ms) => Done::Again { due_ms },
+            None => Done::Decided,
+        }
+    }
+
+    /// One leg, from its attempt to its route. An ordered leg of a record that
+    /// keeps its legs ([`Prepared::legs`]) is retried in place as an ordered
+    /// record is; what became of it is kept for the record's next run.
+    async fn leg(
+        &self,
+        prepared: &Prepared,
+        fanout: &Fanout,
+        name: &str,
+        hop: Hop,
+        cancel: &CancellationToken,
+    ) -> Done {
+        let shared = &*self.shared;
+        let mut event = match shared.endpoints.leg(fanout, name) {
+            Ok(event) => event,
+            // Matched a moment ago, deleted since: nothing to deliver to.
+            Err(_) => return Done::Decided,
+        };
+        if let Some(context) = &prepared.trace {
+            context.apply(&mut event.headers);
+        }
+        let (limit, _) = shared.states.slot(&event.endpoint_key, event.endpoint_name.is_none());
+        let room = |n| leg_room(n, limit.get(), shared.max_waiting_per_endpoint, |a| limit.expected_wait_ms(a));
+        let counted = shared.leg_load.enter(&event.endpoint_key, room).await;
+        let work = if counted.is_some() { Work::Attempt } else { Work::Defer(Why::Overflow) };
+        let in_place = prepared.legs.as_ref().filter(|_| event.ordered).map(|_| in_place::Kept::default());
+        let done = self.deliver(prepared, hop.clone(), &event, work, in_place.as_ref(), cancel).await;
+        if let Some(legs) = &prepared.legs {
+            match (&done, &in_place) {
+                (Done::Again { due_ms }, Some(kept)) => {
+                    legs.set(name, Leg::Again { hop: kept.hop(&hop), due_ms: *due_ms })
+                }
+                (Done::Abandoned, _) => {}
+                _ => legs.set(name, Leg::Decided),
+            }
+        }
+        done
     }
 }
 

@@ -6,6 +6,7 @@
 //! only its delay, as a timer, and the record goes back into its partition's
 //! backlog ([`Done::Again`](crate::consume::Done::Again)) with its key behind it.
 
+use std::collections::HashMap;
 use std::sync::Mutex;
 
 use crate::event::hop::Hop;
@@ -28,6 +29,35 @@ impl Kept {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Option<Hop>> {
         // One attempt at a time holds it, briefly; a poisoned lock still holds a whole `Hop`.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// What a fan-out record with ordered legs keeps between its runs in place
+/// (it is one record, retried whole): the legs decided, never sent again, and
+/// each ordered leg that waits in place, with its hop state and due time.
+#[derive(Debug, Default)]
+pub struct Legs(Mutex<HashMap<Box<str>, Leg>>);
+
+/// One leg's state in [`Legs`].
+#[derive(Debug, Clone)]
+pub enum Leg {
+    /// Delivered, routed to a tier or dead: done.
+    Decided,
+    /// An ordered leg retried in place once `due_ms`.
+    Again { hop: Hop, due_ms: i64 },
+}
+
+impl Legs {
+    pub fn get(&self, endpoint: &str) -> Option<Leg> {
+        self.lock().get(endpoint).cloned()
+    }
+
+    pub fn set(&self, endpoint: &str, leg: Leg) {
+        self.lock().insert(Box::from(endpoint), leg);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Box<str>, Leg>> {
         self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

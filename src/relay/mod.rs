@@ -18,7 +18,7 @@ use tracing::Instrument;
 
 use crate::app::clock::now_ms;
 use crate::config::Config;
-use crate::consume::order::order_key;
+use crate::consume::order::{order_key, Order};
 use crate::consume::{Decider, Done, EndpointSlot, Handler, Role, Ticket, Work};
 use crate::endpoint::circuit::{Transition, Verdict};
 use crate::endpoint::deliver::Deliverer;
@@ -93,6 +93,8 @@ pub struct Prepared {
     leg: Option<Box<str>>,
     /// What its legs will hold while they run (see [`fanout::LEG_BYTES`]), for the memory budget.
     legs_bytes: usize,
+    /// A fan-out with ordered legs on an event topic: its legs' states between runs in place.
+    legs: Option<in_place::Legs>,
     /// Counts in its endpoint's oldest-waiting age until the record is decided or let go (dropped).
     _waiting: Option<Waiting>,
 }
@@ -150,9 +152,13 @@ impl Handler for Relay {
         }
         // Ordered per key on the event topics only: tier records (from before the
         // endpoint was ordered) are past keeping an order. No key, no order.
-        let order = match (&event, self.tier) {
-            (Ok(e), None) if e.ordered => record.key().map(|key| order_key(&e.endpoint_key, key)),
-            _ => None,
+        // A fan-out's record has a key per ordered leg (see `fanout::Relay::legs_of`).
+        let (legs_bytes, fanout_order) =
+            fanout.as_ref().map_or((0, Order::default()), |f| self.legs_of(f, record.key()));
+        let order: Order = match (&event, self.tier, record.key()) {
+            _ if fanout.is_some() => fanout_order,
+            (Ok(e), None, Some(key)) if e.ordered => Box::new([order_key(&e.endpoint_key, key)]),
+            _ => Order::default(),
         };
         // Never later than the tier's delay after the record was written:
         // a far due time must not hold the partition (it laps instead).
@@ -163,6 +169,7 @@ impl Handler for Relay {
         // (The same rule as `process` applies once the tier lets it go.)
         let deadline = hop.deadline_ms.unwrap_or(i64::MAX);
         let laps = due_ms.is_some_and(|ready| not_yet(hop.due_ms, ready.max(now_ms()), deadline).is_some());
+        let ordered = !order.is_empty();
         let ticket = Ticket {
             due_ms,
             endpoint: event.as_ref().ok().filter(|_| !laps).map(|e| {
@@ -171,11 +178,13 @@ impl Handler for Relay {
             }),
             order,
         };
-        let in_place = order.map(|_| in_place::Kept::default());
+        let in_place = (ordered && fanout.is_none()).then(in_place::Kept::default);
+        let legs = (ordered && fanout.is_some()).then(in_place::Legs::default);
         let since_ms = hop.event_ms.unwrap_or_else(now_ms);
         let _waiting = event.as_ref().ok().map(|e| waiting::track(&e.endpoint_key, since_ms));
-        let legs_bytes = fanout.as_ref().map_or(0, |f| self.legs_bytes(f));
-        (ticket, Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout, leg, legs_bytes })
+        let prepared =
+            Prepared { record, headers, hop, event, trace: context, in_place, _waiting, fanout, leg, legs_bytes, legs };
+        (ticket, prepared)
     }
 
     fn held_bytes(&self, record: &Prepared) -> usize {

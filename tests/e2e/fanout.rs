@@ -329,3 +329,42 @@ async fn legs_in_flight_are_at_most_max_in_flight() {
     paths.sort();
     assert_eq!(paths, ["/x", "/y", "/z"]);
 }
+
+/// `ordering = "key"` holds per (endpoint, key) for legs: an ordered leg that
+/// fails is retried in place, holding its record's commit and the next record
+/// of its key (its leg to the same endpoint waits), while the unordered leg of
+/// each record is delivered once and not sent again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ordered_leg_is_retried_in_place_and_keeps_its_keys_order() {
+    // The ordered endpoint fails the first event's first two requests.
+    let ordered = Receiver::start(Behaviour { fail_matching: Some(("first".into(), 2)), ..Behaviour::default() }).await;
+    let plain = Receiver::start(Behaviour::default()).await;
+    let topics = Topics::create(1, &[Duration::from_secs(1)]).await;
+    let config = Config::new(&topics)
+        .endpoint("o", &ordered.url("/o"))
+        .set("endpoints.o.types", vec!["t"])
+        .set("endpoints.o.ordering", "key")
+        .endpoint("p", &plain.url("/p"))
+        .set("endpoints.p.types", vec!["t"]);
+    let _relay = Relay::start(&config, &[]).await;
+    let producer = producer();
+    produce(&producer, &topics.events, Some(0), Some("k"), br#"{"id":"e1","type":"t","payload":{"m":"first"}}"#).await;
+    let (_, last) =
+        produce(&producer, &topics.events, Some(0), Some("k"), br#"{"id":"e2","type":"t","payload":{"m":"second"}}"#)
+            .await;
+    eventually("both events delivered to the ordered endpoint", Duration::from_secs(60), || {
+        ordered.received().iter().filter(|r| r.status == 200).count().eq(&2).then_some(())
+    })
+    .await;
+    eventually("the source offset committed past the last event", Duration::from_secs(30), || {
+        (committed(&topics.group, &topics.events, 0) == Some(last + 1)).then_some(())
+    })
+    .await;
+    let at_ordered: Vec<(String, u16)> =
+        ordered.received().iter().map(|r| (r.header("webhook-id").to_string(), r.status)).collect();
+    let expected = [("e1", 503), ("e1", 503), ("e1", 200), ("e2", 200)].map(|(id, status)| (id.to_string(), status));
+    assert_eq!(at_ordered, expected, "e2 waits until e1 is delivered to the ordered endpoint");
+    assert_eq!(ids(&plain), ["e1", "e2"], "the unordered leg is delivered once, not again with each retry");
+    let tier = read_topic(&topics.tiers[0].0, 1, Duration::from_secs(2)).await;
+    assert!(tier.is_empty(), "an ordered leg is retried in place, not through a tier: {} tier records", tier.len());
+}
