@@ -73,6 +73,8 @@ fn phase_figures(p: &Phase, prefix: &str, out: &mut Figures) {
     put("broker_per_1k", p.broker_cpu_s.and_then(|c| per_1k(c, delivered)));
     put("sink_per_1k", per_1k(p.driver_cpu_s, delivered));
     put("tiered", p.tiered);
+    put("ready_ms", p.ready_s.map(|s| s * 1000.0));
+    put("registry_load_ms", p.registry_ms);
     put("dead", Some(p.ledger.dead_total as f64));
     put("pending", Some(p.ledger.pending as f64));
     put("lost", Some(p.ledger.lost as f64));
@@ -136,6 +138,7 @@ pub fn add_vs_s1(runs: &mut [Run]) {
             }
         }
     }
+    add_within_family(runs);
     for (run, (rate, p99)) in runs.iter_mut().zip(bases) {
         if !VS_S1.contains(&run.family) {
             continue;
@@ -145,6 +148,38 @@ pub fn add_vs_s1(runs: &mut [Run]) {
         }
         if let (Some(mine), Some(base)) = (run.figures.get("p99_ms").copied(), p99.filter(|b| *b > 0.0)) {
             run.figures.insert("p99_vs_s1".into(), mine / base);
+        }
+    }
+}
+
+/// Ratios between the variants of one family: S10's log on against the median of
+/// its log-off runs (`rate_vs_off`, `cpu_vs_off`), S11's registry against the
+/// median of its inline-URL runs (`rss_extra_mib`, the registry's memory).
+fn add_within_family(runs: &mut [Run]) {
+    let median = |runs: &[Run], family: &str, variant: &str, figure: &str| {
+        let values: Vec<f64> = runs
+            .iter()
+            .filter(|r| r.family == family && r.variant == variant && !r.void)
+            .filter_map(|r| r.figures.get(figure).copied())
+            .collect();
+        Stat::of(&values).map(|s| s.median)
+    };
+    let (off_rate, off_cpu) = (median(runs, "S10", "off", "rate"), median(runs, "S10", "off", "cpu_per_1k"));
+    let file_rss = median(runs, "S11", "file", "peak_rss_mib");
+    for run in runs.iter_mut() {
+        let ratios: &[(&str, &str, Option<f64>)] = match (run.family, run.variant) {
+            ("S10", "on") => &[("rate_vs_off", "rate", off_rate), ("cpu_vs_off", "cpu_per_1k", off_cpu)],
+            _ => &[],
+        };
+        for (name, figure, base) in ratios {
+            if let (Some(mine), Some(base)) = (run.figures.get(*figure).copied(), base.filter(|b| *b > 0.0)) {
+                run.figures.insert((*name).into(), mine / base);
+            }
+        }
+        if (run.family, run.variant) == ("S11", "registry") {
+            if let (Some(mine), Some(base)) = (run.figures.get("peak_rss_mib").copied(), file_rss) {
+                run.figures.insert("rss_extra_mib".into(), mine - base);
+            }
         }
     }
 }
@@ -239,6 +274,10 @@ pub const TARGETS: &[Target] = &[
     at_most("S7 load", "p99_vs_s1", 1.5, P99),
     at_least("S9", "rate_vs_s1", 0.9, "fan-out deliveries/s vs S1 cap's"),
     at_most("S9", "rss_vs_s1", 1.1, "fan-out peak RSS vs S1 cap's"),
+    at_least("S10 on", "rate_vs_off", 0.9, "rate with the attempt log vs without"),
+    at_most("S10 on", "cpu_vs_off", 1.15, "CPU per delivery with the attempt log vs without"),
+    at_most("S11 registry", "registry_load_ms", 5000.0, "10,000 registry endpoints read at start-up, ms"),
+    at_most("S11 registry", "rss_extra_mib", 64.0, "their peak RSS over inline URLs, MiB"),
     at_least("S12 20ms", "rate_vs_null", 0.8, "lone 20 ms endpoint vs the null pipeline"),
     at_most("S12 20ms", "tiered", 0.0, "records deferred to a tier"),
     at_least("S12 100ms", "rate_vs_null", 0.8, "lone 100 ms endpoint vs the null pipeline"),
@@ -299,6 +338,28 @@ mod tests {
         assert_eq!(Stat::of(&[4.0, 1.0]), Some(Stat { median: 2.5, min: 1.0, max: 4.0, n: 2 }));
         assert_eq!(Stat::of(&[f64::NAN, 5.0]).map(|s| (s.median, s.n)), Some((5.0, 1)));
         assert_eq!(Stat::of(&[]), None);
+    }
+
+    #[test]
+    fn s10_on_is_judged_against_its_off_runs_and_s11_registry_against_inline_urls() {
+        let mut runs = vec![
+            run("S10 on", "S10", "on", false, &[("rate", 900.0), ("cpu_per_1k", 0.11)]),
+            run("S10 off", "S10", "off", false, &[("rate", 1000.0), ("cpu_per_1k", 0.10)]),
+            run("S10 off", "S10", "off", true, &[("rate", 1.0), ("cpu_per_1k", 9.0)]),
+            run("S11 file", "S11", "file", false, &[("peak_rss_mib", 100.0)]),
+            run("S11 registry", "S11", "registry", false, &[("peak_rss_mib", 150.0), ("registry_load_ms", 900.0)]),
+        ];
+        add_vs_s1(&mut runs);
+        assert!((runs[0].figures["rate_vs_off"] - 0.9).abs() < 1e-9);
+        assert!((runs[0].figures["cpu_vs_off"] - 1.1).abs() < 1e-9);
+        assert!(!runs[1].figures.contains_key("rate_vs_off"));
+        assert_eq!(runs[4].figures["rss_extra_mib"], 50.0);
+        let verdicts = judge(&summarize(&runs), TARGETS);
+        let holds = |figure: &str| verdicts.iter().find(|v| v.target.figure == figure).and_then(|v| v.holds);
+        assert_eq!(
+            (holds("rate_vs_off"), holds("cpu_vs_off"), holds("registry_load_ms"), holds("rss_extra_mib")),
+            (Some(true), Some(true), Some(true), Some(true))
+        );
     }
 
     #[test]

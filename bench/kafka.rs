@@ -22,7 +22,12 @@ pub struct Topics {
     pub tiers: Vec<(String, &'static str)>,
     pub dead: String,
     pub group: String,
+    /// The endpoint registry (S11), compacted; made only when a scenario has one.
+    pub registry: String,
 }
+
+/// The registry key of S11's relay (32 bytes, base64).
+pub const REGISTRY_KEY: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
 
 impl Topics {
     pub fn named(base: &str) -> Topics {
@@ -31,6 +36,7 @@ impl Topics {
             tiers: vec![(format!("{base}.retry-1s"), "1s"), (format!("{base}.retry-2s"), "2s")],
             dead: format!("{base}.dead"),
             group: format!("{base}.group"),
+            registry: format!("{base}.endpoints"),
         }
     }
 
@@ -60,6 +66,49 @@ pub async fn delete_topics(bootstrap: &str, names: &[String]) {
     if let Ok(admin) = admin(bootstrap) {
         let _ = admin.delete_topics(&refs, &AdminOptions::new()).await;
     }
+}
+
+/// Makes the compacted registry topic and writes `count` endpoints to it, `t0`,
+/// `t1`, ... each to `url` with a secret and a header, as `hookrelay endpoints
+/// put` would (sealed with [`REGISTRY_KEY`]).
+pub async fn write_registry(bootstrap: &str, topic: &str, count: usize, url: &str) -> anyhow::Result<()> {
+    use base64::Engine;
+    use hookrelay::endpoint::registry::{record, RegistryKey};
+    let compact = NewTopic::new(topic, 1, TopicReplication::Fixed(1)).set("cleanup.policy", "compact");
+    for result in admin(bootstrap)?.create_topics([&compact], &AdminOptions::new()).await? {
+        result.map_err(|(t, e)| anyhow::anyhow!("create {t}: {e}"))?;
+    }
+    let key = RegistryKey::new(&base64::engine::general_purpose::STANDARD.decode(REGISTRY_KEY)?);
+    let producer: BaseProducer =
+        ClientConfig::new().set("bootstrap.servers", bootstrap).set("linger.ms", "5").create()?;
+    let at = crate::now_us() as i64 / 1000;
+    for i in 0..count {
+        let name = format!("t{i}");
+        let spec = serde_json::json!({
+            "url": url,
+            "secrets": ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+            "headers": {"authorization": format!("Bearer token-{i}")},
+        });
+        let encoded = record::encode(&key, &name, Some(&spec), at);
+        let mut headers = rdkafka::message::OwnedHeaders::new();
+        for (header, value) in &encoded.headers {
+            headers = headers.insert(rdkafka::message::Header { key: header, value: Some(value) });
+        }
+        let value = encoded.value.unwrap_or_default();
+        let mut record = BaseRecord::<str, [u8]>::to(topic).key(&name).payload(&value).headers(headers);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+                Err((e, _)) => anyhow::bail!("registry produce: {e}"),
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(60))?;
+    Ok(())
 }
 
 /// Counts acknowledged and failed records.
@@ -94,6 +143,8 @@ pub struct Batch {
     pub rate: Option<f64>,
     /// Events with a `type` and no receiver: every subscribed endpoint gets each (S9).
     pub fanout: bool,
+    /// Events naming registry endpoints `t0`..`t{n-1}` round-robin instead of a URL (S11).
+    pub named: usize,
 }
 
 /// The `type` of the bench's fan-out events, which every endpoint of S9 subscribes to.
@@ -128,6 +179,11 @@ pub fn event(i: u64, url: &str, scheduled_us: u64, pad: &str) -> String {
     format!(r#"{{"id":"e{i}","url":"{url}","payload":{{"i":{i},"t":{scheduled_us},"pad":"{pad}"}}}}"#)
 }
 
+/// The event of number `i` to the named endpoint `endpoint` (see [`event`]).
+pub fn named_event(i: u64, endpoint: &str, scheduled_us: u64, pad: &str) -> String {
+    format!(r#"{{"id":"e{i}","endpoint":"{endpoint}","payload":{{"i":{i},"t":{scheduled_us},"pad":"{pad}"}}}}"#)
+}
+
 /// Produces the batch (blocking); returns (acknowledged, failed, seconds taken).
 pub fn produce(batch: &Batch) -> anyhow::Result<(u64, u64, f64)> {
     let acks = Arc::new(Acks::default());
@@ -155,7 +211,13 @@ pub fn produce(batch: &Batch) -> anyhow::Result<(u64, u64, f64)> {
             None => crate::now_us(),
         };
         let url = &batch.urls[(i % batch.urls.len() as u64) as usize];
-        let value = if batch.fanout { fanout_event(i, scheduled_us, &pad) } else { event(i, url, scheduled_us, &pad) };
+        let value = if batch.fanout {
+            fanout_event(i, scheduled_us, &pad)
+        } else if batch.named > 0 {
+            named_event(i, &format!("t{}", i % batch.named as u64), scheduled_us, &pad)
+        } else {
+            event(i, url, scheduled_us, &pad)
+        };
         let partition = (i % batch.partitions as u64) as i32;
         let mut record = BaseRecord::<(), str>::to(&batch.topic).payload(&value).partition(partition);
         loop {

@@ -52,7 +52,7 @@ pub const COLUMNS: [(&str, &str); 8] = [
 ];
 
 /// Figures printed on the ratio line under a scenario's row.
-pub const RATIOS: [&str; 9] = [
+pub const RATIOS: &[&str] = &[
     "rate_vs_null",
     "cpu_vs_null",
     "main_vs_s1",
@@ -62,6 +62,12 @@ pub const RATIOS: [&str; 9] = [
     "tiered",
     "dead",
     "rss_end_vs_quarter",
+    "rate_vs_s1",
+    "rss_vs_s1",
+    "rate_vs_off",
+    "cpu_vs_off",
+    "registry_load_ms",
+    "rss_extra_mib",
 ];
 
 /// The [`RATIOS`] a scenario has, `name median [min-max]`, comma-separated (no dead count when none died).
@@ -96,21 +102,21 @@ pub fn verdict_word(v: &Verdict) -> &'static str {
 }
 
 pub fn table(runs: &[Run], summary: &Summary, verdicts: &[Verdict]) -> String {
-    let mut out = format!("{:<10} {:>5}", "scenario", "runs");
+    let mut out = format!("{:<12} {:>5}", "scenario", "runs");
     for (header, _) in COLUMNS {
         out.push_str(&format!(" {header:>22}"));
     }
     out.push('\n');
     for (label, stats) in summary {
         let (ok, all) = counts(runs, label);
-        out.push_str(&format!("{label:<10} {:>5}", format!("{ok}/{all}")));
+        out.push_str(&format!("{label:<12} {:>5}", format!("{ok}/{all}")));
         for (_, figure) in COLUMNS {
             out.push_str(&format!(" {:>22}", stat(stats.get(figure))));
         }
         out.push('\n');
         let ratios = ratio_line(|f| stats.get(f).copied());
         if !ratios.is_empty() {
-            out.push_str(&format!("{:<16} {ratios}\n", ""));
+            out.push_str(&format!("{:<18} {ratios}\n", ""));
         }
     }
     out.push_str(
@@ -122,7 +128,7 @@ pub fn table(runs: &[Run], summary: &Summary, verdicts: &[Verdict]) -> String {
     for v in verdicts {
         let t = &v.target;
         out.push_str(&format!(
-            "  {:<10} {:<16} {:<8} {:<22} {:<13} {}\n",
+            "  {:<12} {:<16} {:<8} {:<22} {:<13} {}\n",
             t.label,
             t.figure,
             bound(t.bound),

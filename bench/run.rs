@@ -33,6 +33,10 @@ pub struct Phase {
     pub ledger: Ledger,
     /// Records the relay routed to a retry tier (its /metrics at the end); None for the null pipeline.
     pub tiered: Option<f64>,
+    /// From the relay's start to ready (it reads its registry first), seconds; None for the null pipeline.
+    pub ready_s: Option<f64>,
+    /// How long the relay took to read its registry to the end, as it logged it (S11).
+    pub registry_ms: Option<f64>,
 }
 
 pub struct Outcome {
@@ -63,7 +67,11 @@ pub async fn run(s: &Scenario, env: &Env, load: Option<f64>) -> anyhow::Result<O
     let topics = Topics::named(&base);
     kafka::create_topics(&env.bootstrap, &topics.all(), s.partitions).await?;
     let result = run_on(s, env, &topics, load).await;
-    kafka::delete_topics(&env.bootstrap, &topics.all()).await;
+    let mut made = topics.all();
+    if s.registry > 0 {
+        made.push(topics.registry.clone());
+    }
+    kafka::delete_topics(&env.bootstrap, &made).await;
     result
 }
 
@@ -87,7 +95,11 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
         urls: sink.urls.clone(),
         rate: load,
         fanout: s.fanout,
+        named: s.registry,
     };
+    if s.registry > 0 {
+        kafka::write_registry(&env.bootstrap, &topics.registry, s.registry, &sink.urls[0]).await?;
+    }
     let mut outcome = Outcome { scenario: s.clone(), load, produced: 0, produce_s: 0.0, phases: Vec::new() };
     let mut producing = None;
     if s.backlog() {
@@ -121,8 +133,10 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
     if s.backlog() {
         sink.start_clock();
     }
+    let spawned = Instant::now();
     let (mut relay, admin) = procs::spawn_relay(&config, dir.path(), &log, ca.as_deref())?;
     procs::wait_ready(&mut relay, admin, Duration::from_secs(90)).await?;
+    let ready_s = spawned.elapsed().as_secs_f64();
     let perf = env.perf.as_deref().map(|out| procs::spawn_perf(&relay.pid(), out)).transpose()?;
     let dead_watch = DeadWatch::start(&env.bootstrap, &topics.dead, legs)?;
     let (broker0, driver0) = (broker_cpu(env), self_cpu());
@@ -153,6 +167,8 @@ async fn run_on(s: &Scenario, env: &Env, topics: &Topics, load: Option<f64>) -> 
         tokio::task::spawn_blocking(move || perf.stop()).await.ok();
     }
     let phase = finish("hookrelay", relay, Some(admin), started, timed_out, rss, broker0, driver0, env).await;
+    let registry_ms = registry_load_ms(&std::fs::read_to_string(&log).unwrap_or_default());
+    let phase = Phase { ready_s: Some(ready_s), registry_ms, ..phase };
     let tiers: Vec<String> = topics.tiers.iter().map(|(t, _)| t.clone()).collect();
     let pending = pending_in(&env.bootstrap, &topics.events, &topics.group, &tiers, legs)?;
     let dead: Vec<(u64, Option<String>)> = kafka::read_ids(&env.bootstrap, &topics.dead, &HashMap::new())?
@@ -232,6 +248,29 @@ async fn finish(
         rss,
         ledger: Ledger::default(),
         tiered,
+        ready_s: None,
+        registry_ms: None,
+    }
+}
+
+/// The `ms` of the relay's log line "registry read to its end" (JSON lines), if any.
+fn registry_load_ms(log: &str) -> Option<f64> {
+    let line = log.lines().find(|l| l.contains("registry read to its end"))?;
+    let value: serde_json::Value = serde_json::from_str(line).ok()?;
+    value["fields"]["ms"].as_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_registry_load_time_is_read_from_the_relays_log() {
+        let log = concat!(
+            r#"{"level":"INFO","fields":{"message":"admin server listening"}}"#,
+            "\n",
+            r#"{"level":"INFO","fields":{"message":"registry read to its end","applied":10000,"ms":1234}}"#,
+        );
+        assert_eq!(super::registry_load_ms(log), Some(1234.0));
+        assert_eq!(super::registry_load_ms("no such line"), None);
     }
 }
 

@@ -1,4 +1,4 @@
-//! The scenarios (issue 9's S0..S8, issue 21's S9, issue 24's S12): what each sends where,
+//! The scenarios (issue 9's S0..S8, issue 21's S9, issue 22's S10, issue 20's S11, issue 24's S12): what each sends where,
 //! sized for the default `make bench` (every scenario, 3 repeats, under 30
 //! minutes on 2 cores) and scaled by `--scale`.
 //!
@@ -43,6 +43,11 @@ pub struct Scenario {
     /// Events with a `type` and no receiver, to which every endpoint subscribes
     /// (named endpoints `n0`, `n1`, ...): each event is one delivery per endpoint.
     pub fanout: bool,
+    /// The attempt log on (the default a user gets), or off (`topics.attempts = ""`, S10's baseline).
+    pub attempt_log: bool,
+    /// Endpoints in a registry topic (`t0`, `t1`, ... all to the sink's first URL)
+    /// that the events name round-robin (S11); 0 = events with inline URLs.
+    pub registry: usize,
 }
 
 impl Scenario {
@@ -118,6 +123,8 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         short_deadline: false,
         deadline,
         fanout: false,
+        attempt_log: true,
+        registry: 0,
     };
     let s1 = Scenario {
         name: "S1",
@@ -179,7 +186,7 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         what: "S0 with 256 KiB payloads",
         events: n(1_000.0),
         payload_bytes: 256 * 1024,
-        endpoints: instant,
+        endpoints: instant.clone(),
         null_baseline: true,
         ..base.clone()
     });
@@ -193,6 +200,28 @@ pub fn all(scale: f64, deadline: Duration) -> Vec<Scenario> {
         fanout: true,
         ..base.clone()
     });
+    // The attempt log's cost: S0's backlog with the log on (the default) and off,
+    // alternating runs (issue 22: rate at least 0.9x, CPU per delivery at most 1.15x).
+    let s10 = Scenario {
+        name: "S10",
+        what: "S0 without the null pipeline, the attempt log on vs off",
+        events: n(60_000.0),
+        endpoints: instant.clone(),
+        ..base.clone()
+    };
+    out.push(Scenario { variant: "on", ..s10.clone() });
+    out.push(Scenario { variant: "off", attempt_log: false, ..s10 });
+    // 10,000 registry endpoints (issue 20: loaded in under 5 s, under 64 MiB): the
+    // same events to inline URLs, then each to one of the registry's endpoints by name.
+    let s11 = Scenario {
+        name: "S11",
+        what: "10,000 registry endpoints vs inline URLs, one event each",
+        events: n(10_000.0).max(10_000),
+        endpoints: instant,
+        ..base.clone()
+    };
+    out.push(Scenario { variant: "file", ..s11.clone() });
+    out.push(Scenario { variant: "registry", registry: 10_000, ..s11 });
     out.push(lone("20ms", Duration::from_millis(20), s12, &base));
     out.push(lone("100ms", Duration::from_millis(100), s12, &base));
     out
@@ -207,6 +236,16 @@ pub fn relay_config(s: &Scenario, bootstrap: &str, topics: &crate::kafka::Topics
         "[kafka]\nbrokers = \"{bootstrap}\"\ngroup_id = \"{}\"\n[topics]\nevents = [\"{}\"]\ndead = \"{}\"\n",
         topics.group, topics.events, topics.dead
     );
+    if !s.attempt_log {
+        out.push_str("attempts = \"\"\n");
+    }
+    if s.registry > 0 {
+        out.push_str(&format!(
+            "endpoints = \"{}\"\n[registry]\nkey = \"{}\"\n",
+            topics.registry,
+            crate::kafka::REGISTRY_KEY
+        ));
+    }
     if s.short_deadline {
         out.push_str("[retry]\nmax_age = \"10s\"\n");
     }
@@ -260,6 +299,10 @@ mod tests {
                 "S7 load",
                 "S8",
                 "S9",
+                "S10 on",
+                "S10 off",
+                "S11 file",
+                "S11 registry",
                 "S12 20ms",
                 "S12 100ms"
             ]
@@ -303,5 +346,23 @@ mod tests {
         assert_eq!(config.endpoints.len(), 10);
         assert!(config.delivery.allow_private_networks);
         assert!(!relay_config(s1, "localhost:9092", &topics, &urls).contains("[endpoints."));
+    }
+
+    #[test]
+    fn s10_turns_the_log_off_and_s11_reads_a_registry() {
+        let all = all(1.0, Duration::from_secs(60));
+        let by = |label: &str| all.iter().find(|s| s.label() == label).unwrap();
+        let topics = crate::kafka::Topics::named("b");
+        let urls = vec!["http://127.0.0.1:9000/hook".to_string()];
+        let read = |s: &Scenario| {
+            hookrelay::config::Config::from_toml(&relay_config(s, "localhost:9092", &topics, &urls)).unwrap()
+        };
+        assert_eq!(read(by("S10 on")).topics.attempts, "webhooks.attempts", "the default a user gets");
+        assert_eq!(read(by("S10 off")).topics.attempts, "");
+        let registry = read(by("S11 registry"));
+        assert_eq!(registry.topics.endpoints, topics.registry);
+        assert!(registry.registry.key.is_some());
+        assert_eq!((by("S11 registry").registry, by("S11 file").registry), (10_000, 0));
+        assert_eq!(by("S11 registry").events, 10_000, "one event per endpoint");
     }
 }
