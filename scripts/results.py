@@ -23,17 +23,28 @@ LEDGER = re.compile(
     r"duplicates\s+(?P<duplicates>\d+)\s+dead (?P<dead>\S+)\s+pending (?P<pending>\d+)\s+lost (?P<lost>\d+)"
 )
 NOT_RUN = re.compile(r"DRILL (?P<drill>.+?)\s+not run: (?P<why>.*)")
+# Any other DRILL line: a drill's own figures (the hostile drill's p99, say).
+FIGURES = re.compile(r"(DRILL .*\S)")
 
 
 def parse(text):
-    """The ledgers (dicts) and the drills that did not run ((name, why)), in log order."""
-    ledgers, not_run = [], []
+    """The ledgers (dicts), the drills that did not run ((name, why)) and the
+    other DRILL lines (figures), in log order."""
+    ledgers, not_run, figures = [], [], []
     for line in text.splitlines():
         if m := LEDGER.search(line):
             ledgers.append(m.groupdict())
         elif m := NOT_RUN.search(line):
             not_run.append((m["drill"], m["why"].strip()))
-    return ledgers, not_run
+        elif m := FIGURES.search(line):
+            figures.append(re.sub(r"\s+", " ", m[1]))
+    return ledgers, not_run, figures
+
+
+def failed_tests(text):
+    """The tests the runner lists under `failures:` at the end (the drills whose assertion failed)."""
+    listed = text.split("\nfailures:\n")[-1] if "\nfailures:\n" in text else ""
+    return re.findall(r"^    (\S+::\S+)$", listed, re.M)
 
 
 def number(text):
@@ -78,7 +89,7 @@ def machine():
     return f"{os.cpu_count()} cores{memory}{', ' + cpu if cpu else ''}, {platform.system()} {platform.release()}{load}"
 
 
-def drill_page(ledgers, not_run, failed, now):
+def drill_page(ledgers, not_run, failed, now, figures=(), failures=()):
     lost = sum(int(l["lost"]) for l in ledgers)
     verdict = "every drill lost 0" if ledgers and lost == 0 else f"**{lost} lost**" if ledgers else "no drill ran"
     if failed:
@@ -106,6 +117,10 @@ def drill_page(ledgers, not_run, failed, now):
     if not_run:
         lines.append("")
         lines.extend(f"Not run: `{name}` ({why})." for name, why in not_run)
+    if figures:
+        lines += ["", "The drills' own figures, as they printed them:", "", "```"] + list(figures) + ["```"]
+    if failures:
+        lines += ["", "Failed: " + ", ".join(f"`{name}`" for name in failures) + "."]
     lines += [
         "",
         "Duplicates are further 2xx requests for an event already delivered (same",
@@ -122,11 +137,12 @@ def main(argv):
     log = pathlib.Path(argv[2]) if len(argv) > 2 else ROOT / "target" / "drill.log"
     page = pathlib.Path(argv[3]) if len(argv) > 3 else ROOT / "docs" / "src" / "results" / "drill.md"
     text = log.read_text(encoding="utf-8", errors="replace")
-    ledgers, not_run = parse(text)
+    ledgers, not_run, figures = parse(text)
     failed = "test result: FAILED" in text
     if not ledgers and not not_run:
         sys.exit(f"results: no DRILL ledger line in {log}; {page} left as it was")
-    page.write_text(drill_page(ledgers, not_run, failed, datetime.datetime.now(datetime.timezone.utc)), encoding="utf-8")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    page.write_text(drill_page(ledgers, not_run, failed, now, figures, failed_tests(text)), encoding="utf-8")
     print(f"results: {page.relative_to(ROOT) if page.is_relative_to(ROOT) else page} written ({len(ledgers)} drills)")
 
 

@@ -242,7 +242,11 @@ fn the_drill_results_page_is_written_from_the_ledger_lines() {
          DRILL kill-9 (short)         produced    300  delivered    300  duplicates   112  dead 0  pending 0  lost 0\n\
          DRILL blackholed-receiver    produced   2000  delivered   1000  duplicates     0  dead expired=1000  pending 0  lost 0\n\
          DRILL broker-down-20s       not run: KAFKA_BOOTSTRAP=k:9092 is not a broker scripts/drill.sh started\n\
-         test result: ok. 7 passed; 0 failed\n",
+         DRILL hostile good delivered 2000/2000  p99 90 ms (without the attackers 45 ms)  lost 0\n\
+         failures:\n\
+         \x20   drill::drill_hostile_input_does_not_hurt_good_traffic\n\
+         \n\
+         test result: FAILED. 6 passed; 1 failed\n",
     )
     .unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/results.py");
@@ -253,7 +257,9 @@ fn the_drill_results_page_is_written_from_the_ledger_lines() {
         "| `kill-9 (short)` | 300 | 300 | 112 | 0 | 0 | **0** |",
         "| `blackholed-receiver` | 2,000 | 1,000 | 0 | expired 1,000 | 0 | **0** |",
         "Not run: `broker-down-20s`",
-        "- result: every drill lost 0",
+        "DRILL hostile good delivered 2000/2000 p99 90 ms (without the attackers 45 ms) lost 0",
+        "Failed: `drill::drill_hostile_input_does_not_hurt_good_traffic`.",
+        "- result: every drill lost 0; **the run failed**",
         "- commit: ",
         "- machine: ",
         "- date: ",

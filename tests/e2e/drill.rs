@@ -388,8 +388,10 @@ async fn drill_broker_down_20s_loses_nothing() {
         );
         return;
     }
-    // 20 ms per request at 16 concurrent: about 800/s, so the outage lands mid-stream.
-    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(20), ..Behaviour::default() }).await;
+    // 100 ms per request at 16 concurrent: about 160/s, so the outage (about 25 s) lands
+    // mid-stream. At 20 ms (800/s) the relay delivered every record it had read ahead
+    // while the broker was away, and the stream was over before the broker came back.
+    let receiver = Receiver::start(Behaviour { delay: Duration::from_millis(100), ..Behaviour::default() }).await;
     let topics = Topics::create(4, &[Duration::from_secs(2)]).await;
     let config = Config::new(&topics).set("delivery.max_in_flight_per_endpoint", 16);
     let mut relay = Relay::start(&config, &[]).await;
@@ -673,9 +675,27 @@ async fn hostile_mix(drill: &'static str, hostile: bool, batches: usize) -> Host
             }
         }
     });
+    // The attacks are made before the loop and each batch's before its good events: the
+    // good events' clock starts when they are made, and building two 0.8 MB bombs after
+    // that counted the drill's own work as the relay's latency.
+    let bomb = header_bomb(&good.url("/bomb"), 60_000);
+    let record_bomb: RawHeaders = (0..1_000).map(|k| (format!("k{k}").into_bytes(), Some(vec![b'v'; 100]))).collect();
     for batch in 0..batches {
-        let mut values: Vec<(Option<String>, Vec<u8>, RawHeaders)> = Vec::new();
         let mut attack: Vec<(Option<String>, Vec<u8>, RawHeaders)> = Vec::new();
+        if hostile {
+            for _ in 0..2 {
+                attack.push((None, bomb.clone(), RawHeaders::new()));
+                let value = format!(r#"{{"url":"{}","payload":1}}"#, good.url("/rh")).into_bytes();
+                attack.push((None, value, record_bomb.clone()));
+            }
+            for _ in 0..25 {
+                let value = r#"{"endpoint":"shared","payload":"flood","timeout_ms":1,"max_attempts":1}"#;
+                attack.push((None, value.as_bytes().to_vec(), RawHeaders::new()));
+            }
+            let value = format!(r#"{{"url":"{}","payload":"attack"}}"#, bad.url("/bad"));
+            attack.push((None, value.into_bytes(), RawHeaders::new()));
+        }
+        let mut values: Vec<(Option<String>, Vec<u8>, RawHeaders)> = Vec::new();
         for i in 0..100 {
             let id = format!("good-{batch}-{i}");
             let target = if i % 2 == 0 {
@@ -685,20 +705,6 @@ async fn hostile_mix(drill: &'static str, hostile: bool, batches: usize) -> Host
             };
             let value = format!(r#"{{{target},"payload":{{"t":{}}},"id":"{id}"}}"#, now_ms());
             values.push((Some(id), value.into_bytes(), RawHeaders::new()));
-        }
-        if hostile {
-            for _ in 0..2 {
-                attack.push((None, header_bomb(&good.url("/bomb"), 60_000), RawHeaders::new()));
-                let headers: RawHeaders =
-                    (0..1_000).map(|k| (format!("k{k}").into_bytes(), Some(vec![b'v'; 100]))).collect();
-                attack.push((None, format!(r#"{{"url":"{}","payload":1}}"#, good.url("/rh")).into_bytes(), headers));
-            }
-            for _ in 0..25 {
-                let value = r#"{"endpoint":"shared","payload":"flood","timeout_ms":1,"max_attempts":1}"#;
-                attack.push((None, value.as_bytes().to_vec(), RawHeaders::new()));
-            }
-            let value = format!(r#"{{"url":"{}","payload":"attack"}}"#, bad.url("/bad"));
-            attack.push((None, value.into_bytes(), RawHeaders::new()));
         }
         tokio::join!(
             produced.send_with_headers(&producer, &topics.events, values),
