@@ -95,20 +95,29 @@ pub async fn write_registry(bootstrap: &str, topic: &str, count: usize, url: &st
             headers = headers.insert(rdkafka::message::Header { key: header, value: Some(value) });
         }
         let value = encoded.value.unwrap_or_default();
-        let mut record = BaseRecord::<str, [u8]>::to(topic).key(&name).payload(&value).headers(headers);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => anyhow::bail!("registry produce: {e}"),
-            }
-        }
+        send(&producer, BaseRecord::<str, [u8]>::to(topic).key(&name).payload(&value).headers(headers))?;
     }
     producer.flush(Duration::from_secs(60))?;
     Ok(())
+}
+
+/// Queues `record`, waiting (polling) while the producer's queue is full.
+fn send<C, K, P>(producer: &BaseProducer<C>, mut record: BaseRecord<'_, K, P, C::DeliveryOpaque>) -> anyhow::Result<()>
+where
+    C: ProducerContext,
+    K: rdkafka::message::ToBytes + ?Sized,
+    P: rdkafka::message::ToBytes + ?Sized,
+{
+    loop {
+        match producer.send(record) {
+            Ok(()) => return Ok(()),
+            Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                record = back;
+                producer.poll(Duration::from_millis(10));
+            }
+            Err((e, _)) => anyhow::bail!("produce: {e}"),
+        }
+    }
 }
 
 /// Counts acknowledged and failed records.
@@ -219,17 +228,7 @@ pub fn produce(batch: &Batch) -> anyhow::Result<(u64, u64, f64)> {
             event(i, url, scheduled_us, &pad)
         };
         let partition = (i % batch.partitions as u64) as i32;
-        let mut record = BaseRecord::<(), str>::to(&batch.topic).payload(&value).partition(partition);
-        loop {
-            match producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
-                    record = back;
-                    producer.poll(Duration::from_millis(10));
-                }
-                Err((e, _)) => anyhow::bail!("produce: {e}"),
-            }
-        }
+        send(&producer, BaseRecord::<(), str>::to(&batch.topic).payload(&value).partition(partition))?;
         if i % 1000 == 0 {
             producer.poll(Duration::ZERO);
         }
