@@ -38,12 +38,15 @@ use crate::observe::metrics;
 /// sends again is then about this many (plus what was in flight), not a whole
 /// interval's worth. At thousands of decisions a second that is tens of commits
 /// a second, fewer where a commit's round trip is longer (one in flight at a time).
-pub(super) const COMMIT_AFTER: usize = 64;
+/// At 64 and ten a second, make drill three-replicas (a kill among them, 400
+/// deliveries a second per replica) sent 17 to 67 of 3,000 again over runs.
+pub(super) const COMMIT_AFTER: usize = 32;
 
 /// Commits after [`COMMIT_AFTER`] decisions are at least this far apart: at
 /// 30,000 decisions a second one every 64 cost make bench S0 13 % more CPU per
-/// delivery (against the null pipeline, 1.42 -> 1.60); ten a second do not show.
-pub(super) const MIN_SPACING: Duration = Duration::from_millis(100);
+/// delivery (against the null pipeline, 1.42 -> 1.60: some 470 commits a
+/// second); twenty a second do not show.
+pub(super) const MIN_SPACING: Duration = Duration::from_millis(50);
 
 /// A commit that has not come back after this long no longer holds the next one back
 /// (it waits in line behind it).
