@@ -119,35 +119,21 @@ pub const VS_S1: [&str; 5] = ["S2", "S3", "S4", "S6", "S7"];
 /// Adds `main_vs_s1` and `p99_vs_s1` to the runs of [`VS_S1`]: each run against the median of S1's counting runs;
 /// and `rate_vs_s1`, `rss_vs_s1` to S9's, against S1's capacity runs.
 pub fn add_vs_s1(runs: &mut [Run]) {
-    let s1 = |variant: &str, figure: &str| {
-        let values: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.family == "S1" && r.variant == variant && !r.void)
-            .filter_map(|r| r.figures.get(figure).copied())
-            .collect();
-        Stat::of(&values).map(|s| s.median)
-    };
-    let bases: Vec<(Option<f64>, Option<f64>)> =
-        runs.iter().map(|r| (s1(r.variant, "main_rate"), s1(r.variant, "p99_ms"))).collect();
+    let bases: Vec<(Option<f64>, Option<f64>)> = runs
+        .iter()
+        .map(|r| (median_of(runs, "S1", r.variant, "main_rate"), median_of(runs, "S1", r.variant, "p99_ms")))
+        .collect();
     // S9 (fan-out, a backlog) against S1's capacity run: deliveries/s and peak RSS.
-    let (s1_rate, s1_rss) = (s1("cap", "rate"), s1("cap", "peak_rss_mib"));
+    let (s1_rate, s1_rss) = (median_of(runs, "S1", "cap", "rate"), median_of(runs, "S1", "cap", "peak_rss_mib"));
     for run in runs.iter_mut().filter(|r| r.family == "S9") {
-        for (figure, mine, base) in [("rate_vs_s1", "rate", s1_rate), ("rss_vs_s1", "peak_rss_mib", s1_rss)] {
-            if let (Some(mine), Some(base)) = (run.figures.get(mine).copied(), base.filter(|b| *b > 0.0)) {
-                run.figures.insert(figure.into(), mine / base);
-            }
-        }
+        add_ratio(run, "rate_vs_s1", "rate", s1_rate);
+        add_ratio(run, "rss_vs_s1", "peak_rss_mib", s1_rss);
     }
     add_within_family(runs);
     for (run, (rate, p99)) in runs.iter_mut().zip(bases) {
-        if !VS_S1.contains(&run.family) {
-            continue;
-        }
-        if let (Some(mine), Some(base)) = (run.figures.get("main_rate").copied(), rate.filter(|b| *b > 0.0)) {
-            run.figures.insert("main_vs_s1".into(), mine / base);
-        }
-        if let (Some(mine), Some(base)) = (run.figures.get("p99_ms").copied(), p99.filter(|b| *b > 0.0)) {
-            run.figures.insert("p99_vs_s1".into(), mine / base);
+        if VS_S1.contains(&run.family) {
+            add_ratio(run, "main_vs_s1", "main_rate", rate);
+            add_ratio(run, "p99_vs_s1", "p99_ms", p99);
         }
     }
 }
@@ -156,31 +142,38 @@ pub fn add_vs_s1(runs: &mut [Run]) {
 /// its log-off runs (`rate_vs_off`, `cpu_vs_off`), S11's registry against the
 /// median of its inline-URL runs (`rss_extra_mib`, the registry's memory).
 fn add_within_family(runs: &mut [Run]) {
-    let median = |runs: &[Run], family: &str, variant: &str, figure: &str| {
-        let values: Vec<f64> = runs
-            .iter()
-            .filter(|r| r.family == family && r.variant == variant && !r.void)
-            .filter_map(|r| r.figures.get(figure).copied())
-            .collect();
-        Stat::of(&values).map(|s| s.median)
-    };
-    let (off_rate, off_cpu) = (median(runs, "S10", "off", "rate"), median(runs, "S10", "off", "cpu_per_1k"));
-    let file_rss = median(runs, "S11", "file", "peak_rss_mib");
+    let (off_rate, off_cpu) = (median_of(runs, "S10", "off", "rate"), median_of(runs, "S10", "off", "cpu_per_1k"));
+    let file_rss = median_of(runs, "S11", "file", "peak_rss_mib");
     for run in runs.iter_mut() {
-        let ratios: &[(&str, &str, Option<f64>)] = match (run.family, run.variant) {
-            ("S10", "on") => &[("rate_vs_off", "rate", off_rate), ("cpu_vs_off", "cpu_per_1k", off_cpu)],
-            _ => &[],
-        };
-        for (name, figure, base) in ratios {
-            if let (Some(mine), Some(base)) = (run.figures.get(*figure).copied(), base.filter(|b| *b > 0.0)) {
-                run.figures.insert((*name).into(), mine / base);
+        match (run.family, run.variant) {
+            ("S10", "on") => {
+                add_ratio(run, "rate_vs_off", "rate", off_rate);
+                add_ratio(run, "cpu_vs_off", "cpu_per_1k", off_cpu);
             }
-        }
-        if (run.family, run.variant) == ("S11", "registry") {
-            if let (Some(mine), Some(base)) = (run.figures.get("peak_rss_mib").copied(), file_rss) {
-                run.figures.insert("rss_extra_mib".into(), mine - base);
+            ("S11", "registry") => {
+                if let (Some(mine), Some(base)) = (run.figures.get("peak_rss_mib").copied(), file_rss) {
+                    run.figures.insert("rss_extra_mib".into(), mine - base);
+                }
             }
+            _ => {}
         }
+    }
+}
+
+/// The median of `figure` over the counting runs of one family's variant.
+fn median_of(runs: &[Run], family: &str, variant: &str, figure: &str) -> Option<f64> {
+    let values: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.family == family && r.variant == variant && !r.void)
+        .filter_map(|r| r.figures.get(figure).copied())
+        .collect();
+    Stat::of(&values).map(|s| s.median)
+}
+
+/// Adds `name` = the run's `figure` over `base`, when both are there and `base` is positive.
+fn add_ratio(run: &mut Run, name: &str, figure: &str, base: Option<f64>) {
+    if let (Some(mine), Some(base)) = (run.figures.get(figure).copied(), base.filter(|b| *b > 0.0)) {
+        run.figures.insert(name.into(), mine / base);
     }
 }
 
