@@ -166,6 +166,26 @@ impl Relay {
         believed?.last(header::ENDPOINT).map(Box::from)
     }
 
+    /// A record's order keys and what its legs will hold (see [`Relay::legs_of`]).
+    /// Ordered per key on the event topics only: tier records (from before the
+    /// endpoint was ordered) are past keeping an order. No key, no order. A
+    /// fan-out's record has a key per ordered leg.
+    pub(super) fn order_of(
+        &self,
+        event: &Result<Event, InvalidEvent>,
+        fanout: Option<&Fanout>,
+        key: Option<&[u8]>,
+    ) -> (Order, usize) {
+        match (fanout, event, self.tier, key) {
+            (Some(fanout), ..) => {
+                let (bytes, order) = self.legs_of(fanout, key);
+                (order, bytes)
+            }
+            (None, Ok(e), None, Some(key)) if e.ordered => (Box::new([order_key(&e.endpoint_key, key)]), 0),
+            _ => (Order::default(), 0),
+        }
+    }
+
     /// What the legs of `fanout` will hold, [`LEG_BYTES`] each, counted when the
     /// record is read (none over `delivery.max_fanout`: it goes dead unfanned),
     /// and its order keys: one per matching endpoint that keeps its keys' order,
@@ -173,7 +193,7 @@ impl Relay {
     /// when it is worked on, after a registry change maybe a few more or less:
     /// an estimate, as the rest of the budget is, and an order kept for the
     /// endpoints that were ordered when it was read.
-    pub(super) fn legs_of(&self, fanout: &Fanout, key: Option<&[u8]>) -> (usize, Order) {
+    fn legs_of(&self, fanout: &Fanout, key: Option<&[u8]>) -> (usize, Order) {
         let shared = &*self.shared;
         let index = shared.subscriptions.index();
         let names = index.matching(&Subject::from(fanout));

@@ -18,7 +18,6 @@ use tracing::Instrument;
 
 use crate::app::clock::now_ms;
 use crate::config::Config;
-use crate::consume::order::{order_key, Order};
 use crate::consume::{Decider, Done, EndpointSlot, Handler, Role, Ticket, Work};
 use crate::endpoint::circuit::{Transition, Verdict};
 use crate::endpoint::deliver::Deliverer;
@@ -150,16 +149,7 @@ impl Handler for Relay {
         if let (Ok(event), Some(context)) = (event.as_mut(), &context) {
             context.apply(&mut event.headers);
         }
-        // Ordered per key on the event topics only: tier records (from before the
-        // endpoint was ordered) are past keeping an order. No key, no order.
-        // A fan-out's record has a key per ordered leg (see `fanout::Relay::legs_of`).
-        let (legs_bytes, fanout_order) =
-            fanout.as_ref().map_or((0, Order::default()), |f| self.legs_of(f, record.key()));
-        let order: Order = match (&event, self.tier, record.key()) {
-            _ if fanout.is_some() => fanout_order,
-            (Ok(e), None, Some(key)) if e.ordered => Box::new([order_key(&e.endpoint_key, key)]),
-            _ => Order::default(),
-        };
+        let (order, legs_bytes) = self.order_of(&event, fanout.as_ref(), record.key());
         // Never later than the tier's delay after the record was written:
         // a far due time must not hold the partition (it laps instead).
         let due_ms =
