@@ -95,7 +95,8 @@ impl<R> Partitions<R> {
         // Pending from the moment it is read: a record waiting in the backlog
         // holds the commit position just like one in flight.
         partition.tracker.begin(offset);
-        partition.push(Waiting { offset, read_ms: now_ms(), bytes, ticket, record: Arc::new(record) });
+        let now = now_ms();
+        partition.arrive(Waiting { offset, read_ms: now, bytes, ticket, record: Arc::new(record) }, now);
         Some(key)
     }
 
@@ -126,7 +127,7 @@ impl<R> Partitions<R> {
 
     /// Partitions with a backlog or a pause: what a pump of all looks at.
     pub fn with_work(&self) -> Vec<PartitionKey> {
-        self.map.iter().filter(|(_, p)| !p.backlog.is_empty() || p.paused.is_some()).map(|(k, _)| k.clone()).collect()
+        self.map.iter().filter(|(_, p)| p.waiting() > 0 || p.paused.is_some()).map(|(k, _)| k.clone()).collect()
     }
 
     /// How many partitions are paused for `reason`.

@@ -23,6 +23,7 @@ impl<H: Handler> Loop<H> {
             Limits { memory_spent: self.budget.spent(partition.paused == Some(PauseReason::Capacity)), ..limits };
         let load = |slot: &EndpointSlot| self.in_flight.per_endpoint.get(&slot.id()).copied().unwrap_or(0);
         let now = now_ms();
+        partition.unpark(now);
         let dispatch = schedule(partition, now, limits, free, load);
         let mut started = Vec::with_capacity(dispatch.take.len());
         let taken = dispatch.take.iter().zip(partition.take(&dispatch.take));

@@ -138,7 +138,7 @@ pub fn schedule<R>(
 /// behind their key are as many as the last scan counted.
 fn no_room<R>(partition: &Partition<R>, now_ms: i64, limits: Limits) -> Dispatch {
     let key_waiting = partition.key_waiting.min(partition.backlog.len());
-    let left = partition.backlog.len() - key_waiting;
+    let left = partition.waiting() - key_waiting;
     let pause = match pause_for_room(partition, now_ms, limits, left, key_waiting) {
         None if partition.paused == Some(PauseReason::NotDue) => Some(PauseReason::NotDue),
         pause => pause,
@@ -259,7 +259,7 @@ impl<'p, R> Scan<'p, R> {
             slots_taken: false,
             settled: IdMap::default(),
             seen: IdMap::default(),
-            open: partition.backlog.len(),
+            open: partition.waiting(),
         }
     }
 
@@ -422,7 +422,7 @@ impl<'p, R> Scan<'p, R> {
     fn protects_others(&self, id: usize) -> bool {
         let partition = self.partition;
         let own = partition.waiting_by_endpoint.get(&id).copied().unwrap_or(0);
-        own < partition.backlog.len() || partition.backlog.len() >= self.limits.read_ahead || self.limits.memory_spent
+        own < partition.waiting() || partition.waiting() >= self.limits.read_ahead || self.limits.memory_spent
     }
 
     /// The dispatch: what goes, the pause, and when to look again for time's sake.
@@ -432,8 +432,9 @@ impl<'p, R> Scan<'p, R> {
         // events consumer, whose other records are due at once: they never pause
         // the partition for time (the other keys must keep flowing).
         // One pass for both (the backlog may be thousands of records long).
-        let (mut next_unordered, mut next_ordered) = (None::<i64>, None::<i64>);
-        if partition.timed > 0 {
+        let (mut next_unordered, mut next_ordered) = (partition.next_parked_ms(), None::<i64>);
+        // Parked records are timed too: the backlog is passed over only for others.
+        if partition.timed > partition.parked.len() {
             for waiting in &partition.backlog {
                 let Some(due) = waiting.ticket.due_ms.filter(|&due| due > now_ms) else { continue };
                 let next = if waiting.ticket.order.is_empty() { &mut next_unordered } else { &mut next_ordered };
@@ -441,7 +442,7 @@ impl<'p, R> Scan<'p, R> {
             }
         }
         let waiting_for_time = !self.due_left && next_unordered.is_some_and(|due| due - now_ms > RESUME_LEAD_MS);
-        let left = partition.backlog.len() - self.take.len() - self.keys.waiting;
+        let left = partition.waiting() - self.take.len() - self.keys.waiting;
         let pause = match pause_for_room(partition, now_ms, self.limits, left, self.keys.waiting) {
             _ if !consuming => None,
             Some(pause) => Some(pause),
@@ -577,6 +578,37 @@ pub(crate) mod tests {
         assert_eq!(d.crowded, vec![slow], "the third slow record waits for the two it just started");
         let d = schedule(&partition(vec![ticket(None, Some(("fast", 10)))]), NOW, LIMITS, 100, idle);
         assert!(d.crowded.is_empty(), "nothing waits");
+    }
+
+    /// As a tier partition reads them: records not due are parked, never
+    /// stepped over by a scan, and still decide the pause and the wake-up.
+    #[test]
+    fn parked_records_pause_wake_and_go_once_due() {
+        let mut p = partition(vec![]);
+        for (offset, due) in [(0, NOW + 60_000), (1, NOW + 30_000), (2, NOW - 1)] {
+            let ticket = ticket(Some(due), None);
+            p.arrive(Waiting { offset, read_ms: NOW, bytes: 0, ticket, record: Arc::new(()) }, NOW);
+        }
+        assert_eq!((p.backlog.len(), p.parked.len(), p.waiting()), (1, 2, 3), "the one due already is not parked");
+        let d = schedule(&p, NOW, LIMITS, 100, idle);
+        assert_eq!(d.take, vec![0], "only the due one is looked at");
+        p.take(&d.take);
+        let d = schedule(&p, NOW, LIMITS, 100, idle);
+        assert_eq!(d.pause, Some(PauseReason::NotDue));
+        assert_eq!(d.wake_ms, Some(NOW + 30_000 - RESUME_LEAD_MS));
+        p.unpark(NOW + 30_000);
+        assert_eq!(p.backlog.iter().map(|w| w.offset).collect::<Vec<_>>(), vec![1]);
+        assert_eq!(schedule(&p, NOW + 30_000, LIMITS, 100, idle).take, vec![0]);
+        let mut full = partition(vec![]);
+        for offset in 0..ROOMY.read_ahead as i64 * 2 {
+            let ticket = ticket(Some(NOW + 1_000), None);
+            full.arrive(Waiting { offset, read_ms: NOW, bytes: 0, ticket, record: Arc::new(()) }, NOW);
+        }
+        assert!(
+            full.backlog.is_empty() && full.over_read_ahead(ROOMY.read_ahead),
+            "parked records fill the read-ahead"
+        );
+        assert_eq!(schedule(&full, NOW, ROOMY, 100, idle).pause, Some(PauseReason::Capacity));
     }
 
     #[test]
