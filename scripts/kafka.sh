@@ -38,6 +38,7 @@
 #   KAFKA_START_TIMEOUT    seconds `up` waits for the broker (default 120)
 #   KAFKA_RESTART_PAUSE    seconds `restart` leaves the broker down before starting it (default 0; drills)
 #   KAFKA_HEAP_OPTS        JVM heap (default "-Xms512m -Xmx1g")
+#   KAFKA_JMX_PORT         serve JMX on 127.0.0.1:<port>, no auth (default off; scripts/broker-requests.sh reads it)
 #   JAVA_HOME / MAVEN_OPTS honoured as usual; the Maven repo is the default ~/.m2
 #
 # TLS: a fresh `up` makes (with openssl) a throwaway CA (ca.key, ca.crt) and a
@@ -67,6 +68,11 @@ SASL_REAUTH_PORT="${KAFKA_SASL_REAUTH_PORT:-9097}"
 START_TIMEOUT="${KAFKA_START_TIMEOUT:-120}"
 STOP_TIMEOUT=30
 HEAP_OPTS="${KAFKA_HEAP_OPTS:--Xms512m -Xmx1g}"
+if [[ -n "${KAFKA_JMX_PORT:-}" ]]; then
+  HEAP_OPTS+=" -Dcom.sun.management.jmxremote.port=$KAFKA_JMX_PORT -Dcom.sun.management.jmxremote.rmi.port=$KAFKA_JMX_PORT"
+  HEAP_OPTS+=" -Dcom.sun.management.jmxremote.authenticate=false -Dcom.sun.management.jmxremote.ssl=false"
+  HEAP_OPTS+=" -Djava.rmi.server.hostname=127.0.0.1"
+fi
 SASL_USER=hookrelay
 SASL_PASSWORD=hookrelay-secret
 
