@@ -34,6 +34,7 @@
 pub mod budget;
 mod client;
 mod commit;
+mod drain;
 mod error;
 pub mod handler;
 mod intake;
@@ -54,7 +55,6 @@ use std::time::Duration;
 
 use rdkafka::consumer::Consumer;
 use rdkafka::message::OwnedMessage;
-use rdkafka::TopicPartitionList;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -376,79 +376,6 @@ impl<H: Handler> Loop<H> {
         if was_full {
             self.pump_all();
         }
-    }
-
-    fn start_revoke(&mut self, revoked: Vec<(String, i32)>, ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>) {
-        // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
-        self.handler.flush();
-        let (revoke, paused) = PendingRevoke::start(&mut self.partitions, &self.budget, revoked, ack, self.spec.grace);
-        if paused.count() > 0 {
-            if let Err(error) = self.consumer.resume(&paused) {
-                tracing::debug!(%error, "resume of revoked partitions failed");
-            }
-        }
-        self.revoke = Some(revoke);
-    }
-
-    fn check_revoke(&mut self) {
-        if self.revoke.as_ref().is_some_and(|r| r.is_drained(&self.partitions)) {
-            self.finish_revoke(RevokeEnd::Drained);
-        }
-    }
-
-    fn finish_revoke(&mut self, end: RevokeEnd) {
-        let Some(revoke) = self.revoke.take() else { return };
-        let list = self.offsets.commit_list_of(&mut self.partitions, revoke.keys());
-        self.in_flight.records -= revoke.finish(&mut self.partitions, end, list);
-    }
-
-    /// Stop fetching, give in-flight work the grace period, abandon the rest, commit what is decided.
-    /// `refused`: the brokers refused the client, so no closing commit can land.
-    async fn drain(&mut self, refused: bool) {
-        tracing::info!(role = self.spec.role.as_str(), in_flight = self.in_flight.records, "draining");
-        if let Ok(assignment) = self.consumer.assignment() {
-            let _ = self.consumer.pause(&assignment);
-        }
-        for partition in self.partitions.values_mut() {
-            // No new work and no resume from here on; waiting records are read again after a restart.
-            self.budget.give_back(partition.stop());
-            partition.paused = None;
-        }
-        // Later records are decided by the handler: ask it to do so now, not at its own pace.
-        self.handler.flush();
-        let deadline = Instant::now() + self.spec.grace;
-        while self.in_flight.records > 0 || self.partitions.held > 0 {
-            tokio::select! {
-                // Draining partitions take no new work: nothing to pump after.
-                Some(done) = self.reports.done_rx.recv() => self.complete(done, &mut Touched::default()),
-                Some(decision) = self.reports.decide_rx.recv() => self.apply(decision),
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-        let role = self.spec.role.as_str();
-        if self.partitions.held > 0 {
-            tracing::warn!(role, held = self.partitions.held, "grace period over, held records stay undecided");
-        }
-        if self.in_flight.records > 0 {
-            tracing::warn!(role, abandoned = self.in_flight.records, "grace period over, abandoning in-flight records");
-            self.partitions.abandon.cancel();
-            self.tasks.close();
-            // Abandoned handlers return promptly; their records stay undecided.
-            let _ = tokio::time::timeout(Duration::from_secs(2), self.tasks.wait()).await;
-            while let Ok(done) = self.reports.done_rx.try_recv() {
-                self.complete(done, &mut Touched::default());
-            }
-        }
-        // Closing: what is decided is committed now, with its map (a revoke waiting on this too).
-        if refused {
-            tracing::warn!(role, "no closing commit: the brokers refused the client; what was decided since the last commit is read again");
-        } else {
-            self.offsets.commit_all(&mut self.partitions).await;
-        }
-        if let Some(revoke) = self.revoke.take() {
-            revoke.acknowledge(None);
-        }
-        self.publish_gauges();
     }
 
     fn publish_gauges(&self) {

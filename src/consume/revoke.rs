@@ -5,12 +5,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
 use tokio::time::Instant;
 
 use super::budget::Budget;
+use super::handler::Handler;
 use super::intake::Partitions;
 use super::partition::{Partition, PartitionKey};
+use super::Loop;
 
 /// How a revoke ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,5 +98,36 @@ impl PendingRevoke {
     /// Answers the poll thread, which then commits `list` (`None`: nothing, the loop committed).
     pub fn acknowledge(self, list: Option<TopicPartitionList>) {
         let _ = self.ack.send(list);
+    }
+}
+
+/// The loop's side of a revoke.
+impl<H: Handler> Loop<H> {
+    pub(super) fn start_revoke(
+        &mut self,
+        revoked: Vec<(String, i32)>,
+        ack: std::sync::mpsc::Sender<Option<TopicPartitionList>>,
+    ) {
+        // Records held on the revoked partitions are decided before they go, not re-handled by the next owner.
+        self.handler.flush();
+        let (revoke, paused) = PendingRevoke::start(&mut self.partitions, &self.budget, revoked, ack, self.spec.grace);
+        if paused.count() > 0 {
+            if let Err(error) = self.consumer.resume(&paused) {
+                tracing::debug!(%error, "resume of revoked partitions failed");
+            }
+        }
+        self.revoke = Some(revoke);
+    }
+
+    pub(super) fn check_revoke(&mut self) {
+        if self.revoke.as_ref().is_some_and(|r| r.is_drained(&self.partitions)) {
+            self.finish_revoke(RevokeEnd::Drained);
+        }
+    }
+
+    pub(super) fn finish_revoke(&mut self, end: RevokeEnd) {
+        let Some(revoke) = self.revoke.take() else { return };
+        let list = self.offsets.commit_list_of(&mut self.partitions, revoke.keys());
+        self.in_flight.records -= revoke.finish(&mut self.partitions, end, list);
     }
 }
