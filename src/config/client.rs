@@ -89,20 +89,12 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 }
 
 /// The router's producer: as [`producer_config`], taking records of up to
-/// `message_max_bytes` (see [`crate::route::sizes`]) and lingering
-/// [`ROUTE_LINGER_MS`]; `kafka.properties` still wins.
+/// `message_max_bytes` (see [`crate::route::sizes`]); `kafka.properties` still wins.
 pub fn sized_producer_config(kafka: &KafkaConfig, message_max_bytes: usize) -> ClientConfig {
     let mut c = producer_base(kafka);
-    c.set("message.max.bytes", message_max_bytes.to_string()).set("linger.ms", ROUTE_LINGER_MS);
+    c.set("message.max.bytes", message_max_bytes.to_string());
     with_properties(c, kafka)
 }
-
-/// How long the router's producer gathers tier and dead records into one
-/// request. Only failing, deferred and dead records are routed, and nobody
-/// waits on them but their own slot: at 5 ms (librdkafka's default) a bench
-/// S3 run sent the broker 2,071 and 2,085 produce requests, at 20 ms 346 and
-/// 339, and the broker's CPU per delivery fell by a third (issue 24 point 4).
-pub const ROUTE_LINGER_MS: &str = "20";
 
 fn producer_base(kafka: &KafkaConfig) -> ClientConfig {
     let mut c = client_config(kafka);
@@ -227,7 +219,7 @@ mod tests {
             [kafka]
             brokers = "b1:9094,b2:9094"
             security_protocol = "sasl_ssl"
-            properties = { "socket.keepalive.enable" = "true", "linger.ms" = "7" }
+            properties = { "socket.keepalive.enable" = "true", "linger.ms" = "20" }
             [kafka.sasl]
             mechanism = "SCRAM-SHA-512"
             username = "relay"
@@ -245,14 +237,11 @@ mod tests {
         assert_eq!(c.get("sasl.password"), Some("pw"));
         assert_eq!(c.get("ssl.ca.location"), Some("/etc/ca.pem"));
         assert_eq!(c.get("socket.keepalive.enable"), Some("true"));
-        assert_eq!(c.get("linger.ms"), Some("7"), "pass-through properties apply last");
+        assert_eq!(c.get("linger.ms"), Some("20"), "pass-through properties apply last");
         assert_eq!(c.get("acks"), Some("all"));
         let sized = sized_producer_config(&config.kafka, 2_000_000);
         assert_eq!(sized.get("message.max.bytes"), Some("2000000"));
-        assert_eq!(sized.get("linger.ms"), Some("7"), "the router's linger is tunable too");
-        let plain = Config::from_toml("").unwrap();
-        assert_eq!(producer_config(&plain.kafka).get("linger.ms"), Some("5"));
-        assert_eq!(sized_producer_config(&plain.kafka, 2_000_000).get("linger.ms"), Some(ROUTE_LINGER_MS));
+        assert_eq!(sized.get("linger.ms"), Some("20"));
         let consumer = consumer_config(&config.kafka, "g");
         assert_eq!(consumer.get("enable.auto.offset.store"), Some("false"));
         assert_eq!(consumer.get("partition.assignment.strategy"), Some("cooperative-sticky"));
