@@ -105,8 +105,8 @@ pub struct Partition<R> {
     /// Briefly -1 when a decision overtakes the completion that reports the hold.
     pub held: i64,
     /// Records read and waiting, in offset order. Added to and taken from
-    /// through [`Partition::push`], [`Partition::requeue`] and [`Partition::take`],
-    /// which keep the two counts below.
+    /// through [`Partition::arrive`], [`Partition::push`], [`Partition::requeue`]
+    /// and [`Partition::take`], which keep the two counts below.
     pub backlog: VecDeque<Waiting<R>>,
     /// Records without an order key read before their due time, by (due,
     /// offset), out of the backlog until due ([`Partition::unpark`]): a scan
@@ -254,14 +254,18 @@ impl<R> Partition<R> {
                 break;
             }
             let waiting = entry.remove();
-            let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
-            self.backlog.insert(at, waiting);
+            self.insert_in_order(waiting);
         }
     }
 
     /// Puts a record retried in place back at its offset's place in the backlog.
     pub fn requeue(&mut self, waiting: Waiting<R>) {
         self.count_in(&waiting);
+        self.insert_in_order(waiting);
+    }
+
+    /// Puts a record at its offset's place in the backlog (counted in already).
+    fn insert_in_order(&mut self, waiting: Waiting<R>) {
         let at = self.backlog.partition_point(|w| w.offset < waiting.offset);
         self.backlog.insert(at, waiting);
     }

@@ -261,6 +261,8 @@ impl<'p, R> Scan<'p, R> {
             slots_taken: false,
             settled: IdMap::default(),
             seen: IdMap::default(),
+            // Parked records too: an endpoint that settles takes all its waiting
+            // records off `open`, those parked among them.
             open: partition.waiting(),
         }
     }
